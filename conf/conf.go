@@ -1,0 +1,215 @@
+// Package conf reads a flock node's configuration file, server.toml.
+//
+// Parse starts from [Default], lays the file on top and validates the result,
+// so a key missing from the file keeps its default and a Config returned
+// without error is ready to use: every address in it parses and every number
+// is in range. Problems are reported all at once, each prefixed with
+// file:line: and naming its dotted key, because the person reading them is
+// fixing a file and should not have to restart flockd once per mistake.
+//
+// To add a key: add the field with its toml tag, give it a default in
+// [Default], check it in Config.problems, and document it in server.toml.
+// The tests fail until all four agree.
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the configuration of one flock node.
+type Config struct {
+	Server  Server  `toml:"server"`
+	Cluster Cluster `toml:"cluster"`
+}
+
+// Server configures the node itself.
+type Server struct {
+	// Name is unique per node. It becomes the route suffix of session ids
+	// ("<id>.<name>"), which is why it may not contain dots.
+	Name string `toml:"name"`
+	// HTTP is the host:port the node serves HTTP on. The host may be empty
+	// (all interfaces), an IP address or a hostname.
+	HTTP string `toml:"http"`
+}
+
+// Cluster configures how the node finds and talks to its peers.
+type Cluster struct {
+	// Domain separates clusters sharing a network: members of another
+	// domain are ignored.
+	Domain     string     `toml:"domain"`
+	Membership Membership `toml:"membership"`
+	Receiver   Receiver   `toml:"receiver"`
+}
+
+// Membership configures how members discover each other and notice when one
+// has gone.
+type Membership struct {
+	Type      string   `toml:"type"`      // only "multicast" for now
+	Address   string   `toml:"address"`   // multicast group of the heartbeats
+	Port      int      `toml:"port"`      // UDP port of the group
+	Bind      string   `toml:"bind"`      // IP of the interface that carries heartbeats
+	Frequency Duration `toml:"frequency"` // heartbeat interval
+	DropTime  Duration `toml:"drop_time"` // silence after which a member is dropped
+	TTL       int      `toml:"ttl"`       // multicast time-to-live
+}
+
+// Receiver configures the TCP listener that peers replicate sessions to.
+type Receiver struct {
+	// Host is the address peers connect to; it is advertised in heartbeats,
+	// so it must be an address of this node that peers can reach.
+	Host string `toml:"host"`
+	// Port is the first port tried. If it is taken the receiver tries
+	// Port+1, ..., Port+AutoBind-1, so several nodes can share one host
+	// and one configuration.
+	Port     int `toml:"port"`
+	AutoBind int `toml:"auto_bind"`
+}
+
+// Duration is a time.Duration written in TOML as a Go duration string, such as
+// "500ms" or "3s". The TOML library would otherwise accept a bare integer as
+// nanoseconds, which no one means in a config file.
+type Duration struct{ time.Duration }
+
+// MarshalText implements [encoding.TextMarshaler].
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(d.String()), nil
+}
+
+// UnmarshalText implements [encoding.TextUnmarshaler].
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		// time's error ("time: invalid duration ...") repeats the input
+		// without saying what would be accepted; examples help more.
+		return fmt.Errorf("%q is not a duration (examples: \"500ms\", \"2s\")", text)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Default returns the configuration used for keys missing from the file.
+// The values are Tomcat's, except that heartbeats and the receiver stay on
+// loopback until the user names a real interface.
+func Default() Config {
+	return Config{
+		Server: Server{
+			Name: "node1",
+			HTTP: "127.0.0.1:8080",
+		},
+		Cluster: Cluster{
+			Domain: "default",
+			Membership: Membership{
+				Type:      "multicast",
+				Address:   "228.0.0.4",
+				Port:      45564,
+				Bind:      "127.0.0.1",
+				Frequency: Duration{500 * time.Millisecond},
+				DropTime:  Duration{3 * time.Second},
+				TTL:       1,
+			},
+			Receiver: Receiver{
+				Host:     "127.0.0.1",
+				Port:     4000,
+				AutoBind: 100,
+			},
+		},
+	}
+}
+
+// Load reads the file at path and parses it with [Parse].
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("loading config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse returns [Default] overlaid with the TOML document data, validated.
+// file names the document in error messages only.
+//
+// The error, if any, joins one error per problem (see [errors.Join]), in file
+// order: syntax errors, unknown keys, values of the wrong TOML type and values
+// [Config.Validate] rejects. Each starts with "file:line: " when the line is
+// known and names the dotted key it is about. On error the Config is the zero
+// value, so that a half-read configuration cannot be used by mistake.
+func Parse(data []byte, file string) (Config, error) {
+	var doc map[string]any
+	if _, err := toml.Decode(string(data), &doc); err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return Config{}, at(file, pe.Position.Line, syntaxError{pe})
+		}
+		return Config{}, at(file, 0, err)
+	}
+
+	c := Default()
+	probs := decodeTable(reflect.ValueOf(&c).Elem(), doc, nil)
+	if !slices.ContainsFunc(probs, func(p problem) bool { return p.mistyped }) {
+		// A mistyped value leaves its default in place, and checks that
+		// relate two keys (drop_time against frequency) would then blame
+		// the user for a value they did not write. Report the type errors
+		// alone; the rest is checked once they are fixed.
+		probs = append(probs, c.problems()...)
+	}
+	if len(probs) == 0 {
+		return c, nil
+	}
+
+	lines := keyLines(string(data))
+	type located struct {
+		line int
+		err  error
+	}
+	errs := make([]located, len(probs))
+	for i, p := range probs {
+		line := lines[p.key]
+		errs[i] = located{line, at(file, line, p.err)}
+	}
+	// Keys with no known line (a default that fails a check against a key
+	// the user did write) go last, after everything that points into the file.
+	slices.SortStableFunc(errs, func(a, b located) int {
+		switch {
+		case a.line == b.line:
+			return 0
+		case a.line == 0:
+			return 1
+		case b.line == 0:
+			return -1
+		}
+		return a.line - b.line
+	})
+	joined := make([]error, len(errs))
+	for i, e := range errs {
+		joined[i] = e.err
+	}
+	return Config{}, errors.Join(joined...)
+}
+
+// at prefixes err with its place in the file, in the file:line: form that
+// editors and terminals recognise. line 0 means unknown.
+func at(file string, line int, err error) error {
+	switch {
+	case file != "" && line > 0:
+		return fmt.Errorf("%s:%d: %w", file, line, err)
+	case file != "":
+		return fmt.Errorf("%s: %w", file, err)
+	case line > 0:
+		return fmt.Errorf("line %d: %w", line, err)
+	}
+	return err
+}
+
+// syntaxError shortens a toml.ParseError to its message: its Error method
+// starts with "toml: line N", which would repeat the file:line: prefix.
+type syntaxError struct{ toml.ParseError }
+
+func (e syntaxError) Error() string { return e.Message }
+func (e syntaxError) Unwrap() error { return e.ParseError }

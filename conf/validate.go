@@ -1,0 +1,282 @@
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// membershipTypes are the values cluster.membership.type accepts. Appending
+// one here (once the membership package can build it) is all it takes to
+// allow it.
+var membershipTypes = []string{"multicast"}
+
+// plannedMembershipTypes explain why a type users may expect is refused. They
+// are consulted only for types missing from membershipTypes, so an entry can
+// stay here after its type is allowed.
+var plannedMembershipTypes = map[string]string{
+	"static": "static membership arrives with the TCP transport",
+}
+
+const (
+	maxNameLen   = 63
+	maxDomainLen = 64 // the domain travels in every heartbeat
+	maxFrequency = time.Minute
+	maxAutoBind  = 1000
+)
+
+// Validate reports every problem in c, joined with [errors.Join], each naming
+// its dotted key. A Config that passes can be used without further checks:
+// addresses parse (see [Membership.Group], [Membership.BindAddr] and
+// [Receiver.HostAddr]) and numbers are in range.
+func (c Config) Validate() error {
+	probs := c.problems()
+	errs := make([]error, len(probs))
+	for i, p := range probs {
+		errs[i] = p.err
+	}
+	return errors.Join(errs...)
+}
+
+// problems checks c in the order the keys appear in the shipped server.toml.
+func (c Config) problems() []problem {
+	var probs []problem
+	check := func(key string, err error) {
+		if err != nil {
+			probs = append(probs, keyProblem(key, err))
+		}
+	}
+
+	check("server.name", checkName(c.Server.Name))
+	check("server.http", checkHostPort(c.Server.HTTP))
+	check("cluster.domain", checkDomain(c.Cluster.Domain))
+
+	m := c.Cluster.Membership
+	check("cluster.membership.type", checkMembershipType(m.Type))
+	_, err := m.group()
+	check("cluster.membership.address", err)
+	check("cluster.membership.port", checkPort(m.Port))
+	_, err = m.bindAddr()
+	check("cluster.membership.bind", err)
+	freqErr := checkFrequency(m.Frequency.Duration)
+	check("cluster.membership.frequency", freqErr)
+	// Two missed heartbeats must not drop a member. Compared only against a
+	// valid frequency, which also keeps 2*frequency from overflowing.
+	if freqErr == nil && m.DropTime.Duration < 2*m.Frequency.Duration {
+		check("cluster.membership.drop_time", fmt.Errorf("%v must be at least twice frequency (%v)", m.DropTime, m.Frequency))
+	}
+	check("cluster.membership.ttl", checkRange(m.TTL, 0, 255))
+
+	r := c.Cluster.Receiver
+	_, err = r.hostAddr()
+	check("cluster.receiver.host", err)
+	portErr := checkPort(r.Port)
+	check("cluster.receiver.port", portErr)
+	autoErr := checkRange(r.AutoBind, 1, maxAutoBind)
+	if portErr == nil && autoErr == nil {
+		if last := r.Port + r.AutoBind - 1; last > 65535 {
+			autoErr = fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last)
+		}
+	}
+	check("cluster.receiver.auto_bind", autoErr)
+
+	return probs
+}
+
+// Group returns the multicast group heartbeats are sent to. It fails only on
+// a Config that has not passed [Config.Validate].
+func (m Membership) Group() (netip.AddrPort, error) {
+	addr, err := m.group()
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("cluster.membership.address: %w", err)
+	}
+	if err := checkPort(m.Port); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("cluster.membership.port: %w", err)
+	}
+	return netip.AddrPortFrom(addr, uint16(m.Port)), nil
+}
+
+// BindAddr returns the address of the interface that carries heartbeats. It
+// fails only on a Config that has not passed [Config.Validate].
+func (m Membership) BindAddr() (netip.Addr, error) {
+	addr, err := m.bindAddr()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cluster.membership.bind: %w", err)
+	}
+	return addr, nil
+}
+
+// HostAddr returns the address peers connect to. It fails only on a Config
+// that has not passed [Config.Validate].
+func (r Receiver) HostAddr() (netip.Addr, error) {
+	addr, err := r.hostAddr()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cluster.receiver.host: %w", err)
+	}
+	return addr, nil
+}
+
+func (m Membership) group() (netip.Addr, error) {
+	addr, err := netip.ParseAddr(m.Address)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address; want a multicast address such as \"228.0.0.4\"", m.Address)
+	}
+	if !addr.IsMulticast() {
+		return netip.Addr{}, fmt.Errorf("%q is not a multicast address (224.0.0.0/4 or ff00::/8), such as \"228.0.0.4\"", m.Address)
+	}
+	return addr, nil
+}
+
+func (m Membership) bindAddr() (netip.Addr, error) {
+	return interfaceAddr(m.Bind, "the interface that carries heartbeats")
+}
+
+func (r Receiver) hostAddr() (netip.Addr, error) {
+	return interfaceAddr(r.Host, "this node that peers connect to")
+}
+
+// interfaceAddr parses the address of one of this node's interfaces. It must
+// be a literal IP naming exactly one interface: heartbeats sent from an
+// unspecified address go out wherever the routing table says, which is how
+// multicast ends up on the wrong network, and peers cannot connect to
+// 0.0.0.0 when it is advertised.
+func interfaceAddr(s, what string) (netip.Addr, error) {
+	addr, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address; want the address of %s, such as \"10.0.0.5\"", s, what)
+	case addr.IsUnspecified():
+		return netip.Addr{}, fmt.Errorf("%q is the unspecified address; want the address of %s, such as \"10.0.0.5\"", s, what)
+	case addr.IsMulticast():
+		return netip.Addr{}, fmt.Errorf("%q is a multicast address; want the address of %s, such as \"10.0.0.5\"", s, what)
+	}
+	return addr, nil
+}
+
+// checkName allows what can follow the dot in a session id
+// ("<id>.<name>"): no dots, nothing that needs escaping in a cookie or URL.
+func checkName(s string) error {
+	ok := len(s) >= 1 && len(s) <= maxNameLen && isAlnum(s[0])
+	for i := 0; ok && i < len(s); i++ {
+		ok = isAlnum(s[i]) || s[i] == '-' || s[i] == '_'
+	}
+	if !ok {
+		return fmt.Errorf("%q is not allowed; use 1 to %d letters, digits, '-' or '_', starting with a letter or digit", s, maxNameLen)
+	}
+	return nil
+}
+
+func isAlnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port, such as \"127.0.0.1:8080\" or \":8080\"", s)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	switch {
+	case errors.Is(err, strconv.ErrRange) || err == nil && n == 0:
+		return fmt.Errorf("port %s in %q is out of range; allowed 1..65535", port, s)
+	case err != nil:
+		// Service names ("http") are refused too: they depend on the
+		// host's /etc/services.
+		return fmt.Errorf("port %q in %q is not a number", port, s)
+	}
+	if host == "" {
+		return nil // all interfaces
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if !isHostname(host) {
+		return fmt.Errorf("host %q in %q is not an IP address or hostname", host, s)
+	}
+	return nil
+}
+
+// isHostname follows the rules the net package applies before looking a name
+// up, so that a host accepted here is one net.Listen will try to resolve: dot
+// separated labels of letters, digits, '-' and '_', no label longer than 63
+// bytes or starting or ending with '-', and not all digits (that would be a
+// mistyped IPv4 address such as "10.0.0.256").
+func isHostname(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	nonNumeric := false
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			switch {
+			case isAlnum(c) && !('0' <= c && c <= '9'), c == '-', c == '_':
+				nonNumeric = true
+			case '0' <= c && c <= '9':
+			default:
+				return false
+			}
+		}
+	}
+	return nonNumeric
+}
+
+// checkDomain keeps the domain something that can be sent in a heartbeat and
+// printed in a log line without quoting.
+func checkDomain(s string) error {
+	if s == "" {
+		return errors.New("must not be empty")
+	}
+	if len(s) > maxDomainLen {
+		return fmt.Errorf("is %d bytes long; allowed at most %d", len(s), maxDomainLen)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return fmt.Errorf("%q contains %q; allowed: printable ASCII without spaces", s, s[i])
+		}
+	}
+	return nil
+}
+
+func checkMembershipType(t string) error {
+	if slices.Contains(membershipTypes, t) {
+		return nil
+	}
+	quoted := make([]string, len(membershipTypes))
+	for i, t := range membershipTypes {
+		quoted[i] = strconv.Quote(t)
+	}
+	allowed := strings.Join(quoted, ", ")
+	if reason, ok := plannedMembershipTypes[t]; ok {
+		return fmt.Errorf("%s; allowed now: %s", reason, allowed)
+	}
+	return fmt.Errorf("%q is not supported; allowed: %s", t, allowed)
+}
+
+func checkFrequency(d time.Duration) error {
+	switch {
+	case d <= 0:
+		return fmt.Errorf("%v must be greater than 0", d)
+	case d > maxFrequency:
+		return fmt.Errorf("%v is too long; allowed at most %v", d, maxFrequency)
+	}
+	return nil
+}
+
+func checkPort(n int) error { return checkRange(n, 1, 65535) }
+
+func checkRange(n, lo, hi int) error {
+	if n < lo || n > hi {
+		return fmt.Errorf("%d is out of range; allowed %d..%d", n, lo, hi)
+	}
+	return nil
+}

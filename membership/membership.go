@@ -1,0 +1,133 @@
+// Package membership tells a node who else is in its cluster.
+//
+// The Service interface is what the rest of flock depends on; Multicast is
+// the first implementation (UDP heartbeats, in the manner of Tomcat's
+// McastService). Every implementation reports the same three events, so a
+// user swaps one for another in configuration and nothing above notices.
+package membership
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Service is a running membership view. Start and Stop may each be called
+// once; Events is closed after Stop returns.
+type Service interface {
+	// Start joins the cluster and begins to announce the local member.
+	Start(ctx context.Context) error
+	// Stop announces that the local member leaves, then releases every
+	// resource. It returns when all goroutines of the service have ended.
+	Stop(ctx context.Context) error
+	// Local is the member this process announces.
+	Local() Member
+	// Members is a snapshot of the other members, sorted by name.
+	Members() []Status
+	// Events delivers Joined, Left and Failed in the order they happened.
+	// A consumer that falls far behind loses the oldest events (Members is
+	// always exact), so a slow reader can never stall the heartbeat loop.
+	Events() <-chan Event
+}
+
+// ID names one run of a member process. It is random per start, so a
+// restarted node is a new member even when its name and address are the same.
+type ID [16]byte
+
+// NewID returns a random ID.
+func NewID() (ID, error) {
+	var id ID
+	if _, err := rand.Read(id[:]); err != nil {
+		return ID{}, fmt.Errorf("membership: random id: %w", err)
+	}
+	return id, nil
+}
+
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// IsZero reports whether id is the zero ID, which no real member has.
+func (id ID) IsZero() bool { return id == ID{} }
+
+// Member is what a node announces about itself.
+type Member struct {
+	ID      ID
+	Name    string         // unique per node; the route suffix of its session ids
+	Domain  string         // members of another domain are ignored
+	Addr    netip.AddrPort // where the node's receiver accepts cluster traffic
+	Started time.Time      // when the process started; the oldest member is the first in line for state transfer
+}
+
+func (m Member) String() string { return fmt.Sprintf("%s(%s@%s)", m.Name, shortID(m.ID), m.Addr) }
+
+func shortID(id ID) string { return id.String()[:8] }
+
+// State is how sure a node is that a member is there.
+type State int
+
+const (
+	// Alive: heard from within the drop time.
+	Alive State = iota + 1
+	// Suspect: silent, but not yet confirmed dead (used by failure
+	// detectors that check a member over TCP before they drop it).
+	Suspect
+)
+
+func (s State) String() string {
+	switch s {
+	case Alive:
+		return "alive"
+	case Suspect:
+		return "suspect"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// MarshalText makes State readable in JSON.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Status is a member as the local node currently sees it.
+type Status struct {
+	Member
+	State    State
+	LastSeen time.Time
+}
+
+// EventType says what happened to a member.
+type EventType int
+
+const (
+	// Joined: a member was seen for the first time (or again, after it had
+	// failed).
+	Joined EventType = iota + 1
+	// Left: a member said it was leaving.
+	Left
+	// Failed: a member went silent, or was replaced by a restart under the
+	// same name.
+	Failed
+)
+
+func (t EventType) String() string {
+	switch t {
+	case Joined:
+		return "joined"
+	case Left:
+		return "left"
+	case Failed:
+		return "failed"
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// MarshalText makes EventType readable in JSON.
+func (t EventType) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// Event is one change of membership.
+type Event struct {
+	Type   EventType
+	Member Member
+	Time   time.Time
+	Reason string // why, for people reading logs: "heartbeat", "leaving", "silent for 3s", "restarted"
+}

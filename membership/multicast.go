@@ -1,0 +1,381 @@
+package membership
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+)
+
+// MulticastConfig configures a Multicast membership service.
+type MulticastConfig struct {
+	// Group is the multicast address and port that defines the cluster.
+	Group netip.AddrPort
+	// Interface is the address of the local interface that carries
+	// heartbeats. It is required: leaving the choice to the routing table
+	// could send heartbeats onto a network nobody meant to use.
+	Interface netip.Addr
+	TTL       int
+	Frequency time.Duration // heartbeat interval
+	DropTime  time.Duration // silence after which a member is failed
+	// EventBuffer bounds the events waiting for a slow consumer.
+	EventBuffer int
+	Logger      logrus.FieldLogger
+}
+
+// DefaultMulticastConfig returns Tomcat's defaults, bound to loopback so
+// that nothing leaves the machine until someone chooses an interface.
+func DefaultMulticastConfig() MulticastConfig {
+	return MulticastConfig{
+		Group:       netip.MustParseAddrPort("228.0.0.4:45564"),
+		Interface:   netip.MustParseAddr("127.0.0.1"),
+		TTL:         1,
+		Frequency:   500 * time.Millisecond,
+		DropTime:    3 * time.Second,
+		EventBuffer: 1024,
+	}
+}
+
+func (c MulticastConfig) validate() error {
+	var errs []error
+	if !c.Group.Addr().Is4() || !c.Group.Addr().IsMulticast() || c.Group.Port() == 0 {
+		errs = append(errs, fmt.Errorf("group %v: need an IPv4 multicast address and a port", c.Group))
+	}
+	if !c.Interface.Is4() || c.Interface.IsUnspecified() {
+		errs = append(errs, fmt.Errorf("interface %v: need the IPv4 address of a local interface", c.Interface))
+	}
+	if c.TTL < 0 || c.TTL > 255 {
+		errs = append(errs, fmt.Errorf("ttl %d: allowed 0..255", c.TTL))
+	}
+	if c.Frequency <= 0 || c.DropTime < 2*c.Frequency {
+		errs = append(errs, fmt.Errorf("frequency %v, drop time %v: need frequency > 0 and drop time >= 2 x frequency", c.Frequency, c.DropTime))
+	}
+	if c.EventBuffer < 1 {
+		errs = append(errs, fmt.Errorf("event buffer %d: need at least 1", c.EventBuffer))
+	}
+	return errors.Join(errs...)
+}
+
+// Multicast is membership by UDP multicast heartbeats: every member sends its
+// heartbeat to the group every Frequency and drops members it has not heard
+// for DropTime.
+type Multicast struct {
+	cfg   MulticastConfig
+	local Member
+	log   logrus.FieldLogger
+
+	mu       sync.Mutex
+	table    *table
+	sent     uint64
+	seq      uint64
+	sendErr  error
+	started  bool
+	stopped  bool
+	conn     *ipv4.PacketConn
+	dst      *net.UDPAddr
+	stop     chan struct{} // closed by Stop: ends the ticker and the event queue
+	tickDone chan struct{}
+	wg       sync.WaitGroup // reader and event queue
+
+	events *eventQueue
+}
+
+var _ Service = (*Multicast)(nil)
+
+// NewMulticast prepares a service that announces local. A zero local.ID or
+// local.Started is filled in with a fresh random id and the current time.
+func NewMulticast(local Member, cfg MulticastConfig) (*Multicast, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("membership: multicast: %w", err)
+	}
+	if local.ID.IsZero() {
+		id, err := NewID()
+		if err != nil {
+			return nil, err
+		}
+		local.ID = id
+	}
+	if local.Started.IsZero() {
+		local.Started = time.Now()
+	}
+	// Encode once up front so a bad local member fails here, not in the loop.
+	if _, err := (Heartbeat{Command: CommandAlive, Member: local}).MarshalBinary(); err != nil {
+		return nil, fmt.Errorf("membership: local member: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = l
+	}
+	return &Multicast{
+		cfg:    cfg,
+		local:  local,
+		log:    log.WithField("component", "membership"),
+		table:  newTable(local, cfg.DropTime),
+		events: newEventQueue(cfg.EventBuffer),
+	}, nil
+}
+
+// Local implements Service.
+func (s *Multicast) Local() Member { return s.local }
+
+// Events implements Service.
+func (s *Multicast) Events() <-chan Event { return s.events.out }
+
+// Members implements Service.
+func (s *Multicast) Members() []Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.table.snapshot()
+}
+
+// Stats returns counters since the service started.
+func (s *Multicast) Stats() Stats {
+	s.mu.Lock()
+	st := s.table.counters
+	st.HeartbeatsSent = s.sent
+	s.mu.Unlock()
+	st.EventsDropped = s.events.droppedCount()
+	return st
+}
+
+// Start joins the group on the configured interface and begins to send
+// heartbeats; the first goes out before Start returns.
+func (s *Multicast) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("membership: multicast: already started")
+	}
+	conn, err := s.open(ctx)
+	if err != nil {
+		return fmt.Errorf("membership: multicast %v on %v: %w", s.cfg.Group, s.cfg.Interface, err)
+	}
+	s.started = true
+	s.conn = conn
+	s.dst = net.UDPAddrFromAddrPort(s.cfg.Group)
+	s.stop = make(chan struct{})
+	s.tickDone = make(chan struct{})
+	s.sendLocked(CommandAlive)
+
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.events.run(s.stop) }()
+	go func() { defer s.wg.Done(); s.readLoop() }()
+	go s.tickLoop()
+	s.log.WithFields(logrus.Fields{"group": s.cfg.Group, "interface": s.cfg.Interface, "member": s.local.Name, "id": s.local.ID}).Info("multicast membership started")
+	return nil
+}
+
+func (s *Multicast) open(ctx context.Context) (*ipv4.PacketConn, error) {
+	ifi, err := interfaceByAddr(s.cfg.Interface)
+	if err != nil {
+		return nil, err
+	}
+	// Several nodes on one host share the group's port; binding the group
+	// address (not 0.0.0.0) keeps out datagrams sent to other groups on the
+	// same port.
+	lc := net.ListenConfig{Control: reuseAddrPort}
+	c, err := lc.ListenPacket(ctx, "udp4", s.cfg.Group.String())
+	if err != nil {
+		return nil, err
+	}
+	p := ipv4.NewPacketConn(c)
+	setup := []struct {
+		what string
+		err  error
+	}{
+		{"join group", p.JoinGroup(ifi, &net.UDPAddr{IP: s.cfg.Group.Addr().AsSlice()})},
+		{"set multicast interface", p.SetMulticastInterface(ifi)},
+		{"set ttl", p.SetMulticastTTL(s.cfg.TTL)},
+		{"set loopback", p.SetMulticastLoopback(true)},
+	}
+	for _, st := range setup {
+		if st.err != nil {
+			c.Close()
+			return nil, fmt.Errorf("%s on %s: %w", st.what, ifi.Name, st.err)
+		}
+	}
+	return p, nil
+}
+
+func interfaceByAddr(a netip.Addr) (*net.Interface, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	for i := range ifs {
+		addrs, err := ifs[i].Addrs()
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			if n, ok := ad.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
+					return &ifs[i], nil
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("no local interface has address %v (set [cluster.membership] bind to the address of the interface that connects the nodes)", a)
+}
+
+func reuseAddrPort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// Stop sends the leave heartbeat and releases the socket. It returns when
+// every goroutine of the service has ended, or when ctx is done.
+func (s *Multicast) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.started || s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	close(s.stop)
+	s.mu.Unlock()
+	<-s.tickDone // no alive heartbeat may follow the leave
+
+	s.mu.Lock()
+	// Three copies: a single lost datagram would otherwise turn a clean
+	// leave into a failure detected drop_time later. Receivers ignore the
+	// repeats.
+	for range 3 {
+		s.sendLocked(CommandLeaving)
+	}
+	err := s.conn.Close()
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("membership: stop: %w", ctx.Err())
+	}
+	s.log.WithFields(logrus.Fields{"member": s.local.Name}).Info("multicast membership stopped")
+	if err != nil {
+		return fmt.Errorf("membership: close: %w", err)
+	}
+	return nil
+}
+
+func (s *Multicast) tickLoop() {
+	defer close(s.tickDone)
+	send := time.NewTicker(s.cfg.Frequency)
+	defer send.Stop()
+	// Sweep faster than heartbeats are sent so detection lags drop_time by
+	// a fraction of a heartbeat, not a whole one.
+	sweep := time.NewTicker(max(s.cfg.Frequency/5, 10*time.Millisecond))
+	defer sweep.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-send.C:
+			s.mu.Lock()
+			s.sendLocked(CommandAlive)
+			s.mu.Unlock()
+		case now := <-sweep.C:
+			s.mu.Lock()
+			evs, note := s.table.sweep(now)
+			s.mu.Unlock()
+			if note != "" {
+				s.log.Warn(note)
+			}
+			s.events.push(evs...)
+		}
+	}
+}
+
+// sendLocked sends one heartbeat; s.mu must be held (it guards seq and the
+// send-error state).
+func (s *Multicast) sendLocked(cmd Command) {
+	s.seq++
+	b, err := Heartbeat{Command: cmd, Seq: s.seq, Member: s.local}.MarshalBinary()
+	if err == nil {
+		_, err = s.conn.WriteTo(b, nil, s.dst)
+	}
+	if err != nil {
+		s.noteSendError(err)
+		return
+	}
+	s.sent++
+	s.noteSendError(nil)
+}
+
+func (s *Multicast) readLoop() {
+	buf := make([]byte, MaxHeartbeatLen+1)
+	var lastWarn time.Time
+	var quiet uint64 // rejected packets not yet logged
+	for {
+		n, _, src, err := s.conn.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			s.log.WithError(err).Warn("heartbeat receive failed")
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(100 * time.Millisecond): // keep a persistent error from spinning
+			}
+			continue
+		}
+		now := time.Now()
+		h, err := DecodeHeartbeat(buf[:n])
+		if err != nil {
+			s.mu.Lock()
+			s.table.counters.Rejected++
+			s.mu.Unlock()
+			quiet++
+			// A foreign sender on the group can send thousands of packets a
+			// second; say so once a minute, with the count.
+			if now.Sub(lastWarn) >= time.Minute {
+				s.log.WithFields(logrus.Fields{"source": src, "rejected": quiet}).WithError(err).Warn("ignoring packets that are not flock heartbeats")
+				lastWarn, quiet = now, 0
+			}
+			continue
+		}
+		s.mu.Lock()
+		evs, note := s.table.observe(h, now)
+		s.mu.Unlock()
+		if note != "" && now.Sub(lastWarn) >= time.Minute {
+			s.log.Warn(note)
+			lastWarn = now
+		}
+		s.events.push(evs...)
+	}
+}
+
+// noteSendError logs the first failure of a run of failed sends and the
+// recovery, not every heartbeat in between.
+func (s *Multicast) noteSendError(err error) {
+	if err != nil && s.sendErr == nil {
+		s.log.WithError(err).Warn("heartbeat send failing")
+	}
+	if err == nil && s.sendErr != nil {
+		s.log.Info("heartbeat send recovered")
+	}
+	s.sendErr = err
+}

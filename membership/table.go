@@ -1,0 +1,169 @@
+package membership
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// table is the membership view as pure state: heartbeats and the clock go
+// in, events come out. Keeping it free of sockets and goroutines lets the
+// tests drive every rule (drop, leave, restart, name clash, local stall)
+// with a fake clock.
+type table struct {
+	local    Member
+	dropTime time.Duration
+	members  map[ID]*entry
+	byName   map[string]ID
+	// gone remembers members that said they were leaving, until dropTime has
+	// passed, so a heartbeat that was overtaken by the leave does not bring
+	// the member back.
+	gone      map[ID]time.Time
+	lastSweep time.Time
+	counters  Stats
+}
+
+type entry struct {
+	Status
+	seq uint64
+}
+
+func newTable(local Member, dropTime time.Duration) *table {
+	return &table{
+		local:    local,
+		dropTime: dropTime,
+		members:  make(map[ID]*entry),
+		byName:   make(map[string]ID),
+		gone:     make(map[ID]time.Time),
+	}
+}
+
+// observe applies one heartbeat received at now. It returns the events it
+// caused and, when something deserves a warning, a note for the log.
+func (t *table) observe(h Heartbeat, now time.Time) ([]Event, string) {
+	m := h.Member
+	t.counters.HeartbeatsReceived++
+	switch {
+	case m.ID == t.local.ID:
+		return nil, "" // our own heartbeat, looped back
+	case m.Domain != t.local.Domain:
+		t.counters.ForeignDomain++
+		return nil, ""
+	case m.Name == t.local.Name:
+		t.counters.NameConflicts++
+		return nil, fmt.Sprintf("member %s at %s announces this node's name %q; names must be unique, ignoring it", shortID(m.ID), m.Addr, m.Name)
+	}
+	if _, left := t.gone[m.ID]; left {
+		return nil, ""
+	}
+
+	if h.Command == CommandLeaving {
+		t.gone[m.ID] = now.Add(t.dropTime)
+		e, ok := t.members[m.ID]
+		if !ok {
+			return nil, ""
+		}
+		t.remove(e)
+		return []Event{{Type: Left, Member: e.Member, Time: now, Reason: "leaving"}}, ""
+	}
+
+	if e, ok := t.members[m.ID]; ok {
+		if h.Seq > e.seq+1 {
+			t.counters.HeartbeatsLost += h.Seq - e.seq - 1
+		}
+		if h.Seq > e.seq {
+			e.seq = h.Seq
+		}
+		e.LastSeen = now
+		e.State = Alive
+		return nil, ""
+	}
+
+	var evs []Event
+	if oldID, clash := t.byName[m.Name]; clash {
+		old := t.members[oldID]
+		if !newer(m, old.Member) {
+			t.counters.NameConflicts++
+			return nil, fmt.Sprintf("members %s and %s both announce the name %q; keeping the one that started last", old.Member, m, m.Name)
+		}
+		// Same name, later start: the node was restarted before its old
+		// run was dropped. Report both halves so nothing above keeps a
+		// dead run's state under a live name.
+		t.remove(old)
+		evs = append(evs, Event{Type: Failed, Member: old.Member, Time: now, Reason: "restarted as " + shortID(m.ID)})
+	}
+	t.members[m.ID] = &entry{Status: Status{Member: m, State: Alive, LastSeen: now}, seq: h.Seq}
+	t.byName[m.Name] = m.ID
+	return append(evs, Event{Type: Joined, Member: m, Time: now, Reason: "heartbeat"}), ""
+}
+
+// newer reports whether a started after b; ties go to the larger id so that
+// every node picks the same winner.
+func newer(a, b Member) bool {
+	if !a.Started.Equal(b.Started) {
+		return a.Started.After(b.Started)
+	}
+	return bytes.Compare(a.ID[:], b.ID[:]) > 0
+}
+
+// sweep drops members silent for longer than dropTime. If the local process
+// itself was frozen (SIGSTOP, a stalled VM) for longer than half the drop
+// time, the silence it measured is its own: every member gets a fresh drop
+// time instead of being declared failed at once.
+func (t *table) sweep(now time.Time) ([]Event, string) {
+	var note string
+	if !t.lastSweep.IsZero() {
+		if gap := now.Sub(t.lastSweep); gap > t.dropTime/2 {
+			for _, e := range t.members {
+				e.LastSeen = now
+			}
+			t.counters.LocalStalls++
+			note = fmt.Sprintf("this node was stalled for %v; members get a fresh drop time", gap.Round(time.Millisecond))
+		}
+	}
+	t.lastSweep = now
+	for id, until := range t.gone {
+		if now.After(until) {
+			delete(t.gone, id)
+		}
+	}
+	var evs []Event
+	for _, e := range t.members {
+		if silent := now.Sub(e.LastSeen); silent > t.dropTime {
+			t.remove(e)
+			evs = append(evs, Event{Type: Failed, Member: e.Member, Time: now, Reason: "silent for " + silent.Round(time.Millisecond).String()})
+		}
+	}
+	slices.SortFunc(evs, func(a, b Event) int { return strings.Compare(a.Member.Name, b.Member.Name) })
+	return evs, note
+}
+
+func (t *table) remove(e *entry) {
+	delete(t.members, e.ID)
+	if t.byName[e.Name] == e.ID {
+		delete(t.byName, e.Name)
+	}
+}
+
+func (t *table) snapshot() []Status {
+	out := make([]Status, 0, len(t.members))
+	for _, e := range t.members {
+		out = append(out, e.Status)
+	}
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Stats counts what a membership service saw since it started.
+type Stats struct {
+	HeartbeatsSent     uint64 // alive and leaving announcements sent
+	HeartbeatsReceived uint64 // valid heartbeats received, own loopback copies included
+	HeartbeatsLost     uint64 // gaps in members' sequence numbers
+	Rejected           uint64 // packets that were not valid heartbeats
+	ForeignDomain      uint64 // valid heartbeats of another domain, ignored
+	NameConflicts      uint64 // heartbeats ignored because another member holds the name
+	LocalStalls        uint64 // times this node found itself frozen past half the drop time
+	EventsDropped      uint64 // events lost because the consumer fell behind
+}
