@@ -88,6 +88,17 @@ func (s State) String() string {
 // MarshalText makes State readable in JSON.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads what MarshalText wrote.
+func (s *State) UnmarshalText(b []byte) error {
+	for _, v := range []State{Alive, Suspect} {
+		if string(b) == v.String() {
+			*s = v
+			return nil
+		}
+	}
+	return fmt.Errorf("membership: unknown state %q", b)
+}
+
 // Status is a member as the local node currently sees it.
 type Status struct {
 	Member

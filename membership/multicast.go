@@ -84,6 +84,9 @@ type Multicast struct {
 	dst      *net.UDPAddr
 	stop     chan struct{} // closed by Stop: ends the ticker and the event queue
 	tickDone chan struct{}
+	// kick asks the ticker for an extra heartbeat, so a member that just
+	// joined learns of this node at once instead of one interval later.
+	kick chan struct{}
 	wg       sync.WaitGroup // reader and event queue
 
 	events *eventQueue
@@ -166,6 +169,7 @@ func (s *Multicast) Start(ctx context.Context) error {
 	s.dst = net.UDPAddrFromAddrPort(s.cfg.Group)
 	s.stop = make(chan struct{})
 	s.tickDone = make(chan struct{})
+	s.kick = make(chan struct{}, 1)
 	s.sendLocked(CommandAlive)
 
 	s.wg.Add(2)
@@ -296,6 +300,10 @@ func (s *Multicast) tickLoop() {
 			s.mu.Lock()
 			s.sendLocked(CommandAlive)
 			s.mu.Unlock()
+		case <-s.kick:
+			s.mu.Lock()
+			s.sendLocked(CommandAlive)
+			s.mu.Unlock()
 		case now := <-sweep.C:
 			s.mu.Lock()
 			evs, note := s.table.sweep(now)
@@ -363,6 +371,15 @@ func (s *Multicast) readLoop() {
 		if note != "" && now.Sub(lastWarn) >= time.Minute {
 			s.log.Warn(note)
 			lastWarn = now
+		}
+		for _, e := range evs {
+			if e.Type == Joined {
+				select {
+				case s.kick <- struct{}{}:
+				default: // one is pending already
+				}
+				break
+			}
 		}
 		s.events.push(evs...)
 	}

@@ -44,10 +44,11 @@ func newTable(local Member, dropTime time.Duration) *table {
 // caused and, when something deserves a warning, a note for the log.
 func (t *table) observe(h Heartbeat, now time.Time) ([]Event, string) {
 	m := h.Member
+	if m.ID == t.local.ID {
+		return nil, "" // our own heartbeat, looped back
+	}
 	t.counters.HeartbeatsReceived++
 	switch {
-	case m.ID == t.local.ID:
-		return nil, "" // our own heartbeat, looped back
 	case m.Domain != t.local.Domain:
 		t.counters.ForeignDomain++
 		return nil, ""
@@ -109,18 +110,22 @@ func newer(a, b Member) bool {
 }
 
 // sweep drops members silent for longer than dropTime. If the local process
-// itself was frozen (SIGSTOP, a stalled VM) for longer than half the drop
-// time, the silence it measured is its own: every member gets a fresh drop
-// time instead of being declared failed at once.
+// itself was frozen (SIGSTOP, a stalled VM, an overloaded host) for longer
+// than half the drop time, the silence it measured during the freeze is its
+// own: that time is not held against the members, so they are not all
+// declared failed the moment this node wakes up. A member that is really
+// gone still fails, one drop time of unfrozen watching later.
 func (t *table) sweep(now time.Time) ([]Event, string) {
 	var note string
 	if !t.lastSweep.IsZero() {
 		if gap := now.Sub(t.lastSweep); gap > t.dropTime/2 {
 			for _, e := range t.members {
-				e.LastSeen = now
+				if e.LastSeen = e.LastSeen.Add(gap); e.LastSeen.After(now) {
+					e.LastSeen = now
+				}
 			}
 			t.counters.LocalStalls++
-			note = fmt.Sprintf("this node was stalled for %v; members get a fresh drop time", gap.Round(time.Millisecond))
+			note = fmt.Sprintf("this node was stalled for %v; that time does not count against members", gap.Round(time.Millisecond))
 		}
 	}
 	t.lastSweep = now
@@ -159,7 +164,7 @@ func (t *table) snapshot() []Status {
 // Stats counts what a membership service saw since it started.
 type Stats struct {
 	HeartbeatsSent     uint64 // alive and leaving announcements sent
-	HeartbeatsReceived uint64 // valid heartbeats received, own loopback copies included
+	HeartbeatsReceived uint64 // valid heartbeats received from other processes
 	HeartbeatsLost     uint64 // gaps in members' sequence numbers
 	Rejected           uint64 // packets that were not valid heartbeats
 	ForeignDomain      uint64 // valid heartbeats of another domain, ignored

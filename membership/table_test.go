@@ -89,11 +89,16 @@ func TestTable(t *testing.T) {
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 100 * time.Millisecond, hb: hb(alive(n2older, 1)), note: "both announce the name", names: []string{"node2"}},
 		}},
-		{"a local stall gives members a fresh drop time", []step{
+		{"a local stall does not count against members", []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
-			{at: 100 * time.Millisecond},
-			{at: 10 * time.Second, note: "stalled", names: []string{"node2"}},
-			{at: 10100 * time.Millisecond, hb: hb(alive(n2, 25)), names: []string{"node2"}},
+			{at: 0, hb: hb(alive(n3, 1)), want: []string{"joined node3"}},
+			{at: 1 * time.Second},
+			{at: 11 * time.Second, note: "stalled", names: []string{"node2", "node3"}},
+			{at: 11100 * time.Millisecond, hb: hb(alive(n2, 25)), names: []string{"node2", "node3"}},
+			{at: 12 * time.Second},
+			{at: 13 * time.Second},
+			// node3 stays silent: 1s before the stall and 2.1s after it.
+			{at: 13100 * time.Millisecond, want: []string{"failed node3"}, names: []string{"node2"}},
 		}},
 	}
 	for _, tc := range tests {

@@ -1,0 +1,178 @@
+// Command flockd runs one flock node: cluster membership, the admin
+// endpoints, and (in later versions) the demo application.
+//
+//	flockd --config conf/server.toml [--name node2 --http 127.0.0.1:8081 ...]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/membership"
+)
+
+const defaultConfig = "conf/server.toml"
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFail   = 1 // the node could not run
+	exitConfig = 2 // bad flags or configuration
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is main without the process: ctx ends the node as a signal would.
+func run(ctx context.Context, args []string, stderr io.Writer) int {
+	cfg, err := configure(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "flockd: %v\n", err)
+		return exitConfig
+	}
+
+	log := logrus.New()
+	log.SetOutput(stderr)
+	log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
+	entry := log.WithField("node", cfg.Server.Name)
+
+	if err := serve(ctx, cfg, entry); err != nil {
+		entry.WithError(err).Error("flockd failed")
+		return exitFail
+	}
+	return exitOK
+}
+
+// configure reads the config file and applies the flags on top. The default
+// file may be missing (built-in defaults then apply); a named one may not.
+func configure(args []string, stderr io.Writer) (conf.Config, error) {
+	fl := flag.NewFlagSet("flockd", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	path := fl.String("config", defaultConfig, "configuration file")
+	name := fl.String("name", "", "node name, overrides [server] name")
+	httpAddr := fl.String("http", "", "HTTP address, overrides [server] http")
+	bind := fl.String("bind", "", "address of the heartbeat interface, overrides [cluster.membership] bind")
+	rhost := fl.String("receiver-host", "", "advertised receiver address, overrides [cluster.receiver] host")
+	rport := fl.Int("receiver-port", 0, "receiver port, overrides [cluster.receiver] port")
+	if err := fl.Parse(args); err != nil {
+		return conf.Config{}, err
+	}
+	if fl.NArg() > 0 {
+		return conf.Config{}, fmt.Errorf("unexpected argument %q (flags start with --)", fl.Arg(0))
+	}
+
+	cfg, err := conf.Load(*path)
+	if errors.Is(err, fs.ErrNotExist) && !flagSet(fl, "config") {
+		cfg, err = conf.Default(), nil
+	}
+	if err != nil {
+		return conf.Config{}, err
+	}
+	set := func(flagName string, apply func()) {
+		if flagSet(fl, flagName) {
+			apply()
+		}
+	}
+	set("name", func() { cfg.Server.Name = *name })
+	set("http", func() { cfg.Server.HTTP = *httpAddr })
+	set("bind", func() { cfg.Cluster.Membership.Bind = *bind })
+	set("receiver-host", func() { cfg.Cluster.Receiver.Host = *rhost })
+	set("receiver-port", func() { cfg.Cluster.Receiver.Port = *rport })
+	if err := cfg.Validate(); err != nil {
+		return conf.Config{}, fmt.Errorf("after flags: %w", err)
+	}
+	return cfg, nil
+}
+
+func flagSet(fl *flag.FlagSet, name string) bool {
+	found := false
+	fl.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+// serve runs the node until ctx ends, then leaves the cluster cleanly.
+func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
+	cluster, err := flock.New(ctx, cfg, flock.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Server.HTTP)
+	if err != nil {
+		cluster.Stop(context.Background())
+		return fmt.Errorf("http: %w", err)
+	}
+	if err := cluster.Start(ctx); err != nil {
+		ln.Close()
+		cluster.Stop(context.Background())
+		return err
+	}
+	local := cluster.Local()
+	log.WithFields(logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": ln.Addr()}).Info("node started")
+
+	eventsDone := make(chan struct{})
+	go func() { defer close(eventsDone); logEvents(cluster.Events(), log) }()
+
+	srv := &http.Server{Handler: newMux(cluster), ReadHeaderTimeout: 10 * time.Second}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Serve(ln) }()
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+	case serveErr = <-httpDone:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		serveErr = errors.Join(serveErr, fmt.Errorf("http shutdown: %w", err))
+	}
+	if err := cluster.Stop(shutdownCtx); err != nil {
+		serveErr = errors.Join(serveErr, err)
+	}
+	<-eventsDone // the events channel closes when membership stops
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func logEvents(events <-chan membership.Event, log *logrus.Entry) {
+	for e := range events {
+		entry := log.WithFields(logrus.Fields{
+			"event":   e.Type.String(),
+			"member":  e.Member.Name,
+			"id":      e.Member.ID.String(),
+			"address": e.Member.Addr.String(),
+			"reason":  e.Reason,
+		})
+		if e.Type == membership.Failed {
+			entry.Warn("member " + e.Type.String())
+		} else {
+			entry.Info("member " + e.Type.String())
+		}
+	}
+}
+

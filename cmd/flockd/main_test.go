@@ -1,0 +1,213 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock/internal/leakcheck"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "server.toml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigure(t *testing.T) {
+	file := writeFile(t, "[server]\nname = \"fromfile\"\n[cluster.receiver]\nport = 5000\n")
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(t *testing.T, got string)
+		wantErr string
+	}{
+		{"file values", []string{"--config", file}, func(t *testing.T, got string) {
+			if got != "fromfile 127.0.0.1:8080 127.0.0.1 127.0.0.1 5000" {
+				t.Errorf("got %s", got)
+			}
+		}, ""},
+		{"flags override the file", []string{"--config", file, "--name", "n2", "--http", ":9090", "--bind", "127.0.0.2", "--receiver-host", "127.0.0.3", "--receiver-port", "4100"}, func(t *testing.T, got string) {
+			if got != "n2 :9090 127.0.0.2 127.0.0.3 4100" {
+				t.Errorf("got %s", got)
+			}
+		}, ""},
+		{"named file missing", []string{"--config", filepath.Join(t.TempDir(), "nope.toml")}, nil, "no such file"},
+		{"bad flag value is validated", []string{"--config", file, "--name", "a.b"}, nil, "server.name"},
+		{"bad receiver port", []string{"--config", file, "--receiver-port", "70000"}, nil, "cluster.receiver.port"},
+		{"bad file", []string{"--config", writeFile(t, "[cluster.membership]\nttl = \"one\"\n")}, nil, "cluster.membership.ttl"},
+		{"unknown key names the line", []string{"--config", writeFile(t, "[server]\nname = \"a\"\nnmae = \"b\"\n")}, nil, "server.toml:3"},
+		{"stray argument", []string{"--config", file, "extra"}, nil, "unexpected argument"},
+		{"unknown flag", []string{"--nope"}, nil, "flag provided but not defined"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			cfg, err := configure(tc.args, &stderr)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.check(t, fmt.Sprintf("%s %s %s %s %d", cfg.Server.Name, cfg.Server.HTTP,
+				cfg.Cluster.Membership.Bind, cfg.Cluster.Receiver.Host, cfg.Cluster.Receiver.Port))
+		})
+	}
+}
+
+func TestConfigureWithoutDefaultFile(t *testing.T) {
+	t.Chdir(t.TempDir()) // no conf/server.toml here
+	cfg, err := configure(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.Name != "node1" {
+		t.Errorf("name %q, want the default", cfg.Server.Name)
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--config", writeFile(t, "bogus = 1\n")}, &stderr); code != exitConfig {
+		t.Errorf("bad config: exit %d, want %d", code, exitConfig)
+	}
+	if !strings.Contains(stderr.String(), `unknown key "bogus"`) {
+		t.Errorf("stderr %q does not name the key", stderr.String())
+	}
+	if code := run(context.Background(), []string{"--help"}, &bytes.Buffer{}); code != exitOK {
+		t.Errorf("--help: exit %d", code)
+	}
+}
+
+func freePort(t *testing.T, network string) int {
+	t.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer is a bytes.Buffer safe for the node's log writer and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestTwoNodes runs two nodes in this process on loopback and reads their
+// status the way an operator would.
+func TestTwoNodes(t *testing.T) {
+	leakcheck.Check(t)
+	file := writeFile(t, fmt.Sprintf(`
+[cluster.membership]
+address = "239.255.%d.%d"
+port = %d
+frequency = "100ms"
+drop_time = "1s"
+`, rand.IntN(256), 1+rand.IntN(254), freePort(t, "udp")))
+
+	type proc struct {
+		http   string
+		cancel context.CancelFunc
+		done   chan int
+		log    *syncBuffer
+	}
+	start := func(name string) *proc {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &proc{http: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
+		args := []string{"--config", file, "--name", name, "--http", p.http, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}
+		go func() { p.done <- run(ctx, args, p.log) }()
+		t.Cleanup(cancel)
+		return p
+	}
+	a, b := start("a"), start("b")
+
+	var st statusJSON
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + a.http + "/cluster/status")
+		if err == nil {
+			st = statusJSON{}
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+		}
+		if err == nil && len(st.Members) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a never listed b: %+v, %v\nlog a:\n%s", st, err, a.log)
+		}
+		time.Sleep(20 * time.Millisecond) // the node runs in this process but its readiness is only visible over HTTP
+	}
+	if st.Local.Name != "a" || st.Local.Domain != "default" || len(st.Local.ID) != 32 {
+		t.Errorf("local = %+v", st.Local)
+	}
+	if m := st.Members[0]; m.Name != "b" || m.State.String() != "alive" || m.LastSeen.IsZero() || !strings.HasPrefix(m.Address, "127.0.0.1:") {
+		t.Errorf("member = %+v", m)
+	}
+	if st.Heartbeats.Received == 0 || st.Heartbeats.Sent == 0 {
+		t.Errorf("heartbeats = %+v", st.Heartbeats)
+	}
+
+	b.cancel() // as SIGTERM would
+	if code := <-b.done; code != exitOK {
+		t.Errorf("b exit %d, want 0; log:\n%s", code, b.log)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(a.log.String(), "event=left") {
+		if time.Now().After(deadline) {
+			t.Fatalf("a did not log b leaving:\n%s", a.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range []string{"member=b", "address=\"127.0.0.1:", "event=joined"} {
+		if !strings.Contains(a.log.String(), want) {
+			t.Errorf("a's log lacks %q:\n%s", want, a.log)
+		}
+	}
+	a.cancel()
+	if code := <-a.done; code != exitOK {
+		t.Errorf("a exit %d", code)
+	}
+}
