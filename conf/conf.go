@@ -13,11 +13,13 @@
 package conf
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -135,50 +137,70 @@ func Load(path string) (Config, error) {
 // Parse returns [Default] overlaid with the TOML document data, validated.
 // file names the document in error messages only.
 //
-// The error, if any, joins one error per problem (see [errors.Join]), in file
-// order: syntax errors, unknown keys, values of the wrong TOML type and values
+// The error, if any, joins one error per problem (see [errors.Join]) in file
+// order: unknown keys, values of the wrong TOML type and values
 // [Config.Validate] rejects. Each starts with "file:line: " when the line is
-// known and names the dotted key it is about. On error the Config is the zero
+// known and names the dotted key it is about. A TOML syntax error is reported
+// alone, as the library cannot read past it. On error the Config is the zero
 // value, so that a half-read configuration cannot be used by mistake.
 func Parse(data []byte, file string) (Config, error) {
 	var doc map[string]any
 	if _, err := toml.Decode(string(data), &doc); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return Config{}, at(file, pe.Position.Line, syntaxError{pe})
+			return Config{}, at(file, syntaxLine(data, pe.Position), syntaxError{pe})
 		}
 		return Config{}, at(file, 0, err)
 	}
 
 	c := Default()
 	probs := decodeTable(reflect.ValueOf(&c).Elem(), doc, nil)
-	if !slices.ContainsFunc(probs, func(p problem) bool { return p.mistyped }) {
-		// A mistyped value leaves its default in place, and checks that
-		// relate two keys (drop_time against frequency) would then blame
-		// the user for a value they did not write. Report the type errors
-		// alone; the rest is checked once they are fixed.
-		probs = append(probs, c.problems()...)
+	mistyped := make(map[string]bool)
+	for _, p := range probs {
+		if p.mistyped {
+			mistyped[p.key] = true
+		}
+	}
+	for _, p := range c.problems() {
+		// A mistyped value was left at its default, which passes its own
+		// check; but comparing another key against that default would
+		// blame the user for a value they did not write.
+		if !mistyped[p.related] {
+			probs = append(probs, p)
+		}
 	}
 	if len(probs) == 0 {
 		return c, nil
 	}
+	return Config{}, locate(probs, file, data)
+}
 
+// locate places each problem at the line of data where its key is written and
+// joins them in file order.
+func locate(probs []problem, file string, data []byte) error {
 	lines := keyLines(string(data))
 	type located struct {
-		line int
+		line int // 0 if unknown
+		key  string
 		err  error
 	}
 	errs := make([]located, len(probs))
 	for i, p := range probs {
-		line := lines[p.key]
-		errs[i] = located{line, at(file, line, p.err)}
+		line, ok := lines[p.key]
+		if !ok && p.related != "" {
+			// The key kept its default; the value the user wrote is the
+			// one it was compared against.
+			line = lines[p.related]
+		}
+		errs[i] = located{line, p.key, at(file, line, p.err)}
 	}
-	// Keys with no known line (a default that fails a check against a key
-	// the user did write) go last, after everything that points into the file.
-	slices.SortStableFunc(errs, func(a, b located) int {
+	// Errors with no known line go last, after those that point into the
+	// file. Keys break ties so that the order does not depend on map
+	// iteration (several keys can share a line in an inline table).
+	slices.SortFunc(errs, func(a, b located) int {
 		switch {
 		case a.line == b.line:
-			return 0
+			return strings.Compare(a.key, b.key)
 		case a.line == 0:
 			return 1
 		case b.line == 0:
@@ -190,7 +212,7 @@ func Parse(data []byte, file string) (Config, error) {
 	for i, e := range errs {
 		joined[i] = e.err
 	}
-	return Config{}, errors.Join(joined...)
+	return errors.Join(joined...)
 }
 
 // at prefixes err with its place in the file, in the file:line: form that
@@ -205,6 +227,22 @@ func at(file string, line int, err error) error {
 		return fmt.Errorf("line %d: %w", line, err)
 	}
 	return err
+}
+
+// syntaxLine returns the line of a syntax error at p. When the unexpected
+// character is a newline the library sometimes counts it first and reports
+// the next line ("[server" followed by a newline is reported on line 2), so
+// the line is recounted from the byte offset, which is exact. An offset that
+// disagrees by more than that is not trusted.
+func syntaxLine(data []byte, p toml.Position) int {
+	if p.Start < 0 || p.Start > len(data) {
+		return p.Line
+	}
+	line := bytes.Count(data[:p.Start], []byte("\n")) + 1
+	if line != p.Line && line != p.Line-1 {
+		return p.Line
+	}
+	return line
 }
 
 // syntaxError shortens a toml.ParseError to its message: its Error method

@@ -17,6 +17,10 @@ type problem struct {
 	key      string // dotted, as toml.Key.String writes it
 	err      error  // names the key itself
 	mistyped bool   // the value has the wrong TOML type and was not decoded
+
+	// related is the other key of a check that compares two, such as
+	// frequency for drop_time. The problem may be caused by either.
+	related string
 }
 
 func keyProblem(key string, err error) problem {

@@ -51,6 +51,13 @@ func (c Config) problems() []problem {
 			probs = append(probs, keyProblem(key, err))
 		}
 	}
+	checkPair := func(key, related string, err error) {
+		if err != nil {
+			p := keyProblem(key, err)
+			p.related = related
+			probs = append(probs, p)
+		}
+	}
 
 	check("server.name", checkName(c.Server.Name))
 	check("server.http", checkHostPort(c.Server.HTTP))
@@ -68,7 +75,8 @@ func (c Config) problems() []problem {
 	// Two missed heartbeats must not drop a member. Compared only against a
 	// valid frequency, which also keeps 2*frequency from overflowing.
 	if freqErr == nil && m.DropTime.Duration < 2*m.Frequency.Duration {
-		check("cluster.membership.drop_time", fmt.Errorf("%v must be at least twice frequency (%v)", m.DropTime, m.Frequency))
+		checkPair("cluster.membership.drop_time", "cluster.membership.frequency",
+			fmt.Errorf("%v must be at least twice frequency (%v)", m.DropTime, m.Frequency))
 	}
 	check("cluster.membership.ttl", checkRange(m.TTL, 0, 255))
 
@@ -78,12 +86,11 @@ func (c Config) problems() []problem {
 	portErr := checkPort(r.Port)
 	check("cluster.receiver.port", portErr)
 	autoErr := checkRange(r.AutoBind, 1, maxAutoBind)
-	if portErr == nil && autoErr == nil {
-		if last := r.Port + r.AutoBind - 1; last > 65535 {
-			autoErr = fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last)
-		}
-	}
 	check("cluster.receiver.auto_bind", autoErr)
+	if last := r.Port + r.AutoBind - 1; portErr == nil && autoErr == nil && last > 65535 {
+		checkPair("cluster.receiver.auto_bind", "cluster.receiver.port",
+			fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last))
+	}
 
 	return probs
 }

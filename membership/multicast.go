@@ -87,7 +87,7 @@ type Multicast struct {
 	// kick asks the ticker for an extra heartbeat, so a member that just
 	// joined learns of this node at once instead of one interval later.
 	kick chan struct{}
-	wg       sync.WaitGroup // reader and event queue
+	wg   sync.WaitGroup // reader and event queue
 
 	events *eventQueue
 }

@@ -15,8 +15,12 @@ func member(name string, idByte byte, started time.Time) Member {
 	return Member{ID: id, Name: name, Domain: "default", Addr: netip.MustParseAddrPort("198.51.100.10:4000"), Started: started}
 }
 
-func alive(m Member, seq uint64) Heartbeat   { return Heartbeat{Command: CommandAlive, Seq: seq, Member: m} }
-func leaving(m Member, seq uint64) Heartbeat { return Heartbeat{Command: CommandLeaving, Seq: seq, Member: m} }
+func alive(m Member, seq uint64) Heartbeat {
+	return Heartbeat{Command: CommandAlive, Seq: seq, Member: m}
+}
+func leaving(m Member, seq uint64) Heartbeat {
+	return Heartbeat{Command: CommandLeaving, Seq: seq, Member: m}
+}
 
 // step is one input to the table: a heartbeat or a sweep, at an offset from t0.
 type step struct {

@@ -175,4 +175,3 @@ func logEvents(events <-chan membership.Event, log *logrus.Entry) {
 		}
 	}
 }
-

@@ -25,8 +25,8 @@ type Host struct {
 	lab    *Lab
 	brVeth string // bridge-side veth end in the bridge namespace
 
-	httpOnce  sync.Once
-	transport *http.Transport
+	httpMu    sync.Mutex
+	transport *http.Transport // created by HTTPClient
 }
 
 func (h *Host) String() string { return h.Name + "(" + h.IP.String() + ")" }

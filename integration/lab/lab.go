@@ -112,7 +112,7 @@ type Lab struct {
 	closed     bool
 	closeDone  chan struct{}
 	closeErr   error
-	namespaces []string // every namespace the lab may have created, in creation order
+	namespaces []string        // every namespace the lab may have created, in creation order
 	names      map[string]bool // host names taken (or being set up)
 	hosts      []*Host
 	procs      map[*Proc]struct{}
@@ -329,7 +329,7 @@ func (l *Lab) Close() error {
 	l.closed = true
 	l.mu.Unlock()
 
-	l.stop()    // kills in-flight ip/tc/Exec commands
+	l.stop()     // kills in-flight ip/tc/Exec commands
 	l.ops.Wait() // no operation registers anything after this
 
 	l.mu.Lock()
