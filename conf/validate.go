@@ -72,8 +72,8 @@ func (c Config) problems() []problem {
 	check("cluster.membership.bind", err)
 	freqErr := checkFrequency(m.Frequency.Duration)
 	check("cluster.membership.frequency", freqErr)
-	// Two missed heartbeats must not drop a member. Compared only against a
-	// valid frequency, which also keeps 2*frequency from overflowing.
+	// One lost heartbeat must not drop a healthy member. Compared only with
+	// a valid frequency, which also keeps 2*frequency from overflowing.
 	if freqErr == nil && m.DropTime.Duration < 2*m.Frequency.Duration {
 		checkPair("cluster.membership.drop_time", "cluster.membership.frequency",
 			fmt.Errorf("%v must be at least twice frequency (%v)", m.DropTime, m.Frequency))
@@ -87,9 +87,11 @@ func (c Config) problems() []problem {
 	check("cluster.receiver.port", portErr)
 	autoErr := checkRange(r.AutoBind, 1, maxAutoBind)
 	check("cluster.receiver.auto_bind", autoErr)
-	if last := r.Port + r.AutoBind - 1; portErr == nil && autoErr == nil && last > 65535 {
-		checkPair("cluster.receiver.auto_bind", "cluster.receiver.port",
-			fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last))
+	if portErr == nil && autoErr == nil {
+		if last := r.Port + r.AutoBind - 1; last > 65535 {
+			checkPair("cluster.receiver.auto_bind", "cluster.receiver.port",
+				fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last))
+		}
 	}
 
 	return probs

@@ -1,0 +1,907 @@
+package conf
+
+import (
+	"bytes"
+	"errors"
+	"maps"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+const shipped = "server.toml"
+
+func TestShippedFileIsDefault(t *testing.T) {
+	got, err := Load(shipped)
+	if err != nil {
+		t.Fatalf("Load(%q): %v", shipped, err)
+	}
+	if want := Default(); got != want {
+		t.Errorf("Load(%q) =\n%+v\nwant Default() =\n%+v", shipped, got, want)
+	}
+}
+
+// TestShippedFileDocumentsEveryKey fails when a field is added to Config
+// without a documented line in server.toml.
+func TestShippedFileDocumentsEveryKey(t *testing.T) {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(Default()); err != nil {
+		t.Fatal(err)
+	}
+	var encoded map[string]any
+	if _, err := toml.Decode(buf.String(), &encoded); err != nil {
+		t.Fatal(err)
+	}
+	keys := leafKeys(encoded, nil)
+	if len(keys) != 13 {
+		t.Errorf("Default() encodes %d keys, want 13: %v", len(keys), keys)
+	}
+
+	data, err := os.ReadFile(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fileLines := strings.Split(string(data), "\n")
+	lines := keyLines(string(data))
+	for _, key := range keys {
+		n, ok := lines[key]
+		if !ok {
+			t.Errorf("%s: key %q is missing", shipped, key)
+			continue
+		}
+		if line := fileLines[n-1]; !strings.Contains(line, "#") {
+			t.Errorf("%s:%d: key %q has no comment: %s", shipped, n, key, line)
+		}
+	}
+}
+
+// leafKeys returns the dotted keys of the values in table that are not tables.
+func leafKeys(table map[string]any, path toml.Key) []string {
+	var keys []string
+	for _, name := range slices.Sorted(maps.Keys(table)) {
+		key := append(path[:len(path):len(path)], name)
+		if sub, ok := table[name].(map[string]any); ok {
+			keys = append(keys, leafKeys(sub, key)...)
+		} else {
+			keys = append(keys, key.String())
+		}
+	}
+	return keys
+}
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Errorf("Default().Validate() = %v", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load("testdata/no-such-file.toml")
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load of a missing file: got %v, want an error wrapping os.ErrNotExist", err)
+	}
+}
+
+// TestParseErrors checks, for each bad input, every problem reported: how
+// many, in which order, and that each names its key and line.
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string // the i'th problem must contain want[i]
+	}{
+		// Unknown keys.
+		{
+			name: "unknown top-level key",
+			in:   "# comment\nverbose = true\n",
+			want: []string{`server.toml:2: unknown key "verbose"`},
+		},
+		{
+			name: "unknown nested key with suggestion",
+			in:   "[cluster.membership]\nport = 45564\nfrequncy = \"1s\"\n",
+			want: []string{`server.toml:3: unknown key "cluster.membership.frequncy" (did you mean "cluster.membership.frequency"?)`},
+		},
+		{
+			name: "unknown table reported once, not per key",
+			in:   "[server]\nname = \"a\"\n\n[cluster.foo]\nx = 1\ny = 2\n",
+			want: []string{`server.toml:4: unknown key "cluster.foo"`},
+		},
+		{
+			name: "unknown array of tables",
+			in:   "[[peers]]\nhost = \"10.0.0.1\"\n",
+			want: []string{`server.toml:1: unknown key "peers"`},
+		},
+		{
+			name: "keys are case-sensitive",
+			in:   "[server]\nName = \"node2\"\n",
+			want: []string{`server.toml:2: unknown key "server.Name" (did you mean "server.name"?)`},
+		},
+		{
+			name: "unknown dotted key",
+			in:   "cluster.receiver.adress = \"10.0.0.5\"\n",
+			want: []string{`server.toml:1: unknown key "cluster.receiver.adress"`},
+		},
+		{
+			name: "unknown key in inline table",
+			in:   "[cluster]\nreceiver = { port = 4001, hots = \"10.0.0.5\" }\n",
+			want: []string{`server.toml:2: unknown key "cluster.receiver.hots" (did you mean "cluster.receiver.host"?)`},
+		},
+		{
+			name: "unknown quoted key",
+			in:   "[server]\n\"na me\" = 1\n",
+			want: []string{`server.toml:2: unknown key "server.\"na me\""`},
+		},
+
+		// Syntax errors keep the library's line.
+		{
+			name: "syntax error",
+			in:   "[server]\nname = \"node1\"\nhttp = = 1\n",
+			want: []string{"server.toml:3: expected value but found '=' instead"},
+		},
+		{
+			name: "unclosed table header",
+			in:   "[server\nname = \"node1\"\n",
+			want: []string{"server.toml:1: "},
+		},
+		{
+			name: "unterminated string",
+			in:   "\n\n[server]\nname = \"node1\n",
+			want: []string{"server.toml:4: "},
+		},
+		{
+			name: "duplicate key",
+			in:   "[server]\nname = \"a\"\nname = \"b\"\n",
+			want: []string{"server.toml:3: "},
+		},
+
+		// Values of the wrong TOML type.
+		{
+			name: "string for integer",
+			in:   "[cluster.membership]\nport = \"45564\"\n",
+			want: []string{`server.toml:2: cluster.membership.port: found string "45564"; want an integer such as 45564`},
+		},
+		{
+			name: "integer for duration",
+			in:   "[cluster.membership]\n\nfrequency = 500\n",
+			want: []string{`server.toml:3: cluster.membership.frequency: found integer 500; want a string such as "500ms"`},
+		},
+		{
+			name: "integer for string",
+			in:   "[server]\nname = 1\n",
+			want: []string{`server.toml:2: server.name: found integer 1; want a string such as "node1"`},
+		},
+		{
+			name: "float for integer",
+			in:   "[cluster.membership]\nttl = 1.5\n",
+			want: []string{`server.toml:2: cluster.membership.ttl: found float 1.5; want an integer such as 1`},
+		},
+		{
+			name: "value for table",
+			in:   "cluster = 5\n",
+			want: []string{`server.toml:1: cluster: found integer 5; want a table`},
+		},
+		{
+			name: "table for value",
+			in:   "[cluster.membership.port]\n",
+			want: []string{`server.toml:1: cluster.membership.port: found table; want an integer such as 45564`},
+		},
+		{
+			name: "array for string",
+			in:   "[cluster.membership]\nbind = [\"10.0.0.5\"]\n",
+			want: []string{`server.toml:2: cluster.membership.bind: found array; want a string such as "127.0.0.1"`},
+		},
+		{
+			name: "date for duration",
+			in:   "[cluster.membership]\ndrop_time = 1979-05-27\n",
+			want: []string{`server.toml:2: cluster.membership.drop_time: found date-time; want a string such as "3s"`},
+		},
+
+		// Values Validate rejects.
+		{
+			name: "name with a dot",
+			in:   "[server]\nname = \"node.1\"\n",
+			want: []string{`server.toml:2: server.name: "node.1" is not allowed`},
+		},
+		{
+			name: "empty name",
+			in:   "[server]\nname = \"\"\n",
+			want: []string{`server.toml:2: server.name: "" is not allowed`},
+		},
+		{
+			name: "name starting with dash",
+			in:   "[server]\nname = \"-a\"\n",
+			want: []string{`server.name: "-a" is not allowed`},
+		},
+		{
+			name: "name too long",
+			in:   "[server]\nname = \"" + strings.Repeat("a", 64) + "\"\n",
+			want: []string{`server.name: "aaaa`},
+		},
+		{
+			name: "http without port",
+			in:   "[server]\nhttp = \"127.0.0.1\"\n",
+			want: []string{`server.toml:2: server.http: "127.0.0.1" is not host:port`},
+		},
+		{
+			name: "http port zero",
+			in:   "[server]\nhttp = \"127.0.0.1:0\"\n",
+			want: []string{`server.http: port 0 in "127.0.0.1:0" is out of range; allowed 1..65535`},
+		},
+		{
+			name: "http port too large",
+			in:   "[server]\nhttp = \":65536\"\n",
+			want: []string{`server.http: port 65536 in ":65536" is out of range; allowed 1..65535`},
+		},
+		{
+			name: "http service name",
+			in:   "[server]\nhttp = \"localhost:http\"\n",
+			want: []string{`server.http: port "http" in "localhost:http" is not a number`},
+		},
+		{
+			name: "http bad host",
+			in:   "[server]\nhttp = \"no_such host:80\"\n",
+			want: []string{`server.http: host "no_such host" in "no_such host:80" is not an IP address or hostname`},
+		},
+		{
+			name: "http numeric host that is no IP",
+			in:   "[server]\nhttp = \"10.0.0.256:80\"\n",
+			want: []string{`server.http: host "10.0.0.256"`},
+		},
+		{
+			name: "empty domain",
+			in:   "[cluster]\ndomain = \"\"\n",
+			want: []string{`server.toml:2: cluster.domain: must not be empty`},
+		},
+		{
+			name: "domain with space",
+			in:   "[cluster]\ndomain = \"a b\"\n",
+			want: []string{`cluster.domain: "a b" contains ' '; allowed: printable ASCII without spaces`},
+		},
+		{
+			name: "domain not ASCII",
+			in:   "[cluster]\ndomain = \"café\"\n",
+			want: []string{`cluster.domain: "café" contains`},
+		},
+		{
+			name: "domain too long",
+			in:   "[cluster]\ndomain = \"" + strings.Repeat("d", 65) + "\"\n",
+			want: []string{`cluster.domain: is 65 bytes long; allowed at most 64`},
+		},
+		{
+			name: "unsupported membership type",
+			in:   "[cluster.membership]\ntype = \"gossip\"\n",
+			want: []string{`server.toml:2: cluster.membership.type: "gossip" is not supported; allowed: "multicast"`},
+		},
+		{
+			name: "static membership not yet",
+			in:   "[cluster.membership]\ntype = \"static\"\n",
+			want: []string{`server.toml:2: cluster.membership.type: static membership arrives with the TCP transport; allowed now: "multicast"`},
+		},
+		{
+			name: "unicast group address",
+			in:   "[cluster.membership]\naddress = \"10.0.0.1\"\n",
+			want: []string{`server.toml:2: cluster.membership.address: "10.0.0.1" is not a multicast address`},
+		},
+		{
+			name: "group address not an IP",
+			in:   "[cluster.membership]\naddress = \"mcast.example\"\n",
+			want: []string{`cluster.membership.address: "mcast.example" is not an IP address`},
+		},
+		{
+			name: "membership port zero",
+			in:   "[cluster.membership]\nport = 0\n",
+			want: []string{`server.toml:2: cluster.membership.port: 0 is out of range; allowed 1..65535`},
+		},
+		{
+			name: "membership port too large",
+			in:   "[cluster.membership]\nport = 65536\n",
+			want: []string{`cluster.membership.port: 65536 is out of range; allowed 1..65535`},
+		},
+		{
+			name: "bind unspecified IPv4",
+			in:   "[cluster.membership]\nbind = \"0.0.0.0\"\n",
+			want: []string{`server.toml:2: cluster.membership.bind: "0.0.0.0" is the unspecified address`},
+		},
+		{
+			name: "bind unspecified IPv6",
+			in:   "[cluster.membership]\nbind = \"::\"\n",
+			want: []string{`cluster.membership.bind: "::" is the unspecified address`},
+		},
+		{
+			name: "bind multicast",
+			in:   "[cluster.membership]\nbind = \"228.0.0.4\"\n",
+			want: []string{`cluster.membership.bind: "228.0.0.4" is a multicast address`},
+		},
+		{
+			name: "bind interface name",
+			in:   "[cluster.membership]\nbind = \"eth0\"\n",
+			want: []string{`cluster.membership.bind: "eth0" is not an IP address; want the address of the interface that carries heartbeats`},
+		},
+		{
+			name: "frequency not a duration",
+			in:   "[cluster.membership]\nfrequency = \"fast\"\n",
+			want: []string{`server.toml:2: cluster.membership.frequency: "fast" is not a duration (examples: "500ms", "2s")`},
+		},
+		{
+			name: "frequency without unit",
+			in:   "[cluster.membership]\nfrequency = \"500\"\n",
+			want: []string{`cluster.membership.frequency: "500" is not a duration`},
+		},
+		{
+			name: "frequency zero",
+			in:   "[cluster.membership]\nfrequency = \"0s\"\n",
+			want: []string{`server.toml:2: cluster.membership.frequency: 0s must be greater than 0`},
+		},
+		{
+			name: "frequency negative",
+			in:   "[cluster.membership]\nfrequency = \"-1s\"\n",
+			want: []string{`cluster.membership.frequency: -1s must be greater than 0`},
+		},
+		{
+			name: "frequency too long",
+			in:   "[cluster.membership]\nfrequency = \"2m\"\ndrop_time = \"5m\"\n",
+			want: []string{`cluster.membership.frequency: 2m0s is too long; allowed at most 1m0s`},
+		},
+		{
+			name: "drop_time too short",
+			in:   "[cluster.membership]\ndrop_time = \"600ms\"\n",
+			want: []string{`server.toml:2: cluster.membership.drop_time: 600ms must be at least twice frequency (500ms)`},
+		},
+		{
+			name: "default drop_time too short for frequency points at frequency",
+			in:   "[cluster.membership]\nport = 45564\nfrequency = \"2s\"\n",
+			want: []string{`server.toml:3: cluster.membership.drop_time: 3s must be at least twice frequency (2s)`},
+		},
+		{
+			name: "ttl too large",
+			in:   "[cluster.membership]\nttl = 300\n",
+			want: []string{`server.toml:2: cluster.membership.ttl: 300 is out of range; allowed 0..255`},
+		},
+		{
+			name: "ttl negative",
+			in:   "[cluster.membership]\nttl = -1\n",
+			want: []string{`cluster.membership.ttl: -1 is out of range; allowed 0..255`},
+		},
+		{
+			name: "receiver host unspecified",
+			in:   "[cluster.receiver]\nhost = \"0.0.0.0\"\n",
+			want: []string{`server.toml:2: cluster.receiver.host: "0.0.0.0" is the unspecified address; want the address of this node that peers connect to`},
+		},
+		{
+			name: "receiver host multicast",
+			in:   "[cluster.receiver]\nhost = \"ff02::1\"\n",
+			want: []string{`cluster.receiver.host: "ff02::1" is a multicast address`},
+		},
+		{
+			name: "receiver host name",
+			in:   "[cluster.receiver]\nhost = \"localhost\"\n",
+			want: []string{`cluster.receiver.host: "localhost" is not an IP address`},
+		},
+		{
+			name: "receiver port zero",
+			in:   "[cluster.receiver]\nport = 0\n",
+			want: []string{`server.toml:2: cluster.receiver.port: 0 is out of range; allowed 1..65535`},
+		},
+		{
+			name: "auto_bind zero",
+			in:   "[cluster.receiver]\nauto_bind = 0\n",
+			want: []string{`server.toml:2: cluster.receiver.auto_bind: 0 is out of range; allowed 1..1000`},
+		},
+		{
+			name: "auto_bind too large",
+			in:   "[cluster.receiver]\nauto_bind = 1001\n",
+			want: []string{`cluster.receiver.auto_bind: 1001 is out of range; allowed 1..1000`},
+		},
+		{
+			name: "auto_bind past the last port",
+			in:   "[cluster.receiver]\nport = 65500\nauto_bind = 100\n",
+			want: []string{`server.toml:3: cluster.receiver.auto_bind: 100 tries ports 65500..65599; the last must be at most 65535`},
+		},
+		{
+			name: "default auto_bind past the last port points at port",
+			in:   "[cluster.receiver]\nport = 65500\n",
+			want: []string{`server.toml:2: cluster.receiver.auto_bind: 100 tries ports 65500..65599`},
+		},
+
+		// Several problems, all reported in file order.
+		{
+			name: "several problems",
+			in: `[server]
+name = "node.1"
+colour = "blue"
+
+[cluster.membership]
+ttl = 300
+port = "x"
+frequency = "fast"
+`,
+			want: []string{
+				`server.toml:2: server.name: "node.1" is not allowed`,
+				`server.toml:3: unknown key "server.colour"`,
+				`server.toml:6: cluster.membership.ttl: 300 is out of range; allowed 0..255`,
+				`server.toml:7: cluster.membership.port: found string "x"; want an integer such as 45564`,
+				`server.toml:8: cluster.membership.frequency: "fast" is not a duration`,
+			},
+		},
+		{
+			name: "several problems on one line",
+			in:   "cluster.membership = { ttl = 300, port = 0 }\n",
+			want: []string{
+				`server.toml:1: cluster.membership.port: 0 is out of range`,
+				`server.toml:1: cluster.membership.ttl: 300 is out of range`,
+			},
+		},
+		{
+			name: "mistyped frequency is not compared with drop_time",
+			in:   "[cluster.membership]\nfrequency = 2\ndrop_time = \"600ms\"\n",
+			want: []string{`server.toml:2: cluster.membership.frequency: found integer 2`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.in), "server.toml")
+			if err == nil {
+				t.Fatalf("Parse succeeded with %+v; want errors %q", c, tt.want)
+			}
+			if c != (Config{}) {
+				t.Errorf("Parse returned %+v with its error; want the zero Config", c)
+			}
+			got := problems(err)
+			if len(got) != len(tt.want) {
+				t.Fatalf("Parse reported %d problems, want %d:\n%v", len(got), len(tt.want), err)
+			}
+			for i, want := range tt.want {
+				if !strings.Contains(got[i], want) {
+					t.Errorf("problem %d:\n got: %s\nwant: …%s…", i, got[i], want)
+				}
+			}
+		})
+	}
+}
+
+// problems splits an error from Parse or Validate into its messages.
+func problems(err error) []string {
+	var errs []error
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	msgs := make([]string, len(errs))
+	for i, err := range errs {
+		msgs[i] = err.Error()
+	}
+	return msgs
+}
+
+func TestParseErrorPrefix(t *testing.T) {
+	in := []byte("[cluster.membership]\nttl = 300\n")
+	tests := []struct {
+		file string
+		want string
+	}{
+		{"/etc/flock/server.toml", "/etc/flock/server.toml:2: cluster.membership.ttl: "},
+		{"", "line 2: cluster.membership.ttl: "},
+	}
+	for _, tt := range tests {
+		_, err := Parse(in, tt.file)
+		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("Parse(_, %q) = %v, want prefix %q", tt.file, err, tt.want)
+		}
+	}
+}
+
+func TestSyntaxErrorUnwrapsToParseError(t *testing.T) {
+	_, err := Parse([]byte("a = = 1"), "server.toml")
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		t.Fatalf("Parse error %v (%T) does not wrap a toml.ParseError", err, err)
+	}
+	if strings.Contains(err.Error(), "toml: line") {
+		t.Errorf("error repeats the library's position: %v", err)
+	}
+}
+
+// TestParseValid checks inputs that must be accepted, including partial
+// files, which keep the defaults of the keys they leave out.
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want func(*Config) // applied to Default()
+	}{
+		{"empty file", "", func(*Config) {}},
+		{"only comments", "# nothing\n\n", func(*Config) {}},
+		{"empty tables", "[server]\n[cluster]\n[cluster.membership]\n[cluster.receiver]\n", func(*Config) {}},
+		{
+			name: "one key",
+			in:   "[cluster.membership]\nport = 45600\n",
+			want: func(c *Config) { c.Cluster.Membership.Port = 45600 },
+		},
+		{
+			name: "dotted keys",
+			in:   "server.name = \"node2\"\ncluster.receiver.port = 4100\n",
+			want: func(c *Config) { c.Server.Name = "node2"; c.Cluster.Receiver.Port = 4100 },
+		},
+		{
+			name: "inline table",
+			in:   "[cluster]\nreceiver = { host = \"10.0.0.5\", auto_bind = 1 }\n",
+			want: func(c *Config) { c.Cluster.Receiver.Host = "10.0.0.5"; c.Cluster.Receiver.AutoBind = 1 },
+		},
+		{
+			name: "real cluster",
+			in:   "[cluster.membership]\nbind = \"10.0.0.5\"\n[cluster.receiver]\nhost = \"10.0.0.5\"\n",
+			want: func(c *Config) { c.Cluster.Membership.Bind = "10.0.0.5"; c.Cluster.Receiver.Host = "10.0.0.5" },
+		},
+		{
+			name: "IPv6",
+			in:   "[server]\nhttp = \"[::1]:8080\"\n[cluster.membership]\naddress = \"ff02::4\"\nbind = \"::1\"\n[cluster.receiver]\nhost = \"fe80::1%eth0\"\n",
+			want: func(c *Config) {
+				c.Server.HTTP = "[::1]:8080"
+				c.Cluster.Membership.Address = "ff02::4"
+				c.Cluster.Membership.Bind = "::1"
+				c.Cluster.Receiver.Host = "fe80::1%eth0"
+			},
+		},
+		{
+			name: "http on all interfaces",
+			in:   "server.http = \":8080\"\n",
+			want: func(c *Config) { c.Server.HTTP = ":8080" },
+		},
+		{
+			name: "http hostname",
+			in:   "server.http = \"flock-1.example.com:80\"\n",
+			want: func(c *Config) { c.Server.HTTP = "flock-1.example.com:80" },
+		},
+		{
+			name: "limits",
+			in: `[server]
+name = "` + strings.Repeat("n", 63) + `"
+[cluster]
+domain = "` + strings.Repeat("~", 64) + `"
+[cluster.membership]
+port = 65535
+frequency = "1m"
+drop_time = "2m"
+ttl = 0
+[cluster.receiver]
+port = 64536
+auto_bind = 1000
+`,
+			want: func(c *Config) {
+				c.Server.Name = strings.Repeat("n", 63)
+				c.Cluster.Domain = strings.Repeat("~", 64)
+				c.Cluster.Membership.Port = 65535
+				c.Cluster.Membership.Frequency = Duration{time.Minute}
+				c.Cluster.Membership.DropTime = Duration{2 * time.Minute}
+				c.Cluster.Membership.TTL = 0
+				c.Cluster.Receiver.Port = 64536
+				c.Cluster.Receiver.AutoBind = 1000
+			},
+		},
+		{
+			name: "drop_time exactly twice frequency",
+			in:   "[cluster.membership]\nfrequency = \"1s\"\ndrop_time = \"2s\"\nttl = 255\n",
+			want: func(c *Config) {
+				c.Cluster.Membership.Frequency = Duration{time.Second}
+				c.Cluster.Membership.DropTime = Duration{2 * time.Second}
+				c.Cluster.Membership.TTL = 255
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse([]byte(tt.in), "server.toml")
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			want := Default()
+			tt.want(&want)
+			if got != want {
+				t.Errorf("Parse =\n%+v\nwant\n%+v", got, want)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	c := Default()
+	c.Cluster.Membership.TTL = 256
+	c.Server.Name = "a.b"
+	c.Cluster.Receiver.Port = 0
+	err := c.Validate()
+	want := []string{
+		`server.name: "a.b" is not allowed`,
+		`cluster.membership.ttl: 256 is out of range; allowed 0..255`,
+		`cluster.receiver.port: 0 is out of range; allowed 1..65535`,
+	}
+	got := problems(err)
+	if len(got) != len(want) {
+		t.Fatalf("Validate() = %v; want %d problems", err, len(want))
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("problem %d = %q, want prefix %q", i, got[i], want[i])
+		}
+	}
+}
+
+func TestMembershipTypes(t *testing.T) {
+	for _, typ := range membershipTypes {
+		c := Default()
+		c.Cluster.Membership.Type = typ
+		if err := c.Validate(); err != nil {
+			t.Errorf("type %q: %v", typ, err)
+		}
+	}
+}
+
+func TestAccessors(t *testing.T) {
+	c := Default()
+	if got, err := c.Cluster.Membership.Group(); err != nil || got != netip.MustParseAddrPort("228.0.0.4:45564") {
+		t.Errorf("Group() = %v, %v; want 228.0.0.4:45564", got, err)
+	}
+	if got, err := c.Cluster.Membership.BindAddr(); err != nil || got != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("BindAddr() = %v, %v; want 127.0.0.1", got, err)
+	}
+	if got, err := c.Cluster.Receiver.HostAddr(); err != nil || got != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("HostAddr() = %v, %v; want 127.0.0.1", got, err)
+	}
+
+	c.Cluster.Membership.Address = "10.0.0.1"
+	c.Cluster.Membership.Bind = "0.0.0.0"
+	c.Cluster.Receiver.Host = ""
+	if _, err := c.Cluster.Membership.Group(); err == nil || !strings.HasPrefix(err.Error(), "cluster.membership.address: ") {
+		t.Errorf("Group() of a unicast address: err = %v", err)
+	}
+	c.Cluster.Membership.Address = "228.0.0.4"
+	c.Cluster.Membership.Port = 0
+	if _, err := c.Cluster.Membership.Group(); err == nil || !strings.HasPrefix(err.Error(), "cluster.membership.port: ") {
+		t.Errorf("Group() with port 0: err = %v", err)
+	}
+	if _, err := c.Cluster.Membership.BindAddr(); err == nil || !strings.HasPrefix(err.Error(), "cluster.membership.bind: ") {
+		t.Errorf("BindAddr() of 0.0.0.0: err = %v", err)
+	}
+	if _, err := c.Cluster.Receiver.HostAddr(); err == nil || !strings.HasPrefix(err.Error(), "cluster.receiver.host: ") {
+		t.Errorf("HostAddr() of \"\": err = %v", err)
+	}
+}
+
+func TestDurationText(t *testing.T) {
+	for _, d := range []time.Duration{
+		0, 1, time.Microsecond, 500 * time.Millisecond, 3 * time.Second,
+		90 * time.Second, 36*time.Hour + 1, -time.Second,
+		1<<63 - 1, -1 << 63,
+	} {
+		text, err := Duration{d}.MarshalText()
+		if err != nil {
+			t.Fatalf("MarshalText(%d): %v", d, err)
+		}
+		var got Duration
+		if err := got.UnmarshalText(text); err != nil {
+			t.Errorf("UnmarshalText(%q): %v", text, err)
+		} else if got.Duration != d {
+			t.Errorf("UnmarshalText(MarshalText(%d)) = %d (via %q)", d, got.Duration, text)
+		}
+	}
+
+	for _, tt := range []struct {
+		text string
+		want time.Duration
+	}{
+		{"500ms", 500 * time.Millisecond},
+		{"3s", 3 * time.Second},
+		{"1m30s", 90 * time.Second},
+		{"1.5s", 1500 * time.Millisecond},
+	} {
+		var got Duration
+		if err := got.UnmarshalText([]byte(tt.text)); err != nil || got.Duration != tt.want {
+			t.Errorf("UnmarshalText(%q) = %v, %v; want %v", tt.text, got, err, tt.want)
+		}
+	}
+
+	for _, text := range []string{"", "fast", "500", "1x", "s"} {
+		d := Duration{time.Second}
+		err := d.UnmarshalText([]byte(text))
+		if err == nil {
+			t.Errorf("UnmarshalText(%q) = %v, want error", text, d)
+			continue
+		}
+		if d.Duration != time.Second {
+			t.Errorf("failed UnmarshalText(%q) changed the value to %v", text, d)
+		}
+		if want := `is not a duration (examples: "500ms", "2s")`; !strings.Contains(err.Error(), want) {
+			t.Errorf("UnmarshalText(%q) error %q does not contain %q", text, err, want)
+		}
+	}
+}
+
+// TestEncodeRoundTrip checks that a Config written with the TOML encoder
+// (durations as strings) parses back to itself.
+func TestEncodeRoundTrip(t *testing.T) {
+	c := Default()
+	c.Server.Name = "node-2"
+	c.Cluster.Membership.Frequency = Duration{1500 * time.Millisecond}
+	c.Cluster.Membership.DropTime = Duration{time.Minute}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(buf.Bytes(), "encoded.toml")
+	if err != nil {
+		t.Fatalf("Parse of encoded config: %v\n%s", err, buf.Bytes())
+	}
+	if got != c {
+		t.Errorf("round trip =\n%+v\nwant\n%+v", got, c)
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"", "", 0},
+		{"port", "port", 0},
+		{"prot", "port", 1},
+		{"frequncy", "frequency", 1},
+		{"tll", "ttl", 1},
+		{"hots", "host", 1},
+		{"bnid", "bind", 1},
+		{"x", "ttl", 3},
+		{strings.Repeat("a", 1000), "ttl", 1003}, // lengths too far apart: not computed
+	}
+	for _, tt := range tests {
+		if got := editDistance(tt.a, tt.b); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestKeyLines(t *testing.T) {
+	doc := "# a = 1 in a comment\r\n" + // 1
+		"top = \"\"\"\n" + // 2
+		"[not.a.table]\n" + // 3
+		"x = 1\"\"\"\n" + // 4
+		"lit = '''\n" + // 5
+		"y = 2\n" + // 6
+		"'''''\n" + // 7: two quotes of content, then the end
+		"esc = \"\"\"\\\n" + // 8: line-ending backslash
+		"  \\\"\"\" still inside\"\"\"\n" + // 9
+		"arr = [\n" + // 10
+		"  1, # z = 3\n" + // 11
+		"  { q = 1 },\n" + // 12
+		"]\n" + // 13
+		"when = 1979-05-27 07:32:00Z # space-separated date-time\n" + // 14
+		"\n" + // 15
+		"[ server ] # spaces in the header\n" + // 16
+		"\"quoted key\" = 1\n" + // 17
+		"'literal.key' = 2\n" + // 18
+		"\"esc\\u0041ped\" . sub = 3\n" + // 19
+		"inline = { a = 1,\n" + // 20
+		"  b.c = { d = 2 }, # TOML 1.1: newlines and comments\n" + // 21
+		"}\n" + // 22
+		"[[peers]]\n" + // 23
+		"host = \"a\"\n" + // 24
+		"[[peers]]\n" + // 25
+		"host = \"b\"\n" + // 26
+		"after = 'end'\n" // 27
+
+	var m map[string]any
+	if _, err := toml.Decode(doc, &m); err != nil {
+		t.Fatalf("test document is not valid TOML: %v", err)
+	}
+	want := map[string]int{
+		"top":                  2,
+		"lit":                  5,
+		"esc":                  8,
+		"arr":                  10,
+		"when":                 14,
+		"server":               16,
+		`server."quoted key"`:  17,
+		`server."literal.key"`: 18,
+		"server.escAped":       19,
+		"server.escAped.sub":   19,
+		"server.inline":        20,
+		"server.inline.a":      20,
+		"server.inline.b":      21,
+		"server.inline.b.c":    21,
+		"server.inline.b.c.d":  21,
+		"peers":                23,
+		"peers.host":           24,
+		"peers.after":          27,
+	}
+	got := keyLines(doc)
+	for key, line := range want {
+		if got[key] != line {
+			t.Errorf("line of %s = %d, want %d", key, got[key], line)
+		}
+	}
+	for key := range got {
+		if _, ok := want[key]; !ok {
+			t.Errorf("unexpected key %s at line %d", key, got[key])
+		}
+	}
+}
+
+// TestKeyLinesStops checks that the scanner gives up rather than guess when
+// it cannot follow the document.
+func TestKeyLinesStops(t *testing.T) {
+	got := keyLines("a = 1\nb = 1 2\nc = 3\n")
+	want := map[string]int{"a": 1, "b": 2}
+	if !maps.Equal(got, want) {
+		t.Errorf("keyLines = %v, want %v", got, want)
+	}
+}
+
+// FuzzParse checks that Parse never panics and that whatever it accepts is
+// valid and survives a round trip through the TOML encoder.
+func FuzzParse(f *testing.F) {
+	if data, err := os.ReadFile(shipped); err == nil {
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, "fuzz.toml")
+		if err != nil {
+			if c != (Config{}) {
+				t.Errorf("Parse returned %+v with error %v", c, err)
+			}
+			if !strings.HasPrefix(err.Error(), "fuzz.toml") {
+				t.Errorf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Parse accepted a Config that Validate rejects: %v", err)
+		}
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+			t.Fatalf("encoding %+v: %v", c, err)
+		}
+		again, err := Parse(buf.Bytes(), "fuzz.toml")
+		if err != nil || again != c {
+			t.Fatalf("round trip: got %+v, %v; want %+v\n%s", again, err, c, buf.Bytes())
+		}
+	})
+}
+
+// FuzzKeyLines checks that the line scanner never panics and never invents a
+// key: everything it reports for a valid document is a key the library saw,
+// or a table one of those keys implies.
+func FuzzKeyLines(f *testing.F) {
+	if data, err := os.ReadFile(shipped); err == nil {
+		f.Add(string(data))
+	}
+	f.Add("a.b = { c = [1, {d = 2}], 'e' = \"\"\"\nx\"\"\" }\n[f]\ng = 1979-05-27 07:32:00\n")
+	f.Fuzz(func(t *testing.T, doc string) {
+		lines := keyLines(doc)
+		var m map[string]any
+		md, err := toml.Decode(doc, &m)
+		if err != nil {
+			return
+		}
+		known := make(map[string]bool)
+		for _, key := range md.Keys() {
+			for i := 1; i <= len(key); i++ {
+				known[key[:i].String()] = true
+			}
+		}
+		nlines := strings.Count(doc, "\n") + 1
+		for key, line := range lines {
+			if !known[key] {
+				t.Errorf("keyLines invented key %s (line %d); library keys: %v", key, line, md.Keys())
+			}
+			if line < 1 || line > nlines {
+				t.Errorf("key %s at line %d of a %d-line document", key, line, nlines)
+			}
+		}
+	})
+}
