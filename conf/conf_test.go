@@ -285,7 +285,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unicast group address",
 			in:   "[cluster.membership]\naddress = \"10.0.0.1\"\n",
-			want: []string{`server.toml:2: cluster.membership.address: "10.0.0.1" is not a multicast address`},
+			want: []string{`server.toml:2: cluster.membership.address: "10.0.0.1" is not an IPv4 multicast address`},
 		},
 		{
 			name: "group address not an IP",
@@ -540,11 +540,9 @@ func TestParseValid(t *testing.T) {
 		},
 		{
 			name: "IPv6",
-			in:   "[server]\nhttp = \"[::1]:8080\"\n[cluster.membership]\naddress = \"ff02::4\"\nbind = \"::1\"\n[cluster.receiver]\nhost = \"fe80::1%eth0\"\n",
+			in:   "[server]\nhttp = \"[::1]:8080\"\n[cluster.receiver]\nhost = \"fe80::1%eth0\"\n",
 			want: func(c *Config) {
 				c.Server.HTTP = "[::1]:8080"
-				c.Cluster.Membership.Address = "ff02::4"
-				c.Cluster.Membership.Bind = "::1"
 				c.Cluster.Receiver.Host = "fe80::1%eth0"
 			},
 		},

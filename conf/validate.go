@@ -135,14 +135,20 @@ func (m Membership) group() (netip.Addr, error) {
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("%q is not an IP address; want a multicast address such as \"228.0.0.4\"", m.Address)
 	}
-	if !addr.IsMulticast() {
-		return netip.Addr{}, fmt.Errorf("%q is not a multicast address (224.0.0.0/4 or ff00::/8), such as \"228.0.0.4\"", m.Address)
+	if !addr.Is4() || !addr.IsMulticast() {
+		return netip.Addr{}, fmt.Errorf("%q is not an IPv4 multicast address (224.0.0.0/4), such as \"228.0.0.4\"", m.Address)
 	}
 	return addr, nil
 }
 
+// bindAddr must be IPv4 as long as heartbeats are: the multicast socket
+// joins the group through this interface address.
 func (m Membership) bindAddr() (netip.Addr, error) {
-	return interfaceAddr(m.Bind, "the interface that carries heartbeats")
+	addr, err := interfaceAddr(m.Bind, "the interface that carries heartbeats")
+	if err == nil && !addr.Is4() {
+		return netip.Addr{}, fmt.Errorf("%q is not an IPv4 address; heartbeats are IPv4 multicast, so bind needs the interface's IPv4 address, such as \"10.0.0.5\"", m.Bind)
+	}
+	return addr, err
 }
 
 func (r Receiver) hostAddr() (netip.Addr, error) {

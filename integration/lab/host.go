@@ -62,16 +62,34 @@ func (h *Host) LinkUp(ctx context.Context) error {
 // (sch_netem), it falls back to a clsact qdisc with a cls_bpf filter running
 // a classic BPF program that drops packets at random with the same
 // probability. SetLoss(ctx, 0) is ClearLoss.
+//
+// A packet between two hosts that both have SetLoss(p) crosses two lossy
+// hops (sender's egress, receiver's ingress): it is lost with probability
+// 1-(1-p)^2. Use SetEgressLoss on every host for exactly p per packet.
 func (h *Host) SetLoss(ctx context.Context, percent float64) error {
+	return h.setLoss(ctx, percent, "loss", h.linkEnds())
+}
+
+// SetEgressLoss is SetLoss for one direction only: packets the host sends
+// are dropped with the given percentage, packets sent to it are not. Set on
+// every host, each packet between two hosts is lost with exactly that
+// probability. It replaces loss set earlier on the host's eth0; loss on the
+// bridge-side end (from SetLoss) is left as it is. SetEgressLoss(ctx, 0)
+// removes the host-side loss only.
+func (h *Host) SetEgressLoss(ctx context.Context, percent float64) error {
+	return h.setLoss(ctx, percent, "egress loss", h.linkEnds()[:1])
+}
+
+func (h *Host) setLoss(ctx context.Context, percent float64, what string, ends [][2]string) error {
 	if math.IsNaN(percent) || percent < 0 || percent > 100 {
 		return fmt.Errorf("lab: SetLoss: percent %v out of range [0,100]", percent)
 	}
 	if percent == 0 {
-		return h.ClearLoss(ctx)
+		return h.clearLoss(ctx, what+" cleared", ends)
 	}
 	return h.do(ctx, func(ctx context.Context) error {
-		h.lab.logf("lab: fault: %s loss %v%%", h, percent)
-		for _, end := range h.linkEnds() {
+		h.lab.logf("lab: fault: %s %s %v%%", h, what, percent)
+		for _, end := range ends {
 			if err := h.lab.setLoss(ctx, end[0], end[1], percent); err != nil {
 				return err
 			}
@@ -80,13 +98,17 @@ func (h *Host) SetLoss(ctx context.Context, percent float64) error {
 	})
 }
 
-// ClearLoss removes what SetLoss installed on both ends of the link. It is
-// not an error if there is nothing to remove.
+// ClearLoss removes what SetLoss or SetEgressLoss installed on both ends of
+// the link. It is not an error if there is nothing to remove.
 func (h *Host) ClearLoss(ctx context.Context) error {
+	return h.clearLoss(ctx, "loss cleared", h.linkEnds())
+}
+
+func (h *Host) clearLoss(ctx context.Context, what string, ends [][2]string) error {
 	return h.do(ctx, func(ctx context.Context) error {
-		h.lab.logf("lab: fault: %s loss cleared", h)
+		h.lab.logf("lab: fault: %s %s", h, what)
 		var errs []error
-		for _, end := range h.linkEnds() {
+		for _, end := range ends {
 			ns, dev := end[0], end[1]
 			out, err := runCmd(ctx, "tc", "-n", ns, "qdisc", "show", "dev", dev)
 			if err != nil {

@@ -1,0 +1,307 @@
+//go:build linux
+
+// Package integration runs real flock clusters: every node is a flockd
+// process in its own network namespace, joined to the others by a bridge, so
+// multicast, crashes, pauses, partitions and packet loss are real.
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock/integration/lab"
+)
+
+// flockdPath is the flockd binary built once for all tests; skipReason is
+// set instead when the lab cannot run here.
+var (
+	flockdPath string
+	skipReason string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	if err := lab.Available(); err != nil {
+		skipReason = "network-namespace lab unavailable: " + err.Error()
+		return m.Run()
+	}
+	if err := lab.Cleanup("flk"); err != nil {
+		fmt.Fprintln(os.Stderr, "lab cleanup:", err)
+	}
+	dir, err := os.MkdirTemp("", "flock-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	flockdPath = filepath.Join(dir, "flockd")
+	args := []string{"build", "-o", flockdPath}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "github.com/flockhq/flock/cmd/flockd")...)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building flockd:", err)
+		return 1
+	}
+	code := m.Run()
+	figures.print()
+	return code
+}
+
+// Default timings, as in conf/server.toml; the scenarios' bounds derive
+// from them.
+const (
+	frequency = 500 * time.Millisecond
+	dropTime  = 3 * time.Second
+)
+
+// cluster is a lab with one flockd per host.
+type cluster struct {
+	t     *testing.T
+	lab   *lab.Lab
+	nodes []*node
+	dir   string
+}
+
+type node struct {
+	name   string
+	domain string
+	host   *lab.Host
+	proc   *lab.Proc
+	client *http.Client
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, lab: l, dir: t.TempDir()}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range c.nodes {
+				if n.proc != nil {
+					t.Logf("--- %s output ---\n%s", n.name, n.proc.Output())
+				}
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Errorf("lab close: %v", err)
+		}
+	})
+	return c
+}
+
+// add creates a host for a node of the given domain; start runs it.
+func (c *cluster) add(name, domain string) *node {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, err := c.lab.AddHost(ctx, name)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n := &node{name: name, domain: domain, host: h, client: h.HTTPClient()}
+	c.nodes = append(c.nodes, n)
+	return n
+}
+
+func (c *cluster) start(n *node) {
+	c.t.Helper()
+	cfg := filepath.Join(c.dir, n.name+".toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[cluster]\ndomain = %q\n", n.domain)), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	ip := n.host.IP.String()
+	p, err := n.host.Start(context.Background(), lab.ProcConfig{
+		Path: flockdPath,
+		Name: "flockd",
+		Args: []string{
+			"--config", cfg, "--name", n.name, "--http", ip + ":8080",
+			"--bind", ip, "--receiver-host", ip,
+		},
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n.proc = p
+}
+
+// status is the part of /cluster/status the scenarios read.
+type status struct {
+	Local struct {
+		Name string `json:"name"`
+		ID   string `json:"id"`
+	} `json:"local"`
+	Members []struct {
+		Name  string `json:"name"`
+		ID    string `json:"id"`
+		State string `json:"state"`
+	} `json:"members"`
+	Heartbeats struct {
+		Received uint64 `json:"received"`
+		Lost     uint64 `json:"lost"`
+	} `json:"heartbeats"`
+}
+
+func (n *node) status(ctx context.Context) (status, error) {
+	var s status
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+n.host.IP.String()+":8080/cluster/status", nil)
+	if err != nil {
+		return s, err
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("%s: status %s", n.name, resp.Status)
+	}
+	return s, json.NewDecoder(resp.Body).Decode(&s)
+}
+
+// members returns the names n lists, sorted; an unreachable node lists
+// nothing, which no scenario mistakes for success.
+func (n *node) members(ctx context.Context) ([]string, error) {
+	s, err := n.status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, m := range s.Members {
+		names = append(names, m.Name)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// waitViews polls the nodes until each lists exactly the names want(n)
+// gives, and returns how long that took; it fails the test after timeout.
+func (c *cluster) waitViews(timeout time.Duration, nodes []*node, want func(*node) []string) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok := true
+		var last string
+		for _, n := range nodes {
+			got, err := n.members(ctx)
+			w := want(n)
+			slices.Sort(w)
+			if err != nil || !slices.Equal(got, w) {
+				ok = false
+				last = fmt.Sprintf("%s lists %v (err %v), want %v", n.name, got, err, w)
+				break
+			}
+		}
+		if ok {
+			return time.Since(start)
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("views did not settle within %v: %s", timeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// checkViews fails the test unless every node lists exactly want(n) now.
+func (c *cluster) checkViews(nodes []*node, want func(*node) []string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range nodes {
+		got, err := n.members(ctx)
+		w := want(n)
+		slices.Sort(w)
+		if err != nil || !slices.Equal(got, w) {
+			c.t.Fatalf("%s lists %v (err %v), want %v", n.name, got, err, w)
+		}
+	}
+}
+
+// others is the usual expectation: every other running node of n's domain.
+func (c *cluster) others(except ...*node) func(*node) []string {
+	return func(n *node) []string {
+		var names []string
+		for _, o := range c.nodes {
+			if o != n && o.domain == n.domain && !slices.Contains(except, o) {
+				names = append(names, o.name)
+			}
+		}
+		return names
+	}
+}
+
+func without(nodes []*node, drop *node) []*node {
+	return slices.DeleteFunc(slices.Clone(nodes), func(n *node) bool { return n == drop })
+}
+
+// logged reports whether n's output has a member event line with all the
+// given fields.
+func (n *node) logged(fields ...string) bool {
+	for _, line := range strings.Split(n.proc.Output(), "\n") {
+		all := true
+		for _, f := range fields {
+			all = all && strings.Contains(line, f)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// report collects measured figures and prints them as one table at the end
+// of the run (go test -v shows it), so a run is also a measurement.
+type report struct {
+	mu   sync.Mutex
+	rows []string
+}
+
+var figures report
+
+func (r *report) add(t *testing.T, what string, d time.Duration, bound time.Duration) {
+	t.Helper()
+	t.Logf("%s: %v (bound %v)", what, d.Round(time.Millisecond), bound)
+	r.mu.Lock()
+	r.rows = append(r.rows, fmt.Sprintf("| %s | %v | %v |", what, d.Round(time.Millisecond), bound))
+	r.mu.Unlock()
+}
+
+func (r *report) print() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.rows) == 0 {
+		return
+	}
+	fmt.Println("\n| measured | time | bound |\n| --- | --- | --- |")
+	for _, row := range r.rows {
+		fmt.Println(row)
+	}
+}
