@@ -81,8 +81,13 @@ func TestGracefulLeave(t *testing.T) {
 	if took > time.Second {
 		t.Errorf("leave seen %v after SIGTERM, want within 1s", took)
 	}
-	if err := victim.proc.Stop(ctx); err != nil {
-		t.Errorf("flockd did not exit 0 on SIGTERM: %v", err)
+	select {
+	case <-victim.proc.Done():
+		if err := victim.proc.ExitErr(); err != nil {
+			t.Errorf("flockd did not exit 0 on SIGTERM: %v", err)
+		}
+	case <-ctx.Done():
+		t.Errorf("flockd still running 30s after SIGTERM")
 	}
 	for _, n := range without(nodes, victim) {
 		if !n.logged("event=left", "member="+victim.name) {

@@ -35,10 +35,10 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stderr)
-	stop()
-	os.Exit(code)
+	// The signals stay caught until exit: a second SIGTERM during the
+	// bounded shutdown must not cut the leave heartbeat short.
+	ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
 }
 
 // run is main without the process: ctx ends the node as a signal would.
