@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // HTTPTimeout is the overall timeout of clients returned by Host.HTTPClient.
@@ -93,13 +95,7 @@ func (h *Host) Do(fn func() error) error {
 	return res.err
 }
 
-func setns(fd int) error {
-	_, _, errno := syscall.RawSyscall(sysSetns, uintptr(fd), syscall.CLONE_NEWNET, 0)
-	if errno != 0 {
-		return errno
-	}
-	return nil
-}
+func setns(fd int) error { return unix.Setns(fd, unix.CLONE_NEWNET) }
 
 // DialContext dials address (an IP literal and port, e.g. "198.51.100.11:8080")
 // from inside the host's namespace. Host names are refused, so no name
