@@ -1,0 +1,419 @@
+// Package wire is the frame and envelope codec that flock's sender and
+// receiver share.
+//
+// A frame is a 12-byte header and a body:
+//
+//	off size field
+//	0   4    magic "FLKT"
+//	4   1    protocol version (1)
+//	5   1    type: 1..15 control frames of the transport, 16..255 application messages
+//	6   1    flags: bit 0 marks an authentication tag after the body (reserved
+//	         for shared-key authentication; refused until then); other bits must be 0
+//	7   1    reserved, 0
+//	8   4    body length, big-endian
+//	12  n    body: a msgpack array, whose layout depends on the type
+//
+// Application frames carry an Envelope: the sender's member id, its sequence
+// number on this stream, the send mode and the payload (msgpack encoded by
+// the layer above).
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+)
+
+const (
+	magic     = "FLKT"
+	Version   = 1
+	HeaderLen = 12
+	// DefaultMaxFrame bounds a frame's body unless configured otherwise.
+	DefaultMaxFrame = 16 << 20
+)
+
+// Type says what a frame carries.
+type Type uint8
+
+// Control frames, handled by the transport itself.
+const (
+	TypeHello Type = 1 // first frame of every connection: who is calling
+	TypeAck   Type = 2 // sender <- receiver: messages up to Seq arrived (and how the last one went)
+	TypePing  Type = 3 // "are you there?", answered by the process, not the kernel
+	TypePong  Type = 4 // the answer to a ping, naming the member that answered
+	TypeLeave Type = 5 // the caller is leaving the cluster; answered with a pong
+
+	// FirstApp is the first type free for application messages.
+	FirstApp Type = 16
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeHello:
+		return "hello"
+	case TypeAck:
+		return "ack"
+	case TypePing:
+		return "ping"
+	case TypePong:
+		return "pong"
+	case TypeLeave:
+		return "leave"
+	}
+	return fmt.Sprintf("type-%d", uint8(t))
+}
+
+// FlagAuth marks a frame followed by an authentication tag. No tag scheme is
+// defined yet, so a frame with it set is refused rather than trusted.
+const FlagAuth = 1 << 0
+
+// Errors of the codec; each is wrapped with the detail.
+var (
+	ErrMagic     = errors.New("not a flock frame")
+	ErrVersion   = errors.New("unsupported protocol version")
+	ErrTooLarge  = errors.New("frame larger than the maximum")
+	ErrFlags     = errors.New("unsupported frame flags")
+	ErrMalformed = errors.New("malformed frame body")
+)
+
+// Mode is how a sender waits for a message.
+type Mode uint8
+
+const (
+	// Async: the send returns once the message is queued.
+	Async Mode = 0
+	// Ack: the send returns when the receiver has read the message.
+	Ack Mode = 1
+	// Sync: the send returns when the receiver's handler has returned.
+	Sync Mode = 2
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Async:
+		return "async"
+	case Ack:
+		return "ack"
+	case Sync:
+		return "sync"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// ParseMode reads a mode by its name, as configuration writes it.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range []Mode{Async, Ack, Sync} {
+		if s == m.String() {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown send mode %q; allowed: async, ack, sync", s)
+}
+
+// ID is a member id: random per process start.
+type ID [16]byte
+
+// Frame is one decoded frame. Body aliases memory the frame owns alone.
+type Frame struct {
+	Type  Type
+	Flags uint8
+	Body  []byte
+}
+
+// begin appends a header with a placeholder length; finish patches it.
+func begin(b []byte, t Type) ([]byte, int) {
+	start := len(b)
+	b = append(b, magic...)
+	return append(b, Version, byte(t), 0, 0, 0, 0, 0, 0), start
+}
+
+func finish(b []byte, start int) []byte {
+	binary.BigEndian.PutUint32(b[start+8:], uint32(len(b)-start-HeaderLen))
+	return b
+}
+
+// ParseHeader checks a frame header and returns the type, flags and body
+// length. max bounds the length before anything is allocated for it.
+func ParseHeader(h []byte, max int) (Type, uint8, int, error) {
+	if len(h) < HeaderLen {
+		return 0, 0, 0, fmt.Errorf("%w: header of %d bytes", ErrMalformed, len(h))
+	}
+	if string(h[:4]) != magic {
+		return 0, 0, 0, fmt.Errorf("%w: magic %q", ErrMagic, h[:4])
+	}
+	if h[4] != Version {
+		return 0, 0, 0, fmt.Errorf("%w: %d (this node speaks %d)", ErrVersion, h[4], Version)
+	}
+	t, flags := Type(h[5]), h[6]
+	if flags != 0 || h[7] != 0 {
+		return 0, 0, 0, fmt.Errorf("%w: %#x (authenticated frames are not supported yet)", ErrFlags, flags)
+	}
+	if t == 0 || (t > TypeLeave && t < FirstApp) {
+		return 0, 0, 0, fmt.Errorf("%w: unknown type %d", ErrMalformed, t)
+	}
+	n := binary.BigEndian.Uint32(h[8:12])
+	if uint64(n) > uint64(max) {
+		return 0, 0, 0, fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, n, max)
+	}
+	return t, flags, int(n), nil
+}
+
+// Reader reads frames from a stream.
+type Reader struct {
+	r   *bufio.Reader
+	max int
+	hdr [HeaderLen]byte
+}
+
+// NewReader reads frames of at most max body bytes from r.
+func NewReader(r io.Reader, max int) *Reader {
+	return &Reader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+}
+
+// Buffered reports how many bytes are read but not yet returned: zero means
+// the next Next will block on the network, the moment to flush replies.
+func (r *Reader) Buffered() int { return r.r.Buffered() }
+
+// Next reads one frame. started, if not nil, is called once the first byte
+// of a frame has arrived, so the caller can switch from an idle timeout to a
+// per-frame one.
+func (r *Reader) Next(started func()) (Frame, error) {
+	if _, err := r.r.Peek(1); err != nil {
+		return Frame{}, err
+	}
+	if started != nil {
+		started()
+	}
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		return Frame{}, unexpected(err)
+	}
+	t, flags, n, err := ParseHeader(r.hdr[:], r.max)
+	if err != nil {
+		return Frame{}, err
+	}
+	body, err := readBody(r.r, n)
+	if err != nil {
+		return Frame{}, unexpected(err)
+	}
+	return Frame{Type: t, Flags: flags, Body: body}, nil
+}
+
+// readBody reads n bytes, growing the buffer as data arrives, so a peer that
+// announces a large frame and sends nothing costs a little, not n bytes.
+func readBody(r io.Reader, n int) ([]byte, error) {
+	const step = 1 << 20
+	if n <= step {
+		b := make([]byte, n)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b := make([]byte, 0, step)
+	for len(b) < n {
+		chunk := min(n-len(b), step)
+		if cap(b)-len(b) < chunk {
+			b = append(b, make([]byte, chunk)...)[:len(b)]
+		}
+		if _, err := io.ReadFull(r, b[len(b):len(b)+chunk]); err != nil {
+			return nil, err
+		}
+		b = b[:len(b)+chunk]
+	}
+	return b, nil
+}
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// Envelope is the body of an application frame.
+type Envelope struct {
+	From    ID
+	Seq     uint64
+	Mode    Mode
+	Payload []byte
+}
+
+// AppendMessage appends a whole application frame.
+func AppendMessage(b []byte, t Type, e Envelope) []byte {
+	b, start := begin(b, t)
+	b = appendArray(b, 4)
+	b = appendBin(b, e.From[:])
+	b = appendUint(b, e.Seq)
+	b = appendUint(b, uint64(e.Mode))
+	b = appendBin(b, e.Payload)
+	return finish(b, start)
+}
+
+// ParseEnvelope decodes an application frame's body; Payload aliases body.
+func ParseEnvelope(body []byte) (Envelope, error) {
+	d := decoder{b: body}
+	n := d.arrayOf(4, "envelope")
+	var e Envelope
+	from := d.bin()
+	if d.err == nil && len(from) != len(e.From) {
+		d.fail("sender id of %d bytes", len(from))
+	}
+	copy(e.From[:], from)
+	e.Seq = d.uint()
+	mode := d.uint()
+	if d.err == nil && mode > uint64(Sync) {
+		d.fail("unknown mode %d", mode)
+	}
+	e.Mode = Mode(mode)
+	e.Payload = d.bin()
+	d.end(n, 4)
+	return e, d.err
+}
+
+// AckStatus says how far a message got.
+type AckStatus uint8
+
+const (
+	Received AckStatus = 1 // read by the receiver
+	Applied  AckStatus = 2 // its handler returned without error
+	Failed   AckStatus = 3 // its handler returned an error, in Err
+)
+
+// AckBody is the body of an ack frame. It is cumulative: every message of
+// the stream up to Seq has been read (and, since handlers run in order, the
+// handlers of all before Seq have returned); Status is about Seq itself.
+type AckBody struct {
+	Seq    uint64
+	Status AckStatus
+	Err    string
+}
+
+// AppendAck appends a whole ack frame.
+func AppendAck(b []byte, a AckBody) []byte {
+	b, start := begin(b, TypeAck)
+	b = appendArray(b, 3)
+	b = appendUint(b, a.Seq)
+	b = appendUint(b, uint64(a.Status))
+	b = appendStr(b, a.Err)
+	return finish(b, start)
+}
+
+// ParseAck decodes an ack frame's body.
+func ParseAck(body []byte) (AckBody, error) {
+	d := decoder{b: body}
+	n := d.arrayOf(3, "ack")
+	var a AckBody
+	a.Seq = d.uint()
+	st := d.uint()
+	if d.err == nil && (st < uint64(Received) || st > uint64(Failed)) {
+		d.fail("unknown ack status %d", st)
+	}
+	a.Status = AckStatus(st)
+	a.Err = d.str()
+	d.end(n, 3)
+	return a, d.err
+}
+
+// Peer is who a hello or a pong names: a member as the transport sees it.
+type Peer struct {
+	ID      ID
+	Name    string
+	Domain  string
+	Addr    netip.AddrPort // its receiver
+	Started time.Time
+}
+
+func appendPeer(b []byte, p Peer) []byte {
+	b = appendArray(b, 5)
+	b = appendBin(b, p.ID[:])
+	b = appendStr(b, p.Name)
+	b = appendStr(b, p.Domain)
+	b = appendStr(b, p.Addr.String())
+	return appendInt(b, p.Started.UnixNano())
+}
+
+func (d *decoder) peer() Peer {
+	n := d.arrayOf(5, "peer")
+	var p Peer
+	id := d.bin()
+	if d.err == nil && len(id) != len(p.ID) {
+		d.fail("member id of %d bytes", len(id))
+	}
+	copy(p.ID[:], id)
+	p.Name = d.str()
+	p.Domain = d.str()
+	addr := d.str()
+	started := d.int()
+	d.skipN(n-5, 0)
+	if d.err != nil {
+		return Peer{}
+	}
+	a, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		d.fail("receiver address %q: %v", addr, err)
+		return Peer{}
+	}
+	if p.ID == (ID{}) || p.Name == "" {
+		d.fail("peer without id or name")
+		return Peer{}
+	}
+	p.Addr = a
+	p.Started = time.Unix(0, started).UTC()
+	return p
+}
+
+// AppendHello appends a hello frame naming the caller.
+func AppendHello(b []byte, p Peer) []byte {
+	b, start := begin(b, TypeHello)
+	b = appendArray(b, 1)
+	b = appendPeer(b, p)
+	return finish(b, start)
+}
+
+// ParseHello decodes a hello frame's body.
+func ParseHello(body []byte) (Peer, error) {
+	d := decoder{b: body}
+	n := d.arrayOf(1, "hello")
+	p := d.peer()
+	d.end(n, 1)
+	return p, d.err
+}
+
+// AppendPing appends a ping (or, with TypeLeave, a leave) carrying a nonce
+// the answer repeats.
+func AppendPing(b []byte, t Type, nonce uint64) []byte {
+	b, start := begin(b, t)
+	b = appendArray(b, 1)
+	b = appendUint(b, nonce)
+	return finish(b, start)
+}
+
+// ParsePing decodes a ping or leave body.
+func ParsePing(body []byte) (uint64, error) {
+	d := decoder{b: body}
+	n := d.arrayOf(1, "ping")
+	nonce := d.uint()
+	d.end(n, 1)
+	return nonce, d.err
+}
+
+// AppendPong appends the answer to a ping: its nonce and who answered.
+func AppendPong(b []byte, nonce uint64, p Peer) []byte {
+	b, start := begin(b, TypePong)
+	b = appendArray(b, 2)
+	b = appendUint(b, nonce)
+	b = appendPeer(b, p)
+	return finish(b, start)
+}
+
+// ParsePong decodes a pong body.
+func ParsePong(body []byte) (uint64, Peer, error) {
+	d := decoder{b: body}
+	n := d.arrayOf(2, "pong")
+	nonce := d.uint()
+	p := d.peer()
+	d.end(n, 2)
+	return nonce, p, d.err
+}
