@@ -1,0 +1,483 @@
+package receiver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flockhq/flock/internal/wire"
+)
+
+// Message is one application message as a handler sees it.
+type Message struct {
+	From    wire.Peer // who sent it, as its hello said
+	Type    wire.Type
+	Seq     uint64
+	Mode    wire.Mode
+	Payload []byte // owned by the handler
+}
+
+// Handler applies a message. It runs on the reader of the sender's
+// connection, so the messages of one sender are applied one at a time, in
+// the order they were sent; a slow handler slows that sender only. For a
+// sync message, a returned error travels back to the sender.
+type Handler func(ctx context.Context, m Message) error
+
+// Observer hears about the members that call: a hello or ping shows the
+// caller is alive; a leave that it is going. Static membership feeds on it.
+type Observer interface {
+	Seen(p wire.Peer)
+	Leaving(p wire.Peer)
+}
+
+// Config configures a Receiver.
+type Config struct {
+	// Local answers pings: the member this node is.
+	Local wire.Peer
+	// MaxFrame bounds a frame's body; a larger one closes the connection.
+	MaxFrame int
+	// IdleTimeout closes a connection that sends nothing for this long.
+	IdleTimeout time.Duration
+	// FrameTimeout bounds the time from a frame's first byte to its last,
+	// so a peer that trickles bytes (slow loris) cannot hold a reader.
+	FrameTimeout time.Duration
+	Observer     Observer
+	Logger       logrus.FieldLogger
+}
+
+// DefaultConfig returns the defaults of conf/server.toml.
+func DefaultConfig() Config {
+	return Config{
+		MaxFrame:     wire.DefaultMaxFrame,
+		IdleTimeout:  60 * time.Second,
+		FrameTimeout: 10 * time.Second,
+	}
+}
+
+// Receiver accepts cluster connections and hands their messages to
+// handlers.
+type Receiver struct {
+	cfg      Config
+	log      logrus.FieldLogger
+	ln       net.Listener
+	handlers map[wire.Type]Handler
+	ctx      context.Context
+	cancel   context.CancelFunc
+
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	senders map[wire.ID]*senderState
+	stopped bool
+	wg      sync.WaitGroup
+
+	stats counters
+}
+
+// senderState is what survives a sender's reconnect: the last sequence
+// number applied, so a message re-sent after a retry is recognised.
+type senderState struct {
+	mu       sync.Mutex // held while a message of this sender is applied
+	lastSeq  uint64
+	started  bool
+	failures map[uint64]string // recent failed sync messages, for re-sent copies
+	conns    int               // open connections; guarded by Receiver.mu
+	idleFrom time.Time         // when conns fell to 0; guarded by Receiver.mu
+}
+
+// counters are the receiver's statistics.
+type counters struct {
+	Connections, Frames, Bytes, Messages, Duplicates, Rejected, HandlerErrors, NoHandler atomic.Uint64
+}
+
+// Stats is a snapshot of the receiver's counters.
+type Stats struct {
+	Connections   uint64 // connections accepted
+	Open          int    // connections open now
+	Frames        uint64 // frames read
+	Bytes         uint64 // frame bytes read
+	Messages      uint64 // application messages handed to handlers
+	Duplicates    uint64 // re-sent messages recognised and not applied again
+	Rejected      uint64 // connections closed for a protocol error
+	HandlerErrors uint64 // handlers that returned an error
+	NoHandler     uint64 // messages of a type nobody handles
+}
+
+// New prepares a receiver on ln; register handlers, then call Start.
+func New(ln net.Listener, cfg Config) *Receiver {
+	log := cfg.Logger
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = l
+	}
+	def := DefaultConfig()
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = def.MaxFrame
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
+	if cfg.FrameTimeout <= 0 {
+		cfg.FrameTimeout = def.FrameTimeout
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Receiver{
+		cfg:      cfg,
+		log:      log.WithField("component", "receiver"),
+		ln:       ln,
+		handlers: make(map[wire.Type]Handler),
+		ctx:      ctx,
+		cancel:   cancel,
+		conns:    make(map[net.Conn]struct{}),
+		senders:  make(map[wire.ID]*senderState),
+	}
+}
+
+// Handle registers h for messages of type t. It must be called before Start.
+func (r *Receiver) Handle(t wire.Type, h Handler) {
+	if t < wire.FirstApp {
+		panic(fmt.Sprintf("receiver: type %d is reserved for the transport", t))
+	}
+	r.handlers[t] = h
+}
+
+// Addr is the address the receiver listens on.
+func (r *Receiver) Addr() net.Addr { return r.ln.Addr() }
+
+// Start accepts connections until Stop.
+func (r *Receiver) Start() {
+	r.wg.Add(1)
+	go r.accept()
+}
+
+// Stop closes the listener and every connection and returns when all the
+// receiver's goroutines have ended (handlers see their context cancelled).
+func (r *Receiver) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return nil
+	}
+	r.stopped = true
+	err := r.ln.Close()
+	for c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
+	r.cancel()
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("receiver: stop: %w", ctx.Err())
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("receiver: %w", err)
+	}
+	return nil
+}
+
+// Stats returns the receiver's counters.
+func (r *Receiver) Stats() Stats {
+	r.mu.Lock()
+	open := len(r.conns)
+	r.mu.Unlock()
+	return Stats{
+		Connections: r.stats.Connections.Load(), Open: open,
+		Frames: r.stats.Frames.Load(), Bytes: r.stats.Bytes.Load(),
+		Messages: r.stats.Messages.Load(), Duplicates: r.stats.Duplicates.Load(),
+		Rejected: r.stats.Rejected.Load(), HandlerErrors: r.stats.HandlerErrors.Load(),
+		NoHandler: r.stats.NoHandler.Load(),
+	}
+}
+
+func (r *Receiver) accept() {
+	defer r.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := r.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait a little rather
+			// than spin, and keep serving the connections already open.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			r.log.WithError(err).Warn("accept failed")
+			select {
+			case <-time.After(backoff):
+				continue
+			case <-r.ctx.Done():
+				return
+			}
+		}
+		backoff = 0
+		r.mu.Lock()
+		if r.stopped {
+			r.mu.Unlock()
+			c.Close()
+			return
+		}
+		r.conns[c] = struct{}{}
+		r.wg.Add(1)
+		r.mu.Unlock()
+		r.stats.Connections.Add(1)
+		go r.serve(c)
+	}
+}
+
+// serve reads one connection until it fails or the receiver stops.
+func (r *Receiver) serve(c net.Conn) {
+	defer r.wg.Done()
+	defer func() {
+		r.mu.Lock()
+		delete(r.conns, c)
+		r.mu.Unlock()
+		c.Close()
+	}()
+	cs := &connServer{r: r, c: c, rd: wire.NewReader(c, r.cfg.MaxFrame), w: bufio.NewWriterSize(c, 16<<10)}
+	err := cs.run()
+	if cs.sender != nil {
+		r.release(cs.from.ID)
+	}
+	switch {
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, errProtocol):
+		r.stats.Rejected.Add(1)
+		r.log.WithFields(logrus.Fields{"remote": c.RemoteAddr(), "member": cs.from.Name}).WithError(err).Warn("closing connection")
+	default:
+		r.log.WithFields(logrus.Fields{"remote": c.RemoteAddr(), "member": cs.from.Name}).WithError(err).Debug("connection ended")
+	}
+}
+
+var errProtocol = errors.New("protocol error")
+
+// connServer is the state of one connection's reader.
+type connServer struct {
+	r      *Receiver
+	c      net.Conn
+	rd     *wire.Reader
+	w      *bufio.Writer
+	wbuf   []byte
+	from   wire.Peer
+	sender *senderState
+	// acked is the highest sequence number acknowledged on this connection;
+	// received the highest read. Async messages are acknowledged together,
+	// when the reader runs out of buffered frames.
+	acked, received uint64
+}
+
+func (cs *connServer) run() error {
+	r := cs.r
+	for {
+		if cs.rd.Buffered() == 0 {
+			// About to block on the network: send the acks owed so far,
+			// then wait for the next frame for at most the idle timeout.
+			if err := cs.flush(); err != nil {
+				return err
+			}
+			cs.c.SetReadDeadline(time.Now().Add(r.cfg.IdleTimeout))
+		}
+		f, err := cs.rd.Next(func() { cs.c.SetReadDeadline(time.Now().Add(r.cfg.FrameTimeout)) })
+		if err != nil {
+			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||
+				errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) {
+				return fmt.Errorf("%w: %w", errProtocol, err)
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("%w: idle or too slow: %w", errProtocol, err)
+			}
+			return err
+		}
+		r.stats.Frames.Add(1)
+		r.stats.Bytes.Add(uint64(wire.HeaderLen + len(f.Body)))
+		if err := cs.frame(f); err != nil {
+			return err
+		}
+	}
+}
+
+func (cs *connServer) frame(f wire.Frame) error {
+	r := cs.r
+	if cs.sender == nil && f.Type != wire.TypeHello {
+		return fmt.Errorf("%w: %v before hello", errProtocol, f.Type)
+	}
+	switch f.Type {
+	case wire.TypeHello:
+		if cs.sender != nil {
+			return fmt.Errorf("%w: second hello", errProtocol)
+		}
+		p, err := wire.ParseHello(f.Body)
+		if err != nil {
+			return fmt.Errorf("%w: hello: %w", errProtocol, err)
+		}
+		if p.Domain != r.cfg.Local.Domain {
+			return fmt.Errorf("%w: caller %s is of domain %q, this node of %q", errProtocol, p.Name, p.Domain, r.cfg.Local.Domain)
+		}
+		cs.from = p
+		cs.sender = r.acquire(p.ID)
+		if o := r.cfg.Observer; o != nil {
+			o.Seen(p)
+		}
+		return nil
+	case wire.TypePing, wire.TypeLeave:
+		nonce, err := wire.ParsePing(f.Body)
+		if err != nil {
+			return fmt.Errorf("%w: %v: %w", errProtocol, f.Type, err)
+		}
+		if o := r.cfg.Observer; o != nil {
+			if f.Type == wire.TypeLeave {
+				o.Leaving(cs.from)
+			} else {
+				o.Seen(cs.from)
+			}
+		}
+		cs.wbuf = wire.AppendPong(cs.wbuf[:0], nonce, r.cfg.Local)
+		_, err = cs.w.Write(cs.wbuf)
+		return err
+	case wire.TypeAck, wire.TypePong:
+		return fmt.Errorf("%w: unexpected %v", errProtocol, f.Type)
+	}
+	e, err := wire.ParseEnvelope(f.Body)
+	if err != nil {
+		return fmt.Errorf("%w: %v: %w", errProtocol, f.Type, err)
+	}
+	if e.From != cs.from.ID {
+		return fmt.Errorf("%w: envelope from %x on the connection of %x", errProtocol, e.From, cs.from.ID)
+	}
+	return cs.message(f.Type, e)
+}
+
+// message applies one application message at most once and acknowledges it
+// as its mode asks.
+func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
+	r := cs.r
+	s := cs.sender
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cs.received = max(cs.received, e.Seq)
+	if s.started && e.Seq <= s.lastSeq {
+		// A copy re-sent after a reconnect: applied before, answer as then.
+		r.stats.Duplicates.Add(1)
+		if e.Mode == wire.Async {
+			return nil
+		}
+		if msg, failed := s.failures[e.Seq]; failed {
+			return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Failed, Err: msg})
+		}
+		return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Applied})
+	}
+	if s.started && e.Seq != s.lastSeq+1 {
+		// The sender gave up on the messages in between (its retries ran
+		// out); they are reported failed on its side.
+		r.log.WithFields(logrus.Fields{"member": cs.from.Name, "expected": s.lastSeq + 1, "got": e.Seq}).Warn("gap in message sequence")
+	}
+	s.started, s.lastSeq = true, e.Seq
+
+	if e.Mode == wire.Ack {
+		if err := cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Received}); err != nil {
+			return err
+		}
+	}
+	h := r.handlers[t]
+	var herr error
+	if h == nil {
+		r.stats.NoHandler.Add(1)
+		herr = fmt.Errorf("no handler for message type %d on %s", t, r.cfg.Local.Name)
+	} else {
+		r.stats.Messages.Add(1)
+		herr = h(r.ctx, Message{From: cs.from, Type: t, Seq: e.Seq, Mode: e.Mode, Payload: e.Payload})
+		if herr != nil {
+			r.stats.HandlerErrors.Add(1)
+		}
+	}
+	if e.Mode != wire.Sync {
+		if herr != nil {
+			r.log.WithFields(logrus.Fields{"member": cs.from.Name, "type": t, "seq": e.Seq}).WithError(herr).Warn("message failed")
+		}
+		return nil
+	}
+	if herr != nil {
+		s.rememberFailure(e.Seq, herr.Error())
+		return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Failed, Err: herr.Error()})
+	}
+	return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Applied})
+}
+
+func (s *senderState) rememberFailure(seq uint64, msg string) {
+	const keep = 256 // a retry re-sends what was in flight, never more than this far back in practice
+	if s.failures == nil {
+		s.failures = make(map[uint64]string)
+	}
+	s.failures[seq] = msg
+	for old := range s.failures {
+		if old+keep < seq {
+			delete(s.failures, old)
+		}
+	}
+}
+
+func (cs *connServer) ack(a wire.AckBody) error {
+	cs.wbuf = wire.AppendAck(cs.wbuf[:0], a)
+	if _, err := cs.w.Write(cs.wbuf); err != nil {
+		return err
+	}
+	cs.acked = max(cs.acked, a.Seq)
+	return nil
+}
+
+// flush writes the acks owed: a cumulative one for async messages read
+// since the last ack, then whatever is buffered.
+func (cs *connServer) flush() error {
+	if cs.received > cs.acked {
+		if err := cs.ack(wire.AckBody{Seq: cs.received, Status: wire.Received}); err != nil {
+			return err
+		}
+	}
+	if cs.w.Buffered() == 0 {
+		return nil
+	}
+	cs.c.SetWriteDeadline(time.Now().Add(cs.r.cfg.FrameTimeout))
+	return cs.w.Flush()
+}
+
+// acquire returns the state of sender id, creating it, and forgets senders
+// with no connection for long enough that they cannot be retrying.
+func (r *Receiver) acquire(id wire.ID) *senderState {
+	const forgetAfter = 10 * time.Minute
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for other, s := range r.senders {
+		if s.conns == 0 && now.Sub(s.idleFrom) > forgetAfter {
+			delete(r.senders, other)
+		}
+	}
+	s := r.senders[id]
+	if s == nil {
+		s = &senderState{}
+		r.senders[id] = s
+	}
+	s.conns++
+	return s
+}
+
+func (r *Receiver) release(id wire.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.senders[id]; s != nil {
+		if s.conns--; s.conns == 0 {
+			s.idleFrom = time.Now()
+		}
+	}
+}

@@ -1,0 +1,369 @@
+package sender
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flockhq/flock/internal/wire"
+)
+
+// maxBatch bounds one write: enough to amortise the system call, small
+// enough that acknowledgements keep flowing.
+const maxBatch = 1 << 20
+
+// msg is one message on its way to one peer.
+type msg struct {
+	peer  *peer
+	seq   uint64
+	frame []byte
+	mode  wire.Mode
+	tries int        // connections it was written to (or that failed to open for it)
+	done  chan error // buffered; nil for async messages
+}
+
+// peer is the ordered connection to one member. One goroutine (run) writes
+// and owns reconnection; one per connection reads acknowledgements.
+type peer struct {
+	s    *TCP
+	addr netip.AddrPort
+	wake chan struct{}
+	quit chan struct{}
+
+	mu       sync.Mutex
+	pending  []*msg // not yet written, in sequence order
+	inflight []*msg // written to conn, not yet acknowledged, in sequence order
+	bytes    int64
+	seq      uint64
+	conn     net.Conn
+	gen      uint64    // increments per connection, so a stale reader's failure is ignored
+	progress time.Time // last acknowledgement, or when inflight became non-empty
+	stopErr  error     // set once: why the peer stopped
+	emptied  chan struct{}
+	stats    PeerStats
+}
+
+func newPeer(s *TCP, addr netip.AddrPort) *peer {
+	return &peer{s: s, addr: addr, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+}
+
+func (p *peer) log() logrus.FieldLogger { return p.s.log.WithField("peer", p.addr) }
+
+func (p *peer) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue queues a message. The frame is built under the lock so that
+// sequence numbers follow queue order.
+func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error) {
+	size := int64(wire.HeaderLen + len(payload) + 64)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stopErr != nil {
+		return nil, p.stopErr
+	}
+	if p.bytes+size > p.s.cfg.QueueLimit {
+		return nil, fmt.Errorf("%w: %d bytes waiting for %v, limit %d", ErrQueueFull, p.bytes, p.addr, p.s.cfg.QueueLimit)
+	}
+	p.seq++
+	m := &msg{peer: p, seq: p.seq, mode: mode}
+	m.frame = wire.AppendMessage(make([]byte, 0, size), t, wire.Envelope{From: p.s.cfg.Local.ID, Seq: m.seq, Mode: mode, Payload: payload})
+	if mode != wire.Async {
+		m.done = make(chan error, 1)
+	}
+	p.pending = append(p.pending, m)
+	p.bytes += int64(len(m.frame))
+	p.signal()
+	return m, nil
+}
+
+// finish completes m, which the caller has taken out of the queues; p.mu
+// must be held. settle must follow once the queues are updated.
+func (p *peer) finish(m *msg, err error) {
+	p.bytes -= int64(len(m.frame))
+	if err != nil {
+		p.stats.Failed++
+	}
+	if m.done != nil {
+		m.done <- err
+	} else if err != nil {
+		p.log().WithFields(logrus.Fields{"seq": m.seq}).WithError(err).Debug("async message lost")
+	}
+}
+
+// settle wakes Drain once nothing is queued or in flight; p.mu must be held.
+func (p *peer) settle() {
+	if len(p.pending) == 0 && len(p.inflight) == 0 && p.emptied != nil {
+		close(p.emptied)
+		p.emptied = nil
+	}
+}
+
+// stop ends the peer: everything queued fails with err.
+func (p *peer) stop(err error) {
+	p.mu.Lock()
+	if p.stopErr != nil {
+		p.mu.Unlock()
+		return
+	}
+	p.stopErr = err
+	p.mu.Unlock()
+	close(p.quit)
+}
+
+// run is the writer: it connects, writes batches in order and reconnects
+// with backoff, until stop.
+func (p *peer) run() {
+	check := time.NewTicker(max(p.s.cfg.Timeout/4, 10*time.Millisecond))
+	defer check.Stop()
+	var backoff time.Duration
+	for {
+		select {
+		case <-p.quit:
+			p.shutdown()
+			return
+		case <-p.wake:
+		case <-check.C:
+			p.checkProgress()
+			continue
+		}
+		for {
+			frames, conn, gen := p.takeBatch()
+			if len(frames) == 0 {
+				break
+			}
+			if conn == nil {
+				if err := p.connect(); err != nil {
+					p.broken(0, fmt.Errorf("connect: %w", err))
+					backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+					select {
+					case <-time.After(backoff):
+						p.signal() // try again with what is still queued
+					case <-p.quit:
+					}
+					break
+				}
+				backoff = 0
+				continue
+			}
+			conn.SetWriteDeadline(time.Now().Add(p.s.cfg.Timeout))
+			bufs := net.Buffers(frames)
+			if _, err := bufs.WriteTo(conn); err != nil {
+				p.broken(gen, fmt.Errorf("write: %w", err))
+				break
+			}
+		}
+	}
+}
+
+// takeBatch moves up to maxBatch bytes of pending messages to inflight and
+// returns their frames with the connection to write them to. When there is
+// no connection it moves nothing and returns a nil conn with one frame, the
+// sign to connect first.
+func (p *peer) takeBatch() ([][]byte, net.Conn, uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pending) == 0 {
+		return nil, nil, 0
+	}
+	if p.conn == nil {
+		return [][]byte{p.pending[0].frame}, nil, 0
+	}
+	var frames [][]byte
+	n, size := 0, 0
+	for n < len(p.pending) && (n == 0 || size+len(p.pending[n].frame) <= maxBatch) {
+		m := p.pending[n]
+		frames = append(frames, m.frame)
+		size += len(m.frame)
+		if m.tries++; m.tries > 1 {
+			p.stats.Retried++
+		}
+		n++
+	}
+	if len(p.inflight) == 0 {
+		p.progress = time.Now()
+	}
+	p.inflight = append(p.inflight, p.pending[:n]...)
+	p.pending = append(p.pending[:0], p.pending[n:]...)
+	p.stats.Sent += uint64(n)
+	p.stats.SentBytes += uint64(size)
+	return frames, p.conn, p.gen
+}
+
+// connect dials the peer, sends the hello and starts the connection's ack
+// reader.
+func (p *peer) connect() error {
+	d := net.Dialer{Timeout: p.s.cfg.Timeout, KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(p.s.ctx, "tcp", p.addr.String())
+	if err != nil {
+		return err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	hello := wire.AppendHello(nil, p.s.cfg.Local)
+	conn.SetWriteDeadline(time.Now().Add(p.s.cfg.Timeout))
+	if _, err := conn.Write(hello); err != nil {
+		conn.Close()
+		return err
+	}
+	p.mu.Lock()
+	if p.stopErr != nil {
+		p.mu.Unlock()
+		conn.Close()
+		return p.stopErr
+	}
+	p.gen++
+	p.conn = conn
+	gen := p.gen
+	if p.gen > 1 {
+		p.stats.Reconnects++
+	}
+	p.mu.Unlock()
+	p.s.wg.Add(1)
+	go func() { defer p.s.wg.Done(); p.readAcks(conn, gen) }()
+	return nil
+}
+
+// broken handles the failure of connection gen (0: a connection that could
+// not be opened): what was in flight goes back to the front of the queue,
+// and every message that has used up its tries fails.
+func (p *peer) broken(gen uint64, cause error) {
+	p.mu.Lock()
+	if gen != 0 && gen != p.gen {
+		p.mu.Unlock()
+		return // an older connection, already handled
+	}
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
+	}
+	requeue := append(p.inflight, p.pending...)
+	p.inflight, p.pending = nil, requeue[:0:0]
+	var failed []*msg
+	for _, m := range requeue {
+		if gen == 0 {
+			m.tries++ // the connection it was queued for never opened
+		}
+		if m.tries > p.s.cfg.MaxRetries {
+			failed = append(failed, m)
+		} else {
+			p.pending = append(p.pending, m)
+		}
+	}
+	err := fmt.Errorf("%w (%v)", ErrRetries, cause)
+	for _, m := range failed {
+		p.finish(m, err)
+	}
+	p.settle()
+	stopped := p.stopErr != nil
+	p.mu.Unlock()
+	if !stopped {
+		p.log().WithError(cause).WithField("failed", len(failed)).Debug("connection failed")
+		p.s.failure(p.addr, cause)
+		p.signal()
+	}
+}
+
+// checkProgress fails a connection that has had unacknowledged messages
+// for longer than the timeout: the peer's kernel accepts bytes, but its
+// process does not answer (paused, or stuck).
+func (p *peer) checkProgress() {
+	p.mu.Lock()
+	stalled := len(p.inflight) > 0 && time.Since(p.progress) > p.s.cfg.Timeout
+	gen := p.gen
+	p.mu.Unlock()
+	if stalled {
+		p.broken(gen, fmt.Errorf("%w: peer stalled", ErrTimeout))
+	}
+}
+
+// readAcks reads the acknowledgements of one connection until it fails.
+func (p *peer) readAcks(conn net.Conn, gen uint64) {
+	rd := wire.NewReader(conn, p.s.cfg.MaxFrame)
+	for {
+		f, err := rd.Next(nil)
+		if err == nil && f.Type != wire.TypeAck {
+			err = fmt.Errorf("peer sent %v where acks were expected", f.Type)
+		}
+		var a wire.AckBody
+		if err == nil {
+			a, err = wire.ParseAck(f.Body)
+		}
+		if err != nil {
+			p.broken(gen, fmt.Errorf("read: %w", err))
+			return
+		}
+		p.ack(a)
+	}
+}
+
+// ack applies one acknowledgement: every message before a.Seq is done (the
+// receiver applies in order), and a.Seq itself as its status says.
+func (p *peer) ack(a wire.AckBody) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.progress = time.Now()
+	n := 0
+	for n < len(p.inflight) && p.inflight[n].seq < a.Seq {
+		p.finish(p.inflight[n], nil)
+		n++
+	}
+	if n < len(p.inflight) && p.inflight[n].seq == a.Seq {
+		switch m := p.inflight[n]; {
+		case a.Status == wire.Failed:
+			p.finish(m, &RemoteError{Msg: a.Err})
+			n++
+		case a.Status == wire.Applied || m.mode != wire.Sync:
+			p.finish(m, nil)
+			n++
+		}
+		// Received for a sync message: its handler has yet to answer.
+	}
+	p.inflight = append(p.inflight[:0], p.inflight[n:]...)
+	p.settle()
+}
+
+// waitEmpty returns when nothing is queued or in flight.
+func (p *peer) waitEmpty(ctx context.Context) error {
+	p.mu.Lock()
+	if len(p.pending) == 0 && len(p.inflight) == 0 || p.stopErr != nil {
+		p.mu.Unlock()
+		return nil
+	}
+	if p.emptied == nil {
+		p.emptied = make(chan struct{})
+	}
+	ch := p.emptied
+	p.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// shutdown fails everything still queued and closes the connection.
+func (p *peer) shutdown() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
+	}
+	all := append(p.inflight, p.pending...)
+	p.inflight, p.pending = nil, nil
+	for _, m := range all {
+		p.finish(m, p.stopErr)
+	}
+	p.settle()
+}

@@ -1,0 +1,78 @@
+package sender
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/flockhq/flock/internal/wire"
+)
+
+// Ping asks the process at addr to answer, on a connection of its own so
+// that the answer cannot queue behind data, and returns the member that
+// answered. A kernel that accepts the connection is not enough: a paused
+// or stuck process does not answer within the timeout.
+func (s *TCP) Ping(ctx context.Context, addr netip.AddrPort) (wire.Peer, error) {
+	return s.call(ctx, addr, wire.TypePing)
+}
+
+// Leave tells the member at addr that this node is leaving, and waits for
+// its answer.
+func (s *TCP) Leave(ctx context.Context, addr netip.AddrPort) error {
+	_, err := s.call(ctx, addr, wire.TypeLeave)
+	return err
+}
+
+func (s *TCP) call(ctx context.Context, addr netip.AddrPort, t wire.Type) (wire.Peer, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.Timeout)
+		defer cancel()
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
+	}
+	defer conn.Close()
+	// The deadline bounds the whole exchange; a cancelled ctx closes the
+	// connection to end a blocked read at once.
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	var nb [8]byte
+	rand.Read(nb[:])
+	nonce := binary.BigEndian.Uint64(nb[:])
+	b := wire.AppendHello(nil, s.cfg.Local)
+	b = wire.AppendPing(b, t, nonce)
+	if _, err := conn.Write(b); err != nil {
+		return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
+	}
+	rd := wire.NewReader(conn, s.cfg.MaxFrame)
+	for range 16 { // a pong is the first frame a receiver writes; allow a few strays, not a stream
+		f, err := rd.Next(nil)
+		if err != nil {
+			if ctx.Err() != nil {
+				err = fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+			}
+			return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
+		}
+		if f.Type != wire.TypePong {
+			continue
+		}
+		n, p, err := wire.ParsePong(f.Body)
+		if err != nil {
+			return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
+		}
+		if n == nonce {
+			return p, nil
+		}
+	}
+	return wire.Peer{}, fmt.Errorf("%v %v: no answer among the frames it sent", t, addr)
+}
