@@ -25,7 +25,9 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// Config is the configuration of one flock node.
+// Config is the configuration of one flock node. It holds a slice
+// (cluster.membership.static.members), so it cannot be compared with ==;
+// use reflect.DeepEqual.
 type Config struct {
 	Server  Server  `toml:"server"`
 	Cluster Cluster `toml:"cluster"`
@@ -48,18 +50,36 @@ type Cluster struct {
 	Domain     string     `toml:"domain"`
 	Membership Membership `toml:"membership"`
 	Receiver   Receiver   `toml:"receiver"`
+	Sender     Sender     `toml:"sender"`
 }
 
 // Membership configures how members discover each other and notice when one
 // has gone.
+//
+// Address, Port, Bind and TTL configure the multicast heartbeats; they are
+// validated whatever the type, as they have working defaults.
 type Membership struct {
-	Type      string   `toml:"type"`      // only "multicast" for now
+	Type      string   `toml:"type"`      // "multicast" or "static"
 	Address   string   `toml:"address"`   // multicast group of the heartbeats
 	Port      int      `toml:"port"`      // UDP port of the group
 	Bind      string   `toml:"bind"`      // IP of the interface that carries heartbeats
 	Frequency Duration `toml:"frequency"` // heartbeat interval
 	DropTime  Duration `toml:"drop_time"` // silence after which a member is dropped
-	TTL       int      `toml:"ttl"`       // multicast time-to-live
+	// ProbeTimeout is how long a member that has gone silent gets to answer
+	// a TCP ping before it is dropped (Tomcat's TcpFailureDetector). Zero
+	// turns the ping off. At most DropTime.
+	ProbeTimeout Duration `toml:"probe_timeout"`
+	TTL          int      `toml:"ttl"` // multicast time-to-live
+	Static       Static   `toml:"static"`
+}
+
+// Static lists the members of a cluster whose membership type is "static".
+type Static struct {
+	// Members are the receivers of all nodes, "IP:port" each, such as
+	// "198.51.100.10:4000". The node's own receiver may be listed; it is
+	// skipped. Required with type "static", ignored (but still checked)
+	// with "multicast". Use [Static.Addrs] to read them.
+	Members []string `toml:"members" example:"198.51.100.10:4000"`
 }
 
 // Receiver configures the TCP listener that peers replicate sessions to.
@@ -72,6 +92,25 @@ type Receiver struct {
 	// and one configuration.
 	Port     int `toml:"port"`
 	AutoBind int `toml:"auto_bind"`
+	// MaxFrame is the largest frame accepted; a larger one closes the
+	// connection.
+	MaxFrame Size `toml:"max_frame"`
+	// IdleTimeout closes a connection silent this long; the sender
+	// reconnects when it next needs to.
+	IdleTimeout Duration `toml:"idle_timeout"`
+}
+
+// Sender configures how messages are sent to peers' receivers.
+type Sender struct {
+	// Timeout is how long a send waits for a connection and, in the ack
+	// and sync modes, for its acknowledgement.
+	Timeout Duration `toml:"timeout"`
+	// MaxRetries is how many times a message is re-sent after a reconnect
+	// (Tomcat's maxRetryAttempts).
+	MaxRetries int `toml:"max_retries"`
+	// QueueLimit bounds the bytes waiting per peer, queued or not yet
+	// acknowledged; a send past it fails at once.
+	QueueLimit Size `toml:"queue_limit"`
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string, such as
@@ -108,18 +147,29 @@ func Default() Config {
 		Cluster: Cluster{
 			Domain: "default",
 			Membership: Membership{
-				Type:      "multicast",
-				Address:   "228.0.0.4",
-				Port:      45564,
-				Bind:      "127.0.0.1",
-				Frequency: Duration{500 * time.Millisecond},
-				DropTime:  Duration{3 * time.Second},
-				TTL:       1,
+				Type:         "multicast",
+				Address:      "228.0.0.4",
+				Port:         45564,
+				Bind:         "127.0.0.1",
+				Frequency:    Duration{500 * time.Millisecond},
+				DropTime:     Duration{3 * time.Second},
+				ProbeTimeout: Duration{time.Second},
+				TTL:          1,
+				// Empty rather than nil, so that the encoder writes
+				// members = [] and Default() equals the shipped file.
+				Static: Static{Members: []string{}},
 			},
 			Receiver: Receiver{
-				Host:     "127.0.0.1",
-				Port:     4000,
-				AutoBind: 100,
+				Host:        "127.0.0.1",
+				Port:        4000,
+				AutoBind:    100,
+				MaxFrame:    Size{16 * mib},
+				IdleTimeout: Duration{time.Minute},
+			},
+			Sender: Sender{
+				Timeout:    Duration{3 * time.Second},
+				MaxRetries: 1,
+				QueueLimit: Size{64 * mib},
 			},
 		},
 	}
@@ -164,8 +214,10 @@ func Parse(data []byte, file string) (Config, error) {
 	for _, p := range c.problems() {
 		// A mistyped value was left at its default, which passes its own
 		// check; but comparing another key against that default would
-		// blame the user for a value they did not write.
-		if !mistyped[p.related] {
+		// blame the user for a value they did not write. So would a
+		// check of the key itself against another key, such as static
+		// membership's need for members when members was mistyped.
+		if !mistyped[p.related] && !mistyped[p.key] {
 			probs = append(probs, p)
 		}
 	}
@@ -196,8 +248,10 @@ func locate(probs []problem, file string, data []byte) error {
 	}
 	// Errors with no known line go last, after those that point into the
 	// file. Keys break ties so that the order does not depend on map
-	// iteration (several keys can share a line in an inline table).
-	slices.SortFunc(errs, func(a, b located) int {
+	// iteration (several keys can share a line in an inline table); the
+	// sort is stable so that the problems of one key, such as the
+	// elements of an array, stay in the order they were found.
+	slices.SortStableFunc(errs, func(a, b located) int {
 		switch {
 		case a.line == b.line:
 			return strings.Compare(a.key, b.key)

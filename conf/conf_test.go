@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ func TestShippedFileIsDefault(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(%q): %v", shipped, err)
 	}
-	if want := Default(); got != want {
+	if want := Default(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Load(%q) =\n%+v\nwant Default() =\n%+v", shipped, got, want)
 	}
 }
@@ -38,8 +39,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 13 {
-		t.Errorf("Default() encodes %d keys, want 13: %v", len(keys), keys)
+	if len(keys) != 20 {
+		t.Errorf("Default() encodes %d keys, want 20: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -275,12 +276,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unsupported membership type",
 			in:   "[cluster.membership]\ntype = \"gossip\"\n",
-			want: []string{`server.toml:2: cluster.membership.type: "gossip" is not supported; allowed: "multicast"`},
-		},
-		{
-			name: "static membership not yet",
-			in:   "[cluster.membership]\ntype = \"static\"\n",
-			want: []string{`server.toml:2: cluster.membership.type: static membership arrives with the TCP transport; allowed now: "multicast"`},
+			want: []string{`server.toml:2: cluster.membership.type: "gossip" is not supported; allowed: "multicast", "static"`},
 		},
 		{
 			name: "unicast group address",
@@ -408,6 +404,314 @@ func TestParseErrors(t *testing.T) {
 			want: []string{`server.toml:2: cluster.receiver.auto_bind: 100 tries ports 65500..65599`},
 		},
 
+		// Static membership.
+		{
+			name: "static without members points at type",
+			in:   "[cluster.membership]\ntype = \"static\"\n",
+			want: []string{`server.toml:2: cluster.membership.static.members: type "static" needs at least one member, such as ["198.51.100.10:4000", "198.51.100.11:4000"]`},
+		},
+		{
+			name: "static with empty members",
+			in:   "[cluster.membership]\ntype = \"static\"\n\n[cluster.membership.static]\nmembers = []\n",
+			want: []string{`server.toml:5: cluster.membership.static.members: type "static" needs at least one member`},
+		},
+		{
+			name: "member not a string",
+			in:   "[cluster.membership.static]\nmembers = [\"198.51.100.10:4000\", 4000]\n",
+			want: []string{`server.toml:2: cluster.membership.static.members[1]: found integer 4000; want a string such as "198.51.100.10:4000"`},
+		},
+		{
+			name: "members not strings, over several lines, in index order",
+			in: `[cluster.membership]
+type = "static"
+
+[cluster.membership.static]
+members = [
+  "198.51.100.10:4000", # a comment
+  { host = "198.51.100.11" },
+  "198.51.100.12:4000",
+  ["198.51.100.13:4000"],
+  1.5,
+]
+`,
+			// Not also "needs at least one member": members is mistyped.
+			want: []string{
+				`server.toml:5: cluster.membership.static.members[1]: found table; want a string such as "198.51.100.10:4000"`,
+				`server.toml:5: cluster.membership.static.members[3]: found array; want a string`,
+				`server.toml:5: cluster.membership.static.members[4]: found float 1.5; want a string`,
+			},
+		},
+		{
+			name: "members not an array",
+			in:   "[cluster.membership]\ntype = \"static\"\nstatic.members = \"198.51.100.10:4000\"\n",
+			want: []string{`server.toml:3: cluster.membership.static.members: found string "198.51.100.10:4000"; want an array of strings such as ["198.51.100.10:4000"]`},
+		},
+		{
+			name: "members array of tables",
+			in:   "[[cluster.membership.static.members]]\nhost = \"198.51.100.10\"\n",
+			want: []string{`server.toml:1: cluster.membership.static.members[0]: found table; want a string such as "198.51.100.10:4000"`},
+		},
+		{
+			name: "static table not a table",
+			in:   "[cluster.membership]\nstatic = [\"198.51.100.10:4000\"]\n",
+			want: []string{`server.toml:2: cluster.membership.static: found array; want a table`},
+		},
+		{
+			name: "member with hostname",
+			in:   "[cluster.membership]\ntype = \"static\"\nstatic.members = [\"198.51.100.10:4000\", \"db1.example.com:4000\"]\n",
+			want: []string{`server.toml:3: cluster.membership.static.members[1]: host "db1.example.com" in "db1.example.com:4000" is not an IP address; static members are not looked up in DNS, so want IP:port`},
+		},
+		{
+			name: "member without port",
+			in:   "cluster.membership.static.members = [\"198.51.100.10\"]\n",
+			want: []string{`server.toml:1: cluster.membership.static.members[0]: "198.51.100.10" is not IP:port; want IP:port, such as "198.51.100.10:4000" or "[2001:db8::10]:4000"`},
+		},
+		{
+			name: "member IPv6 without brackets",
+			in:   "cluster.membership.static.members = [\"2001:db8::10:4000\"]\n",
+			want: []string{`cluster.membership.static.members[0]: "2001:db8::10:4000" is not IP:port`},
+		},
+		{
+			name: "member IPv4 in brackets",
+			in:   "cluster.membership.static.members = [\"[198.51.100.10]:4000\"]\n",
+			want: []string{`cluster.membership.static.members[0]: "[198.51.100.10]:4000" puts an IPv4 address in brackets; write it as "198.51.100.10:4000"`},
+		},
+		{
+			name: "member bad IP",
+			in:   "cluster.membership.static.members = [\"198.51.100.256:4000\"]\n",
+			want: []string{`cluster.membership.static.members[0]: host "198.51.100.256" in "198.51.100.256:4000" is not an IP address; want IP:port`},
+		},
+		{
+			name: "member port zero",
+			in:   "cluster.membership.static.members = [\"198.51.100.10:0\"]\n",
+			want: []string{`cluster.membership.static.members[0]: port 0 in "198.51.100.10:0" is out of range; allowed 1..65535`},
+		},
+		{
+			name: "member port too large",
+			in:   "cluster.membership.static.members = [\"[2001:db8::10]:65536\"]\n",
+			want: []string{`cluster.membership.static.members[0]: port 65536 in "[2001:db8::10]:65536" is out of range; allowed 1..65535`},
+		},
+		{
+			name: "member port name",
+			in:   "cluster.membership.static.members = [\"198.51.100.10:flock\"]\n",
+			want: []string{`cluster.membership.static.members[0]: port "flock" in "198.51.100.10:flock" is not a number`},
+		},
+		{
+			name: "member unspecified",
+			in:   "cluster.membership.static.members = [\"0.0.0.0:4000\", \"[::]:4000\"]\n",
+			want: []string{
+				`cluster.membership.static.members[0]: "0.0.0.0:4000" has the unspecified address 0.0.0.0`,
+				`cluster.membership.static.members[1]: "[::]:4000" has the unspecified address ::`,
+			},
+		},
+		{
+			name: "member multicast",
+			in:   "cluster.membership.static.members = [\"228.0.0.4:4000\"]\n",
+			want: []string{`cluster.membership.static.members[0]: "228.0.0.4:4000" has the multicast address 228.0.0.4`},
+		},
+		{
+			name: "duplicate member",
+			in: `[cluster.membership]
+type = "static"
+static.members = [
+  "198.51.100.10:4000",
+  "198.51.100.11:4000",
+  "198.51.100.10:4000",
+  "[::ffff:198.51.100.11]:4000",
+]
+`,
+			want: []string{
+				`server.toml:3: cluster.membership.static.members[2]: "198.51.100.10:4000" is already listed as members[0] ("198.51.100.10:4000")`,
+				`server.toml:3: cluster.membership.static.members[3]: "[::ffff:198.51.100.11]:4000" is already listed as members[1] ("198.51.100.11:4000")`,
+			},
+		},
+		{
+			name: "bad member reported with multicast too",
+			in:   "[cluster.membership.static]\nmembers = [\"db1:4000\"]\n",
+			want: []string{`server.toml:2: cluster.membership.static.members[0]: host "db1" in "db1:4000" is not an IP address`},
+		},
+		{
+			name: "unknown key in static",
+			in:   "[cluster.membership.static]\nmember = []\n",
+			want: []string{`server.toml:2: unknown key "cluster.membership.static.member" (did you mean "cluster.membership.static.members"?)`},
+		},
+
+		// probe_timeout.
+		{
+			name: "probe_timeout longer than drop_time",
+			in:   "[cluster.membership]\nprobe_timeout = \"5s\"\n",
+			want: []string{`server.toml:2: cluster.membership.probe_timeout: 5s must be at most drop_time (3s)`},
+		},
+		{
+			name: "default probe_timeout longer than drop_time points at drop_time",
+			in:   "[cluster.membership]\nfrequency = \"100ms\"\ndrop_time = \"500ms\"\n",
+			want: []string{`server.toml:3: cluster.membership.probe_timeout: 1s must be at most drop_time (500ms)`},
+		},
+		{
+			name: "probe_timeout not compared with an invalid drop_time",
+			in:   "[cluster.membership]\ndrop_time = \"600ms\"\n",
+			want: []string{`server.toml:2: cluster.membership.drop_time: 600ms must be at least twice frequency (500ms)`},
+		},
+		{
+			name: "probe_timeout not compared with a mistyped drop_time",
+			in:   "[cluster.membership]\ndrop_time = 3\nprobe_timeout = \"5s\"\n",
+			want: []string{`server.toml:2: cluster.membership.drop_time: found integer 3; want a string such as "3s"`},
+		},
+		{
+			name: "probe_timeout negative",
+			in:   "[cluster.membership]\nprobe_timeout = \"-1s\"\n",
+			want: []string{`server.toml:2: cluster.membership.probe_timeout: -1s must not be negative ("0s" turns the probe off)`},
+		},
+		{
+			name: "probe_timeout integer",
+			in:   "[cluster.membership]\nprobe_timeout = 1\n",
+			want: []string{`server.toml:2: cluster.membership.probe_timeout: found integer 1; want a string such as "1s"`},
+		},
+
+		// Sizes.
+		{
+			name: "size with decimal unit",
+			in:   "[cluster.receiver]\nmax_frame = \"16MB\"\n",
+			want: []string{`server.toml:2: cluster.receiver.max_frame: "16MB": MB could mean powers of 1000 or of 1024; use KiB, MiB or GiB`},
+		},
+		{
+			name: "size with KB",
+			in:   "[cluster.sender]\nqueue_limit = \"64KB\"\n",
+			want: []string{`cluster.sender.queue_limit: "64KB": KB could mean powers of 1000 or of 1024; use KiB, MiB or GiB`},
+		},
+		{
+			name: "size with unit in the wrong case",
+			in:   "[cluster.receiver]\nmax_frame = \"16mib\"\n",
+			want: []string{`cluster.receiver.max_frame: "16mib": write the unit as "MiB"; units are case-sensitive`},
+		},
+		{
+			name: "size with unknown unit",
+			in:   "[cluster.receiver]\nmax_frame = \"1TiB\"\n",
+			want: []string{`cluster.receiver.max_frame: "1TiB": unknown unit "TiB"; use B, KiB, MiB or GiB`},
+		},
+		{
+			name: "size with a space",
+			in:   "[cluster.receiver]\nmax_frame = \"16 MiB\"\n",
+			want: []string{`cluster.receiver.max_frame: "16 MiB": write the unit without a space`},
+		},
+		{
+			name: "size not a number",
+			in:   "[cluster.receiver]\nmax_frame = \"big\"\n",
+			want: []string{`server.toml:2: cluster.receiver.max_frame: "big" is not a size; want a whole number of bytes with an optional unit B, KiB, MiB or GiB, such as "16MiB", "512B" or "1024"`},
+		},
+		{
+			name: "size negative",
+			in:   "[cluster.receiver]\nmax_frame = \"-1MiB\"\n",
+			want: []string{`cluster.receiver.max_frame: "-1MiB" is negative; want a whole number of bytes`},
+		},
+		{
+			name: "size negative integer",
+			in:   "[cluster.receiver]\nmax_frame = -1024\n",
+			want: []string{`server.toml:2: cluster.receiver.max_frame: -1024 is negative; want a whole number of bytes`},
+		},
+		{
+			name: "size fraction that is whole bytes",
+			in:   "[cluster.receiver]\nmax_frame = \"1.5MiB\"\n",
+			want: []string{`cluster.receiver.max_frame: "1.5MiB": fractions are not allowed; write "1536KiB"`},
+		},
+		{
+			name: "size fraction of a byte",
+			in:   "[cluster.receiver]\nmax_frame = \"1.5B\"\n",
+			want: []string{`cluster.receiver.max_frame: "1.5B": fractions are not allowed; want a whole number of bytes`},
+		},
+		{
+			name: "size overflows",
+			in:   "[cluster.sender]\nqueue_limit = \"8589934592GiB\"\n",
+			want: []string{`cluster.sender.queue_limit: "8589934592GiB" is too large`},
+		},
+		{
+			name: "size float",
+			in:   "[cluster.receiver]\nmax_frame = 1.5\n",
+			want: []string{`server.toml:2: cluster.receiver.max_frame: found float 1.5; want a string such as "16MiB" or an integer number of bytes`},
+		},
+		{
+			name: "size boolean",
+			in:   "[cluster.sender]\nqueue_limit = true\n",
+			want: []string{`cluster.sender.queue_limit: found boolean true; want a string such as "64MiB" or an integer number of bytes`},
+		},
+		{
+			name: "max_frame too small",
+			in:   "[cluster.receiver]\nmax_frame = \"512B\"\n",
+			want: []string{`server.toml:2: cluster.receiver.max_frame: 512B is out of range; allowed 1KiB..1GiB`},
+		},
+		{
+			name: "max_frame integer too small",
+			in:   "[cluster.receiver]\nmax_frame = 1023\n",
+			want: []string{`cluster.receiver.max_frame: 1023B is out of range; allowed 1KiB..1GiB`},
+		},
+		{
+			name: "max_frame too big",
+			in:   "[cluster.receiver]\nmax_frame = \"2GiB\"\n",
+			want: []string{`cluster.receiver.max_frame: 2GiB is out of range; allowed 1KiB..1GiB`},
+		},
+		{
+			name: "max_frame zero",
+			in:   "[cluster.receiver]\nmax_frame = \"0\"\n",
+			want: []string{`cluster.receiver.max_frame: 0B is out of range; allowed 1KiB..1GiB`},
+		},
+		{
+			name: "queue_limit too small",
+			in:   "[cluster.sender]\nqueue_limit = \"63KiB\"\n",
+			want: []string{`server.toml:2: cluster.sender.queue_limit: 63KiB is out of range; allowed 64KiB..16GiB`},
+		},
+		{
+			name: "queue_limit too big",
+			in:   "[cluster.sender]\nqueue_limit = 17179869185\n",
+			want: []string{`cluster.sender.queue_limit: 17179869185B is out of range; allowed 64KiB..16GiB`},
+		},
+
+		// Receiver and sender timing.
+		{
+			name: "idle_timeout too short",
+			in:   "[cluster.receiver]\nidle_timeout = \"500ms\"\n",
+			want: []string{`server.toml:2: cluster.receiver.idle_timeout: 500ms is too short; allowed at least 1s`},
+		},
+		{
+			name: "idle_timeout zero",
+			in:   "[cluster.receiver]\nidle_timeout = \"0s\"\n",
+			want: []string{`cluster.receiver.idle_timeout: 0s is too short; allowed at least 1s`},
+		},
+		{
+			name: "sender timeout zero",
+			in:   "[cluster.sender]\ntimeout = \"0s\"\n",
+			want: []string{`server.toml:2: cluster.sender.timeout: 0s must be greater than 0`},
+		},
+		{
+			name: "sender timeout too long",
+			in:   "[cluster.sender]\ntimeout = \"11m\"\n",
+			want: []string{`cluster.sender.timeout: 11m0s is too long; allowed at most 10m0s`},
+		},
+		{
+			name: "sender timeout integer",
+			in:   "[cluster.sender]\ntimeout = 3\n",
+			want: []string{`cluster.sender.timeout: found integer 3; want a string such as "3s"`},
+		},
+		{
+			name: "max_retries negative",
+			in:   "[cluster.sender]\nmax_retries = -1\n",
+			want: []string{`server.toml:2: cluster.sender.max_retries: -1 is out of range; allowed 0..10`},
+		},
+		{
+			name: "max_retries too large",
+			in:   "[cluster.sender]\nmax_retries = 11\n",
+			want: []string{`cluster.sender.max_retries: 11 is out of range; allowed 0..10`},
+		},
+		{
+			name: "max_retries string",
+			in:   "[cluster.sender]\nmax_retries = \"1\"\n",
+			want: []string{`cluster.sender.max_retries: found string "1"; want an integer such as 1`},
+		},
+		{
+			name: "unknown sender key",
+			in:   "[cluster.sender]\nmax_retires = 2\n",
+			want: []string{`server.toml:2: unknown key "cluster.sender.max_retires" (did you mean "cluster.sender.max_retries"?)`},
+		},
+
 		// Several problems, all reported in file order.
 		{
 			name: "several problems",
@@ -448,7 +752,7 @@ frequency = "fast"
 			if err == nil {
 				t.Fatalf("Parse succeeded with %+v; want errors %q", c, tt.want)
 			}
-			if c != (Config{}) {
+			if !reflect.DeepEqual(c, Config{}) {
 				t.Errorf("Parse returned %+v with its error; want the zero Config", c)
 			}
 			got := problems(err)
@@ -583,6 +887,97 @@ auto_bind = 1000
 			},
 		},
 		{
+			name: "static",
+			in: `[cluster.membership]
+type = "static"
+probe_timeout = "3s"
+
+[cluster.membership.static]
+members = [
+  "198.51.100.10:4000", # this node: skipped by membership
+  "198.51.100.11:4001",
+  "[2001:db8::10]:4000",
+  "[fe80::1%eth0]:4000",
+]
+
+[cluster.receiver]
+host = "198.51.100.10"
+`,
+			want: func(c *Config) {
+				c.Cluster.Membership.Type = "static"
+				c.Cluster.Membership.ProbeTimeout = Duration{3 * time.Second}
+				c.Cluster.Membership.Static.Members = []string{
+					"198.51.100.10:4000", "198.51.100.11:4001", "[2001:db8::10]:4000", "[fe80::1%eth0]:4000",
+				}
+				c.Cluster.Receiver.Host = "198.51.100.10"
+			},
+		},
+		{
+			name: "members with multicast are allowed",
+			in:   "cluster.membership.static.members = [\"198.51.100.10:4000\"]\n",
+			want: func(c *Config) { c.Cluster.Membership.Static.Members = []string{"198.51.100.10:4000"} },
+		},
+		{
+			name: "same IP, different ports",
+			in:   "cluster.membership.static.members = [\"127.0.0.1:4000\", \"127.0.0.1:4001\"]\n",
+			want: func(c *Config) { c.Cluster.Membership.Static.Members = []string{"127.0.0.1:4000", "127.0.0.1:4001"} },
+		},
+		{
+			name: "integer max_frame",
+			in:   "[cluster.receiver]\nmax_frame = 1048576\n",
+			want: func(c *Config) { c.Cluster.Receiver.MaxFrame = Size{1 << 20} },
+		},
+		{
+			name: "sizes in bytes and units",
+			in:   "[cluster.receiver]\nmax_frame = \"1024\"\n[cluster.sender]\nqueue_limit = \"65536B\"\n",
+			want: func(c *Config) {
+				c.Cluster.Receiver.MaxFrame = Size{1024}
+				c.Cluster.Sender.QueueLimit = Size{64 << 10}
+			},
+		},
+		{
+			name: "new keys at their limits, low",
+			in: `[cluster.membership]
+probe_timeout = "0s"
+[cluster.receiver]
+max_frame = "1KiB"
+idle_timeout = "1s"
+[cluster.sender]
+timeout = "1ns"
+max_retries = 0
+queue_limit = "64KiB"
+`,
+			want: func(c *Config) {
+				c.Cluster.Membership.ProbeTimeout = Duration{0}
+				c.Cluster.Receiver.MaxFrame = Size{1 << 10}
+				c.Cluster.Receiver.IdleTimeout = Duration{time.Second}
+				c.Cluster.Sender.Timeout = Duration{1}
+				c.Cluster.Sender.MaxRetries = 0
+				c.Cluster.Sender.QueueLimit = Size{64 << 10}
+			},
+		},
+		{
+			name: "new keys at their limits, high",
+			in: `[cluster.membership]
+probe_timeout = "3s"
+[cluster.receiver]
+max_frame = "1GiB"
+idle_timeout = "24h"
+[cluster.sender]
+timeout = "10m"
+max_retries = 10
+queue_limit = "16GiB"
+`,
+			want: func(c *Config) {
+				c.Cluster.Membership.ProbeTimeout = Duration{3 * time.Second}
+				c.Cluster.Receiver.MaxFrame = Size{1 << 30}
+				c.Cluster.Receiver.IdleTimeout = Duration{24 * time.Hour}
+				c.Cluster.Sender.Timeout = Duration{10 * time.Minute}
+				c.Cluster.Sender.MaxRetries = 10
+				c.Cluster.Sender.QueueLimit = Size{16 << 30}
+			},
+		},
+		{
 			name: "drop_time exactly twice frequency",
 			in:   "[cluster.membership]\nfrequency = \"1s\"\ndrop_time = \"2s\"\nttl = 255\n",
 			want: func(c *Config) {
@@ -600,7 +995,7 @@ auto_bind = 1000
 			}
 			want := Default()
 			tt.want(&want)
-			if got != want {
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("Parse =\n%+v\nwant\n%+v", got, want)
 			}
 		})
@@ -612,10 +1007,12 @@ func TestValidate(t *testing.T) {
 	c.Cluster.Membership.TTL = 256
 	c.Server.Name = "a.b"
 	c.Cluster.Receiver.Port = 0
+	c.Cluster.Membership.Static.Members = []string{"198.51.100.10:4000", "198.51.100.10"}
 	err := c.Validate()
 	want := []string{
 		`server.name: "a.b" is not allowed`,
 		`cluster.membership.ttl: 256 is out of range; allowed 0..255`,
+		`cluster.membership.static.members[1]: "198.51.100.10" is not IP:port`,
 		`cluster.receiver.port: 0 is out of range; allowed 1..65535`,
 	}
 	got := problems(err)
@@ -633,6 +1030,7 @@ func TestMembershipTypes(t *testing.T) {
 	for _, typ := range membershipTypes {
 		c := Default()
 		c.Cluster.Membership.Type = typ
+		c.Cluster.Membership.Static.Members = []string{"198.51.100.10:4000"}
 		if err := c.Validate(); err != nil {
 			t.Errorf("type %q: %v", typ, err)
 		}
@@ -667,6 +1065,161 @@ func TestAccessors(t *testing.T) {
 	}
 	if _, err := c.Cluster.Receiver.HostAddr(); err == nil || !strings.HasPrefix(err.Error(), "cluster.receiver.host: ") {
 		t.Errorf("HostAddr() of \"\": err = %v", err)
+	}
+}
+
+func TestStaticAddrs(t *testing.T) {
+	tests := []struct {
+		members []string
+		want    []netip.AddrPort
+		errs    []string // the i'th problem must start with errs[i]
+	}{
+		{members: nil, want: []netip.AddrPort{}},
+		{members: []string{}, want: []netip.AddrPort{}},
+		{
+			members: []string{"198.51.100.10:4000", "[2001:db8::10]:4001", "[::ffff:198.51.100.11]:4000", "[fe80::1%eth0]:4000"},
+			want: []netip.AddrPort{
+				netip.MustParseAddrPort("198.51.100.10:4000"),
+				netip.MustParseAddrPort("[2001:db8::10]:4001"),
+				netip.MustParseAddrPort("198.51.100.11:4000"), // unmapped
+				netip.MustParseAddrPort("[fe80::1%eth0]:4000"),
+			},
+		},
+		{
+			members: []string{"198.51.100.10:4000", "host:4000", "198.51.100.10:4000", "198.51.100.12"},
+			errs: []string{
+				`cluster.membership.static.members[1]: host "host" in "host:4000" is not an IP address`,
+				`cluster.membership.static.members[2]: "198.51.100.10:4000" is already listed as members[0]`,
+				`cluster.membership.static.members[3]: "198.51.100.12" is not IP:port`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		got, err := Static{Members: tt.members}.Addrs()
+		if tt.errs == nil {
+			if err != nil || !slices.Equal(got, tt.want) {
+				t.Errorf("Addrs(%q) = %v, %v; want %v", tt.members, got, err, tt.want)
+			}
+			continue
+		}
+		if got != nil {
+			t.Errorf("Addrs(%q) = %v with error; want nil", tt.members, got)
+		}
+		msgs := problems(err)
+		if len(msgs) != len(tt.errs) {
+			t.Errorf("Addrs(%q): %v; want %d problems", tt.members, err, len(tt.errs))
+			continue
+		}
+		for i := range msgs {
+			if !strings.HasPrefix(msgs[i], tt.errs[i]) {
+				t.Errorf("Addrs(%q) problem %d = %q, want prefix %q", tt.members, i, msgs[i], tt.errs[i])
+			}
+		}
+	}
+}
+
+func TestSizeText(t *testing.T) {
+	for _, tt := range []struct {
+		bytes int64
+		text  string
+	}{
+		{0, "0B"},
+		{1, "1B"},
+		{512, "512B"},
+		{1023, "1023B"},
+		{1 << 10, "1KiB"},
+		{1536, "1536B"},
+		{3 << 9, "1536B"},
+		{64 << 10, "64KiB"},
+		{1536 << 10, "1536KiB"},
+		{1 << 20, "1MiB"},
+		{16 << 20, "16MiB"},
+		{1<<20 + 1, "1048577B"},
+		{1 << 30, "1GiB"},
+		{16 << 30, "16GiB"},
+		{1 << 40, "1024GiB"},
+		{1<<63 - 1, "9223372036854775807B"},
+		{1<<63 - 1<<30, "8589934591GiB"},
+	} {
+		text, err := Size{tt.bytes}.MarshalText()
+		if err != nil || string(text) != tt.text {
+			t.Errorf("Size{%d}.MarshalText() = %q, %v; want %q", tt.bytes, text, err, tt.text)
+		}
+		var got Size
+		if err := got.UnmarshalText([]byte(tt.text)); err != nil || got.Bytes != tt.bytes {
+			t.Errorf("UnmarshalText(%q) = %d, %v; want %d", tt.text, got.Bytes, err, tt.bytes)
+		}
+	}
+
+	if text, err := (Size{-1}).MarshalText(); err == nil {
+		t.Errorf("Size{-1}.MarshalText() = %q, want an error", text)
+	}
+
+	for _, tt := range []struct {
+		text  string
+		bytes int64
+	}{
+		{"1024", 1024},
+		{"0", 0},
+		{"0GiB", 0},
+		{"016MiB", 16 << 20},
+		{"2048KiB", 2 << 20},
+		{"9223372036854775807", 1<<63 - 1},
+		{"8589934591GiB", 1<<63 - 1<<30},
+	} {
+		var got Size
+		if err := got.UnmarshalText([]byte(tt.text)); err != nil || got.Bytes != tt.bytes {
+			t.Errorf("UnmarshalText(%q) = %d, %v; want %d", tt.text, got.Bytes, err, tt.bytes)
+		}
+	}
+
+	for _, tt := range []struct {
+		text string
+		want string
+	}{
+		{"", `"" is not a size; want a whole number of bytes`},
+		{"MiB", `"MiB" is not a size`},
+		{"-", `"-" is not a size`},
+		{"+1MiB", `"+1MiB" is not a size`},
+		{"1_024", `"1_024": unknown unit "_024"`},
+		{"1e3", `"1e3": unknown unit "e3"`},
+		{"0x400", `"0x400": unknown unit "x400"`},
+		{".5MiB", `".5MiB" is not a size`},
+		{"1.MiB", `"1.MiB" is not a size`},
+		{"1.2.3MiB", `"1.2.3MiB" is not a size`},
+		{"1KB", `"1KB": KB could mean powers of 1000 or of 1024; use KiB, MiB or GiB`},
+		{"1kB", `use KiB, MiB or GiB`},
+		{"1k", `use KiB, MiB or GiB`},
+		{"1M", `use KiB, MiB or GiB`},
+		{"1G", `use KiB, MiB or GiB`},
+		{"1gb", `use KiB, MiB or GiB`},
+		{"1b", `"1b": write the unit as "B"`},
+		{"1KIB", `"1KIB": write the unit as "KiB"`},
+		{"1TiB", `"1TiB": unknown unit "TiB"; use B, KiB, MiB or GiB`},
+		{"1 KiB", `"1 KiB": write the unit without a space`},
+		{" 1KiB", `" 1KiB" is not a size`},
+		{"1KiB ", `"1KiB ": unknown unit "KiB "`},
+		{"１MiB", `is not a size`}, // a fullwidth digit
+		{"-1", `"-1" is negative`},
+		{"-0", `"-0" is negative`},
+		{"-1.5MiB", `"-1.5MiB" is negative`},
+		{"1.5MiB", `"1.5MiB": fractions are not allowed; write "1536KiB"`},
+		{"0.5KiB", `"0.5KiB": fractions are not allowed; write "512B"`},
+		{"16.0MiB", `"16.0MiB": fractions are not allowed; write "16MiB"`},
+		{"0.1B", `"0.1B": fractions are not allowed; want a whole number of bytes`},
+		{"1." + strings.Repeat("5", 100) + "B", `fractions are not allowed; want a whole number of bytes`},
+		{"9223372036854775808", `"9223372036854775808" is too large`},
+		{"8589934592GiB", `"8589934592GiB" is too large`},
+		{"99999999999999999999999GiB", `is too large`},
+	} {
+		s := Size{42}
+		err := s.UnmarshalText([]byte(tt.text))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("UnmarshalText(%q) = %v, %v; want an error containing %q", tt.text, s, err, tt.want)
+		}
+		if s.Bytes != 42 {
+			t.Errorf("failed UnmarshalText(%q) changed the value to %v", tt.text, s)
+		}
 	}
 }
 
@@ -726,6 +1279,10 @@ func TestEncodeRoundTrip(t *testing.T) {
 	c.Server.Name = "node-2"
 	c.Cluster.Membership.Frequency = Duration{1500 * time.Millisecond}
 	c.Cluster.Membership.DropTime = Duration{time.Minute}
+	c.Cluster.Membership.Type = "static"
+	c.Cluster.Membership.Static.Members = []string{"198.51.100.10:4000", "[2001:db8::10]:4000"}
+	c.Cluster.Receiver.MaxFrame = Size{1536 << 10}
+	c.Cluster.Sender.QueueLimit = Size{1<<30 + 1}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -737,7 +1294,7 @@ func TestEncodeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse of encoded config: %v\n%s", err, buf.Bytes())
 	}
-	if got != c {
+	if !reflect.DeepEqual(got, c) {
 		t.Errorf("round trip =\n%+v\nwant\n%+v", got, c)
 	}
 }
@@ -849,7 +1406,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data, "fuzz.toml")
 		if err != nil {
-			if c != (Config{}) {
+			if !reflect.DeepEqual(c, Config{}) {
 				t.Errorf("Parse returned %+v with error %v", c, err)
 			}
 			if !strings.HasPrefix(err.Error(), "fuzz.toml") {
@@ -865,7 +1422,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("encoding %+v: %v", c, err)
 		}
 		again, err := Parse(buf.Bytes(), "fuzz.toml")
-		if err != nil || again != c {
+		if err != nil || !reflect.DeepEqual(again, c) {
 			t.Fatalf("round trip: got %+v, %v; want %+v\n%s", again, err, c, buf.Bytes())
 		}
 	})

@@ -37,28 +37,47 @@ func decodeTable(dst reflect.Value, table map[string]any, path toml.Key) []probl
 	var probs []problem
 	for name, v := range table {
 		key := append(path[:len(path):len(path)], name)
-		f, ok := fieldByKey(dst, name)
+		f, field, ok := fieldByKey(dst, name)
 		if !ok {
 			probs = append(probs, problem{key: key.String(), err: unknownKey(dst.Type(), key)})
 			continue
 		}
-		probs = append(probs, decodeValue(f, v, key)...)
+		probs = append(probs, decodeValue(f, v, key, field.Tag.Get("example"))...)
 	}
 	return probs
 }
 
-func decodeValue(dst reflect.Value, v any, key toml.Key) []problem {
+// An intUnmarshaler is a TextUnmarshaler that also accepts a TOML integer,
+// as [Size] accepts a number of bytes.
+type intUnmarshaler interface {
+	encoding.TextUnmarshaler
+	unmarshalInt(n int64) error
+	intMeaning() string // what the integer counts, for messages
+}
+
+// decodeValue copies the TOML value v onto dst. example, from the field's
+// example tag, shows how to write a value whose default is empty.
+func decodeValue(dst reflect.Value, v any, key toml.Key, example string) []problem {
 	mistyped := func() []problem {
-		p := keyProblem(key.String(), fmt.Errorf("found %s; want %s", describe(v), want(dst)))
+		p := keyProblem(key.String(), fmt.Errorf("found %s; want %s", describe(v), want(dst, example)))
 		p.mistyped = true
 		return []problem{p}
 	}
 	if u, ok := dst.Addr().Interface().(encoding.TextUnmarshaler); ok {
-		s, ok := v.(string)
-		if !ok {
+		var err error
+		switch v := v.(type) {
+		case string:
+			err = u.UnmarshalText([]byte(v))
+		case int64:
+			iu, ok := u.(intUnmarshaler)
+			if !ok {
+				return mistyped()
+			}
+			err = iu.unmarshalInt(v)
+		default:
 			return mistyped()
 		}
-		if err := u.UnmarshalText([]byte(s)); err != nil {
+		if err != nil {
 			return []problem{keyProblem(key.String(), err)}
 		}
 		return nil
@@ -85,24 +104,66 @@ func decodeValue(dst reflect.Value, v any, key toml.Key) []problem {
 			return []problem{keyProblem(key.String(), fmt.Errorf("%d is out of range", n))}
 		}
 		dst.SetInt(n)
+	case reflect.Slice:
+		if dst.Type().Elem().Kind() == reflect.String {
+			return decodeStrings(dst, v, key, example)
+		}
+		panic(unsupported(dst, key))
 	default:
-		// Reached only by giving Config a field of a new kind; the tests
-		// decode every field, so such a change cannot pass them.
-		panic(fmt.Sprintf("conf: cannot decode key %s into %s", key, dst.Type()))
+		panic(unsupported(dst, key))
 	}
 	return nil
 }
 
+// unsupported is reached only by giving Config a field of a new kind; the
+// tests decode every field, so such a change cannot pass them.
+func unsupported(dst reflect.Value, key toml.Key) string {
+	return fmt.Sprintf("conf: cannot decode key %s into %s", key, dst.Type())
+}
+
+// decodeStrings copies a TOML array of strings onto the []string dst,
+// reporting each element that is not a string by its index. dst keeps its
+// value unless every element is a string.
+func decodeStrings(dst reflect.Value, v any, key toml.Key, example string) []problem {
+	arr := reflect.ValueOf(v)
+	if v == nil || arr.Kind() != reflect.Slice {
+		p := keyProblem(key.String(), fmt.Errorf("found %s; want %s", describe(v), want(dst, example)))
+		p.mistyped = true
+		return []problem{p}
+	}
+	out := reflect.MakeSlice(dst.Type(), arr.Len(), arr.Len())
+	var probs []problem
+	for i := range arr.Len() {
+		e := arr.Index(i).Interface()
+		s, ok := e.(string)
+		if !ok {
+			// Located at the key's line: the scanner does not record
+			// the lines of elements.
+			probs = append(probs, problem{
+				key:      key.String(),
+				err:      fmt.Errorf("%s[%d]: found %s; want %s", key, i, describe(e), wantString("", example)),
+				mistyped: true,
+			})
+			continue
+		}
+		out.Index(i).SetString(s)
+	}
+	if len(probs) == 0 {
+		dst.Set(out)
+	}
+	return probs
+}
+
 // fieldByKey returns the field of the struct v whose toml tag is name.
 // The match is exact: TOML keys are case-sensitive.
-func fieldByKey(v reflect.Value, name string) (reflect.Value, bool) {
+func fieldByKey(v reflect.Value, name string) (reflect.Value, reflect.StructField, bool) {
 	t := v.Type()
 	for i := range t.NumField() {
-		if tagName(t.Field(i)) == name {
-			return v.Field(i), true
+		if f := t.Field(i); tagName(f) == name {
+			return v.Field(i), f, true
 		}
 	}
-	return reflect.Value{}, false
+	return reflect.Value{}, reflect.StructField{}, false
 }
 
 func tagName(f reflect.StructField) string {
@@ -133,26 +194,46 @@ func describe(v any) string {
 }
 
 // want describes what dst accepts, with its current (default) value as an
-// example of how to write it.
-func want(dst reflect.Value) string {
+// example of how to write it, or else example.
+func want(dst reflect.Value, example string) string {
 	if m, ok := dst.Interface().(encoding.TextMarshaler); ok {
-		if text, err := m.MarshalText(); err == nil && len(text) > 0 {
-			return fmt.Sprintf("a string such as %q", text)
+		var s string
+		if text, err := m.MarshalText(); err == nil {
+			s = wantString(string(text), example)
+		} else {
+			s = wantString("", example)
 		}
-		return "a string"
+		if iu, ok := dst.Addr().Interface().(intUnmarshaler); ok {
+			s += " or " + iu.intMeaning()
+		}
+		return s
 	}
 	switch dst.Kind() {
 	case reflect.Struct:
 		return "a table"
 	case reflect.String:
-		if dst.String() != "" {
-			return fmt.Sprintf("a string such as %q", dst.String())
-		}
-		return "a string"
+		return wantString(dst.String(), example)
 	case reflect.Int:
 		return fmt.Sprintf("an integer such as %d", dst.Int())
+	case reflect.Slice:
+		if example != "" {
+			return fmt.Sprintf("an array of strings such as [%q]", example)
+		}
+		return "an array of strings"
 	}
 	return dst.Type().String()
+}
+
+// wantString describes a string, with the first of value and example that
+// is not empty as an example.
+func wantString(value, example string) string {
+	if value == "" {
+		value = example
+	}
+	if value == "" {
+		return "a string"
+	}
+	return fmt.Sprintf("a string such as %q", value)
 }
 
 // unknownKey reports a key that no field of struct t accepts, suggesting the

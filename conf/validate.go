@@ -14,26 +14,30 @@ import (
 // membershipTypes are the values cluster.membership.type accepts. Appending
 // one here (once the membership package can build it) is all it takes to
 // allow it.
-var membershipTypes = []string{"multicast"}
-
-// plannedMembershipTypes explain why a type users may expect is refused. They
-// are consulted only for types missing from membershipTypes, so an entry can
-// stay here after its type is allowed.
-var plannedMembershipTypes = map[string]string{
-	"static": "static membership arrives with the TCP transport",
-}
+var membershipTypes = []string{"multicast", "static"}
 
 const (
 	maxNameLen   = 63
 	maxDomainLen = 64 // the domain travels in every heartbeat
 	maxFrequency = time.Minute
 	maxAutoBind  = 1000
+
+	minMaxFrame      = 1 * kib
+	maxMaxFrame      = 1 * gib
+	minIdleTimeout   = time.Second
+	maxSendTimeout   = 10 * time.Minute
+	maxMaxRetries    = 10
+	minQueueLimit    = 64 * kib
+	maxQueueLimit    = 16 * gib
+	staticKey        = "cluster.membership.static.members"
+	staticExample    = `["198.51.100.10:4000", "198.51.100.11:4000"]`
+	memberAddrSyntax = `want IP:port, such as "198.51.100.10:4000" or "[2001:db8::10]:4000"`
 )
 
 // Validate reports every problem in c, joined with [errors.Join], each naming
 // its dotted key. A Config that passes can be used without further checks:
-// addresses parse (see [Membership.Group], [Membership.BindAddr] and
-// [Receiver.HostAddr]) and numbers are in range.
+// addresses parse (see [Membership.Group], [Membership.BindAddr],
+// [Receiver.HostAddr] and [Static.Addrs]) and numbers are in range.
 func (c Config) Validate() error {
 	probs := c.problems()
 	errs := make([]error, len(probs))
@@ -70,15 +74,36 @@ func (c Config) problems() []problem {
 	check("cluster.membership.port", checkPort(m.Port))
 	_, err = m.bindAddr()
 	check("cluster.membership.bind", err)
-	freqErr := checkFrequency(m.Frequency.Duration)
+	freqErr := checkTimeout(m.Frequency.Duration, maxFrequency)
 	check("cluster.membership.frequency", freqErr)
 	// One lost heartbeat must not drop a healthy member. Compared only with
 	// a valid frequency, which also keeps 2*frequency from overflowing.
-	if freqErr == nil && m.DropTime.Duration < 2*m.Frequency.Duration {
+	dropOK := freqErr == nil && m.DropTime.Duration >= 2*m.Frequency.Duration
+	if freqErr == nil && !dropOK {
 		checkPair("cluster.membership.drop_time", "cluster.membership.frequency",
 			fmt.Errorf("%v must be at least twice frequency (%v)", m.DropTime, m.Frequency))
 	}
+	// The probe runs within drop_time. Compared only with a valid
+	// drop_time, so that one mistake is not reported twice.
+	switch pt := m.ProbeTimeout.Duration; {
+	case pt < 0:
+		check("cluster.membership.probe_timeout", fmt.Errorf(`%v must not be negative ("0s" turns the probe off)`, pt))
+	case dropOK && pt > m.DropTime.Duration:
+		checkPair("cluster.membership.probe_timeout", "cluster.membership.drop_time",
+			fmt.Errorf("%v must be at most drop_time (%v)", m.ProbeTimeout, m.DropTime))
+	}
 	check("cluster.membership.ttl", checkRange(m.TTL, 0, 255))
+
+	// Members are checked whatever the type, so that a list prepared
+	// before switching to "static" is known to be good.
+	_, memberErrs := m.Static.addrs()
+	for _, err := range memberErrs {
+		probs = append(probs, problem{key: staticKey, err: err})
+	}
+	if m.Type == "static" && len(m.Static.Members) == 0 {
+		checkPair(staticKey, "cluster.membership.type",
+			fmt.Errorf(`type "static" needs at least one member, such as %s`, staticExample))
+	}
 
 	r := c.Cluster.Receiver
 	_, err = r.hostAddr()
@@ -93,6 +118,15 @@ func (c Config) problems() []problem {
 				fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last))
 		}
 	}
+	check("cluster.receiver.max_frame", checkSize(r.MaxFrame, minMaxFrame, maxMaxFrame))
+	if d := r.IdleTimeout.Duration; d < minIdleTimeout {
+		check("cluster.receiver.idle_timeout", fmt.Errorf("%v is too short; allowed at least %v", d, minIdleTimeout))
+	}
+
+	sn := c.Cluster.Sender
+	check("cluster.sender.timeout", checkTimeout(sn.Timeout.Duration, maxSendTimeout))
+	check("cluster.sender.max_retries", checkRange(sn.MaxRetries, 0, maxMaxRetries))
+	check("cluster.sender.queue_limit", checkSize(sn.QueueLimit, minQueueLimit, maxQueueLimit))
 
 	return probs
 }
@@ -128,6 +162,70 @@ func (r Receiver) HostAddr() (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("cluster.receiver.host: %w", err)
 	}
 	return addr, nil
+}
+
+// Addrs returns the members' addresses, in the order listed, IPv4-mapped
+// IPv6 addresses unmapped. It fails only on a Config that has not passed
+// [Config.Validate]; the error names each bad member by its index.
+func (s Static) Addrs() ([]netip.AddrPort, error) {
+	addrs, errs := s.addrs()
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return addrs, nil
+}
+
+// addrs parses the members, returning one error per bad or repeated member.
+func (s Static) addrs() ([]netip.AddrPort, []error) {
+	addrs := make([]netip.AddrPort, 0, len(s.Members))
+	var errs []error
+	seen := make(map[netip.AddrPort]int, len(s.Members))
+	for i, m := range s.Members {
+		ap, err := parseMember(m)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", staticKey, i, err))
+			continue
+		}
+		if j, ok := seen[ap]; ok {
+			errs = append(errs, fmt.Errorf("%s[%d]: %q is already listed as members[%d] (%q)", staticKey, i, m, j, s.Members[j]))
+			continue
+		}
+		seen[ap] = i
+		addrs = append(addrs, ap)
+	}
+	return addrs, errs
+}
+
+// parseMember parses the address of a peer's receiver. It must be a literal
+// IP: resolving names would make membership depend on DNS at start-up, and
+// the address is compared with the addresses members advertise.
+func parseMember(s string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not IP:port; %s", s, memberAddrSyntax)
+	}
+	addr, err := netip.ParseAddr(host)
+	switch {
+	case err != nil && isHostname(host):
+		return netip.AddrPort{}, fmt.Errorf("host %q in %q is not an IP address; static members are not looked up in DNS, so %s", host, s, memberAddrSyntax)
+	case err != nil:
+		return netip.AddrPort{}, fmt.Errorf("host %q in %q is not an IP address; %s", host, s, memberAddrSyntax)
+	case addr.Is4() && strings.HasPrefix(s, "["):
+		// net.SplitHostPort takes "[10.0.0.1]:4000"; netip does not.
+		return netip.AddrPort{}, fmt.Errorf("%q puts an IPv4 address in brackets; write it as \"%s:%s\"", s, host, port)
+	case addr.IsUnspecified():
+		return netip.AddrPort{}, fmt.Errorf("%q has the unspecified address %s; want the address a peer's receiver listens on", s, addr)
+	case addr.IsMulticast():
+		return netip.AddrPort{}, fmt.Errorf("%q has the multicast address %s; want the address a peer's receiver listens on", s, addr)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	switch {
+	case errors.Is(err, strconv.ErrRange) || err == nil && n == 0:
+		return netip.AddrPort{}, fmt.Errorf("port %s in %q is out of range; allowed 1..65535", port, s)
+	case err != nil:
+		return netip.AddrPort{}, fmt.Errorf("port %q in %q is not a number", port, s)
+	}
+	return netip.AddrPortFrom(addr.Unmap(), uint16(n)), nil
 }
 
 func (m Membership) group() (netip.Addr, error) {
@@ -270,19 +368,23 @@ func checkMembershipType(t string) error {
 	for i, t := range membershipTypes {
 		quoted[i] = strconv.Quote(t)
 	}
-	allowed := strings.Join(quoted, ", ")
-	if reason, ok := plannedMembershipTypes[t]; ok {
-		return fmt.Errorf("%s; allowed now: %s", reason, allowed)
-	}
-	return fmt.Errorf("%q is not supported; allowed: %s", t, allowed)
+	return fmt.Errorf("%q is not supported; allowed: %s", t, strings.Join(quoted, ", "))
 }
 
-func checkFrequency(d time.Duration) error {
+// checkTimeout checks a duration that must be positive and at most most.
+func checkTimeout(d, most time.Duration) error {
 	switch {
 	case d <= 0:
 		return fmt.Errorf("%v must be greater than 0", d)
-	case d > maxFrequency:
-		return fmt.Errorf("%v is too long; allowed at most %v", d, maxFrequency)
+	case d > most:
+		return fmt.Errorf("%v is too long; allowed at most %v", d, most)
+	}
+	return nil
+}
+
+func checkSize(s Size, lo, hi int64) error {
+	if s.Bytes < lo || s.Bytes > hi {
+		return fmt.Errorf("%v is out of range; allowed %v..%v", s, Size{lo}, Size{hi})
 	}
 	return nil
 }
