@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +25,11 @@ type MulticastConfig struct {
 	TTL       int
 	Frequency time.Duration // heartbeat interval
 	DropTime  time.Duration // silence after which a member is failed
+	// Prober, if set, confirms a silent member over TCP before it is
+	// failed (Tomcat's TcpFailureDetector): a member whose heartbeats alone
+	// are lost stays, a paused process does not.
+	Prober       Prober
+	ProbeTimeout time.Duration
 	// EventBuffer bounds the events waiting for a slow consumer.
 	EventBuffer int
 	Logger      logrus.FieldLogger
@@ -36,12 +39,13 @@ type MulticastConfig struct {
 // that nothing leaves the machine until someone chooses an interface.
 func DefaultMulticastConfig() MulticastConfig {
 	return MulticastConfig{
-		Group:       netip.MustParseAddrPort("228.0.0.4:45564"),
-		Interface:   netip.MustParseAddr("127.0.0.1"),
-		TTL:         1,
-		Frequency:   500 * time.Millisecond,
-		DropTime:    3 * time.Second,
-		EventBuffer: 1024,
+		Group:        netip.MustParseAddrPort("228.0.0.4:45564"),
+		Interface:    netip.MustParseAddr("127.0.0.1"),
+		TTL:          1,
+		Frequency:    500 * time.Millisecond,
+		DropTime:     3 * time.Second,
+		ProbeTimeout: time.Second,
+		EventBuffer:  1024,
 	}
 }
 
@@ -59,6 +63,9 @@ func (c MulticastConfig) validate() error {
 	if c.Frequency <= 0 || c.DropTime < 2*c.Frequency {
 		errs = append(errs, fmt.Errorf("frequency %v, drop time %v: need frequency > 0 and drop time >= 2 x frequency", c.Frequency, c.DropTime))
 	}
+	if c.Prober != nil && c.ProbeTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("probe timeout %v: need > 0 with a prober", c.ProbeTimeout))
+	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event buffer %d: need at least 1", c.EventBuffer))
 	}
@@ -69,12 +76,10 @@ func (c MulticastConfig) validate() error {
 // heartbeat to the group every Frequency and drops members it has not heard
 // for DropTime.
 type Multicast struct {
-	cfg   MulticastConfig
-	local Member
-	log   logrus.FieldLogger
+	*core
+	cfg MulticastConfig
 
-	mu       sync.Mutex
-	table    *table
+	// guarded by core.mu
 	sent     uint64
 	seq      uint64
 	sendErr  error
@@ -82,14 +87,12 @@ type Multicast struct {
 	stopped  bool
 	conn     *ipv4.PacketConn
 	dst      *net.UDPAddr
-	stop     chan struct{} // closed by Stop: ends the ticker and the event queue
+	stop     chan struct{} // closed by Stop: ends the ticker
 	tickDone chan struct{}
 	// kick asks the ticker for an extra heartbeat, so a member that just
 	// joined learns of this node at once instead of one interval later.
-	kick chan struct{}
-	wg   sync.WaitGroup // reader and event queue
-
-	events *eventQueue
+	kick     chan struct{}
+	readDone chan struct{}
 }
 
 var _ Service = (*Multicast)(nil)
@@ -100,55 +103,26 @@ func NewMulticast(local Member, cfg MulticastConfig) (*Multicast, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("membership: multicast: %w", err)
 	}
-	if local.ID.IsZero() {
-		id, err := NewID()
-		if err != nil {
-			return nil, err
-		}
-		local.ID = id
-	}
-	if local.Started.IsZero() {
-		local.Started = time.Now()
+	local, err := fillLocal(local)
+	if err != nil {
+		return nil, err
 	}
 	// Encode once up front so a bad local member fails here, not in the loop.
 	if _, err := (Heartbeat{Command: CommandAlive, Member: local}).MarshalBinary(); err != nil {
 		return nil, fmt.Errorf("membership: local member: %w", err)
 	}
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
 	return &Multicast{
-		cfg:    cfg,
-		local:  local,
-		log:    log.WithField("component", "membership"),
-		table:  newTable(local, cfg.DropTime),
-		events: newEventQueue(cfg.EventBuffer),
+		core: newCore(local, cfg.DropTime, 2*cfg.Frequency, cfg.Prober, cfg.ProbeTimeout, cfg.EventBuffer, cfg.Logger, "membership"),
+		cfg:  cfg,
 	}, nil
-}
-
-// Local implements Service.
-func (s *Multicast) Local() Member { return s.local }
-
-// Events implements Service.
-func (s *Multicast) Events() <-chan Event { return s.events.out }
-
-// Members implements Service.
-func (s *Multicast) Members() []Status {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.table.snapshot()
 }
 
 // Stats returns counters since the service started.
 func (s *Multicast) Stats() Stats {
+	st := s.core.stats()
 	s.mu.Lock()
-	st := s.table.counters
 	st.HeartbeatsSent = s.sent
 	s.mu.Unlock()
-	st.EventsDropped = s.events.droppedCount()
 	return st
 }
 
@@ -169,12 +143,12 @@ func (s *Multicast) Start(ctx context.Context) error {
 	s.dst = net.UDPAddrFromAddrPort(s.cfg.Group)
 	s.stop = make(chan struct{})
 	s.tickDone = make(chan struct{})
+	s.readDone = make(chan struct{})
 	s.kick = make(chan struct{}, 1)
 	s.sendLocked(CommandAlive)
 
-	s.wg.Add(2)
-	go func() { defer s.wg.Done(); s.events.run(s.stop) }()
-	go func() { defer s.wg.Done(); s.readLoop() }()
+	s.startEvents()
+	go func() { defer close(s.readDone); s.readLoop() }()
 	go s.tickLoop()
 	s.log.WithFields(logrus.Fields{"group": s.cfg.Group, "interface": s.cfg.Interface, "member": s.local.Name, "id": s.local.ID}).Info("multicast membership started")
 	return nil
@@ -270,12 +244,13 @@ func (s *Multicast) Stop(ctx context.Context) error {
 	err := s.conn.Close()
 	s.mu.Unlock()
 
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-s.readDone:
 	case <-ctx.Done():
 		return fmt.Errorf("membership: stop: %w", ctx.Err())
+	}
+	if serr := s.shutdown(ctx); serr != nil {
+		return fmt.Errorf("membership: stop: %w", serr)
 	}
 	s.log.WithFields(logrus.Fields{"member": s.local.Name}).Info("multicast membership stopped")
 	if err != nil {
@@ -305,13 +280,7 @@ func (s *Multicast) tickLoop() {
 			s.sendLocked(CommandAlive)
 			s.mu.Unlock()
 		case now := <-sweep.C:
-			s.mu.Lock()
-			evs, note := s.table.sweep(now)
-			s.mu.Unlock()
-			if note != "" {
-				s.log.Warn(note)
-			}
-			s.events.push(evs...)
+			s.sweep(now)
 		}
 	}
 }
@@ -365,23 +334,17 @@ func (s *Multicast) readLoop() {
 			}
 			continue
 		}
-		s.mu.Lock()
-		evs, note := s.table.observe(h, now)
-		s.mu.Unlock()
+		joined, note := s.observe(h)
 		if note != "" && now.Sub(lastWarn) >= time.Minute {
 			s.log.Warn(note)
 			lastWarn = now
 		}
-		for _, e := range evs {
-			if e.Type == Joined {
-				select {
-				case s.kick <- struct{}{}:
-				default: // one is pending already
-				}
-				break
+		if joined {
+			select {
+			case s.kick <- struct{}{}:
+			default: // one is pending already
 			}
 		}
-		s.events.push(evs...)
 	}
 }
 

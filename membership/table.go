@@ -15,6 +15,7 @@ import (
 type table struct {
 	local    Member
 	dropTime time.Duration
+	reprobe  time.Duration // 0: fail silent members without a probe
 	members  map[ID]*entry
 	byName   map[string]ID
 	// gone remembers members that said they were leaving, until dropTime has
@@ -28,12 +29,17 @@ type table struct {
 type entry struct {
 	Status
 	seq uint64
+	// probing: a TCP probe of the member is under way; probed: when the
+	// last one was answered.
+	probing bool
+	probed  time.Time
 }
 
-func newTable(local Member, dropTime time.Duration) *table {
+func newTable(local Member, dropTime, reprobe time.Duration) *table {
 	return &table{
 		local:    local,
 		dropTime: dropTime,
+		reprobe:  reprobe,
 		members:  make(map[ID]*entry),
 		byName:   make(map[string]ID),
 		gone:     make(map[ID]time.Time),
@@ -79,6 +85,7 @@ func (t *table) observe(h Heartbeat, now time.Time) ([]Event, string) {
 		}
 		e.LastSeen = now
 		e.State = Alive
+		e.probed = time.Time{}
 		return nil, ""
 	}
 
@@ -109,13 +116,15 @@ func newer(a, b Member) bool {
 	return bytes.Compare(a.ID[:], b.ID[:]) > 0
 }
 
-// sweep drops members silent for longer than dropTime. If the local process
+// sweep drops members silent for longer than dropTime, or, when members are
+// confirmed before they are dropped (reprobe > 0), returns them as suspects
+// to probe. If the local process
 // itself was frozen (SIGSTOP, a stalled VM, an overloaded host) for longer
 // than half the drop time, the silence it measured during the freeze is its
 // own: that time is not held against the members, so they are not all
 // declared failed the moment this node wakes up. A member that is really
 // gone still fails, one drop time of unfrozen watching later.
-func (t *table) sweep(now time.Time) ([]Event, string) {
+func (t *table) sweep(now time.Time) ([]Event, []Member, string) {
 	var note string
 	if !t.lastSweep.IsZero() {
 		if gap := now.Sub(t.lastSweep); gap > t.dropTime/2 {
@@ -135,14 +144,57 @@ func (t *table) sweep(now time.Time) ([]Event, string) {
 		}
 	}
 	var evs []Event
+	var suspects []Member
 	for _, e := range t.members {
-		if silent := now.Sub(e.LastSeen); silent > t.dropTime {
+		silent := now.Sub(e.LastSeen)
+		switch {
+		case silent <= t.dropTime, e.probing:
+		case t.reprobe > 0:
+			// Ask the process before calling it dead (its heartbeats may be
+			// all that is lost), and again every reprobe while it stays
+			// silent but answers.
+			if now.Sub(e.probed) >= t.reprobe {
+				e.State, e.probing = Suspect, true
+				suspects = append(suspects, e.Member)
+			}
+		default:
 			t.remove(e)
 			evs = append(evs, Event{Type: Failed, Member: e.Member, Time: now, Reason: "silent for " + silent.Round(time.Millisecond).String()})
 		}
 	}
 	slices.SortFunc(evs, func(a, b Event) int { return strings.Compare(a.Member.Name, b.Member.Name) })
-	return evs, note
+	return evs, suspects, note
+}
+
+// suspect starts a probe of member id outside the sweep (a send to it
+// failed), unless one is under way or answered within reprobe.
+func (t *table) suspect(id ID, now time.Time) (Member, bool) {
+	e, ok := t.members[id]
+	if !ok || e.probing || t.reprobe == 0 || (!e.probed.IsZero() && now.Sub(e.probed) < t.reprobe) {
+		return Member{}, false
+	}
+	e.probing = true
+	return e.Member, true
+}
+
+// probed applies the outcome of a probe of id: answered by the same process
+// it stays (Suspect while its heartbeats are missing); otherwise it fails.
+func (t *table) probed(id ID, answer Member, err error, now time.Time) []Event {
+	e, ok := t.members[id]
+	if !ok {
+		return nil
+	}
+	e.probing = false
+	if err == nil && answer.ID == id {
+		e.probed = now
+		return nil
+	}
+	reason := fmt.Sprintf("silent for %v, probe failed: %v", now.Sub(e.LastSeen).Round(time.Millisecond), err)
+	if err == nil {
+		reason = fmt.Sprintf("its address is answered by another run (%s)", shortID(answer.ID))
+	}
+	t.remove(e)
+	return []Event{{Type: Failed, Member: e.Member, Time: now, Reason: reason}}
 }
 
 func (t *table) remove(e *entry) {

@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -107,7 +108,7 @@ func TestTable(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tb := newTable(local, 3*time.Second)
+			tb := newTable(local, 3*time.Second, 0)
 			for i, s := range tc.steps {
 				now := t0.Add(s.at)
 				var evs []Event
@@ -115,7 +116,7 @@ func TestTable(t *testing.T) {
 				if s.hb != nil {
 					evs, note = tb.observe(*s.hb, now)
 				} else {
-					evs, note = tb.sweep(now)
+					evs, _, note = tb.sweep(now)
 				}
 				var got []string
 				for _, e := range evs {
@@ -142,12 +143,80 @@ func TestTable(t *testing.T) {
 }
 
 func TestTableCountsLostHeartbeats(t *testing.T) {
-	tb := newTable(member("node1", 1, t0), 3*time.Second)
+	tb := newTable(member("node1", 1, t0), 3*time.Second, 0)
 	n2 := member("node2", 2, t0)
 	for _, seq := range []uint64{1, 2, 5, 4, 6, 10} {
 		tb.observe(alive(n2, seq), t0)
 	}
 	if got := tb.counters.HeartbeatsLost; got != 5 { // 3,4 then 7,8,9; the late 4 does not un-lose it
 		t.Errorf("lost = %d, want 5", got)
+	}
+}
+
+func TestTableProbesBeforeFailing(t *testing.T) {
+	local := member("node1", 1, t0)
+	n2 := member("node2", 2, t0)
+	restarted := member("node2", 22, t0.Add(time.Minute))
+	errRefused := errors.New("connection refused")
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+
+	tests := []struct {
+		name   string
+		answer Member
+		err    error
+		want   string // event after the probe, "" for none
+		state  State
+	}{
+		{"answered by the same process: stays, suspect", n2, nil, "", Suspect},
+		{"no answer: failed", Member{}, errRefused, "failed node2", 0},
+		{"answered by a restarted process: the old one failed", restarted, nil, "failed node2", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := newTable(local, 3*time.Second, time.Second)
+			tb.observe(alive(n2, 1), at(0))
+			evs, suspects, _ := tb.sweep(at(3100 * time.Millisecond))
+			if len(evs) != 0 || len(suspects) != 1 || suspects[0].ID != n2.ID {
+				t.Fatalf("sweep: events %v, suspects %v; want node2 suspected, not failed", evs, suspects)
+			}
+			// A probe under way is not started twice.
+			if _, again, _ := tb.sweep(at(3200 * time.Millisecond)); len(again) != 0 {
+				t.Fatalf("probed twice: %v", again)
+			}
+			if _, ok := tb.suspect(n2.ID, at(3200*time.Millisecond)); ok {
+				t.Fatal("suspect started a second probe")
+			}
+			evs = tb.probed(n2.ID, tc.answer, tc.err, at(3300*time.Millisecond))
+			var got string
+			for _, e := range evs {
+				got = e.Type.String() + " " + e.Member.Name
+			}
+			if got != tc.want {
+				t.Fatalf("after probe: %q, want %q", got, tc.want)
+			}
+			snap := tb.snapshot()
+			if tc.state == 0 {
+				if len(snap) != 0 {
+					t.Fatalf("members %v, want none", snap)
+				}
+				return
+			}
+			if len(snap) != 1 || snap[0].State != tc.state {
+				t.Fatalf("members %v, want node2 %v", snap, tc.state)
+			}
+			// Answered: not probed again until reprobe has passed ...
+			if _, s, _ := tb.sweep(at(3800 * time.Millisecond)); len(s) != 0 {
+				t.Fatalf("re-probed after 500ms: %v", s)
+			}
+			if _, s, _ := tb.sweep(at(4400 * time.Millisecond)); len(s) != 1 {
+				t.Fatalf("not re-probed after reprobe: %v", s)
+			}
+			tb.probed(n2.ID, n2, nil, at(4500*time.Millisecond))
+			// ... and a heartbeat makes it alive again.
+			tb.observe(alive(n2, 9), at(4600*time.Millisecond))
+			if s := tb.snapshot(); s[0].State != Alive {
+				t.Fatalf("state %v after a heartbeat, want alive", s[0].State)
+			}
+		})
 	}
 }

@@ -27,6 +27,8 @@ type Host struct {
 
 	httpMu    sync.Mutex
 	transport *http.Transport // created by HTTPClient
+
+	tcMu sync.Mutex // serializes the tc changes of loss and multicast faults
 }
 
 func (h *Host) String() string { return h.Name + "(" + h.IP.String() + ")" }
@@ -88,6 +90,8 @@ func (h *Host) setLoss(ctx context.Context, percent float64, what string, ends [
 		return h.clearLoss(ctx, what+" cleared", ends)
 	}
 	return h.do(ctx, func(ctx context.Context) error {
+		h.tcMu.Lock()
+		defer h.tcMu.Unlock()
 		h.lab.logf("lab: fault: %s %s %v%%", h, what, percent)
 		for _, end := range ends {
 			if err := h.lab.setLoss(ctx, end[0], end[1], percent); err != nil {
@@ -99,13 +103,16 @@ func (h *Host) setLoss(ctx context.Context, percent float64, what string, ends [
 }
 
 // ClearLoss removes what SetLoss or SetEgressLoss installed on both ends of
-// the link. It is not an error if there is nothing to remove.
+// the link; a multicast block (BlockMulticast) stays. It is not an error if
+// there is nothing to remove.
 func (h *Host) ClearLoss(ctx context.Context) error {
 	return h.clearLoss(ctx, "loss cleared", h.linkEnds())
 }
 
 func (h *Host) clearLoss(ctx context.Context, what string, ends [][2]string) error {
 	return h.do(ctx, func(ctx context.Context) error {
+		h.tcMu.Lock()
+		defer h.tcMu.Unlock()
 		h.lab.logf("lab: fault: %s %s", h, what)
 		var errs []error
 		for _, end := range ends {
@@ -122,7 +129,9 @@ func (h *Host) clearLoss(ctx context.Context, what string, ends [][2]string) err
 				}
 			}
 			if strings.Contains(s, "qdisc clsact ") {
-				if _, err := runCmd(ctx, "tc", "-n", ns, "qdisc", "del", "dev", dev, "clsact"); err != nil {
+				// Only the loss filter: the qdisc may also hold the
+				// multicast block, and goes when nothing is left.
+				if err := removeClsactFilters(ctx, ns, dev, lossPref, "egress"); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -154,24 +163,26 @@ func (l *Lab) setLoss(ctx context.Context, ns, dev string, percent float64) erro
 		return err
 	}
 	_, err := runCmd(ctx, "tc", "-n", ns, "filter", "replace", "dev", dev, "egress",
-		"pref", "1", "handle", "1", "bpf", "da", "bytecode", lossBytecode(percent))
+		"pref", strconv.Itoa(lossPref), "handle", strconv.Itoa(lossPref), "bpf", "da", "bytecode", lossBytecode(percent))
 	return err
 }
 
 // lossBytecode returns a classic BPF program, in tc's "bytecode" syntax, for a
 // direct-action cls_bpf filter that drops (TC_ACT_SHOT = 2) a packet with
-// probability percent/100 and otherwise passes it (TC_ACT_OK = 0):
+// probability percent/100 and otherwise hands it to the next filter
+// (TC_ACT_UNSPEC = -1; TC_ACT_OK would skip the multicast block filter that
+// may follow on the same clsact hook):
 //
 //	ld  rand                  ; A = random u32 (SKF_AD_OFF + SKF_AD_RANDOM)
 //	jge #threshold, pass      ; A >= percent/100 * 2^32 -> pass
 //	ret #2                    ; drop
-//	pass: ret #0
+//	pass: ret #-1
 func lossBytecode(percent float64) string {
 	if percent >= 100 {
 		return "1,6 0 0 2"
 	}
 	threshold := uint32(math.Round(percent / 100 * (1 << 32)))
-	return fmt.Sprintf("4,32 0 0 %d,53 1 0 %d,6 0 0 2,6 0 0 0", uint32(0xfffff000+56), threshold)
+	return fmt.Sprintf("4,32 0 0 %d,53 1 0 %d,6 0 0 2,6 0 0 %d", uint32(0xfffff000+56), threshold, uint32(tcActUnspec))
 }
 
 // Exec runs a short command inside the host namespace

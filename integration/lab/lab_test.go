@@ -22,6 +22,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // helperEnv makes the test binary act as a helper program (see TestMain).
@@ -816,7 +819,7 @@ func TestLossBytecode(t *testing.T) {
 	if got := lossBytecode(100); got != "1,6 0 0 2" {
 		t.Errorf("100%%: %s", got)
 	}
-	if got := lossBytecode(50); got != "4,32 0 0 4294963256,53 1 0 2147483648,6 0 0 2,6 0 0 0" {
+	if got := lossBytecode(50); got != "4,32 0 0 4294963256,53 1 0 2147483648,6 0 0 2,6 0 0 4294967295" {
 		t.Errorf("50%%: %s", got)
 	}
 }
@@ -920,4 +923,330 @@ func udpBurst(t *testing.T, from, to *Host, n int) int {
 		}
 	}
 	return <-received
+}
+
+// blockGroup is the multicast group of the BlockMulticast tests.
+var blockGroup = &net.UDPAddr{IP: net.IPv4(228, 0, 0, 4), Port: 45564}
+
+// groupReceiver opens a socket in h bound to blockGroup and joins the group
+// on h's eth0.
+func groupReceiver(t *testing.T, h *Host) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(HostIface)
+		if err != nil {
+			return err
+		}
+		pc, err := net.ListenPacket("udp4", blockGroup.String())
+		if err != nil {
+			return err
+		}
+		if err := ipv4.NewPacketConn(pc).JoinGroup(ifi, &net.UDPAddr{IP: blockGroup.IP}); err != nil {
+			pc.Close()
+			return err
+		}
+		c = pc.(*net.UDPConn)
+		return nil
+	}); err != nil {
+		t.Fatalf("join %v on %s: %v", blockGroup.IP, h, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// groupSender opens a UDP socket in h bound to h's address with
+// IP_MULTICAST_IF set to h's address (multicast loopback stays on).
+func groupSender(t *testing.T, h *Host) *net.UDPConn {
+	t.Helper()
+	var c *net.UDPConn
+	if err := h.Do(func() error {
+		pc, err := net.ListenPacket("udp4", netip.AddrPortFrom(h.IP, 0).String())
+		if err != nil {
+			return err
+		}
+		c = pc.(*net.UDPConn)
+		return nil
+	}); err != nil {
+		t.Fatalf("sender on %s: %v", h, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInet4Addr(int(fd), unix.IPPROTO_IP, unix.IP_MULTICAST_IF, h.IP.As4())
+	}); err != nil || serr != nil {
+		t.Fatalf("IP_MULTICAST_IF on %s: %v %v", h, err, serr)
+	}
+	return c
+}
+
+// multicastRound sends one message from sender (a socket of host from) to
+// blockGroup. Every conn in want must receive it: the message is resent
+// every 200ms until they have (at most 10s), and at least 5 times. No conn in
+// never may receive it within 1s of the first send.
+func multicastRound(t *testing.T, from *Host, sender *net.UDPConn, want, never []*net.UDPConn) {
+	t.Helper()
+	msg := fmt.Sprintf("multicast from %s %d", from.Name, time.Now().UnixNano())
+	leaked := make([]bool, len(never))
+	var wg sync.WaitGroup
+	for i, c := range never {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		wg.Go(func() {
+			buf := make([]byte, 1500)
+			for {
+				n, _, err := c.ReadFromUDP(buf)
+				if err != nil {
+					return // deadline
+				}
+				if string(buf[:n]) == msg {
+					leaked[i] = true
+					return
+				}
+			}
+		})
+	}
+	got := make([]bool, len(want))
+	deadline := time.Now().Add(10 * time.Second)
+	for sent := 0; sent < 5 || slices.Contains(got, false); sent++ {
+		if time.Now().After(deadline) {
+			wg.Wait()
+			t.Fatalf("multicast from %s not received by all receivers: %v", from, got)
+		}
+		if _, err := sender.WriteTo([]byte(msg), blockGroup); err != nil {
+			t.Fatalf("multicast send from %s: %v", from, err)
+		}
+		for i, c := range want {
+			if got[i] {
+				continue
+			}
+			buf := make([]byte, 1500)
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			for {
+				n, src, err := c.ReadFromUDP(buf)
+				if err != nil {
+					break
+				}
+				if string(buf[:n]) == msg {
+					if src.IP.String() != from.IP.String() {
+						t.Errorf("multicast source %v, want %v", src.IP, from.IP)
+					}
+					got[i] = true
+					break
+				}
+			}
+		}
+	}
+	wg.Wait()
+	for i, l := range leaked {
+		if l {
+			t.Errorf("multicast from %s reached never[%d], a receiver that must not get it", from, i)
+		}
+	}
+}
+
+// mustTCP connects from one host to a listener on another and reads a
+// greeting.
+func mustTCP(t *testing.T, from, to *Host) {
+	t.Helper()
+	var ln net.Listener
+	if err := to.Do(func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(to.IP, 0).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		io.WriteString(conn, "hi")
+	})
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	conn, err := from.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		ln.Close()
+		t.Fatalf("TCP %s -> %s: %v", from, to, err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if msg, err := io.ReadAll(conn); err != nil || string(msg) != "hi" {
+		t.Errorf("TCP %s -> %s: read %q, %v", from, to, msg, err)
+	}
+}
+
+// clsactPrefs returns the filter preferences on ingress and egress of the
+// host's eth0, or nil, nil if it has no clsact qdisc.
+func clsactPrefs(t *testing.T, h *Host) (ingress, egress []int) {
+	t.Helper()
+	ctx := testCtx(t)
+	out, err := runCmd(ctx, "tc", "-n", h.NS, "qdisc", "show", "dev", HostIface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "clsact") {
+		return nil, nil
+	}
+	if ingress, err = filterPrefs(ctx, h.NS, HostIface, "ingress"); err != nil {
+		t.Fatal(err)
+	}
+	if egress, err = filterPrefs(ctx, h.NS, HostIface, "egress"); err != nil {
+		t.Fatal(err)
+	}
+	return append([]int{}, ingress...), append([]int{}, egress...)
+}
+
+func checkPrefs(t *testing.T, h *Host, wantIngress, wantEgress []int) {
+	t.Helper()
+	in, eg := clsactPrefs(t, h)
+	slices.Sort(in)
+	slices.Sort(eg)
+	if !slices.Equal(in, wantIngress) || !slices.Equal(eg, wantEgress) {
+		t.Errorf("%s eth0 filter prefs: ingress %v egress %v, want %v %v", h, in, eg, wantIngress, wantEgress)
+	}
+}
+
+func TestBlockMulticast(t *testing.T) {
+	l := newLab(t, Options{})
+	hosts := addHosts(t, l, "a", "b", "c")
+	a, b, c := hosts[0], hosts[1], hosts[2]
+	ctx := testCtx(t)
+	if err := a.UnblockMulticast(ctx); err != nil {
+		t.Fatalf("UnblockMulticast without block: %v", err)
+	}
+	mustPing(t, a, b)
+	mustPing(t, b, a)
+
+	aRecv, bRecv, cRecv := groupReceiver(t, a), groupReceiver(t, b), groupReceiver(t, c)
+	aSend, bSend := groupSender(t, a), groupSender(t, b)
+	multicastRound(t, b, bSend, []*net.UDPConn{aRecv, cRecv}, nil)
+	multicastRound(t, a, aSend, []*net.UDPConn{bRecv}, nil)
+
+	for range 2 { // idempotent
+		if err := a.BlockMulticast(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkPrefs(t, a, []int{mcastPref}, []int{mcastPref})
+	// b's multicast reaches c but not a.
+	multicastRound(t, b, bSend, []*net.UDPConn{cRecv}, []*net.UDPConn{aRecv})
+	// a's multicast reaches a itself (loopback) but not b.
+	multicastRound(t, a, aSend, []*net.UDPConn{aRecv}, []*net.UDPConn{bRecv})
+	// A receiver joined while blocked gets nothing either.
+	multicastRound(t, b, bSend, []*net.UDPConn{cRecv}, []*net.UDPConn{groupReceiver(t, a)})
+	// Unicast is unaffected.
+	mustTCP(t, b, a)
+	mustTCP(t, a, b)
+	mustPing(t, b, a)
+	mustPing(t, a, b)
+	mustPing(t, c, a)
+
+	if err := a.UnblockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkPrefs(t, a, nil, nil)
+	multicastRound(t, b, bSend, []*net.UDPConn{aRecv, cRecv}, nil)
+	multicastRound(t, a, aSend, []*net.UDPConn{bRecv}, nil)
+	if err := a.UnblockMulticast(ctx); err != nil {
+		t.Fatalf("second UnblockMulticast: %v", err)
+	}
+}
+
+func TestBlockMulticastWithLoss(t *testing.T) {
+	l := newLab(t, Options{})
+	hosts := addHosts(t, l, "a", "b")
+	a, b := hosts[0], hosts[1]
+	ctx := testCtx(t)
+	mustPing(t, a, b)
+	mustPing(t, b, a)
+	aRecv, bRecv := groupReceiver(t, a), groupReceiver(t, b)
+	aSend, bSend := groupSender(t, a), groupSender(t, b)
+	blocked := func() {
+		t.Helper()
+		multicastRound(t, b, bSend, nil, []*net.UDPConn{aRecv})
+		multicastRound(t, a, aSend, []*net.UDPConn{aRecv}, []*net.UDPConn{bRecv})
+	}
+	delivered := func() {
+		t.Helper()
+		multicastRound(t, b, bSend, []*net.UDPConn{aRecv}, nil)
+		multicastRound(t, a, aSend, []*net.UDPConn{bRecv}, nil)
+	}
+
+	// Low loss first: packets the loss filter lets through must still
+	// reach the multicast filter behind it.
+	if err := a.SetEgressLoss(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.BlockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blocked()
+	mustTCP(t, b, a)
+	if err := a.SetEgressLoss(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if l.loss.Load() == lossBPF {
+		checkPrefs(t, a, []int{mcastPref}, []int{lossPref, mcastPref})
+	}
+	if n := udpBurst(t, a, b, 50); n != 0 {
+		t.Errorf("egress loss 100%% with multicast blocked: %d of 50 datagrams a->b received", n)
+	}
+	blocked()
+
+	if err := a.ClearLoss(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkPrefs(t, a, []int{mcastPref}, []int{mcastPref})
+	mustPing(t, a, b)
+	if n := udpBurst(t, a, b, 50); n != 50 {
+		t.Errorf("after ClearLoss: %d of 50 datagrams a->b received", n)
+	}
+	blocked()
+
+	if err := a.UnblockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkPrefs(t, a, nil, nil)
+	delivered()
+
+	// The other way round: unblocking leaves the loss working.
+	if err := a.BlockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetEgressLoss(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.UnblockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l.loss.Load() == lossBPF {
+		checkPrefs(t, a, nil, []int{lossPref})
+	}
+	if n := udpBurst(t, a, b, 50); n != 0 {
+		t.Errorf("egress loss 100%% after UnblockMulticast: %d of 50 datagrams a->b received", n)
+	}
+	if err := a.ClearLoss(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkPrefs(t, a, nil, nil)
+	mustPing(t, a, b)
+	delivered()
+}
+
+func TestMcastBytecode(t *testing.T) {
+	const want = "9,32 0 0 4294963204,21 6 0 5,32 0 0 4294963200,21 0 4 2048," +
+		"32 0 0 4293918736,84 0 0 4026531840,21 0 1 3758096384,6 0 0 2,6 0 0 4294967295"
+	if mcastBytecode != want {
+		t.Errorf("mcastBytecode = %s", mcastBytecode)
+	}
 }

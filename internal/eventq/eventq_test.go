@@ -1,31 +1,31 @@
-package membership
+package eventq
 
 import (
 	"testing"
 	"time"
 )
 
-func TestEventQueueNeverBlocksAndKeepsNewest(t *testing.T) {
-	q := newEventQueue(3)
+func TestNeverBlocksAndKeepsNewest(t *testing.T) {
+	q := New[string](3)
 	for i := range 10 { // nobody is reading: push must still return
-		q.push(Event{Type: Joined, Member: Member{Name: string(rune('a' + i))}})
+		q.Push(string(rune('a' + i)))
 	}
-	if got := q.droppedCount(); got != 7 {
+	if got := q.Dropped(); got != 7 {
 		t.Fatalf("dropped = %d, want 7", got)
 	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
-	go func() { q.run(stop); close(done) }()
+	go func() { q.Run(stop); close(done) }()
 	var names string
 	for range 3 {
-		names += (<-q.out).Member.Name
+		names += <-q.Out()
 	}
 	if names != "hij" {
 		t.Errorf("delivered %q, want the newest three in order, %q", names, "hij")
 	}
-	q.push(Event{Type: Left, Member: Member{Name: "z"}})
-	if e := <-q.out; e.Type != Left || e.Member.Name != "z" {
-		t.Errorf("got %+v after refill", e)
+	q.Push("z")
+	if e := <-q.Out(); e != "z" {
+		t.Errorf("got %q after refill", e)
 	}
 	close(stop)
 	select {
@@ -33,7 +33,7 @@ func TestEventQueueNeverBlocksAndKeepsNewest(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("run did not return after stop")
 	}
-	if _, ok := <-q.out; ok {
+	if _, ok := <-q.Out(); ok {
 		t.Error("out not closed after stop")
 	}
 }
