@@ -66,8 +66,9 @@ func runMain(m *testing.M) int {
 // Default timings, as in conf/server.toml; the scenarios' bounds derive
 // from them.
 const (
-	frequency = 500 * time.Millisecond
-	dropTime  = 3 * time.Second
+	frequency    = 500 * time.Millisecond
+	dropTime     = 3 * time.Second
+	probeTimeout = time.Second
 )
 
 // cluster is a lab with one flockd per host.
@@ -81,6 +82,7 @@ type cluster struct {
 type node struct {
 	name   string
 	domain string
+	conf   string // more of server.toml, after the [cluster] table
 	host   *lab.Host
 	proc   *lab.Proc
 	client *http.Client
@@ -130,7 +132,7 @@ func (c *cluster) add(name, domain string) *node {
 func (c *cluster) start(n *node) {
 	c.t.Helper()
 	cfg := filepath.Join(c.dir, n.name+".toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[cluster]\ndomain = %q\n", n.domain)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[cluster]\ndomain = %q\n%s", n.domain, n.conf)), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
 	ip := n.host.IP.String()
@@ -159,6 +161,7 @@ type status struct {
 		ID    string `json:"id"`
 		State string `json:"state"`
 	} `json:"members"`
+	Membership string `json:"membership"`
 	Heartbeats struct {
 		Received uint64 `json:"received"`
 		Lost     uint64 `json:"lost"`

@@ -389,6 +389,12 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 			return err
 		}
 	}
+	// Send the acks owed before the handler runs: an ack-mode message is
+	// acknowledged on receipt, and an earlier sync message's answer must
+	// not wait for this message's handler.
+	if err := cs.flushWriter(); err != nil {
+		return err
+	}
 	h := r.handlers[t]
 	var herr error
 	if h == nil {
@@ -444,6 +450,11 @@ func (cs *connServer) flush() error {
 			return err
 		}
 	}
+	return cs.flushWriter()
+}
+
+// flushWriter writes whatever is buffered.
+func (cs *connServer) flushWriter() error {
 	if cs.w.Buffered() == 0 {
 		return nil
 	}

@@ -133,7 +133,7 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	eventsDone := make(chan struct{})
 	go func() { defer close(eventsDone); logEvents(cluster.Events(), log) }()
 
-	srv := &http.Server{Handler: newMux(cluster), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: newMux(cluster, cfg.Cluster.Membership.Type), ReadHeaderTimeout: 10 * time.Second}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
 

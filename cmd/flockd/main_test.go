@@ -186,6 +186,9 @@ drop_time = "1s"
 	if m := st.Members[0]; m.Name != "b" || m.State.String() != "alive" || m.LastSeen.IsZero() || !strings.HasPrefix(m.Address, "127.0.0.1:") {
 		t.Errorf("member = %+v", m)
 	}
+	if st.Membership != "multicast" || st.Transport.Peers == nil {
+		t.Errorf("membership %q, transport %+v", st.Membership, st.Transport)
+	}
 	if st.Heartbeats.Received == 0 || st.Heartbeats.Sent == 0 {
 		t.Errorf("heartbeats = %+v", st.Heartbeats)
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/receiver"
+	"github.com/flockhq/flock/sender"
 )
 
 // clusterView is what the admin endpoints need of a node.
@@ -13,6 +15,7 @@ type clusterView interface {
 	Local() membership.Member
 	Members() []membership.Status
 	MembershipStats() membership.Stats
+	TransportStats() ([]sender.PeerStats, receiver.Stats)
 }
 
 type localJSON struct {
@@ -43,16 +46,50 @@ type heartbeatsJSON struct {
 	EventsDropped uint64 `json:"events_dropped"`
 }
 
-type statusJSON struct {
-	Local      localJSON      `json:"local"`
-	Members    []memberJSON   `json:"members"`
-	Heartbeats heartbeatsJSON `json:"heartbeats"`
+type peerJSON struct {
+	Address    string `json:"address"`
+	Connected  bool   `json:"connected"`
+	Queued     int    `json:"queued"`
+	Inflight   int    `json:"inflight"`
+	Bytes      int64  `json:"bytes"`
+	Sent       uint64 `json:"sent"`
+	SentBytes  uint64 `json:"sent_bytes"`
+	Failed     uint64 `json:"failed"`
+	Retried    uint64 `json:"retried"`
+	Reconnects uint64 `json:"reconnects"`
 }
 
-func newMux(c clusterView) *http.ServeMux {
+type receiverJSON struct {
+	Connections   uint64 `json:"connections"`
+	Open          int    `json:"open"`
+	Frames        uint64 `json:"frames"`
+	Bytes         uint64 `json:"bytes"`
+	Messages      uint64 `json:"messages"`
+	Duplicates    uint64 `json:"duplicates"`
+	Rejected      uint64 `json:"rejected"`
+	HandlerErrors uint64 `json:"handler_errors"`
+	NoHandler     uint64 `json:"no_handler"`
+}
+
+type transportJSON struct {
+	Peers    []peerJSON   `json:"peers"`
+	Receiver receiverJSON `json:"receiver"`
+}
+
+type statusJSON struct {
+	Local      localJSON      `json:"local"`
+	Membership string         `json:"membership"`
+	Members    []memberJSON   `json:"members"`
+	Heartbeats heartbeatsJSON `json:"heartbeats"`
+	Transport  transportJSON  `json:"transport"`
+}
+
+func newMux(c clusterView, membershipType string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, status(c))
+		s := status(c)
+		s.Membership = membershipType
+		writeJSON(w, s)
 	})
 	return mux
 }
@@ -75,6 +112,16 @@ func status(c clusterView) statusJSON {
 		Rejected: st.Rejected, ForeignDomain: st.ForeignDomain, NameConflicts: st.NameConflicts,
 		LocalStalls: st.LocalStalls, EventsDropped: st.EventsDropped,
 	}
+	peers, rs := c.TransportStats()
+	s.Transport.Peers = []peerJSON{}
+	for _, p := range peers {
+		s.Transport.Peers = append(s.Transport.Peers, peerJSON{
+			Address: p.Addr.String(), Connected: p.Connected, Queued: p.Queued, Inflight: p.Inflight,
+			Bytes: p.Bytes, Sent: p.Sent, SentBytes: p.SentBytes, Failed: p.Failed, Retried: p.Retried,
+			Reconnects: p.Reconnects,
+		})
+	}
+	s.Transport.Receiver = receiverJSON(rs)
 	return s
 }
 
