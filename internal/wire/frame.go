@@ -149,8 +149,11 @@ func ParseHeader(h []byte, max int) (Type, uint8, int, error) {
 		return 0, 0, 0, fmt.Errorf("%w: %d (this node speaks %d)", ErrVersion, h[4], Version)
 	}
 	t, flags := Type(h[5]), h[6]
-	if flags != 0 || h[7] != 0 {
+	if flags != 0 {
 		return 0, 0, 0, fmt.Errorf("%w: %#x (authenticated frames are not supported yet)", ErrFlags, flags)
+	}
+	if h[7] != 0 {
+		return 0, 0, 0, fmt.Errorf("%w: reserved header byte %#x", ErrMalformed, h[7])
 	}
 	if t == 0 || (t > TypeLeave && t < FirstApp) {
 		return 0, 0, 0, fmt.Errorf("%w: unknown type %d", ErrMalformed, t)

@@ -120,13 +120,24 @@ func (d *decoder) array() int {
 	case c&0xf0 == 0x90:
 		return int(c & 0x0f)
 	case c == 0xdc:
-		return int(d.be(2))
+		return d.count(d.be(2))
 	case c == 0xdd:
-		return int(d.be(4))
+		return d.count(d.be(4))
 	default:
 		d.fail("want an array, found type byte %#x", c)
 	}
 	return 0
+}
+
+// count checks the element count of an array or map (twice the pairs):
+// each element takes at least one byte, so a count beyond the bytes left is
+// malformed, and one within them fits an int on every platform.
+func (d *decoder) count(n uint64) int {
+	if left := uint64(len(d.b) - d.off); d.err == nil && n > left {
+		d.fail("%d elements announced, %d bytes left", n, left)
+		return 0
+	}
+	return int(n)
 }
 
 // arrayOf reads an array header and requires at least n elements; extra
@@ -153,6 +164,16 @@ func (d *decoder) uint() uint64 {
 		return d.be(4)
 	case c == 0xcf:
 		return d.be(8)
+	case c >= 0xd0 && c <= 0xd3:
+		// A signed format, as encoders that follow a Go int write even
+		// non-negative values; int reads these without calling uint.
+		d.off--
+		v := d.int()
+		if v < 0 {
+			d.fail("want an unsigned integer, found %d", v)
+			return 0
+		}
+		return uint64(v)
 	default:
 		d.fail("want an unsigned integer, found type byte %#x", c)
 	}
@@ -257,14 +278,22 @@ func (d *decoder) skip(depth int) {
 	case c == 0xcf || c == 0xd3 || c == 0xcb:
 		d.take(8)
 	case c == 0xdc:
-		d.skipN(int(d.be(2)), depth)
+		d.skipN(d.count(d.be(2)), depth)
 	case c == 0xdd:
-		d.skipN(int(d.be(4)), depth)
+		d.skipN(d.count(d.be(4)), depth)
 	case c == 0xde:
-		d.skipN(2*int(d.be(2)), depth)
+		d.skipN(d.count(2*d.be(2)), depth)
 	case c == 0xdf:
-		d.skipN(2*int(d.be(4)), depth)
-	default: // ext types: not used by flock
+		d.skipN(d.count(2*d.be(4)), depth)
+	case c >= 0xd4 && c <= 0xd8: // fixext 1, 2, 4, 8, 16: type and data
+		d.take(1 + 1<<(c-0xd4))
+	case c == 0xc7: // ext 8, 16, 32: length, type and data
+		d.take(int(d.be(1)) + 1)
+	case c == 0xc8:
+		d.take(int(d.be(2)) + 1)
+	case c == 0xc9:
+		d.take(int(d.be(4)) + 1)
+	default: // 0xc1, never used
 		d.fail("unsupported type byte %#x", c)
 	}
 }
