@@ -250,7 +250,7 @@ func (r *Receiver) serve(c net.Conn) {
 		r.release(cs.from.ID)
 	}
 	switch {
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errIdle):
 	case errors.Is(err, errProtocol):
 		r.stats.Rejected.Add(1)
 		r.log.WithFields(logrus.Fields{"remote": c.RemoteAddr(), "member": cs.from.Name}).WithError(err).Warn("closing connection")
@@ -259,7 +259,10 @@ func (r *Receiver) serve(c net.Conn) {
 	}
 }
 
-var errProtocol = errors.New("protocol error")
+var (
+	errProtocol = errors.New("protocol error")
+	errIdle     = errors.New("idle connection closed")
+)
 
 // connServer is the state of one connection's reader.
 type connServer struct {
@@ -287,7 +290,11 @@ func (cs *connServer) run() error {
 			}
 			cs.c.SetReadDeadline(time.Now().Add(r.cfg.IdleTimeout))
 		}
-		f, err := cs.rd.Next(func() { cs.c.SetReadDeadline(time.Now().Add(r.cfg.FrameTimeout)) })
+		inFrame := false
+		f, err := cs.rd.Next(func() {
+			inFrame = true
+			cs.c.SetReadDeadline(time.Now().Add(r.cfg.FrameTimeout))
+		})
 		if err != nil {
 			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||
 				errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) {
@@ -295,7 +302,11 @@ func (cs *connServer) run() error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("%w: idle or too slow: %w", errProtocol, err)
+				if !inFrame {
+					// Idle: normal; the sender reconnects when it needs to.
+					return errIdle
+				}
+				return fmt.Errorf("%w: frame not complete within %v: %w", errProtocol, r.cfg.FrameTimeout, err)
 			}
 			return err
 		}
@@ -384,16 +395,15 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 	}
 	s.started, s.lastSeq = true, e.Seq
 
+	var werr error
 	if e.Mode == wire.Ack {
-		if err := cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Received}); err != nil {
-			return err
+		// Acknowledged on receipt: the ack must not wait for the handler.
+		// The message is taken (lastSeq) whether or not the ack could be
+		// written, so a failed write ends the connection only after the
+		// handler has run: a copy re-sent later would be dropped.
+		if werr = cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Received}); werr == nil {
+			werr = cs.flushWriter()
 		}
-	}
-	// Send the acks owed before the handler runs: an ack-mode message is
-	// acknowledged on receipt, and an earlier sync message's answer must
-	// not wait for this message's handler.
-	if err := cs.flushWriter(); err != nil {
-		return err
 	}
 	h := r.handlers[t]
 	var herr error
@@ -407,11 +417,20 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 			r.stats.HandlerErrors.Add(1)
 		}
 	}
+	if werr != nil {
+		return werr
+	}
 	if e.Mode != wire.Sync {
 		if herr != nil {
 			r.log.WithFields(logrus.Fields{"member": cs.from.Name, "type": t, "seq": e.Seq}).WithError(herr).Warn("message failed")
 		}
-		return nil
+		if e.Mode == wire.Async {
+			return nil
+		}
+		// Ack mode: acknowledged on receipt; this second ack, sent with the
+		// next batch, tells the sender the handler is done too, so that
+		// Drain covers it. Its error is not the sender's to report.
+		return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Applied})
 	}
 	if herr != nil {
 		s.rememberFailure(e.Seq, herr.Error())

@@ -3,6 +3,7 @@ package sender
 import (
 	"context"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 	"sync"
@@ -22,9 +23,14 @@ type msg struct {
 	peer  *peer
 	seq   uint64
 	frame []byte
+	buf   *[]byte // frame's pooled buffer, if it has one
+	gen   uint64  // the connection it was last written to
 	mode  wire.Mode
 	tries int        // connections it was written to (or that failed to open for it)
 	done  chan error // buffered; nil for async messages
+	// answered: done has had its answer, an ack-mode message's on receipt;
+	// it stays in flight until its handler has returned.
+	answered bool
 }
 
 // peer is the ordered connection to one member. One goroutine (run) writes
@@ -75,7 +81,14 @@ func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error
 	}
 	p.seq++
 	m := &msg{peer: p, seq: p.seq, mode: mode}
-	m.frame = wire.AppendMessage(make([]byte, 0, size), t, wire.Envelope{From: p.s.cfg.Local.ID, Seq: m.seq, Mode: mode, Payload: payload})
+	m.buf = getFrame(int(size))
+	var b []byte
+	if m.buf != nil {
+		b = *m.buf
+	} else {
+		b = make([]byte, 0, size)
+	}
+	m.frame = wire.AppendMessage(b, t, wire.Envelope{From: p.s.cfg.Local.ID, Seq: m.seq, Mode: mode, Payload: payload})
 	if mode != wire.Async {
 		m.done = make(chan error, 1)
 	}
@@ -92,10 +105,11 @@ func (p *peer) finish(m *msg, err error) {
 	if err != nil {
 		p.stats.Failed++
 	}
-	if m.done != nil {
+	if m.done != nil && !m.answered {
+		m.answered = true
 		m.done <- err
 	} else if err != nil {
-		p.log().WithFields(logrus.Fields{"seq": m.seq}).WithError(err).Debug("async message lost")
+		p.log().WithFields(logrus.Fields{"seq": m.seq}).WithError(err).Debug("message lost")
 	}
 }
 
@@ -115,6 +129,10 @@ func (p *peer) stop(err error) {
 		return
 	}
 	p.stopErr = err
+	if p.conn != nil {
+		// Unblock a writer stuck on a full socket; shutdown does the rest.
+		p.conn.Close()
+	}
 	p.mu.Unlock()
 	close(p.quit)
 }
@@ -181,6 +199,7 @@ func (p *peer) takeBatch() ([][]byte, net.Conn, uint64) {
 	n, size := 0, 0
 	for n < len(p.pending) && (n == 0 || size+len(p.pending[n].frame) <= maxBatch) {
 		m := p.pending[n]
+		m.gen = p.gen
 		frames = append(frames, m.frame)
 		size += len(m.frame)
 		if m.tries++; m.tries > 1 {
@@ -246,6 +265,14 @@ func (p *peer) broken(gen uint64, cause error) {
 		p.conn.Close()
 		p.conn = nil
 	}
+	if p.stopErr != nil {
+		// Stopping: shutdown fails what is queued, with the reason.
+		p.mu.Unlock()
+		return
+	}
+	// A connection that breaks with nothing in flight was closed by the
+	// peer for being idle: not a failure, the next send reconnects.
+	idle := len(p.inflight) == 0 && len(p.pending) == 0
 	requeue := append(p.inflight, p.pending...)
 	p.inflight, p.pending = nil, requeue[:0:0]
 	var failed []*msg
@@ -264,13 +291,14 @@ func (p *peer) broken(gen uint64, cause error) {
 		p.finish(m, err)
 	}
 	p.settle()
-	stopped := p.stopErr != nil
 	p.mu.Unlock()
-	if !stopped {
-		p.log().WithError(cause).WithField("failed", len(failed)).Debug("connection failed")
-		p.s.failure(p.addr, cause)
-		p.signal()
+	if idle {
+		p.log().WithError(cause).Debug("idle connection closed")
+		return
 	}
+	p.log().WithError(cause).WithField("failed", len(failed)).Debug("connection failed")
+	p.s.failure(p.addr, cause)
+	p.signal()
 }
 
 // checkProgress fails a connection that has had unacknowledged messages
@@ -302,34 +330,106 @@ func (p *peer) readAcks(conn net.Conn, gen uint64) {
 			p.broken(gen, fmt.Errorf("read: %w", err))
 			return
 		}
-		p.ack(a)
+		p.ack(a, gen)
 	}
 }
 
-// ack applies one acknowledgement: every message before a.Seq is done (the
-// receiver applies in order), and a.Seq itself as its status says.
-func (p *peer) ack(a wire.AckBody) {
+// ack applies one acknowledgement read on connection gen: every message
+// before a.Seq is done (the receiver applies in order), and a.Seq itself as
+// its status says.
+func (p *peer) ack(a wire.AckBody, gen uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.progress = time.Now()
 	n := 0
 	for n < len(p.inflight) && p.inflight[n].seq < a.Seq {
-		p.finish(p.inflight[n], nil)
+		p.acked(p.inflight[n], nil, gen)
 		n++
 	}
 	if n < len(p.inflight) && p.inflight[n].seq == a.Seq {
 		switch m := p.inflight[n]; {
-		case a.Status == wire.Failed:
-			p.finish(m, &RemoteError{Msg: a.Err})
+		case a.Status == wire.Failed && m.mode == wire.Sync:
+			p.acked(m, &RemoteError{Msg: a.Err}, gen)
 			n++
-		case a.Status == wire.Applied || m.mode != wire.Sync:
-			p.finish(m, nil)
+		case a.Status != wire.Received || m.mode == wire.Async:
+			p.acked(m, nil, gen)
 			n++
+		case m.mode == wire.Ack && !m.answered:
+			// Read: its send returns. It stays in flight until the
+			// receiver says its handler has returned, so Drain waits.
+			m.answered = true
+			m.done <- nil
 		}
 		// Received for a sync message: its handler has yet to answer.
 	}
 	p.inflight = append(p.inflight[:0], p.inflight[n:]...)
 	p.settle()
+}
+
+// acked finishes m, acknowledged on connection gen, and recycles its frame
+// if the receiver read it from the connection it was last written to: then
+// every byte of it has left the writer, which will not write it again.
+// (An ack of an older connection can arrive while m is being re-sent.)
+func (p *peer) acked(m *msg, err error, gen uint64) {
+	p.finish(m, err)
+	if m.gen == gen {
+		putFrame(m.buf, m.frame)
+		m.buf, m.frame = nil, nil
+	}
+}
+
+// Frames are recycled once their receiver has read them: they are most of
+// what a send allocates, and the garbage collector's cycles are what the
+// latency of sync sends suffers from most. Pools hold buffers by size
+// classes four to a power of two (at most 25% larger than asked), from
+// 512 bytes to 64 KiB; larger frames are left to the collector.
+const (
+	minFrameShift = 9
+	maxFrameShift = 16
+)
+
+var framePools [(maxFrameShift-minFrameShift)*4 + 1]sync.Pool
+
+// frameClass returns the pool and the capacity for a frame of n bytes; -1
+// if frames of that size are not pooled.
+func frameClass(n int) (int, int) {
+	if n > 1<<maxFrameShift {
+		return -1, n
+	}
+	if n <= 1<<minFrameShift {
+		return 0, 1 << minFrameShift
+	}
+	k := bits.Len(uint(n - 1)) // 1<<(k-1) < n <= 1<<k
+	step := 1 << (k - 3)
+	j := (n - 1<<(k-1) + step - 1) / step // 1..4
+	return (k-1-minFrameShift)*4 + j, 1<<(k-1) + j*step
+}
+
+// getFrame returns an empty buffer of capacity at least n, or nil if frames
+// of n bytes are not pooled.
+func getFrame(n int) *[]byte {
+	i, c := frameClass(n)
+	if i < 0 {
+		return nil
+	}
+	if b, ok := framePools[i].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, c)
+	return &b
+}
+
+// putFrame returns frame, taken from buf, to its pool.
+func putFrame(buf *[]byte, frame []byte) {
+	if buf == nil {
+		return
+	}
+	i, c := frameClass(cap(frame))
+	if i < 0 || c != cap(frame) {
+		return // grown past its class: not what the pool expects
+	}
+	*buf = frame[:0]
+	framePools[i].Put(buf)
 }
 
 // waitEmpty returns when nothing is queued or in flight.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -58,8 +59,13 @@ func (s *TCP) call(ctx context.Context, addr netip.AddrPort, t wire.Type) (wire.
 	for range 16 { // a pong is the first frame a receiver writes; allow a few strays, not a stream
 		f, err := rd.Next(nil)
 		if err != nil {
+			// The connection's deadline is the context's: the read can
+			// time out a moment before the context reports it.
+			var ne net.Error
 			if ctx.Err() != nil {
 				err = fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+			} else if errors.As(err, &ne) && ne.Timeout() {
+				err = fmt.Errorf("%w: %w", ErrTimeout, err)
 			}
 			return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
 		}

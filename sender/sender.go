@@ -105,6 +105,7 @@ type TCP struct {
 
 	mu     sync.Mutex
 	peers  map[netip.AddrPort]*peer
+	seqs   map[netip.AddrPort]uint64 // last sequence number sent to a forgotten peer
 	closed bool
 	wg     sync.WaitGroup
 }
@@ -131,7 +132,7 @@ func New(cfg Config) *TCP {
 		log = l
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &TCP{cfg: cfg, log: log.WithField("component", "sender"), ctx: ctx, cancel: cancel, peers: make(map[netip.AddrPort]*peer)}
+	return &TCP{cfg: cfg, log: log.WithField("component", "sender"), ctx: ctx, cancel: cancel, peers: make(map[netip.AddrPort]*peer), seqs: make(map[netip.AddrPort]uint64)}
 }
 
 // Send delivers payload as a message of type t to every address in to, in
@@ -202,6 +203,11 @@ func (s *TCP) peer(addr netip.AddrPort) (*peer, error) {
 		return p, nil
 	}
 	p := newPeer(s, addr)
+	// A peer used again after Forget continues its old stream: its
+	// receiver may still know the old sequence numbers, and would take
+	// new messages that reuse them for copies of old ones.
+	p.seq = s.seqs[addr]
+	delete(s.seqs, addr)
 	s.peers[addr] = p
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); p.run() }()
@@ -212,11 +218,15 @@ func (s *TCP) peer(addr netip.AddrPort) (*peer, error) {
 // what is still queued for it fails with ErrForgotten.
 func (s *TCP) Forget(addr netip.AddrPort) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	p := s.peers[addr]
 	delete(s.peers, addr)
-	s.mu.Unlock()
 	if p != nil {
 		p.stop(ErrForgotten)
+		// Stopped, p takes no more messages: its sequence is final.
+		p.mu.Lock()
+		s.seqs[addr] = p.seq
+		p.mu.Unlock()
 	}
 }
 
