@@ -454,6 +454,10 @@ func (s *senderState) rememberFailure(seq uint64, msg string) {
 
 func (cs *connServer) ack(a wire.AckBody) error {
 	cs.wbuf = wire.AppendAck(cs.wbuf[:0], a)
+	if cs.w.Available() < len(cs.wbuf) {
+		// This write flushes the buffer: give it a fresh deadline.
+		cs.c.SetWriteDeadline(time.Now().Add(cs.r.cfg.FrameTimeout))
+	}
 	if _, err := cs.w.Write(cs.wbuf); err != nil {
 		return err
 	}
