@@ -1,0 +1,518 @@
+// Package manager is flock's session store. In delta mode (Tomcat's
+// DeltaManager) every node holds every session: a change made on one node is
+// committed as a versioned delta and replicated to all the others, so any
+// node can serve any session, and a session survives the death of the node
+// that served it.
+//
+// The replication strategy sits behind the session API: the valve and the
+// handlers see Session, Load, Create and Commit, whatever the mode.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/membership"
+)
+
+// Cluster is what the manager needs of the cluster; *flock.Cluster has it.
+type Cluster interface {
+	Local() membership.Member
+	Members() []membership.Status
+	Handle(t flock.MessageType, h flock.Handler)
+	Send(ctx context.Context, to []membership.Member, t flock.MessageType, payload []byte, mode flock.Mode) error
+	Broadcast(ctx context.Context, t flock.MessageType, payload []byte, mode flock.Mode) error
+}
+
+// Listener hears about sessions. Each function may be nil. remote says the
+// change was made on another node and arrived by replication.
+type Listener struct {
+	Created          func(id string, remote bool)
+	Destroyed        func(id, reason string, remote bool)
+	AttributeChanged func(id, key string, deleted, remote bool)
+}
+
+// Config configures a Manager.
+type Config struct {
+	// Route is this node's name: the suffix of the session ids it creates.
+	Route          string
+	SessionTimeout time.Duration
+	// MaxActive bounds the sessions this node holds; 0 is no limit.
+	MaxActive int
+	// Replication is when Commit returns: flock.Async (queued), flock.Ack
+	// (the members have the change) or flock.Sync (they applied it).
+	Replication          flock.Mode
+	StateTransferTimeout time.Duration
+	// AlwaysSave replicates the whole session on every commit, for
+	// handlers that change values without calling Set.
+	AlwaysSave bool
+	// NotifyOnReplication fires listeners for changes from other nodes too.
+	NotifyOnReplication bool
+	ExpireInterval      time.Duration
+	// ExpireBatch bounds the sessions the expiry sweep looks at per tick.
+	ExpireBatch   int
+	TouchInterval time.Duration
+	// RequestTimeout bounds a fetch of sessions from another node.
+	RequestTimeout time.Duration
+	// TransferBatch bounds the bytes of one state-transfer message.
+	TransferBatch int
+	Logger        logrus.FieldLogger
+}
+
+// DefaultConfig returns the defaults of conf/server.toml.
+func DefaultConfig() Config {
+	return Config{
+		Route:                "node1",
+		SessionTimeout:       30 * time.Minute,
+		Replication:          flock.Sync,
+		StateTransferTimeout: 60 * time.Second,
+		NotifyOnReplication:  true,
+		ExpireInterval:       time.Second,
+		ExpireBatch:          10000,
+		TouchInterval:        5 * time.Second,
+		RequestTimeout:       3 * time.Second,
+		TransferBatch:        1 << 20,
+	}
+}
+
+// Errors of the manager.
+var (
+	// ErrTooManySessions: max_active is reached; the valve answers 503.
+	ErrTooManySessions = errors.New("too many active sessions")
+	ErrStopped         = errors.New("manager stopped")
+)
+
+// Manager holds the sessions of one node.
+type Manager struct {
+	cfg   Config
+	c     Cluster
+	log   logrus.FieldLogger
+	local string
+
+	mu       sync.RWMutex
+	sessions map[string]*Session
+	touched  map[string]bool // accessed here since the last touch batch
+
+	lmu       sync.RWMutex
+	listeners []Listener
+
+	reqSeq   atomic.Uint64
+	reqMu    sync.Mutex
+	requests map[uint64]chan sessions
+
+	repairs chan repair
+	ready   chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	started atomic.Bool
+
+	transfer transferState
+	stats    counters
+}
+
+type repair struct {
+	id   string
+	from membership.Member
+}
+
+// New builds a manager on c and registers its message handlers; call it
+// before the cluster starts, and Start after.
+func New(c Cluster, cfg Config) (*Manager, error) {
+	def := DefaultConfig()
+	if cfg.Route == "" || cfg.SessionTimeout <= 0 {
+		return nil, fmt.Errorf("manager: a route and a positive session timeout are required")
+	}
+	if cfg.ExpireInterval <= 0 {
+		cfg.ExpireInterval = def.ExpireInterval
+	}
+	if cfg.ExpireBatch <= 0 {
+		cfg.ExpireBatch = def.ExpireBatch
+	}
+	if cfg.TouchInterval <= 0 {
+		cfg.TouchInterval = def.TouchInterval
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = def.RequestTimeout
+	}
+	if cfg.TransferBatch <= 0 {
+		cfg.TransferBatch = def.TransferBatch
+	}
+	log := cfg.Logger
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = l
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m := &Manager{
+		cfg:      cfg,
+		c:        c,
+		log:      log.WithField("component", "manager"),
+		local:    cfg.Route,
+		sessions: make(map[string]*Session),
+		touched:  make(map[string]bool),
+		requests: make(map[uint64]chan sessions),
+		repairs:  make(chan repair, 1024),
+		ready:    make(chan struct{}),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	c.Handle(typeDelta, m.handleDelta)
+	c.Handle(typeExpire, m.handleExpire)
+	c.Handle(typeTouch, m.handleTouch)
+	c.Handle(typeFetch, m.handleFetch)
+	c.Handle(typeSessions, m.handleSessions)
+	c.Handle(typeState, m.handleState)
+	return m, nil
+}
+
+// AddListener adds l; listeners fire on the goroutine that made the change.
+func (m *Manager) AddListener(l Listener) {
+	m.lmu.Lock()
+	defer m.lmu.Unlock()
+	m.listeners = append(m.listeners, l)
+}
+
+func (m *Manager) fire(remote bool, f func(Listener)) {
+	if remote && !m.cfg.NotifyOnReplication {
+		return
+	}
+	m.lmu.RLock()
+	ls := m.listeners
+	m.lmu.RUnlock()
+	for _, l := range ls {
+		f(l)
+	}
+}
+
+// Start fetches the sessions of the cluster (state transfer) in the
+// background and starts the expiry sweep and the touch batches. Ready is
+// closed once the transfer has ended.
+func (m *Manager) Start(ctx context.Context) error {
+	if !m.started.CompareAndSwap(false, true) {
+		return errors.New("manager: already started")
+	}
+	m.wg.Add(4)
+	go func() { defer m.wg.Done(); m.runTransfer() }()
+	go func() { defer m.wg.Done(); m.runRepairs() }()
+	go func() { defer m.wg.Done(); m.runExpiry() }()
+	go func() { defer m.wg.Done(); m.runTouches() }()
+	return nil
+}
+
+// Ready is closed when the node holds the cluster's sessions (or the state
+// transfer timed out); a load balancer should not send it users before.
+func (m *Manager) Ready() <-chan struct{} { return m.ready }
+
+// Stop sends the last touch batch and ends the manager's goroutines.
+func (m *Manager) Stop(ctx context.Context) error {
+	if m.started.Load() {
+		m.sendTouches(ctx)
+	}
+	m.cancel()
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("manager: stop: %w", ctx.Err())
+	}
+}
+
+// Len is the number of sessions this node holds.
+func (m *Manager) Len() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return len(m.sessions)
+}
+
+// Create starts a new session on this node. It is replicated when first
+// committed.
+func (m *Manager) Create(ctx context.Context) (*Session, error) {
+	now := time.Now()
+	s := &Session{
+		m: m, origin: m.local, created: now, lastAccess: now, accessedBy: m.local,
+		maxInactive: m.cfg.SessionTimeout, attrs: make(map[string][]byte), isNew: true,
+	}
+	m.mu.Lock()
+	if m.cfg.MaxActive > 0 && len(m.sessions) >= m.cfg.MaxActive {
+		m.mu.Unlock()
+		m.stats.rejected.Add(1)
+		return nil, fmt.Errorf("manager: %w: %d held, max_active %d", ErrTooManySessions, m.cfg.MaxActive, m.cfg.MaxActive)
+	}
+	for {
+		s.id = newID(m.local)
+		if _, taken := m.sessions[s.id]; !taken {
+			break
+		}
+	}
+	m.sessions[s.id] = s
+	m.mu.Unlock()
+	m.stats.created.Add(1)
+	m.fire(false, func(l Listener) {
+		if l.Created != nil {
+			l.Created(s.id, false)
+		}
+	})
+	return s, nil
+}
+
+// Load returns the session with this id and marks it accessed, or nil if
+// the node has no such session (unknown, expired, or a malformed id). While
+// the state transfer runs, a session this node lacks is fetched from a peer
+// instead of being reported missing.
+func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
+	if !ValidID(id) {
+		return nil, nil
+	}
+	m.mu.RLock()
+	s := m.sessions[id]
+	m.mu.RUnlock()
+	if s == nil && !m.transferred() {
+		var err error
+		if s, err = m.fetchOne(ctx, id); err != nil {
+			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
+		}
+	}
+	if s == nil {
+		return nil, nil
+	}
+	now := time.Now()
+	s.mu.Lock()
+	if s.invalid || s.expiredAt(now, m.local) {
+		s.mu.Unlock()
+		return nil, nil
+	}
+	s.lastAccess, s.accessedBy = now, m.local
+	s.mu.Unlock()
+	m.mu.RLock()
+	touched := m.touched[id]
+	m.mu.RUnlock()
+	if !touched { // reads are the hot path: take the write lock once per batch
+		m.mu.Lock()
+		m.touched[id] = true
+		m.mu.Unlock()
+	}
+	return s, nil
+}
+
+// expiredAt: unused for longer than its max inactive interval. A copy that
+// another node served last gets two touch intervals of grace, since that
+// node's last-access times arrive in batches.
+func (s *Session) expiredAt(now time.Time, local string) bool {
+	limit := s.maxInactive
+	if s.accessedBy != local {
+		limit += 2 * s.m.cfg.TouchInterval
+	}
+	return now.Sub(s.lastAccess) > limit
+}
+
+// Commit replicates what the request changed in s, as the replication mode
+// says; the valve calls it when the response commits. A session with no
+// change costs nothing (its access time travels in the next touch batch).
+func (m *Manager) Commit(ctx context.Context, s *Session) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	s.mu.Lock()
+	if s.invalid {
+		s.mu.Unlock()
+		return nil
+	}
+	changed := s.isNew || len(s.dirty) > 0 || s.renamedFrom != "" || s.maxChanged
+	if !changed && !m.cfg.AlwaysSave {
+		s.mu.Unlock()
+		return nil
+	}
+	d := delta{ID: s.id, Old: s.renamedFrom, Base: s.version, Origin: m.local, Access: unixNano(s.lastAccess)}
+	if s.isNew {
+		d.Base = 0
+		d.Created = unixNano(s.created)
+	}
+	s.version++
+	s.origin = m.local
+	d.Version = s.version
+	d.MaxInactive = int64(s.maxInactive)
+	if m.cfg.AlwaysSave || s.isNew {
+		d.Full = true
+		d.Set = cloneAttrs(s.attrs)
+		d.Created = unixNano(s.created)
+	} else {
+		for k := range s.dirty {
+			if v, ok := s.attrs[k]; ok {
+				if d.Set == nil {
+					d.Set = make(map[string][]byte)
+				}
+				d.Set[k] = v
+			} else {
+				d.Del = append(d.Del, k)
+			}
+		}
+		slices.Sort(d.Del)
+	}
+	dirty := s.dirty
+	s.dirty, s.isNew, s.renamedFrom, s.maxChanged = nil, false, "", false
+	s.mu.Unlock()
+
+	for k := range dirty {
+		_, set := d.Set[k]
+		m.fire(false, func(l Listener) {
+			if l.AttributeChanged != nil {
+				l.AttributeChanged(d.ID, k, !set, false)
+			}
+		})
+	}
+	m.mu.Lock()
+	delete(m.touched, d.ID) // the delta carries the access time
+	m.mu.Unlock()
+	return m.broadcast(ctx, typeDelta, d)
+}
+
+func cloneAttrs(a map[string][]byte) map[string][]byte {
+	c := make(map[string][]byte, len(a))
+	for k, v := range a {
+		c[k] = v // values are never changed in place, only replaced
+	}
+	return c
+}
+
+// broadcast sends v to every member in the configured replication mode.
+func (m *Manager) broadcast(ctx context.Context, t flock.MessageType, v any) error {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("manager: encode: %w", err)
+	}
+	m.stats.sent.Add(1)
+	if err := m.c.Broadcast(ctx, t, b, m.cfg.Replication); err != nil {
+		m.stats.sendFailures.Add(1)
+		return fmt.Errorf("manager: replicate: %w", err)
+	}
+	return nil
+}
+
+// rename moves s to newID (RenewID, or a route rewrite after failover).
+func (m *Manager) rename(s *Session, newID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid {
+		return ErrInvalidated
+	}
+	if _, taken := m.sessions[newID]; taken {
+		return fmt.Errorf("manager: session id %s already exists", short(newID))
+	}
+	delete(m.sessions, s.id)
+	delete(m.touched, s.id)
+	if s.renamedFrom == "" && !s.isNew {
+		s.renamedFrom = s.id // the others know it by its first name
+	}
+	s.id = newID
+	m.sessions[newID] = s
+	return nil
+}
+
+// Rebind gives a session created by (or last moved to) another node this
+// node's route, as Tomcat's JvmRouteBinderValve does after a failover: the
+// load balancer then sends the user here. It reports whether it renamed.
+func (m *Manager) Rebind(s *Session) (bool, error) {
+	id := s.ID()
+	if Route(id) == m.local {
+		return false, nil
+	}
+	if err := m.rename(s, withRoute(id, m.local)); err != nil {
+		return false, err
+	}
+	m.stats.rebinds.Add(1)
+	return true, nil
+}
+
+// invalidated removes s on every node.
+func (m *Manager) invalidated(s *Session, id string) {
+	m.mu.Lock()
+	if m.sessions[id] == s {
+		delete(m.sessions, id)
+	}
+	delete(m.touched, id)
+	m.mu.Unlock()
+	s.mu.Lock()
+	version, isNew := s.version, s.isNew
+	s.mu.Unlock()
+	m.fire(false, func(l Listener) {
+		if l.Destroyed != nil {
+			l.Destroyed(id, "invalidated", false)
+		}
+	})
+	if isNew {
+		return // the others never heard of it
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
+	defer cancel()
+	if err := m.broadcast(ctx, typeExpire, expire{ID: id, Version: version, Reason: "invalidated"}); err != nil {
+		m.log.WithField("session", short(id)).WithError(err).Warn("invalidation not replicated everywhere")
+	}
+}
+
+// short truncates a session id for logs: enough to grep, not enough to
+// hijack.
+func short(id string) string {
+	if len(id) > 8 {
+		return id[:8] + "…"
+	}
+	return id
+}
+
+// members returns the current members.
+func (m *Manager) members() []membership.Member {
+	ms := m.c.Members()
+	out := make([]membership.Member, len(ms))
+	for i, s := range ms {
+		out[i] = s.Member
+	}
+	return out
+}
+
+// Info describes a session for the admin endpoints: never its values.
+type Info struct {
+	ID         string    `json:"id"`
+	Version    uint64    `json:"version"`
+	Size       int       `json:"size"` // bytes of encoded attributes
+	Keys       int       `json:"keys"`
+	Created    time.Time `json:"created"`
+	LastAccess time.Time `json:"last_access"`
+	AccessedBy string    `json:"accessed_by"`
+}
+
+// Sessions describes every session this node holds, sorted by id.
+func (m *Manager) Sessions() []Info {
+	m.mu.RLock()
+	all := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		all = append(all, s)
+	}
+	m.mu.RUnlock()
+	out := make([]Info, 0, len(all))
+	for _, s := range all {
+		s.mu.Lock()
+		size := 0
+		for k, v := range s.attrs {
+			size += len(k) + len(v)
+		}
+		out = append(out, Info{ID: s.id, Version: s.version, Size: size, Keys: len(s.attrs), Created: s.created.UTC(), LastAccess: s.lastAccess.UTC(), AccessedBy: s.accessedBy})
+		s.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}

@@ -1,0 +1,92 @@
+package manager
+
+import (
+	"time"
+
+	"github.com/flockhq/flock"
+)
+
+// Message types of the session manager on the cluster.
+const (
+	typeDelta    = flock.FirstType + iota // a change to one session
+	typeExpire                            // a session expired or was invalidated
+	typeTouch                             // last-access times, batched
+	typeFetch                             // "send me these sessions"
+	typeSessions                          // whole sessions: a fetch answer or a state-transfer batch
+	typeState                             // "send me all your sessions" (state transfer)
+)
+
+// snapshot is a whole session on the wire.
+type snapshot struct {
+	ID          string            `msgpack:"i"`
+	Version     uint64            `msgpack:"v"`
+	Origin      string            `msgpack:"o"`
+	Created     int64             `msgpack:"c"`
+	Access      int64             `msgpack:"a"`
+	AccessedBy  string            `msgpack:"ab"`
+	MaxInactive int64             `msgpack:"m"`
+	Attrs       map[string][]byte `msgpack:"at"`
+}
+
+// delta is one committed change: it turns version Base into Version. Base
+// 0 creates the session; Full carries the whole session instead of a diff
+// (always_save, or a change too tangled to diff).
+type delta struct {
+	ID          string            `msgpack:"i"`
+	Old         string            `msgpack:"r,omitempty"` // the id before a rename
+	Base        uint64            `msgpack:"b"`
+	Version     uint64            `msgpack:"v"`
+	Origin      string            `msgpack:"o"`
+	Created     int64             `msgpack:"c,omitempty"`
+	Access      int64             `msgpack:"a"`
+	MaxInactive int64             `msgpack:"m,omitempty"`
+	Set         map[string][]byte `msgpack:"s,omitempty"`
+	Del         []string          `msgpack:"d,omitempty"`
+	Full        bool              `msgpack:"f,omitempty"`
+}
+
+type expire struct {
+	ID      string `msgpack:"i"`
+	Version uint64 `msgpack:"v"`
+	Reason  string `msgpack:"r"`
+}
+
+type touchEntry struct {
+	ID     string `msgpack:"i"`
+	Access int64  `msgpack:"a"`
+}
+
+type touch struct {
+	By      string       `msgpack:"b"` // the node that served the requests
+	Entries []touchEntry `msgpack:"e"`
+}
+
+type fetch struct {
+	Req uint64   `msgpack:"q"`
+	IDs []string `msgpack:"i"`
+}
+
+type sessions struct {
+	Req      uint64     `msgpack:"q"`
+	Sessions []snapshot `msgpack:"s"`
+	Missing  []string   `msgpack:"m,omitempty"`
+	Last     bool       `msgpack:"l"`
+}
+
+type stateRequest struct {
+	Req uint64 `msgpack:"q"`
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}

@@ -1,0 +1,457 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/membership"
+)
+
+// counters are the manager's statistics.
+type counters struct {
+	created, expired, rejected, rebinds       atomic.Uint64
+	sent, sendFailures, received, applied     atomic.Uint64
+	stale, gaps, conflicts, repairs, fetched  atomic.Uint64
+	transferSessions, transferNanos, timeouts atomic.Uint64
+}
+
+// Stats is a snapshot of the manager's counters.
+type Stats struct {
+	Sessions         int           `json:"sessions"`
+	Created          uint64        `json:"created"`
+	Expired          uint64        `json:"expired"`
+	Rejected         uint64        `json:"rejected"` // refused by max_active
+	Rebinds          uint64        `json:"rebinds"`  // route rewrites after failover
+	Sent             uint64        `json:"sent"`
+	SendFailures     uint64        `json:"send_failures"`
+	Received         uint64        `json:"received"`
+	Applied          uint64        `json:"applied"`
+	Stale            uint64        `json:"stale"`     // duplicates and outdated changes ignored
+	Gaps             uint64        `json:"gaps"`      // changes for a version this node did not have
+	Conflicts        uint64        `json:"conflicts"` // concurrent writers on two nodes
+	Repairs          uint64        `json:"repairs"`   // sessions fetched whole to close a gap
+	Fetched          uint64        `json:"fetched"`   // sessions fetched on demand during state transfer
+	Transferred      uint64        `json:"transferred"`
+	TransferDuration time.Duration `json:"transfer_duration"`
+	TransferTimeouts uint64        `json:"transfer_timeouts"`
+	TransferState    string        `json:"transfer_state"`
+}
+
+// Stats returns the manager's counters.
+func (m *Manager) Stats() Stats {
+	st := Stats{
+		Sessions: m.Len(), Created: m.stats.created.Load(), Expired: m.stats.expired.Load(),
+		Rejected: m.stats.rejected.Load(), Rebinds: m.stats.rebinds.Load(),
+		Sent: m.stats.sent.Load(), SendFailures: m.stats.sendFailures.Load(),
+		Received: m.stats.received.Load(), Applied: m.stats.applied.Load(), Stale: m.stats.stale.Load(),
+		Gaps: m.stats.gaps.Load(), Conflicts: m.stats.conflicts.Load(), Repairs: m.stats.repairs.Load(),
+		Fetched: m.stats.fetched.Load(), Transferred: m.stats.transferSessions.Load(),
+		TransferDuration: time.Duration(m.stats.transferNanos.Load()), TransferTimeouts: m.stats.timeouts.Load(),
+		TransferState: m.transfer.state(),
+	}
+	return st
+}
+
+func decode(p []byte, v any) error {
+	if err := msgpack.Unmarshal(p, v); err != nil {
+		return fmt.Errorf("manager: decode: %w", err)
+	}
+	return nil
+}
+
+// handleDelta applies a change made on another node. Deltas of one sender
+// arrive in order; a delta for a version this node does not have (a gap,
+// or a concurrent writer) is not applied: the whole session is fetched from
+// the sender instead.
+func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
+	var d delta
+	if err := decode(msg.Payload, &d); err != nil {
+		return err
+	}
+	m.stats.received.Add(1)
+	if !ValidID(d.ID) || (d.Old != "" && !ValidID(d.Old)) {
+		return fmt.Errorf("manager: delta for malformed session id %q", d.ID)
+	}
+	m.mu.Lock()
+	s := m.sessions[d.ID]
+	if s == nil && d.Old != "" {
+		if s = m.sessions[d.Old]; s != nil {
+			delete(m.sessions, d.Old)
+			delete(m.touched, d.Old)
+			s.mu.Lock()
+			s.id = d.ID
+			s.mu.Unlock()
+			m.sessions[d.ID] = s
+		}
+	}
+	if s == nil {
+		if !d.Full {
+			m.mu.Unlock()
+			m.stats.gaps.Add(1)
+			m.scheduleRepair(d.ID, msg.From)
+			return nil
+		}
+		s = &Session{m: m, id: d.ID, attrs: make(map[string][]byte)}
+		m.sessions[d.ID] = s
+		m.mu.Unlock()
+		s.mu.Lock()
+		s.applyDelta(d)
+		s.mu.Unlock()
+		m.stats.applied.Add(1)
+		m.fire(true, func(l Listener) {
+			if l.Created != nil {
+				l.Created(d.ID, true)
+			}
+		})
+		return nil
+	}
+	m.mu.Unlock()
+
+	s.mu.Lock()
+	switch {
+	case d.Version < s.version || (d.Version == s.version && d.Origin == s.origin):
+		s.mu.Unlock()
+		m.stats.stale.Add(1)
+		return nil
+	case d.Full || d.Base == s.version:
+		s.applyDelta(d)
+		s.mu.Unlock()
+		m.stats.applied.Add(1)
+		m.fireAttrs(d)
+		return nil
+	}
+	// A version this node cannot build on: a gap (d.Base > s.version) or a
+	// concurrent change on two nodes (both made version s.version). The
+	// higher version wins, a tie goes to the greater node name; if the
+	// sender's copy wins, fetch it whole.
+	conflict := d.Base < s.version
+	wins := d.Version > s.version || d.Origin > s.origin
+	s.mu.Unlock()
+	if conflict {
+		m.stats.conflicts.Add(1)
+	} else {
+		m.stats.gaps.Add(1)
+	}
+	if wins {
+		m.scheduleRepair(d.ID, msg.From)
+	}
+	return nil
+}
+
+func (m *Manager) fireAttrs(d delta) {
+	for k := range d.Set {
+		m.fire(true, func(l Listener) {
+			if l.AttributeChanged != nil {
+				l.AttributeChanged(d.ID, k, false, true)
+			}
+		})
+	}
+	for _, k := range d.Del {
+		m.fire(true, func(l Listener) {
+			if l.AttributeChanged != nil {
+				l.AttributeChanged(d.ID, k, true, true)
+			}
+		})
+	}
+}
+
+// applyDelta applies d to s; s.mu must be held.
+func (s *Session) applyDelta(d delta) {
+	if d.Full {
+		s.attrs = make(map[string][]byte, len(d.Set))
+	}
+	for k, v := range d.Set {
+		s.attrs[k] = v
+	}
+	for _, k := range d.Del {
+		delete(s.attrs, k)
+	}
+	if d.Created != 0 {
+		s.created = fromNano(d.Created)
+	}
+	if d.MaxInactive > 0 {
+		s.maxInactive = time.Duration(d.MaxInactive)
+	}
+	if a := fromNano(d.Access); a.After(s.lastAccess) {
+		s.lastAccess, s.accessedBy = a, d.Origin
+	}
+	s.version, s.origin = d.Version, d.Origin
+}
+
+func (s *Session) toSnapshot() snapshot {
+	return snapshot{
+		ID: s.id, Version: s.version, Origin: s.origin, Created: unixNano(s.created),
+		Access: unixNano(s.lastAccess), AccessedBy: s.accessedBy, MaxInactive: int64(s.maxInactive),
+		Attrs: cloneAttrs(s.attrs),
+	}
+}
+
+// install keeps snap if it is newer than what this node holds (the rule for
+// recovery and conflicts: higher version, then greater origin). It reports
+// whether it did.
+func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
+	if !ValidID(snap.ID) {
+		return nil, false
+	}
+	m.mu.Lock()
+	s := m.sessions[snap.ID]
+	created := s == nil
+	if created {
+		s = &Session{m: m, id: snap.ID}
+		m.sessions[snap.ID] = s
+	}
+	m.mu.Unlock()
+	s.mu.Lock()
+	if !created && (snap.Version < s.version || (snap.Version == s.version && snap.Origin <= s.origin)) {
+		s.mu.Unlock()
+		return s, false
+	}
+	s.version, s.origin = snap.Version, snap.Origin
+	s.created, s.maxInactive = fromNano(snap.Created), time.Duration(snap.MaxInactive)
+	if a := fromNano(snap.Access); a.After(s.lastAccess) {
+		s.lastAccess, s.accessedBy = a, snap.AccessedBy
+	}
+	s.attrs = snap.Attrs
+	if s.attrs == nil {
+		s.attrs = make(map[string][]byte)
+	}
+	s.mu.Unlock()
+	if created {
+		m.fire(remote, func(l Listener) {
+			if l.Created != nil {
+				l.Created(snap.ID, remote)
+			}
+		})
+	}
+	return s, true
+}
+
+func (m *Manager) handleExpire(ctx context.Context, msg flock.Message) error {
+	var e expire
+	if err := decode(msg.Payload, &e); err != nil {
+		return err
+	}
+	m.stats.received.Add(1)
+	m.mu.Lock()
+	s := m.sessions[e.ID]
+	if s == nil {
+		m.mu.Unlock()
+		return nil
+	}
+	s.mu.Lock()
+	if s.version > e.Version {
+		// Changed since the sender decided: a concurrent writer kept it.
+		s.mu.Unlock()
+		m.mu.Unlock()
+		m.stats.stale.Add(1)
+		return nil
+	}
+	s.invalid = true
+	s.mu.Unlock()
+	delete(m.sessions, e.ID)
+	delete(m.touched, e.ID)
+	m.mu.Unlock()
+	m.fire(true, func(l Listener) {
+		if l.Destroyed != nil {
+			l.Destroyed(e.ID, e.Reason, true)
+		}
+	})
+	return nil
+}
+
+func (m *Manager) handleTouch(ctx context.Context, msg flock.Message) error {
+	var t touch
+	if err := decode(msg.Payload, &t); err != nil {
+		return err
+	}
+	m.stats.received.Add(1)
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	for _, e := range t.Entries {
+		if s := m.sessions[e.ID]; s != nil {
+			s.mu.Lock()
+			if a := fromNano(e.Access); a.After(s.lastAccess) {
+				s.lastAccess, s.accessedBy = a, t.By
+			}
+			s.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// handleFetch answers a request for sessions. The answer goes out on a
+// goroutine: this handler runs on the reader of the requester's connection,
+// and the requester may be waiting on it.
+func (m *Manager) handleFetch(ctx context.Context, msg flock.Message) error {
+	var f fetch
+	if err := decode(msg.Payload, &f); err != nil {
+		return err
+	}
+	if len(f.IDs) > 1024 {
+		return fmt.Errorf("manager: fetch of %d sessions; at most 1024", len(f.IDs))
+	}
+	out := sessions{Req: f.Req, Last: true}
+	m.mu.RLock()
+	for _, id := range f.IDs {
+		if s := m.sessions[id]; s != nil {
+			s.mu.Lock()
+			out.Sessions = append(out.Sessions, s.toSnapshot())
+			s.mu.Unlock()
+		} else {
+			out.Missing = append(out.Missing, id)
+		}
+	}
+	m.mu.RUnlock()
+	m.reply(msg.From, out)
+	return nil
+}
+
+func (m *Manager) reply(to membership.Member, out sessions) {
+	b, err := msgpack.Marshal(out)
+	if err != nil {
+		m.log.WithError(err).Error("encode sessions")
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
+		defer cancel()
+		if err := m.c.Send(ctx, []membership.Member{to}, typeSessions, b, flock.Ack); err != nil {
+			m.log.WithField("member", to.Name).WithError(err).Debug("answer not delivered")
+		}
+	}()
+}
+
+// handleSessions receives whole sessions: the answer to a fetch or a batch
+// of the state transfer, found by its request number.
+func (m *Manager) handleSessions(ctx context.Context, msg flock.Message) error {
+	var in sessions
+	if err := decode(msg.Payload, &in); err != nil {
+		return err
+	}
+	m.stats.received.Add(1)
+	for _, snap := range in.Sessions {
+		m.install(snap, true)
+	}
+	m.reqMu.Lock()
+	ch := m.requests[in.Req]
+	m.reqMu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- in:
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+// request sends v to one member and returns a channel for the answers
+// carrying the request number it set; done forgets the request.
+func (m *Manager) request(ctx context.Context, to membership.Member, t flock.MessageType, build func(req uint64) any) (<-chan sessions, func(), error) {
+	req := m.reqSeq.Add(1)
+	ch := make(chan sessions, 16)
+	m.reqMu.Lock()
+	m.requests[req] = ch
+	m.reqMu.Unlock()
+	done := func() {
+		m.reqMu.Lock()
+		delete(m.requests, req)
+		m.reqMu.Unlock()
+	}
+	b, err := msgpack.Marshal(build(req))
+	if err == nil {
+		err = m.c.Send(ctx, []membership.Member{to}, t, b, flock.Ack)
+	}
+	if err != nil {
+		done()
+		return nil, nil, err
+	}
+	return ch, done, nil
+}
+
+// fetch asks a member for sessions and waits for the answer.
+func (m *Manager) fetch(ctx context.Context, from membership.Member, ids []string) (sessions, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
+	defer cancel()
+	ch, done, err := m.request(ctx, from, typeFetch, func(req uint64) any { return fetch{Req: req, IDs: ids} })
+	if err != nil {
+		return sessions{}, err
+	}
+	defer done()
+	select {
+	case in := <-ch:
+		return in, nil
+	case <-ctx.Done():
+		return sessions{}, fmt.Errorf("manager: fetch from %s: %w", from.Name, ctx.Err())
+	}
+}
+
+// fetchOne fetches one session during state transfer: from the node its
+// route names, else from the oldest member.
+func (m *Manager) fetchOne(ctx context.Context, id string) (*Session, error) {
+	ms := m.members()
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	from := oldest(ms)
+	for _, mb := range ms {
+		if mb.Name == Route(id) {
+			from = mb
+		}
+	}
+	if _, err := m.fetch(ctx, from, []string{id}); err != nil {
+		return nil, err
+	}
+	m.stats.fetched.Add(1)
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.sessions[id], nil
+}
+
+func oldest(ms []membership.Member) membership.Member {
+	o := ms[0]
+	for _, mb := range ms[1:] {
+		if mb.Started.Before(o.Started) || (mb.Started.Equal(o.Started) && mb.Name < o.Name) {
+			o = mb
+		}
+	}
+	return o
+}
+
+// scheduleRepair queues a fetch of session id from a member; a full queue
+// drops it (the next delta of that session schedules it again).
+func (m *Manager) scheduleRepair(id string, from membership.Member) {
+	select {
+	case m.repairs <- repair{id: id, from: from}:
+	default:
+		m.log.WithField("session", short(id)).Warn("repair queue full; waiting for the next change")
+	}
+}
+
+func (m *Manager) runRepairs() {
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case r := <-m.repairs:
+			in, err := m.fetch(m.ctx, r.from, []string{r.id})
+			if err != nil {
+				if !errors.Is(err, context.Canceled) {
+					m.log.WithFields(logrus.Fields{"session": short(r.id), "member": r.from.Name}).WithError(err).Warn("repair failed")
+				}
+				continue
+			}
+			if len(in.Sessions) > 0 {
+				m.stats.repairs.Add(1)
+			}
+		}
+	}
+}

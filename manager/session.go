@@ -1,0 +1,235 @@
+package manager
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Session is one user's session. Handlers read and write it through the
+// valve; values are stored msgpack-encoded, so Get always returns a copy and
+// a handler can never change a stored value behind the manager's back (the
+// "mutated object not replicated" trap of Tomcat and Resin): only Set and
+// Delete change a session, and every change is replicated.
+//
+// A Session is safe for concurrent use by the requests that share it.
+type Session struct {
+	m *Manager
+
+	// commitMu orders the replication of this session's changes: a version
+	// is sent before the next one is made.
+	commitMu sync.Mutex
+
+	mu          sync.Mutex
+	id          string
+	version     uint64
+	origin      string // node that made the current version
+	created     time.Time
+	lastAccess  time.Time
+	accessedBy  string // node that served the last request (the primary, in Tomcat's words)
+	maxInactive time.Duration
+	attrs       map[string][]byte
+
+	// The change since the last commit.
+	dirty       map[string]bool // keys set or deleted
+	isNew       bool            // created here, not yet replicated
+	renamedFrom string          // id before RenewID, not yet replicated
+	maxChanged  bool
+	invalid     bool
+}
+
+// ErrInvalidated is returned by operations on a session after Invalidate.
+var ErrInvalidated = errors.New("session invalidated")
+
+// ID is the session id: a random part, a dot, and the route of the node
+// that created (or last took over) the session.
+func (s *Session) ID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.id
+}
+
+// Version counts the changes made to the session, cluster-wide.
+func (s *Session) Version() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version
+}
+
+// CreatedAt is when the session was created.
+func (s *Session) CreatedAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.created
+}
+
+// LastAccessed is when a request last used the session, on any node.
+func (s *Session) LastAccessed() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastAccess
+}
+
+// MaxInactiveInterval is how long the session may go unused before it
+// expires.
+func (s *Session) MaxInactiveInterval() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInactive
+}
+
+// SetMaxInactiveInterval changes how long the session may go unused.
+func (s *Session) SetMaxInactiveInterval(d time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid {
+		return ErrInvalidated
+	}
+	if d <= 0 {
+		return fmt.Errorf("manager: max inactive interval %v must be positive", d)
+	}
+	s.maxInactive, s.maxChanged = d, true
+	return nil
+}
+
+// Get decodes the value stored under key into a fresh T. ok is false when
+// the key is absent.
+func Get[T any](s *Session, key string) (v T, ok bool, err error) {
+	s.mu.Lock()
+	b, ok := s.attrs[key]
+	s.mu.Unlock()
+	if !ok {
+		return v, false, nil
+	}
+	if err := msgpack.Unmarshal(b, &v); err != nil {
+		return v, true, fmt.Errorf("manager: session attribute %q: %w", key, err)
+	}
+	return v, true, nil
+}
+
+// Set stores v, msgpack-encoded, under key.
+func (s *Session) Set(key string, v any) error {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("manager: session attribute %q: %w", key, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid {
+		return ErrInvalidated
+	}
+	s.attrs[key] = b
+	s.markDirty(key)
+	return nil
+}
+
+// Delete removes key.
+func (s *Session) Delete(key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid {
+		return ErrInvalidated
+	}
+	if _, ok := s.attrs[key]; ok {
+		delete(s.attrs, key)
+		s.markDirty(key)
+	}
+	return nil
+}
+
+func (s *Session) markDirty(key string) {
+	if s.dirty == nil {
+		s.dirty = make(map[string]bool)
+	}
+	s.dirty[key] = true
+}
+
+// Keys lists the attribute names, sorted.
+func (s *Session) Keys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.attrs))
+	for k := range s.attrs {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// Invalidate ends the session on every node (logout).
+func (s *Session) Invalidate() {
+	s.mu.Lock()
+	already := s.invalid
+	s.invalid = true
+	id := s.id
+	s.mu.Unlock()
+	if !already {
+		s.m.invalidated(s, id)
+	}
+}
+
+// Invalid reports whether the session was invalidated or expired.
+func (s *Session) Invalid() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.invalid
+}
+
+// RenewID gives the session a new id, keeping its contents: call it after a
+// login, so an id planted before the login is worthless (session fixation).
+// The new id is replicated, and sent to the client, when the response
+// commits.
+func (s *Session) RenewID() error {
+	return s.m.rename(s, newID(s.m.cfg.Route))
+}
+
+// newID returns a random session id for route: 144 random bits, URL-safe.
+func newID(route string) string {
+	var b [18]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:]) + "." + route
+}
+
+// Route returns the route part of a session id ("" if it has none).
+func Route(id string) string {
+	if i := strings.LastIndexByte(id, '.'); i >= 0 {
+		return id[i+1:]
+	}
+	return ""
+}
+
+// ValidID reports whether id has the shape of a session id: a base64url
+// random part of 24 characters, a dot, and a route of letters, digits, '-'
+// or '_'. Anything else from a cookie is ignored, never looked up.
+func ValidID(id string) bool {
+	i := strings.LastIndexByte(id, '.')
+	if i != 24 || len(id)-i-1 < 1 || len(id)-i-1 > 63 {
+		return false
+	}
+	for _, c := range id[:i] {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	for _, c := range id[i+1:] {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// withRoute returns id with its route replaced.
+func withRoute(id, route string) string {
+	if i := strings.LastIndexByte(id, '.'); i >= 0 {
+		return id[:i+1] + route
+	}
+	return id + "." + route
+}
