@@ -31,6 +31,7 @@ import (
 type Config struct {
 	Server  Server  `toml:"server"`
 	Cluster Cluster `toml:"cluster"`
+	Session Session `toml:"session"`
 }
 
 // Server configures the node itself.
@@ -51,6 +52,7 @@ type Cluster struct {
 	Membership Membership `toml:"membership"`
 	Receiver   Receiver   `toml:"receiver"`
 	Sender     Sender     `toml:"sender"`
+	Manager    Manager    `toml:"manager"`
 }
 
 // Membership configures how members discover each other and notice when one
@@ -113,6 +115,62 @@ type Sender struct {
 	QueueLimit Size `toml:"queue_limit"`
 }
 
+// Manager configures the session manager: where sessions are kept, when
+// they expire and when a response that changed one may be sent.
+type Manager struct {
+	// Mode is how sessions are spread over the nodes. Only "delta" is
+	// available: every node holds every session (Tomcat's DeltaManager).
+	Mode string `toml:"mode"`
+	// SessionTimeout expires a session unused this long.
+	SessionTimeout Duration `toml:"session_timeout"`
+	// MaxActive is how many sessions this node may hold; creating one more
+	// is refused (HTTP 503). Zero means no limit.
+	MaxActive int `toml:"max_active"`
+	// Replication is when a response that changed a session may commit:
+	// "async" at once, "ack" when the members have received the change,
+	// "sync" when they have applied it.
+	Replication string `toml:"replication"`
+	// StateTransferTimeout is how long a joining node waits for the
+	// sessions of the others. Zero means it does not wait.
+	StateTransferTimeout Duration `toml:"state_transfer_timeout"`
+	// AlwaysSave replicates the whole session after every request, for
+	// handlers that change session values without calling Set (Resin's
+	// always-save-session).
+	AlwaysSave bool `toml:"always_save"`
+	// NotifyListenersOnReplication makes session listeners fire also for
+	// changes that arrive from other nodes.
+	NotifyListenersOnReplication bool `toml:"notify_listeners_on_replication"`
+	// ExpireInterval is how often the expiry sweep runs.
+	ExpireInterval Duration `toml:"expire_interval"`
+	// TouchInterval is how often last-access times are sent to the other
+	// nodes, in one batch. At most a quarter of SessionTimeout, so that no
+	// copy expires while the session is in use on another node.
+	TouchInterval Duration `toml:"touch_interval"`
+}
+
+// Session configures the session cookie and which requests use sessions.
+type Session struct {
+	// CookieName is the cookie's name, an RFC 6265 token.
+	CookieName string `toml:"cookie_name"`
+	// CookiePath is the cookie's Path attribute; it starts with "/".
+	CookiePath string `toml:"cookie_path"`
+	// CookieDomain is the cookie's Domain attribute; empty leaves it out,
+	// so that the cookie goes back to the host that set it only.
+	CookieDomain string `toml:"cookie_domain"`
+	// CookieSecure sends the cookie over HTTPS only.
+	CookieSecure bool `toml:"cookie_secure"`
+	// CookieHTTPOnly hides the cookie from scripts.
+	CookieHTTPOnly bool `toml:"cookie_http_only"`
+	// CookieSameSite is the cookie's SameSite attribute: "Lax", "Strict",
+	// "None" (which needs CookieSecure) or "" for no attribute. Use
+	// [Session.SameSite] to read it.
+	CookieSameSite string `toml:"cookie_same_site"`
+	// StaticFilter is a Go regular expression of request paths that never
+	// touch sessions (Tomcat's ReplicationValve filter); empty means none.
+	// Use [Session.Filter] to compile it.
+	StaticFilter string `toml:"static_filter"`
+}
+
 // Duration is a time.Duration written in TOML as a Go duration string, such as
 // "500ms" or "3s". The TOML library would otherwise accept a bare integer as
 // nanoseconds, which no one means in a config file.
@@ -171,6 +229,26 @@ func Default() Config {
 				MaxRetries: 1,
 				QueueLimit: Size{64 * mib},
 			},
+			Manager: Manager{
+				Mode:                         "delta",
+				SessionTimeout:               Duration{30 * time.Minute},
+				MaxActive:                    0,
+				Replication:                  "sync",
+				StateTransferTimeout:         Duration{time.Minute},
+				AlwaysSave:                   false,
+				NotifyListenersOnReplication: true,
+				ExpireInterval:               Duration{time.Second},
+				TouchInterval:                Duration{5 * time.Second},
+			},
+		},
+		Session: Session{
+			CookieName:     "FLOCKSESSIONID",
+			CookiePath:     "/",
+			CookieDomain:   "",
+			CookieSecure:   false,
+			CookieHTTPOnly: true,
+			CookieSameSite: "Lax",
+			StaticFilter:   `\.(css|js|png|jpe?g|gif|ico|svg|woff2?|map)$`,
 		},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"maps"
+	"net/http"
 	"net/netip"
 	"os"
 	"reflect"
@@ -39,8 +40,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 20 {
-		t.Errorf("Default() encodes %d keys, want 20: %v", len(keys), keys)
+	if len(keys) != 36 {
+		t.Errorf("Default() encodes %d keys, want 36: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -712,6 +713,224 @@ static.members = [
 			want: []string{`server.toml:2: unknown key "cluster.sender.max_retires" (did you mean "cluster.sender.max_retries"?)`},
 		},
 
+		// Session manager.
+		{
+			name: "manager mode backup not available yet",
+			in:   "[cluster.manager]\nmode = \"backup\"\n",
+			want: []string{`server.toml:2: cluster.manager.mode: backup mode (owner + backup) is not available yet; allowed now: "delta"`},
+		},
+		{
+			name: "unsupported manager mode",
+			in:   "[cluster.manager]\nmode = \"other\"\n",
+			want: []string{`server.toml:2: cluster.manager.mode: "other" is not supported; allowed: "delta"`},
+		},
+		{
+			name: "manager mode is case-sensitive",
+			in:   "[cluster.manager]\nmode = \"Delta\"\n",
+			want: []string{`cluster.manager.mode: "Delta" is not supported; allowed: "delta"`},
+		},
+		{
+			name: "session_timeout too short",
+			in:   "[cluster.manager]\nsession_timeout = \"999ms\"\n",
+			want: []string{`server.toml:2: cluster.manager.session_timeout: 999ms is out of range; allowed 1s..720h0m0s`},
+		},
+		{
+			name: "session_timeout too long",
+			in:   "[cluster.manager]\nsession_timeout = \"721h\"\n",
+			want: []string{`cluster.manager.session_timeout: 721h0m0s is out of range; allowed 1s..720h0m0s`},
+		},
+		{
+			name: "session_timeout integer",
+			in:   "[cluster.manager]\nsession_timeout = 1800\n",
+			want: []string{`server.toml:2: cluster.manager.session_timeout: found integer 1800; want a string such as "30m0s"`},
+		},
+		{
+			name: "max_active negative",
+			in:   "[cluster.manager]\nmax_active = -1\n",
+			want: []string{`server.toml:2: cluster.manager.max_active: -1 is out of range; allowed 0 (no limit) or more`},
+		},
+		{
+			name: "unsupported replication",
+			in:   "[cluster.manager]\nreplication = \"fast\"\n",
+			want: []string{`server.toml:2: cluster.manager.replication: "fast" is not supported; allowed: "async", "ack", "sync"`},
+		},
+		{
+			name: "state_transfer_timeout negative",
+			in:   "[cluster.manager]\nstate_transfer_timeout = \"-1s\"\n",
+			want: []string{`server.toml:2: cluster.manager.state_transfer_timeout: -1s must not be negative ("0s": do not wait)`},
+		},
+		{
+			name: "expire_interval too short",
+			in:   "[cluster.manager]\nexpire_interval = \"9ms\"\n",
+			want: []string{`server.toml:2: cluster.manager.expire_interval: 9ms is out of range; allowed 10ms..1m0s`},
+		},
+		{
+			name: "expire_interval too long",
+			in:   "[cluster.manager]\nexpire_interval = \"61s\"\n",
+			want: []string{`cluster.manager.expire_interval: 1m1s is out of range; allowed 10ms..1m0s`},
+		},
+		{
+			name: "touch_interval too short",
+			in:   "[cluster.manager]\ntouch_interval = \"99ms\"\n",
+			want: []string{`server.toml:2: cluster.manager.touch_interval: 99ms is too short; allowed at least 100ms`},
+		},
+		{
+			name: "touch_interval longer than session_timeout/4",
+			in:   "[cluster.manager]\ntouch_interval = \"8m\"\n",
+			want: []string{`server.toml:2: cluster.manager.touch_interval: 8m0s must be at most session_timeout/4 (7m30s), so that no copy of a session expires while it is in use on another node`},
+		},
+		{
+			name: "default touch_interval longer than session_timeout/4 points at session_timeout",
+			in:   "[cluster.manager]\nmode = \"delta\"\nsession_timeout = \"10s\"\n",
+			want: []string{`server.toml:3: cluster.manager.touch_interval: 5s must be at most session_timeout/4 (2.5s)`},
+		},
+		{
+			name: "touch_interval not compared with an invalid session_timeout",
+			in:   "[cluster.manager]\nsession_timeout = \"0s\"\n",
+			want: []string{`server.toml:2: cluster.manager.session_timeout: 0s is out of range`},
+		},
+		{
+			name: "touch_interval not compared with a mistyped session_timeout",
+			in:   "[cluster.manager]\nsession_timeout = \"10s\"\ntouch_interval = 5\n",
+			want: []string{`server.toml:3: cluster.manager.touch_interval: found integer 5; want a string such as "5s"`},
+		},
+		{
+			name: "string for a boolean",
+			in:   "[cluster.manager]\nalways_save = \"true\"\n",
+			want: []string{`server.toml:2: cluster.manager.always_save: found string "true"; want a boolean, true or false (without quotes)`},
+		},
+		{
+			name: "integer for a boolean",
+			in:   "[cluster.manager]\nnotify_listeners_on_replication = 1\n",
+			want: []string{`server.toml:2: cluster.manager.notify_listeners_on_replication: found integer 1; want a boolean, true or false`},
+		},
+		{
+			name: "boolean for an integer",
+			in:   "[cluster.manager]\nmax_active = false\n",
+			want: []string{`server.toml:2: cluster.manager.max_active: found boolean false; want an integer such as 0`},
+		},
+		{
+			name: "unknown manager key",
+			in:   "[cluster.manager]\nmax_actve = 10\n",
+			want: []string{`server.toml:2: unknown key "cluster.manager.max_actve" (did you mean "cluster.manager.max_active"?)`},
+		},
+
+		// Session cookie.
+		{
+			name: "cookie name with a space",
+			in:   "[session]\ncookie_name = \"a b\"\n",
+			want: []string{"server.toml:2: session.cookie_name: \"a b\" contains ' ', which a cookie name (an RFC 6265 token) cannot; allowed: ASCII letters, digits and !#$%&'*+-.^_`|~"},
+		},
+		{
+			name: "empty cookie name",
+			in:   "[session]\ncookie_name = \"\"\n",
+			want: []string{`server.toml:2: session.cookie_name: must not be empty`},
+		},
+		{
+			name: "cookie name with a separator",
+			in:   "[session]\ncookie_name = \"SESSION=ID\"\n",
+			want: []string{`session.cookie_name: "SESSION=ID" contains '='`},
+		},
+		{
+			name: "cookie name not ASCII",
+			in:   "[session]\ncookie_name = \"sessión\"\n",
+			want: []string{`session.cookie_name: "sessión" contains 'ó', which a cookie name`},
+		},
+		{
+			name: "cookie path not starting with a slash",
+			in:   "[session]\ncookie_path = \"x\"\n",
+			want: []string{`server.toml:2: session.cookie_path: "x" must start with "/", such as "/" or "/app"`},
+		},
+		{
+			name: "empty cookie path",
+			in:   "[session]\ncookie_path = \"\"\n",
+			want: []string{`session.cookie_path: "" must start with "/"`},
+		},
+		{
+			name: "cookie path with a semicolon",
+			in:   "[session]\ncookie_path = \"/app;x\"\n",
+			want: []string{`session.cookie_path: "/app;x" contains ';'; allowed: printable ASCII other than ';'`},
+		},
+		{
+			name: "cookie domain not a domain",
+			in:   "[session]\ncookie_domain = \"example..com\"\n",
+			want: []string{`server.toml:2: session.cookie_domain: "example..com" is not a domain name; want a name such as "example.com", or "" for the host only`},
+		},
+		{
+			name: "cookie domain with a port",
+			in:   "[session]\ncookie_domain = \"example.com:8080\"\n",
+			want: []string{`session.cookie_domain: "example.com:8080" is not a domain name`},
+		},
+		{
+			name: "same_site in lower case",
+			in:   "[session]\ncookie_same_site = \"none\"\n",
+			want: []string{`server.toml:2: session.cookie_same_site: "none" is not supported; write "None" (values are case-sensitive); allowed: "Lax", "Strict", "None" or "" (no attribute)`},
+		},
+		{
+			name: "unsupported same_site",
+			in:   "[session]\ncookie_same_site = \"Bogus\"\n",
+			want: []string{`server.toml:2: session.cookie_same_site: "Bogus" is not supported; allowed: "Lax", "Strict", "None" or "" (no attribute)`},
+		},
+		{
+			name: "same_site None without secure",
+			in:   "[session]\ncookie_same_site = \"None\"\n",
+			want: []string{`server.toml:2: session.cookie_same_site: "None" requires session.cookie_secure = true; browsers reject a SameSite=None cookie that is not Secure`},
+		},
+		{
+			name: "same_site None with secure false written",
+			in:   "[session]\ncookie_secure = false\ncookie_same_site = \"None\"\n",
+			want: []string{`server.toml:3: session.cookie_same_site: "None" requires session.cookie_secure = true`},
+		},
+		{
+			name: "secure turned off under default None points at secure",
+			in:   "[session]\ncookie_name = \"SID\"\ncookie_same_site = \"None\"\n",
+			want: []string{`server.toml:3: session.cookie_same_site: "None" requires`},
+		},
+		{
+			name: "same_site None not compared with a mistyped secure",
+			in:   "[session]\ncookie_secure = \"true\"\ncookie_same_site = \"None\"\n",
+			want: []string{`server.toml:2: session.cookie_secure: found string "true"; want a boolean, true or false (without quotes)`},
+		},
+		{
+			name: "bad static_filter",
+			in:   "[session]\nstatic_filter = \"(\"\n",
+			want: []string{"server.toml:2: session.static_filter: \"(\" is not a Go regular expression: error parsing regexp: missing closing ): `(`"},
+		},
+		{
+			name: "static_filter with a Perl lookahead",
+			in:   "[session]\nstatic_filter = '^/(?!api)'\n",
+			want: []string{`session.static_filter: "^/(?!api)" is not a Go regular expression: error parsing regexp: invalid or unsupported Perl syntax`},
+		},
+		{
+			name: "session not a table",
+			in:   "session = \"FLOCKSESSIONID\"\n",
+			want: []string{`server.toml:1: session: found string "FLOCKSESSIONID"; want a table`},
+		},
+		{
+			name: "unknown session key",
+			in:   "[session]\ncookie_same_sites = \"Lax\"\n",
+			want: []string{`server.toml:2: unknown key "session.cookie_same_sites" (did you mean "session.cookie_same_site"?)`},
+		},
+		{
+			name: "manager and session problems in file order",
+			in: `[session]
+cookie_name = "a b"
+cookie_same_site = "Bogus"
+
+[cluster.manager]
+mode = "backup"
+replication = "fast"
+max_active = -5
+`,
+			want: []string{
+				`server.toml:2: session.cookie_name: "a b" contains ' '`,
+				`server.toml:3: session.cookie_same_site: "Bogus" is not supported`,
+				`server.toml:6: cluster.manager.mode: backup mode (owner + backup) is not available yet`,
+				`server.toml:7: cluster.manager.replication: "fast" is not supported`,
+				`server.toml:8: cluster.manager.max_active: -5 is out of range`,
+			},
+		},
+
 		// Several problems, all reported in file order.
 		{
 			name: "several problems",
@@ -978,6 +1197,89 @@ queue_limit = "16GiB"
 			},
 		},
 		{
+			name: "manager and session, every key",
+			in: `[cluster.manager]
+mode = "delta"
+session_timeout = "2h"
+max_active = 10000
+replication = "ack"
+state_transfer_timeout = "0s"
+always_save = true
+notify_listeners_on_replication = false
+expire_interval = "250ms"
+touch_interval = "30m"
+
+[session]
+cookie_name = "JSESSIONID"
+cookie_path = "/app"
+cookie_domain = ".example.com"
+cookie_secure = true
+cookie_http_only = false
+cookie_same_site = "None"
+static_filter = ""
+`,
+			want: func(c *Config) {
+				c.Cluster.Manager = Manager{
+					Mode:                         "delta",
+					SessionTimeout:               Duration{2 * time.Hour},
+					MaxActive:                    10000,
+					Replication:                  "ack",
+					StateTransferTimeout:         Duration{0},
+					AlwaysSave:                   true,
+					NotifyListenersOnReplication: false,
+					ExpireInterval:               Duration{250 * time.Millisecond},
+					TouchInterval:                Duration{30 * time.Minute},
+				}
+				c.Session = Session{
+					CookieName:     "JSESSIONID",
+					CookiePath:     "/app",
+					CookieDomain:   ".example.com",
+					CookieSecure:   true,
+					CookieHTTPOnly: false,
+					CookieSameSite: "None",
+					StaticFilter:   "",
+				}
+			},
+		},
+		{
+			name: "manager at its limits, low",
+			in: `[cluster.manager]
+session_timeout = "1s"
+expire_interval = "10ms"
+touch_interval = "100ms"
+`,
+			want: func(c *Config) {
+				c.Cluster.Manager.SessionTimeout = Duration{time.Second}
+				c.Cluster.Manager.ExpireInterval = Duration{10 * time.Millisecond}
+				c.Cluster.Manager.TouchInterval = Duration{100 * time.Millisecond}
+			},
+		},
+		{
+			name: "manager at its limits, high",
+			in:   "cluster.manager = { session_timeout = \"720h\", expire_interval = \"1m\", touch_interval = \"180h\", replication = \"async\" }\n",
+			want: func(c *Config) {
+				c.Cluster.Manager.SessionTimeout = Duration{720 * time.Hour}
+				c.Cluster.Manager.ExpireInterval = Duration{time.Minute}
+				c.Cluster.Manager.TouchInterval = Duration{180 * time.Hour}
+				c.Cluster.Manager.Replication = "async"
+			},
+		},
+		{
+			name: "cookie variants",
+			in:   "[session]\ncookie_name = \"__Host-sid!#$%&'*+-.^_`|~\"\ncookie_domain = \"192.0.2.1\"\ncookie_same_site = \"\"\nstatic_filter = '^/static/'\n",
+			want: func(c *Config) {
+				c.Session.CookieName = "__Host-sid!#$%&'*+-.^_`|~"
+				c.Session.CookieDomain = "192.0.2.1"
+				c.Session.CookieSameSite = ""
+				c.Session.StaticFilter = "^/static/"
+			},
+		},
+		{
+			name: "same_site Strict",
+			in:   "session.cookie_same_site = \"Strict\"\n",
+			want: func(c *Config) { c.Session.CookieSameSite = "Strict" },
+		},
+		{
 			name: "drop_time exactly twice frequency",
 			in:   "[cluster.membership]\nfrequency = \"1s\"\ndrop_time = \"2s\"\nttl = 255\n",
 			want: func(c *Config) {
@@ -1065,6 +1367,89 @@ func TestAccessors(t *testing.T) {
 	}
 	if _, err := c.Cluster.Receiver.HostAddr(); err == nil || !strings.HasPrefix(err.Error(), "cluster.receiver.host: ") {
 		t.Errorf("HostAddr() of \"\": err = %v", err)
+	}
+}
+
+func TestSessionFilter(t *testing.T) {
+	re, err := Default().Session.Filter()
+	if err != nil || re == nil {
+		t.Fatalf("Filter() of the default = %v, %v", re, err)
+	}
+	for path, want := range map[string]bool{
+		"/app.css":          true,
+		"/js/main.js":       true,
+		"/img/a.jpeg":       true,
+		"/img/a.jpg":        true,
+		"/font.woff2":       true,
+		"/main.js.map":      true,
+		"/cart":             false,
+		"/css":              false,
+		"/app.css/checkout": false,
+		"/acss":             false,
+	} {
+		if got := re.MatchString(path); got != want {
+			t.Errorf("default filter matches %q = %v, want %v", path, got, want)
+		}
+	}
+
+	if re, err := (Session{StaticFilter: ""}).Filter(); re != nil || err != nil {
+		t.Errorf("Filter() of \"\" = %v, %v; want nil, nil", re, err)
+	}
+	if _, err := (Session{StaticFilter: "("}).Filter(); err == nil || !strings.HasPrefix(err.Error(), "session.static_filter: ") {
+		t.Errorf("Filter() of \"(\": err = %v", err)
+	}
+}
+
+func TestSessionSameSite(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want http.SameSite
+	}{
+		{"Lax", http.SameSiteLaxMode},
+		{"Strict", http.SameSiteStrictMode},
+		{"None", http.SameSiteNoneMode},
+		{"", 0},
+	} {
+		got, err := Session{CookieSameSite: tt.in}.SameSite()
+		if err != nil || got != tt.want {
+			t.Errorf("SameSite() of %q = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+	}
+	// 0 means no attribute, as written by net/http.
+	c := &http.Cookie{Name: "FLOCKSESSIONID", Value: "x", SameSite: 0}
+	if s := c.String(); strings.Contains(s, "SameSite") {
+		t.Errorf("a cookie with SameSite 0 is written %q; want no SameSite attribute", s)
+	}
+	for _, in := range []string{"lax", "none", "Bogus", " Lax"} {
+		if got, err := (Session{CookieSameSite: in}).SameSite(); err == nil || !strings.HasPrefix(err.Error(), "session.cookie_same_site: ") {
+			t.Errorf("SameSite() of %q = %v, %v; want an error naming the key", in, got, err)
+		}
+	}
+}
+
+// TestSessionCookieIsValid checks that what Validate accepts, net/http
+// writes as it is.
+func TestSessionCookieIsValid(t *testing.T) {
+	for _, s := range []Session{
+		Default().Session,
+		{CookieName: "__Host-sid!#$%&'*+-.^_`|~", CookiePath: "/a b/~", CookieDomain: ".example.com", CookieSameSite: "Strict"},
+		{CookieName: "SID", CookiePath: "/", CookieDomain: "192.0.2.1", CookieSecure: true, CookieSameSite: "None"},
+	} {
+		c := Default()
+		c.Session = s
+		if err := c.Validate(); err != nil {
+			t.Errorf("Validate(%+v): %v", s, err)
+			continue
+		}
+		mode, err := s.SameSite()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cookie := &http.Cookie{Name: s.CookieName, Value: "id", Path: s.CookiePath, Domain: s.CookieDomain,
+			Secure: s.CookieSecure, HttpOnly: s.CookieHTTPOnly, SameSite: mode}
+		if err := cookie.Valid(); err != nil {
+			t.Errorf("cookie from %+v: %v", s, err)
+		}
 	}
 }
 
@@ -1283,6 +1668,11 @@ func TestEncodeRoundTrip(t *testing.T) {
 	c.Cluster.Membership.Static.Members = []string{"198.51.100.10:4000", "[2001:db8::10]:4000"}
 	c.Cluster.Receiver.MaxFrame = Size{1536 << 10}
 	c.Cluster.Sender.QueueLimit = Size{1<<30 + 1}
+	c.Cluster.Manager.AlwaysSave = true
+	c.Cluster.Manager.NotifyListenersOnReplication = false
+	c.Cluster.Manager.TouchInterval = Duration{1500 * time.Millisecond}
+	c.Session.CookieHTTPOnly = false
+	c.Session.StaticFilter = `^/static/|\.(css|js)$|"quoted"`
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}

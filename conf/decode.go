@@ -104,6 +104,14 @@ func decodeValue(dst reflect.Value, v any, key toml.Key, example string) []probl
 			return []problem{keyProblem(key.String(), fmt.Errorf("%d is out of range", n))}
 		}
 		dst.SetInt(n)
+	case reflect.Bool:
+		// Only a TOML boolean: a quoted "true" is as likely a mistake
+		// as a quoted number.
+		b, ok := v.(bool)
+		if !ok {
+			return mistyped()
+		}
+		dst.SetBool(b)
 	case reflect.Slice:
 		if dst.Type().Elem().Kind() == reflect.String {
 			return decodeStrings(dst, v, key, example)
@@ -215,6 +223,8 @@ func want(dst reflect.Value, example string) string {
 		return wantString(dst.String(), example)
 	case reflect.Int:
 		return fmt.Sprintf("an integer such as %d", dst.Int())
+	case reflect.Bool:
+		return "a boolean, true or false (without quotes)"
 	case reflect.Slice:
 		if example != "" {
 			return fmt.Sprintf("an array of strings such as [%q]", example)

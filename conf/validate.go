@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +17,26 @@ import (
 // one here (once the membership package can build it) is all it takes to
 // allow it.
 var membershipTypes = []string{"multicast", "static"}
+
+// managerModes are the values cluster.manager.mode accepts; "backup" (an
+// owner and one backup per session) is refused with its own message until
+// it is built.
+var managerModes = []string{"delta"}
+
+// replicationModes are the values cluster.manager.replication accepts, from
+// the fastest to the safest.
+var replicationModes = []string{"async", "ack", "sync"}
+
+// sameSiteModes map session.cookie_same_site to the cookie attribute; ""
+// maps to 0, which net/http writes as no attribute.
+var sameSiteModes = map[string]http.SameSite{
+	"Lax":    http.SameSiteLaxMode,
+	"Strict": http.SameSiteStrictMode,
+	"None":   http.SameSiteNoneMode,
+	"":       0,
+}
+
+const sameSiteAllowed = `"Lax", "Strict", "None" or "" (no attribute)`
 
 const (
 	maxNameLen   = 63
@@ -32,6 +54,15 @@ const (
 	staticKey        = "cluster.membership.static.members"
 	staticExample    = `["198.51.100.10:4000", "198.51.100.11:4000"]`
 	memberAddrSyntax = `want IP:port, such as "198.51.100.10:4000" or "[2001:db8::10]:4000"`
+
+	minSessionTimeout = time.Second
+	maxSessionTimeout = 720 * time.Hour // 30 days
+	minExpireInterval = 10 * time.Millisecond
+	maxExpireInterval = time.Minute
+	minTouchInterval  = 100 * time.Millisecond
+	// A session must be touched on the other nodes several times within
+	// its timeout, or a copy expires while the session is in use.
+	touchesPerTimeout = 4
 )
 
 // Validate reports every problem in c, joined with [errors.Join], each naming
@@ -128,7 +159,91 @@ func (c Config) problems() []problem {
 	check("cluster.sender.max_retries", checkRange(sn.MaxRetries, 0, maxMaxRetries))
 	check("cluster.sender.queue_limit", checkSize(sn.QueueLimit, minQueueLimit, maxQueueLimit))
 
+	mg := c.Cluster.Manager
+	check("cluster.manager.mode", checkManagerMode(mg.Mode))
+	timeoutErr := checkBetween(mg.SessionTimeout.Duration, minSessionTimeout, maxSessionTimeout)
+	check("cluster.manager.session_timeout", timeoutErr)
+	if mg.MaxActive < 0 {
+		check("cluster.manager.max_active", fmt.Errorf("%d is out of range; allowed 0 (no limit) or more", mg.MaxActive))
+	}
+	check("cluster.manager.replication", checkOneOf(mg.Replication, replicationModes))
+	if d := mg.StateTransferTimeout.Duration; d < 0 {
+		check("cluster.manager.state_transfer_timeout", fmt.Errorf(`%v must not be negative ("0s": do not wait)`, d))
+	}
+	check("cluster.manager.expire_interval", checkBetween(mg.ExpireInterval.Duration, minExpireInterval, maxExpireInterval))
+	// Compared only with a valid session_timeout, so that one mistake is
+	// not reported twice.
+	switch ti := mg.TouchInterval.Duration; {
+	case ti < minTouchInterval:
+		check("cluster.manager.touch_interval", fmt.Errorf("%v is too short; allowed at least %v", ti, minTouchInterval))
+	case timeoutErr == nil && ti > mg.SessionTimeout.Duration/touchesPerTimeout:
+		checkPair("cluster.manager.touch_interval", "cluster.manager.session_timeout",
+			fmt.Errorf("%v must be at most session_timeout/%d (%v), so that no copy of a session expires while it is in use on another node",
+				ti, touchesPerTimeout, mg.SessionTimeout.Duration/touchesPerTimeout))
+	}
+
+	se := c.Session
+	check("session.cookie_name", checkCookieName(se.CookieName))
+	check("session.cookie_path", checkCookiePath(se.CookiePath))
+	check("session.cookie_domain", checkCookieDomain(se.CookieDomain))
+	if _, err := se.sameSite(); err != nil {
+		check("session.cookie_same_site", err)
+	} else if se.CookieSameSite == "None" && !se.CookieSecure {
+		checkPair("session.cookie_same_site", "session.cookie_secure",
+			errors.New(`"None" requires session.cookie_secure = true; browsers reject a SameSite=None cookie that is not Secure`))
+	}
+	if _, err := se.filter(); err != nil {
+		check("session.static_filter", err)
+	}
+
 	return probs
+}
+
+// Filter compiles the static filter: a request whose path it matches never
+// touches sessions. It returns nil when the filter is empty. It fails only on
+// a Config that has not passed [Config.Validate].
+func (s Session) Filter() (*regexp.Regexp, error) {
+	re, err := s.filter()
+	if err != nil {
+		return nil, fmt.Errorf("session.static_filter: %w", err)
+	}
+	return re, nil
+}
+
+func (s Session) filter() (*regexp.Regexp, error) {
+	if s.StaticFilter == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile(s.StaticFilter)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a Go regular expression: %w", s.StaticFilter, err)
+	}
+	return re, nil
+}
+
+// SameSite returns the SameSite attribute of the session cookie. For
+// cookie_same_site = "" it returns 0, which [http.Cookie] writes as no
+// SameSite attribute at all (browsers then apply their own default, usually
+// Lax); it never returns [http.SameSiteDefaultMode]. It fails only on a
+// Config that has not passed [Config.Validate].
+func (s Session) SameSite() (http.SameSite, error) {
+	m, err := s.sameSite()
+	if err != nil {
+		return 0, fmt.Errorf("session.cookie_same_site: %w", err)
+	}
+	return m, nil
+}
+
+func (s Session) sameSite() (http.SameSite, error) {
+	if m, ok := sameSiteModes[s.CookieSameSite]; ok {
+		return m, nil
+	}
+	for name := range sameSiteModes {
+		if name != "" && strings.EqualFold(name, s.CookieSameSite) {
+			return 0, fmt.Errorf("%q is not supported; write %q (values are case-sensitive); allowed: %s", s.CookieSameSite, name, sameSiteAllowed)
+		}
+	}
+	return 0, fmt.Errorf("%q is not supported; allowed: %s", s.CookieSameSite, sameSiteAllowed)
 }
 
 // Group returns the multicast group heartbeats are sent to. It fails only on
@@ -360,15 +475,80 @@ func checkDomain(s string) error {
 	return nil
 }
 
-func checkMembershipType(t string) error {
-	if slices.Contains(membershipTypes, t) {
+func checkMembershipType(t string) error { return checkOneOf(t, membershipTypes) }
+
+func checkManagerMode(m string) error {
+	if m == "backup" {
+		return fmt.Errorf("backup mode (owner + backup) is not available yet; allowed now: %s", quoteAll(managerModes))
+	}
+	return checkOneOf(m, managerModes)
+}
+
+// checkOneOf checks that s is one of allowed. Values are case-sensitive.
+func checkOneOf(s string, allowed []string) error {
+	if slices.Contains(allowed, s) {
 		return nil
 	}
-	quoted := make([]string, len(membershipTypes))
-	for i, t := range membershipTypes {
-		quoted[i] = strconv.Quote(t)
+	return fmt.Errorf("%q is not supported; allowed: %s", s, quoteAll(allowed))
+}
+
+func quoteAll(list []string) string {
+	quoted := make([]string, len(list))
+	for i, s := range list {
+		quoted[i] = strconv.Quote(s)
 	}
-	return fmt.Errorf("%q is not supported; allowed: %s", t, strings.Join(quoted, ", "))
+	return strings.Join(quoted, ", ")
+}
+
+// checkCookieName allows an RFC 6265 cookie name: a token, that is one or
+// more ASCII characters other than controls, spaces and separators. net/http
+// refuses to write a cookie with any other name.
+func checkCookieName(s string) error {
+	const allowed = "allowed: ASCII letters, digits and !#$%&'*+-.^_`|~"
+	if s == "" {
+		return errors.New("must not be empty; " + allowed)
+	}
+	for _, r := range s {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r) {
+			return fmt.Errorf("%q contains %q, which a cookie name (an RFC 6265 token) cannot; %s", s, r, allowed)
+		}
+	}
+	return nil
+}
+
+// checkCookiePath allows a path that net/http writes unchanged: it drops
+// the bytes after which the Path attribute would no longer parse.
+func checkCookiePath(s string) error {
+	if !strings.HasPrefix(s, "/") {
+		return fmt.Errorf(`%q must start with "/", such as "/" or "/app"`, s)
+	}
+	for _, r := range s {
+		if r < ' ' || r >= 0x7f || r == ';' {
+			return fmt.Errorf("%q contains %q; allowed: printable ASCII other than ';'", s, r)
+		}
+	}
+	return nil
+}
+
+// checkCookieDomain allows what net/http writes as a Domain attribute
+// rather than dropping it: a domain name, with an optional leading dot, or
+// an IPv4 address.
+func checkCookieDomain(s string) error {
+	if s == "" {
+		return nil // the host only
+	}
+	if err := (&http.Cookie{Name: "n", Domain: s}).Valid(); err != nil {
+		return fmt.Errorf(`%q is not a domain name; want a name such as "example.com", or "" for the host only`, s)
+	}
+	return nil
+}
+
+// checkBetween checks a duration that must be within lo..hi.
+func checkBetween(d, lo, hi time.Duration) error {
+	if d < lo || d > hi {
+		return fmt.Errorf("%v is out of range; allowed %v..%v", d, lo, hi)
+	}
+	return nil
 }
 
 // checkTimeout checks a duration that must be positive and at most most.

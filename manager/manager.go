@@ -424,13 +424,22 @@ func (m *Manager) rename(s *Session, newID string) error {
 	return nil
 }
 
-// Rebind gives a session created by (or last moved to) another node this
-// node's route, as Tomcat's JvmRouteBinderValve does after a failover: the
-// load balancer then sends the user here. It reports whether it renamed.
+// Rebind gives a session this node's route when its id names a node that
+// is no longer a member, as Tomcat's JvmRouteBinderValve does after a
+// failover: a sticky load balancer then sends the user here instead of to
+// the dead node. A route naming a live node is left alone, so a
+// round-robin balancer does not rename sessions back and forth. It
+// reports whether it renamed.
 func (m *Manager) Rebind(s *Session) (bool, error) {
 	id := s.ID()
-	if Route(id) == m.local {
+	route := Route(id)
+	if route == m.local {
 		return false, nil
+	}
+	for _, mb := range m.c.Members() {
+		if mb.Name == route {
+			return false, nil
+		}
 	}
 	if err := m.rename(s, withRoute(id, m.local)); err != nil {
 		return false, err

@@ -22,7 +22,9 @@ import (
 
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/valve"
 )
 
 const defaultConfig = "conf/server.toml"
@@ -113,8 +115,22 @@ func flagSet(fl *flag.FlagSet, name string) bool {
 
 // serve runs the node until ctx ends, then leaves the cluster cleanly.
 func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
+	mcfg, err := manager.ConfigFrom(cfg)
+	if err != nil {
+		return err
+	}
+	vcfg, err := valve.ConfigFrom(cfg)
+	if err != nil {
+		return err
+	}
 	cluster, err := flock.New(ctx, cfg, flock.WithLogger(log))
 	if err != nil {
+		return err
+	}
+	mcfg.Logger, vcfg.Logger = log, log
+	mgr, err := manager.New(cluster, mcfg)
+	if err != nil {
+		cluster.Stop(context.Background())
 		return err
 	}
 	ln, err := net.Listen("tcp", cfg.Server.HTTP)
@@ -127,13 +143,20 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 		cluster.Stop(context.Background())
 		return err
 	}
+	if err := mgr.Start(ctx); err != nil {
+		ln.Close()
+		cluster.Stop(context.Background())
+		return err
+	}
 	local := cluster.Local()
 	log.WithFields(logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": ln.Addr()}).Info("node started")
 
 	eventsDone := make(chan struct{})
 	go func() { defer close(eventsDone); logEvents(cluster.Events(), log) }()
 
-	srv := &http.Server{Handler: newMux(cluster, cfg.Cluster.Membership.Type), ReadHeaderTimeout: 10 * time.Second}
+	mux := newMux(node{Cluster: cluster, mgr: mgr}, cfg.Cluster.Membership.Type)
+	demoRoutes(mux, valve.New(mgr, vcfg))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- srv.Serve(ln) }()
 
@@ -148,10 +171,13 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		serveErr = errors.Join(serveErr, fmt.Errorf("http shutdown: %w", err))
 	}
+	if err := mgr.Stop(shutdownCtx); err != nil {
+		serveErr = errors.Join(serveErr, err)
+	}
 	if err := cluster.Stop(shutdownCtx); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}
-	<-eventsDone // the events channel closes when membership stops
+	<-eventsDone // the events channel closes when the cluster stops
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
 	}

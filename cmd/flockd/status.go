@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
@@ -16,7 +18,20 @@ type clusterView interface {
 	Members() []membership.Status
 	MembershipStats() membership.Stats
 	TransportStats() ([]sender.PeerStats, receiver.Stats)
+	Sessions() []manager.Info
+	ManagerStats() manager.Stats
+	Ready() <-chan struct{}
 }
+
+// node joins the cluster and the manager into what the endpoints read.
+type node struct {
+	*flock.Cluster
+	mgr *manager.Manager
+}
+
+func (n node) Sessions() []manager.Info    { return n.mgr.Sessions() }
+func (n node) ManagerStats() manager.Stats { return n.mgr.Stats() }
+func (n node) Ready() <-chan struct{}      { return n.mgr.Ready() }
 
 type localJSON struct {
 	Name    string    `json:"name"`
@@ -79,6 +94,8 @@ type transportJSON struct {
 type statusJSON struct {
 	Local      localJSON      `json:"local"`
 	Membership string         `json:"membership"`
+	Sessions   int            `json:"sessions"`
+	Manager    manager.Stats  `json:"manager"`
 	Members    []memberJSON   `json:"members"`
 	Heartbeats heartbeatsJSON `json:"heartbeats"`
 	Transport  transportJSON  `json:"transport"`
@@ -90,6 +107,18 @@ func newMux(c clusterView, membershipType string) *http.ServeMux {
 		s := status(c)
 		s.Membership = membershipType
 		writeJSON(w, s)
+	})
+	mux.HandleFunc("GET /cluster/sessions", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, c.Sessions())
+	})
+	// For load balancers: 200 once the node holds the cluster's sessions.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-c.Ready():
+			w.Write([]byte("ok\n"))
+		default:
+			http.Error(w, "state transfer running", http.StatusServiceUnavailable)
+		}
 	})
 	return mux
 }
@@ -106,6 +135,8 @@ func status(c clusterView) statusJSON {
 			LastSeen: m.LastSeen.UTC(), Started: m.Started.UTC(),
 		})
 	}
+	s.Manager = c.ManagerStats()
+	s.Sessions = s.Manager.Sessions
 	st := c.MembershipStats()
 	s.Heartbeats = heartbeatsJSON{
 		Sent: st.HeartbeatsSent, Received: st.HeartbeatsReceived, Lost: st.HeartbeatsLost,

@@ -1,0 +1,289 @@
+// Package valve is flock's net/http middleware, in the manner of Tomcat's
+// ReplicationValve and JvmRouteBinderValve: it finds the request's session
+// from its cookie, hands it to the handler, and when the response commits
+// (first Write or WriteHeader, Flush, Hijack, or the handler's return) it
+// sets the cookie and replicates what changed, before a byte of the
+// response leaves.
+package valve
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flockhq/flock/manager"
+)
+
+// Store is what the valve needs of the session manager.
+type Store interface {
+	Load(ctx context.Context, id string) (*manager.Session, error)
+	Create(ctx context.Context) (*manager.Session, error)
+	Commit(ctx context.Context, s *manager.Session) error
+	Rebind(s *manager.Session) (bool, error)
+}
+
+// Config configures the valve. The cookie settings are those of
+// [session] in server.toml.
+type Config struct {
+	CookieName     string
+	CookiePath     string
+	CookieDomain   string
+	CookieSecure   bool
+	CookieHTTPOnly bool
+	CookieSameSite http.SameSite // 0: no SameSite attribute
+	// StaticFilter matches request paths that never touch sessions (style
+	// sheets, images): they pass straight to the handler.
+	StaticFilter *regexp.Regexp
+	Logger       logrus.FieldLogger
+}
+
+// DefaultConfig returns the defaults of server.toml.
+func DefaultConfig() Config {
+	return Config{
+		CookieName:     "FLOCKSESSIONID",
+		CookiePath:     "/",
+		CookieHTTPOnly: true,
+		CookieSameSite: http.SameSiteLaxMode,
+		StaticFilter:   regexp.MustCompile(`\.(css|js|png|jpe?g|gif|ico|svg|woff2?|map)$`),
+	}
+}
+
+// Valve wraps handlers with session handling.
+type Valve struct {
+	store Store
+	cfg   Config
+	log   logrus.FieldLogger
+}
+
+// New returns a valve over store.
+func New(store Store, cfg Config) *Valve {
+	log := cfg.Logger
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = l
+	}
+	if cfg.CookieName == "" {
+		cfg.CookieName = DefaultConfig().CookieName
+	}
+	return &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve")}
+}
+
+type ctxKey struct{}
+
+// Wrap returns next with sessions.
+func (v *Valve) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := v.cfg.StaticFilter; f != nil && f.MatchString(r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		st := &state{v: v, w: w, r: r}
+		rw := &writer{ResponseWriter: w, st: st}
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, st))
+		st.r = r
+		next.ServeHTTP(rw, r)
+		st.commit()
+		if st.refused && !rw.wrote {
+			rw.refuse()
+		}
+	})
+}
+
+// Session returns the request's session, creating one if the request has
+// none (or an unknown, expired or malformed id). The error is
+// manager.ErrTooManySessions when max_active is reached: the valve then
+// answers 503 whatever the handler writes.
+func Session(r *http.Request) (*manager.Session, error) {
+	st, ok := r.Context().Value(ctxKey{}).(*state)
+	if !ok {
+		return nil, errors.New("valve: request did not pass through the valve")
+	}
+	return st.session(true)
+}
+
+// Existing returns the request's session, or nil if it has none; it never
+// creates one, so read-only pages cost no session.
+func Existing(r *http.Request) *manager.Session {
+	st, ok := r.Context().Value(ctxKey{}).(*state)
+	if !ok {
+		return nil
+	}
+	s, _ := st.session(false)
+	return s
+}
+
+// state is one request's session handling.
+type state struct {
+	v *Valve
+	w http.ResponseWriter
+	r *http.Request
+
+	mu        sync.Mutex
+	loaded    bool   // the cookie was looked up
+	s         *manager.Session
+	cookieID  string // the id the client sent, if it named s
+	refused   bool   // max_active refused a new session
+	committed bool
+}
+
+func (st *state) session(create bool) (*manager.Session, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.committed {
+		// Too late to replicate or to send a cookie: the handler gets what
+		// was loaded, never a new session nobody would hear of.
+		if st.s == nil && create {
+			return nil, errors.New("valve: response already committed; ask for the session before writing")
+		}
+		return st.s, nil
+	}
+	if !st.loaded {
+		st.loaded = true
+		st.load()
+	}
+	if st.s != nil && st.s.Invalid() {
+		st.s = nil
+	}
+	if st.s == nil && create {
+		s, err := st.v.store.Create(st.r.Context())
+		if err != nil {
+			if errors.Is(err, manager.ErrTooManySessions) {
+				st.refused = true
+			}
+			return nil, err
+		}
+		st.s = s
+	}
+	return st.s, nil
+}
+
+// load finds the session named by the request's cookies (the first valid
+// one that the manager knows), and gives it this node's route if it names
+// another node's (that node failed and the load balancer moved the user).
+func (st *state) load() {
+	for _, c := range st.r.Cookies() {
+		if c.Name != st.v.cfg.CookieName || !manager.ValidID(c.Value) {
+			continue
+		}
+		s, err := st.v.store.Load(st.r.Context(), c.Value)
+		if err != nil {
+			st.v.log.WithError(err).Warn("session load failed")
+			continue
+		}
+		if s == nil {
+			continue
+		}
+		st.s, st.cookieID = s, c.Value
+		if _, err := st.v.store.Rebind(s); err != nil {
+			st.v.log.WithError(err).Warn("route rewrite failed")
+		}
+		return
+	}
+}
+
+// commit replicates the session and sets the cookie, once, before the
+// response's header is written.
+func (st *state) commit() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.committed {
+		return
+	}
+	st.committed = true
+	s := st.s
+	if s == nil {
+		return
+	}
+	if err := st.v.store.Commit(st.r.Context(), s); err != nil {
+		// The session is safe here; peers that missed the change repair
+		// it on the next one. The user is not failed for it.
+		st.v.log.WithError(err).Warn("session not replicated to every member")
+	}
+	id := s.ID()
+	switch {
+	case s.Invalid():
+		if st.cookieID != "" {
+			st.setCookie("", -1)
+		}
+	case id != st.cookieID:
+		st.setCookie(id, 0)
+	}
+}
+
+func (st *state) setCookie(value string, maxAge int) {
+	cfg := st.v.cfg
+	c := &http.Cookie{
+		Name: cfg.CookieName, Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
+		Secure: cfg.CookieSecure, HttpOnly: cfg.CookieHTTPOnly, SameSite: cfg.CookieSameSite, MaxAge: maxAge,
+	}
+	h := st.w.Header()
+	h.Add("Set-Cookie", c.String())
+	h.Add("Vary", "Cookie")
+	// Shared caches may keep the page, never the cookie.
+	h.Set("Cache-Control", `no-cache="Set-Cookie"`)
+}
+
+// writer commits the session before the response does.
+type writer struct {
+	http.ResponseWriter
+	st    *state
+	wrote bool // the header went out (or, refused, the 503 did)
+}
+
+func (w *writer) begin() bool {
+	if w.wrote {
+		return !w.st.refused
+	}
+	w.st.commit()
+	w.wrote = true
+	if w.st.refused {
+		w.refuse()
+		return false
+	}
+	return true
+}
+
+func (w *writer) refuse() {
+	w.wrote = true
+	http.Error(w.ResponseWriter, "503 too many sessions on this node; try again later", http.StatusServiceUnavailable)
+}
+
+func (w *writer) WriteHeader(code int) {
+	if w.begin() {
+		w.ResponseWriter.WriteHeader(code)
+	}
+}
+
+func (w *writer) Write(b []byte) (int, error) {
+	if !w.begin() {
+		return len(b), nil // the 503 is the response; the handler's body is dropped
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush commits, then flushes, for streaming handlers.
+func (w *writer) Flush() {
+	if w.begin() {
+		http.NewResponseController(w.ResponseWriter).Flush()
+	}
+}
+
+// Hijack commits, then hands the connection over (websockets).
+func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.st.commit()
+	w.wrote = true
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Unwrap lets http.NewResponseController reach the server's writer for
+// what the valve does not intercept (deadlines, full duplex).
+func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
