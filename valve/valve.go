@@ -127,7 +127,7 @@ type state struct {
 	r *http.Request
 
 	mu        sync.Mutex
-	loaded    bool   // the cookie was looked up
+	loaded    bool // the cookie was looked up
 	s         *manager.Session
 	cookieID  string // the id the client sent, if it named s
 	refused   bool   // max_active refused a new session
@@ -286,4 +286,3 @@ func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // Unwrap lets http.NewResponseController reach the server's writer for
 // what the valve does not intercept (deadlines, full duplex).
 func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-

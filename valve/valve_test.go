@@ -1,0 +1,387 @@
+package valve_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/manager"
+	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/valve"
+)
+
+// lonely is a cluster of one: the manager replicates to nobody.
+type lonely struct{ members []membership.Status }
+
+func (l *lonely) Local() membership.Member                                               { return membership.Member{Name: "n1"} }
+func (l *lonely) Members() []membership.Status                                           { return l.members }
+func (l *lonely) Handle(flock.MessageType, flock.Handler)                                {}
+func (l *lonely) Broadcast(context.Context, flock.MessageType, []byte, flock.Mode) error { return nil }
+func (l *lonely) Send(context.Context, []membership.Member, flock.MessageType, []byte, flock.Mode) error {
+	return nil
+}
+
+func newManager(t *testing.T, edit func(*manager.Config)) (*manager.Manager, *lonely) {
+	t.Helper()
+	c := &lonely{}
+	cfg := manager.DefaultConfig()
+	cfg.Route = "n1"
+	if edit != nil {
+		edit(&cfg)
+	}
+	m, err := manager.New(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop(context.Background()) })
+	return m, c
+}
+
+// counter is the demo handler: it increments "count".
+var counter = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s, err := valve.Session(r)
+	if err != nil {
+		return
+	}
+	n, _, _ := manager.Get[int](s, "count")
+	s.Set("count", n+1)
+	io.WriteString(w, strings.Repeat("x", 1)) // the first write commits
+})
+
+func do(t *testing.T, h http.Handler, path, cookie string) *http.Response {
+	t.Helper()
+	req := httptest.NewRequest("GET", path, nil)
+	if cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Result()
+}
+
+func sessionCookie(resp *http.Response) *http.Cookie {
+	for _, c := range resp.Cookies() {
+		if c.Name == "FLOCKSESSIONID" {
+			return c
+		}
+	}
+	return nil
+}
+
+func TestCookieLifecycle(t *testing.T) {
+	m, _ := newManager(t, nil)
+	h := valve.New(m, valve.DefaultConfig()).Wrap(counter)
+
+	resp := do(t, h, "/counter", "")
+	c := sessionCookie(resp)
+	if c == nil || !manager.ValidID(c.Value) || manager.Route(c.Value) != "n1" {
+		t.Fatalf("first response cookie %v, want a new session id routed to n1", c)
+	}
+	if !c.HttpOnly || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.Secure {
+		t.Errorf("cookie attributes %+v, want HttpOnly, SameSite=Lax, Path=/", c)
+	}
+	if resp.Header.Get("Vary") != "Cookie" || resp.Header.Get("Cache-Control") != `no-cache="Set-Cookie"` {
+		t.Errorf("headers %v, want Vary: Cookie and Cache-Control: no-cache=\"Set-Cookie\"", resp.Header)
+	}
+
+	resp = do(t, h, "/counter", "FLOCKSESSIONID="+c.Value)
+	if sessionCookie(resp) != nil {
+		t.Error("a known session got its cookie again")
+	}
+	s, err := m.Load(context.Background(), c.Value)
+	if err != nil || s == nil {
+		t.Fatalf("Load = %v, %v", s, err)
+	}
+	if n, _, _ := manager.Get[int](s, "count"); n != 2 {
+		t.Errorf("count %d after two requests, want 2", n)
+	}
+}
+
+func TestBadCookiesStartFresh(t *testing.T) {
+	m, _ := newManager(t, nil)
+	h := valve.New(m, valve.DefaultConfig()).Wrap(counter)
+	for _, cookie := range []string{
+		"FLOCKSESSIONID=",
+		"FLOCKSESSIONID=garbage",
+		"FLOCKSESSIONID=AAAAAAAAAAAAAAAAAAAAAAAA.n1", // well formed, unknown
+		"FLOCKSESSIONID=" + strings.Repeat("A", 5000),
+		"FLOCKSESSIONID=../../etc/passwd",
+		"FLOCKSESSIONID=%00%ff; FLOCKSESSIONID=\x01",
+	} {
+		resp := do(t, h, "/counter", cookie)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("cookie %q: status %d", cookie, resp.StatusCode)
+		}
+		if c := sessionCookie(resp); c == nil || !manager.ValidID(c.Value) {
+			t.Errorf("cookie %q: no fresh session (%v)", cookie, c)
+		}
+	}
+}
+
+func TestStaticAndReadOnlyCostNoSession(t *testing.T) {
+	m, _ := newManager(t, nil)
+	cfg := valve.DefaultConfig()
+	cfg.StaticFilter = regexp.MustCompile(`\.css$`)
+	touched := false
+	h := valve.New(m, cfg).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".css") {
+			if _, err := valve.Session(r); err == nil {
+				touched = true
+			}
+			return
+		}
+		if valve.Existing(r) != nil {
+			touched = true
+		}
+		io.WriteString(w, "0")
+	}))
+	for _, path := range []string{"/style.css", "/peek"} {
+		resp := do(t, h, path, "")
+		if sessionCookie(resp) != nil || touched {
+			t.Errorf("%s created a session", path)
+		}
+	}
+	if m.Len() != 0 {
+		t.Errorf("%d sessions after static and read-only requests", m.Len())
+	}
+}
+
+// recordingStore checks that the valve commits before the response's
+// header goes out.
+type recordingStore struct {
+	valve.Store
+	mu     sync.Mutex
+	events []string
+}
+
+func (r *recordingStore) Commit(ctx context.Context, s *manager.Session) error {
+	r.mu.Lock()
+	r.events = append(r.events, "commit")
+	r.mu.Unlock()
+	return r.Store.Commit(ctx, s)
+}
+
+type orderWriter struct {
+	http.ResponseWriter
+	rs *recordingStore
+}
+
+func (o orderWriter) WriteHeader(code int) {
+	o.rs.mu.Lock()
+	o.rs.events = append(o.rs.events, "header")
+	o.rs.mu.Unlock()
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o orderWriter) Write(b []byte) (int, error) {
+	o.WriteHeader(http.StatusOK)
+	return o.ResponseWriter.Write(b)
+}
+
+func TestCommitBeforeResponse(t *testing.T) {
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+	}{
+		{"write", func(w http.ResponseWriter, r *http.Request) {
+			s, _ := valve.Session(r)
+			s.Set("k", 1)
+			w.Write([]byte("x"))
+		}},
+		{"write header", func(w http.ResponseWriter, r *http.Request) {
+			s, _ := valve.Session(r)
+			s.Set("k", 1)
+			w.WriteHeader(http.StatusCreated)
+		}},
+		{"flush", func(w http.ResponseWriter, r *http.Request) {
+			s, _ := valve.Session(r)
+			s.Set("k", 1)
+			if err := http.NewResponseController(w).Flush(); err != nil {
+				t.Errorf("flush through the valve: %v", err)
+			}
+		}},
+		{"handler returns without writing", func(w http.ResponseWriter, r *http.Request) {
+			s, _ := valve.Session(r)
+			s.Set("k", 1)
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _ := newManager(t, nil)
+			rs := &recordingStore{Store: m}
+			h := valve.New(rs, valve.DefaultConfig()).Wrap(tc.handler)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(orderWriter{rec, rs}, httptest.NewRequest("GET", "/", nil))
+			if len(rs.events) == 0 || rs.events[0] != "commit" {
+				t.Errorf("events %v, want the commit first", rs.events)
+			}
+			if sessionCookie(rec.Result()) == nil {
+				t.Error("no cookie")
+			}
+		})
+	}
+}
+
+func TestHijackCommits(t *testing.T) {
+	m, _ := newManager(t, nil)
+	h := valve.New(m, valve.DefaultConfig()).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := valve.Session(r)
+		s.Set("k", 1)
+		conn, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack through the valve: %v", err)
+			return
+		}
+		defer conn.Close()
+		rw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+		rw.Flush()
+	}))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(bufio.NewReader(resp.Body))
+	resp.Body.Close()
+	if string(body) != "hi" {
+		t.Errorf("body %q", body)
+	}
+	if m.Len() != 1 {
+		t.Errorf("%d sessions, want the hijacking request's", m.Len())
+	}
+	for _, info := range m.Sessions() {
+		if info.Version != 1 {
+			t.Errorf("session version %d, want 1: committed before the hijack", info.Version)
+		}
+	}
+}
+
+func TestMaxActiveIs503(t *testing.T) {
+	m, _ := newManager(t, func(c *manager.Config) { c.MaxActive = 1 })
+	h := valve.New(m, valve.DefaultConfig()).Wrap(counter)
+	if resp := do(t, h, "/counter", ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first session: %d", resp.StatusCode)
+	}
+	resp := do(t, h, "/counter", "")
+	if resp.StatusCode != http.StatusServiceUnavailable || sessionCookie(resp) != nil {
+		t.Errorf("past max_active: status %d, cookie %v; want 503 and no cookie", resp.StatusCode, sessionCookie(resp))
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "too many sessions") {
+		t.Errorf("body %q, want it to say why", body)
+	}
+}
+
+func TestInvalidateAndRenew(t *testing.T) {
+	m, _ := newManager(t, nil)
+	v := valve.New(m, valve.DefaultConfig())
+	first := sessionCookie(do(t, v.Wrap(counter), "/", "")).Value
+
+	renew := v.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := valve.Session(r)
+		if err := s.RenewID(); err != nil {
+			t.Error(err)
+		}
+	}))
+	c := sessionCookie(do(t, renew, "/login", "FLOCKSESSIONID="+first))
+	if c == nil || c.Value == first || manager.Route(c.Value) != "n1" {
+		t.Fatalf("after RenewID cookie %v, want a new id", c)
+	}
+	if s, _ := m.Load(context.Background(), first); s != nil {
+		t.Error("the old id still finds the session")
+	}
+	s, _ := m.Load(context.Background(), c.Value)
+	if n, _, _ := manager.Get[int](s, "count"); n != 1 {
+		t.Errorf("renewed session lost its contents: count %d", n)
+	}
+
+	logout := v.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := valve.Session(r)
+		s.Invalidate()
+	}))
+	gone := sessionCookie(do(t, logout, "/logout", "FLOCKSESSIONID="+c.Value))
+	if gone == nil || gone.MaxAge >= 0 {
+		t.Errorf("logout cookie %v, want it deleted", gone)
+	}
+	if m.Len() != 0 {
+		t.Errorf("%d sessions after logout", m.Len())
+	}
+}
+
+// pair is two nodes wired directly: a send runs the peer's handler at once.
+type pair struct {
+	name     string
+	peer     *pair
+	alive    atomic.Bool // whether the peer is listed as a member
+	handlers map[flock.MessageType]flock.Handler
+}
+
+func (p *pair) Local() membership.Member { return membership.Member{Name: p.name} }
+func (p *pair) Members() []membership.Status {
+	if !p.alive.Load() {
+		return nil
+	}
+	return []membership.Status{{Member: p.peer.Local(), State: membership.Alive}}
+}
+func (p *pair) Handle(t flock.MessageType, h flock.Handler) { p.handlers[t] = h }
+func (p *pair) Send(ctx context.Context, _ []membership.Member, t flock.MessageType, b []byte, _ flock.Mode) error {
+	return p.Broadcast(ctx, t, b, flock.Sync)
+}
+func (p *pair) Broadcast(ctx context.Context, t flock.MessageType, b []byte, _ flock.Mode) error {
+	if !p.alive.Load() {
+		return nil
+	}
+	return p.peer.handlers[t](ctx, flock.Message{From: p.Local(), Type: t, Payload: b})
+}
+
+func TestRouteRewrite(t *testing.T) {
+	n1 := &pair{name: "n1", handlers: map[flock.MessageType]flock.Handler{}}
+	n2 := &pair{name: "n2", handlers: map[flock.MessageType]flock.Handler{}}
+	n1.peer, n2.peer = n2, n1
+	n1.alive.Store(true)
+	n2.alive.Store(true)
+	start := func(c *pair) *manager.Manager {
+		cfg := manager.DefaultConfig()
+		cfg.Route, cfg.StateTransferTimeout = c.name, 0
+		m, err := manager.New(c, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Start(context.Background())
+		t.Cleanup(func() { m.Stop(context.Background()) })
+		return m
+	}
+	m1, m2 := start(n1), start(n2)
+	v1, v2 := valve.New(m1, valve.DefaultConfig()).Wrap(counter), valve.New(m2, valve.DefaultConfig()).Wrap(counter)
+
+	id := sessionCookie(do(t, v1, "/", "")).Value
+	if manager.Route(id) != "n1" {
+		t.Fatalf("id %s", id)
+	}
+	// n1 alive: a request on n2 (round robin) keeps the route.
+	if c := sessionCookie(do(t, v2, "/", "FLOCKSESSIONID="+id)); c != nil {
+		t.Errorf("route rewritten to %v while n1 is alive", c)
+	}
+	// n1 dies: the next request on n2 moves the session to n2's route.
+	n2.alive.Store(false)
+	c := sessionCookie(do(t, v2, "/", "FLOCKSESSIONID="+id))
+	if c == nil || manager.Route(c.Value) != "n2" || strings.TrimSuffix(c.Value, ".n2") != strings.TrimSuffix(id, ".n1") {
+		t.Fatalf("cookie %v after failover, want %s routed to n2", c, id)
+	}
+	s, _ := m2.Load(context.Background(), c.Value)
+	if n, _, _ := manager.Get[int](s, "count"); n != 3 {
+		t.Errorf("count %d, want 3: the session went on across the failover", n)
+	}
+}
