@@ -207,4 +207,3 @@ func BenchmarkDemo(b *testing.B) {
 		load(b, nodes[0].srv.URL+"/counter/peek")
 	})
 }
-
