@@ -24,6 +24,9 @@ func ConfigFrom(c conf.Config) (Config, error) {
 	cfg.MaxActive = mc.MaxActive
 	cfg.Replication = mode
 	cfg.StateTransferTimeout = mc.StateTransferTimeout.Duration
+	// Two heartbeats: the others answer a new member's first one at once,
+	// and one may be lost.
+	cfg.JoinWait = 2 * c.Cluster.Membership.Frequency.Duration
 	cfg.AlwaysSave = mc.AlwaysSave
 	cfg.NotifyOnReplication = mc.NotifyListenersOnReplication
 	cfg.ExpireInterval = mc.ExpireInterval.Duration

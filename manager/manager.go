@@ -54,6 +54,10 @@ type Config struct {
 	// (the members have the change) or flock.Sync (they applied it).
 	Replication          flock.Mode
 	StateTransferTimeout time.Duration
+	// JoinWait is how long the state transfer waits for the first member
+	// to appear before it concludes that this node is alone: membership
+	// hears of the others only after the cluster started. 0 does not wait.
+	JoinWait time.Duration
 	// AlwaysSave replicates the whole session on every commit, for
 	// handlers that change values without calling Set.
 	AlwaysSave bool
@@ -77,6 +81,7 @@ func DefaultConfig() Config {
 		SessionTimeout:       30 * time.Minute,
 		Replication:          flock.Sync,
 		StateTransferTimeout: 60 * time.Second,
+		JoinWait:             time.Second,
 		NotifyOnReplication:  true,
 		ExpireInterval:       time.Second,
 		ExpireBatch:          10000,
@@ -116,6 +121,7 @@ type Manager struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+	goMu    sync.Mutex // orders the goroutines handlers start (spawn) before Stop's Wait
 	started atomic.Bool
 
 	transfer transferState
@@ -221,7 +227,9 @@ func (m *Manager) Stop(ctx context.Context) error {
 	if m.started.Load() {
 		m.sendTouches(ctx)
 	}
+	m.goMu.Lock()
 	m.cancel()
+	m.goMu.Unlock()
 	done := make(chan struct{})
 	go func() { m.wg.Wait(); close(done) }()
 	select {
@@ -230,6 +238,23 @@ func (m *Manager) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("manager: stop: %w", ctx.Err())
 	}
+}
+
+// spawn runs f on a goroutine that Stop waits for. Handlers run until the
+// cluster stops, after the manager: once Stop has begun, f is not run (a
+// WaitGroup.Add racing Wait is a misuse, and the goroutine would outlive
+// Stop).
+func (m *Manager) spawn(f func()) {
+	m.goMu.Lock()
+	defer m.goMu.Unlock()
+	if m.ctx.Err() != nil {
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
 }
 
 // Len is the number of sessions this node holds.
@@ -248,10 +273,10 @@ func (m *Manager) Create(ctx context.Context) (*Session, error) {
 		maxInactive: m.cfg.SessionTimeout, attrs: make(map[string][]byte), isNew: true,
 	}
 	m.mu.Lock()
-	if m.cfg.MaxActive > 0 && len(m.sessions) >= m.cfg.MaxActive {
+	if held := len(m.sessions); m.cfg.MaxActive > 0 && held >= m.cfg.MaxActive {
 		m.mu.Unlock()
 		m.stats.rejected.Add(1)
-		return nil, fmt.Errorf("manager: %w: %d held, max_active %d", ErrTooManySessions, m.cfg.MaxActive, m.cfg.MaxActive)
+		return nil, fmt.Errorf("manager: %w: %d held, max_active %d", ErrTooManySessions, held, m.cfg.MaxActive)
 	}
 	for {
 		s.id = newID(m.local)
@@ -281,7 +306,7 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 	m.mu.RLock()
 	s := m.sessions[id]
 	m.mu.RUnlock()
-	if s == nil && !m.transferred() {
+	if s == nil && m.started.Load() && !m.transferred() {
 		var err error
 		if s, err = m.fetchOne(ctx, id); err != nil {
 			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
@@ -457,8 +482,11 @@ func (m *Manager) invalidated(s *Session, id string) {
 	delete(m.touched, id)
 	m.mu.Unlock()
 	s.mu.Lock()
-	version, isNew := s.version, s.isNew
+	version, isNew, known := s.version, s.isNew, s.renamedFrom
 	s.mu.Unlock()
+	if known == "" {
+		known = id
+	} // else renamed since the last commit: the others know the old id only
 	m.fire(false, func(l Listener) {
 		if l.Destroyed != nil {
 			l.Destroyed(id, "invalidated", false)
@@ -469,7 +497,7 @@ func (m *Manager) invalidated(s *Session, id string) {
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
 	defer cancel()
-	if err := m.broadcast(ctx, typeExpire, expire{ID: id, Version: version, Reason: "invalidated"}); err != nil {
+	if err := m.broadcast(ctx, typeExpire, expire{ID: known, Version: version, Reason: "invalidated"}); err != nil {
 		m.log.WithField("session", short(id)).WithError(err).Warn("invalidation not replicated everywhere")
 	}
 }

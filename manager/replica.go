@@ -99,9 +99,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 			return nil
 		}
 		s = &Session{m: m, id: d.ID, attrs: make(map[string][]byte)}
+		s.mu.Lock() // before it is published: nobody sees it half-built
 		m.sessions[d.ID] = s
 		m.mu.Unlock()
-		s.mu.Lock()
 		s.applyDelta(d)
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
@@ -120,7 +120,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		s.mu.Unlock()
 		m.stats.stale.Add(1)
 		return nil
-	case d.Full || d.Base == s.version:
+	case d.Base == s.version || (d.Full && d.Version > s.version):
+		// A whole session of the same version from another origin is a
+		// concurrent writer, not a newer copy: the tie rule below decides.
 		s.applyDelta(d)
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
@@ -205,10 +207,13 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	created := s == nil
 	if created {
 		s = &Session{m: m, id: snap.ID}
+		s.mu.Lock() // before it is published: nobody sees it half-built
 		m.sessions[snap.ID] = s
 	}
 	m.mu.Unlock()
-	s.mu.Lock()
+	if !created {
+		s.mu.Lock()
+	}
 	if !created && (snap.Version < s.version || (snap.Version == s.version && snap.Origin <= s.origin)) {
 		s.mu.Unlock()
 		return s, false
@@ -319,15 +324,13 @@ func (m *Manager) reply(to membership.Member, out sessions) {
 		m.log.WithError(err).Error("encode sessions")
 		return
 	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
+	m.spawn(func() {
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
 		defer cancel()
 		if err := m.c.Send(ctx, []membership.Member{to}, typeSessions, b, flock.Ack); err != nil {
 			m.log.WithField("member", to.Name).WithError(err).Debug("answer not delivered")
 		}
-	}()
+	})
 }
 
 // handleSessions receives whole sessions: the answer to a fetch or a batch
@@ -397,7 +400,9 @@ func (m *Manager) fetch(ctx context.Context, from membership.Member, ids []strin
 // fetchOne fetches one session during state transfer: from the node its
 // route names, else from the oldest member.
 func (m *Manager) fetchOne(ctx context.Context, id string) (*Session, error) {
-	ms := m.members()
+	// Right after the start the others may not be known yet: wait for them
+	// as the state transfer does, not take the session for unknown.
+	ms := m.awaitMembers(ctx, m.ready)
 	if len(ms) == 0 {
 		return nil, nil
 	}

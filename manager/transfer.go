@@ -47,7 +47,12 @@ func (m *Manager) transferred() bool {
 // meantime are kept by version, so nothing stops while it runs.
 func (m *Manager) runTransfer() {
 	defer close(m.ready)
-	ms := m.members()
+	wait, cancelWait := context.WithTimeout(m.ctx, m.cfg.JoinWait)
+	ms := m.awaitMembers(wait, nil)
+	cancelWait()
+	if m.ctx.Err() != nil {
+		return
+	}
 	if len(ms) == 0 {
 		m.transfer.set("none")
 		return
@@ -97,6 +102,25 @@ func (m *Manager) runTransfer() {
 	}
 }
 
+// awaitMembers returns the members; while there are none, it waits for
+// the first to appear until ctx ends or done is closed.
+func (m *Manager) awaitMembers(ctx context.Context, done <-chan struct{}) []membership.Member {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if ms := m.members(); len(ms) > 0 {
+			return ms
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-done:
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
 // handleState streams every session to a joining member, in batches of at
 // most TransferBatch bytes, each acknowledged before the next is built, so
 // neither side ever holds more than a batch in flight.
@@ -106,11 +130,7 @@ func (m *Manager) handleState(ctx context.Context, msg flock.Message) error {
 		return err
 	}
 	to := msg.From
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.streamSessions(to, r.Req)
-	}()
+	m.spawn(func() { m.streamSessions(to, r.Req) })
 	return nil
 }
 

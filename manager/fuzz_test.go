@@ -1,0 +1,82 @@
+package manager
+
+import (
+	"context"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/internal/leakcheck"
+)
+
+// FuzzValidID: ValidID never panics, and an id it accepts has a route.
+// The seed corpus is in testdata/fuzz/FuzzValidID.
+func FuzzValidID(f *testing.F) {
+	f.Add(newID("node1"))
+	f.Fuzz(func(t *testing.T, id string) {
+		if !ValidID(id) {
+			return
+		}
+		r := Route(id)
+		if r == "" {
+			t.Fatalf("ValidID(%q) but no route", id)
+		}
+		if len(id) != 24+1+len(r) || withRoute(id, r) != id {
+			t.Fatalf("ValidID(%q): route %q does not end the id after 24 characters", id, r)
+		}
+	})
+}
+
+// FuzzHandleDelta feeds arbitrary payloads to the delta handler: it never
+// panics, and it refuses (with an error) what is not a delta for a
+// well-formed session id.
+func FuzzHandleDelta(f *testing.F) {
+	leakcheck.Check(f)
+	net := newFakeNet(f)
+	peer := net.addNode("B")
+	cfg := testConfig()
+	cfg.Route = "A"
+	m, err := New(net.addNode("A"), cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	id := newID("B")
+	enc := func(d delta) []byte {
+		b, err := msgpack.Marshal(d)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	f.Add(enc(delta{ID: id, Version: 1, Origin: "B", Full: true, Set: map[string][]byte{"k": {0x01}}, Created: 1, Access: 2, MaxInactive: 1e9}))
+	f.Add(enc(delta{ID: id, Base: 1, Version: 2, Origin: "B", Set: map[string][]byte{"k": {0x02}}, Del: []string{"x"}}))
+	f.Add(enc(delta{ID: id, Base: 5, Version: 6, Origin: "B"}))
+	f.Add(enc(delta{ID: newID("B"), Old: id, Base: 2, Version: 3, Origin: "B"}))
+	f.Add(enc(delta{ID: "../../etc", Version: 1, Full: true}))
+	f.Add(enc(delta{ID: id, Old: "bad", Version: 1}))
+	f.Add([]byte{})
+	f.Add([]byte{0xc1})
+	f.Add([]byte{0x80})
+	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte("garbage"))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		err := m.handleDelta(context.Background(), flock.Message{From: peer.Local(), Type: typeDelta, Payload: payload})
+		var d delta
+		derr := msgpack.Unmarshal(payload, &d)
+		wellFormed := derr == nil && ValidID(d.ID) && (d.Old == "" || ValidID(d.Old))
+		if wellFormed && err != nil {
+			t.Fatalf("a well-formed delta %+v refused: %v", d, err)
+		}
+		if !wellFormed && err == nil {
+			t.Fatalf("garbage accepted: %q (decode: %v, id %q, old %q)", payload, derr, d.ID, d.Old)
+		}
+		if err == nil {
+			if snap, ok := state(m, d.ID); ok {
+				for k := range snap.Attrs {
+					_, _, _ = Get[any](&Session{m: m, attrs: snap.Attrs}, k)
+				}
+			}
+		}
+	})
+}
