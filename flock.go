@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/flockhq/flock/conf"
 	"github.com/flockhq/flock/internal/eventq"
+	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/internal/wire"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
@@ -100,11 +100,7 @@ func New(ctx context.Context, cfg conf.Config, opts ...Option) (*Cluster, error)
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		o.log = l
-	}
+	o.log = logx.OrDiscard(o.log)
 	host, err := cfg.Cluster.Receiver.HostAddr()
 	if err != nil {
 		return nil, fmt.Errorf("flock: %w", err)

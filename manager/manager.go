@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +22,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -155,12 +155,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	if cfg.TransferBatch <= 0 {
 		cfg.TransferBatch = def.TransferBatch
 	}
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log := logx.OrDiscard(cfg.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
 		cfg:      cfg,

@@ -2,7 +2,6 @@ package membership
 
 import (
 	"context"
-	"io"
 	"net/netip"
 	"sync"
 	"time"
@@ -10,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock/internal/eventq"
+	"github.com/flockhq/flock/internal/logx"
 )
 
 // Prober asks a member's process, over the cluster transport, whether it is
@@ -37,11 +37,7 @@ type core struct {
 }
 
 func newCore(local Member, dropTime, reprobe time.Duration, prober Prober, probeTimeout time.Duration, eventBuffer int, log logrus.FieldLogger, component string) *core {
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log = logx.OrDiscard(log)
 	if prober == nil {
 		reprobe = 0
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/internal/wire"
 )
 
@@ -112,12 +113,7 @@ type Stats struct {
 
 // New prepares a receiver on ln; register handlers, then call Start.
 func New(ln net.Listener, cfg Config) *Receiver {
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log := logx.OrDiscard(cfg.Logger)
 	def := DefaultConfig()
 	if cfg.MaxFrame <= 0 {
 		cfg.MaxFrame = def.MaxFrame

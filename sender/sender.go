@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/internal/wire"
 )
 
@@ -125,12 +125,7 @@ func New(cfg Config) *TCP {
 	if cfg.MaxFrame <= 0 {
 		cfg.MaxFrame = def.MaxFrame
 	}
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log := logx.OrDiscard(cfg.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &TCP{cfg: cfg, log: log.WithField("component", "sender"), ctx: ctx, cancel: cancel, peers: make(map[netip.AddrPort]*peer), seqs: make(map[netip.AddrPort]uint64)}
 }

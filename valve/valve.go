@@ -10,7 +10,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"regexp"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/manager"
 )
 
@@ -64,12 +64,7 @@ type Valve struct {
 
 // New returns a valve over store.
 func New(store Store, cfg Config) *Valve {
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = l
-	}
+	log := logx.OrDiscard(cfg.Logger)
 	if cfg.CookieName == "" {
 		cfg.CookieName = DefaultConfig().CookieName
 	}
