@@ -164,8 +164,8 @@ func (st *state) session(create bool) (*manager.Session, error) {
 // one that the manager knows), and gives it this node's route if it names
 // another node's (that node failed and the load balancer moved the user).
 func (st *state) load() {
-	for _, c := range st.r.Cookies() {
-		if c.Name != st.v.cfg.CookieName || !manager.ValidID(c.Value) {
+	for _, c := range st.r.CookiesNamed(st.v.cfg.CookieName) {
+		if !manager.ValidID(c.Value) {
 			continue
 		}
 		s, err := st.v.store.Load(st.r.Context(), c.Value)
