@@ -370,7 +370,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		d.Set = cloneAttrs(s.attrs)
 		d.Created = unixNano(s.created)
 	} else {
-		for k := range s.dirty {
+		for _, k := range s.dirty {
 			if v, ok := s.attrs[k]; ok {
 				if d.Set == nil {
 					d.Set = make(map[string][]byte)
@@ -386,7 +386,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	s.dirty, s.isNew, s.renamedFrom, s.maxChanged = nil, false, "", false
 	s.mu.Unlock()
 
-	for k := range dirty {
+	for _, k := range dirty {
 		_, set := d.Set[k]
 		m.fire(false, func(l Listener) {
 			if l.AttributeChanged != nil {
@@ -410,12 +410,16 @@ func cloneAttrs(a map[string][]byte) map[string][]byte {
 
 // broadcast sends v to every member in the configured replication mode.
 func (m *Manager) broadcast(ctx context.Context, t flock.MessageType, v any) error {
+	to := m.members()
+	if len(to) == 0 {
+		return nil // alone: nothing to encode or send
+	}
 	b, err := msgpack.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("manager: encode: %w", err)
 	}
 	m.stats.sent.Add(1)
-	if err := m.c.Broadcast(ctx, t, b, m.cfg.Replication); err != nil {
+	if err := m.c.Send(ctx, to, t, b, m.cfg.Replication); err != nil {
 		m.stats.sendFailures.Add(1)
 		return fmt.Errorf("manager: replicate: %w", err)
 	}

@@ -38,7 +38,7 @@ type Session struct {
 	attrs       map[string][]byte
 
 	// The change since the last commit.
-	dirty       map[string]bool // keys set or deleted
+	dirty       []string // keys set or deleted, each once; a request changes few
 	isNew       bool            // created here, not yet replicated
 	renamedFrom string          // id before RenewID, not yet replicated
 	maxChanged  bool
@@ -145,10 +145,9 @@ func (s *Session) Delete(key string) error {
 }
 
 func (s *Session) markDirty(key string) {
-	if s.dirty == nil {
-		s.dirty = make(map[string]bool)
+	if !slices.Contains(s.dirty, key) {
+		s.dirty = append(s.dirty, key)
 	}
-	s.dirty[key] = true
 }
 
 // Keys lists the attribute names, sorted.
