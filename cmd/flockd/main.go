@@ -21,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/conf"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
@@ -154,7 +155,7 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	eventsDone := make(chan struct{})
 	go func() { defer close(eventsDone); logEvents(cluster.Events(), log) }()
 
-	mux := newMux(node{Cluster: cluster, mgr: mgr}, cfg.Cluster.Membership.Type)
+	mux := admin.NewMux(admin.ClusterNode{Cluster: cluster, Manager: mgr}, cfg.Cluster.Membership.Type)
 	demoRoutes(mux, valve.New(mgr, vcfg))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	httpDone := make(chan error, 1)

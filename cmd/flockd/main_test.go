@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/internal/leakcheck"
 )
 
@@ -160,12 +161,12 @@ drop_time = "1s"
 	}
 	a, b := start("a"), start("b")
 
-	var st statusJSON
+	var st admin.Status
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get("http://" + a.http + "/cluster/status")
 		if err == nil {
-			st = statusJSON{}
+			st = admin.Status{}
 			err = json.NewDecoder(resp.Body).Decode(&st)
 			resp.Body.Close()
 			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {

@@ -1,4 +1,6 @@
-package main
+// Package admin serves a node's admin endpoints (status, sessions, health)
+// and defines their JSON, which flockctl reads.
+package admin
 
 import (
 	"encoding/json"
@@ -12,8 +14,8 @@ import (
 	"github.com/flockhq/flock/sender"
 )
 
-// clusterView is what the admin endpoints need of a node.
-type clusterView interface {
+// Node is what the admin endpoints need of a node.
+type Node interface {
 	Local() membership.Member
 	Members() []membership.Status
 	MembershipStats() membership.Stats
@@ -23,17 +25,18 @@ type clusterView interface {
 	Ready() <-chan struct{}
 }
 
-// node joins the cluster and the manager into what the endpoints read.
-type node struct {
+// ClusterNode joins a cluster and its session manager into a Node.
+type ClusterNode struct {
 	*flock.Cluster
-	mgr *manager.Manager
+	Manager *manager.Manager
 }
 
-func (n node) Sessions() []manager.Info    { return n.mgr.Sessions() }
-func (n node) ManagerStats() manager.Stats { return n.mgr.Stats() }
-func (n node) Ready() <-chan struct{}      { return n.mgr.Ready() }
+func (n ClusterNode) Sessions() []manager.Info    { return n.Manager.Sessions() }
+func (n ClusterNode) ManagerStats() manager.Stats { return n.Manager.Stats() }
+func (n ClusterNode) Ready() <-chan struct{}      { return n.Manager.Ready() }
 
-type localJSON struct {
+// Local is the node itself.
+type Local struct {
 	Name    string    `json:"name"`
 	ID      string    `json:"id"`
 	Address string    `json:"address"`
@@ -41,7 +44,8 @@ type localJSON struct {
 	Started time.Time `json:"started"`
 }
 
-type memberJSON struct {
+// Member is another member as the node sees it.
+type Member struct {
 	Name     string           `json:"name"`
 	ID       string           `json:"id"`
 	Address  string           `json:"address"`
@@ -50,7 +54,8 @@ type memberJSON struct {
 	Started  time.Time        `json:"started"`
 }
 
-type heartbeatsJSON struct {
+// Heartbeats counts the membership traffic.
+type Heartbeats struct {
 	Sent          uint64 `json:"sent"`
 	Received      uint64 `json:"received"`
 	Lost          uint64 `json:"lost"`
@@ -61,7 +66,8 @@ type heartbeatsJSON struct {
 	EventsDropped uint64 `json:"events_dropped"`
 }
 
-type peerJSON struct {
+// Peer is the connection to one member.
+type Peer struct {
 	Address    string `json:"address"`
 	Connected  bool   `json:"connected"`
 	Queued     int    `json:"queued"`
@@ -74,7 +80,8 @@ type peerJSON struct {
 	Reconnects uint64 `json:"reconnects"`
 }
 
-type receiverJSON struct {
+// Receiver counts what the node received.
+type Receiver struct {
 	Connections   uint64 `json:"connections"`
 	Open          int    `json:"open"`
 	Frames        uint64 `json:"frames"`
@@ -86,25 +93,29 @@ type receiverJSON struct {
 	NoHandler     uint64 `json:"no_handler"`
 }
 
-type transportJSON struct {
-	Peers    []peerJSON   `json:"peers"`
-	Receiver receiverJSON `json:"receiver"`
+// Transport is the node's connections.
+type Transport struct {
+	Peers    []Peer   `json:"peers"`
+	Receiver Receiver `json:"receiver"`
 }
 
-type statusJSON struct {
-	Local      localJSON      `json:"local"`
-	Membership string         `json:"membership"`
-	Sessions   int            `json:"sessions"`
-	Manager    manager.Stats  `json:"manager"`
-	Members    []memberJSON   `json:"members"`
-	Heartbeats heartbeatsJSON `json:"heartbeats"`
-	Transport  transportJSON  `json:"transport"`
+// Status is the document of GET /cluster/status.
+type Status struct {
+	Local      Local         `json:"local"`
+	Membership string        `json:"membership"`
+	Sessions   int           `json:"sessions"`
+	Manager    manager.Stats `json:"manager"`
+	Members    []Member      `json:"members"`
+	Heartbeats Heartbeats    `json:"heartbeats"`
+	Transport  Transport     `json:"transport"`
 }
 
-func newMux(c clusterView, membershipType string) *http.ServeMux {
+// NewMux serves the admin endpoints of c: GET /cluster/status,
+// /cluster/sessions and /healthz.
+func NewMux(c Node, membershipType string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
-		s := status(c)
+		s := Snapshot(c)
 		s.Membership = membershipType
 		writeJSON(w, s)
 	})
@@ -123,14 +134,15 @@ func newMux(c clusterView, membershipType string) *http.ServeMux {
 	return mux
 }
 
-func status(c clusterView) statusJSON {
+// Snapshot builds the status document of c.
+func Snapshot(c Node) Status {
 	l := c.Local()
-	s := statusJSON{
-		Local:   localJSON{Name: l.Name, ID: l.ID.String(), Address: l.Addr.String(), Domain: l.Domain, Started: l.Started.UTC()},
-		Members: []memberJSON{},
+	s := Status{
+		Local:   Local{Name: l.Name, ID: l.ID.String(), Address: l.Addr.String(), Domain: l.Domain, Started: l.Started.UTC()},
+		Members: []Member{},
 	}
 	for _, m := range c.Members() {
-		s.Members = append(s.Members, memberJSON{
+		s.Members = append(s.Members, Member{
 			Name: m.Name, ID: m.ID.String(), Address: m.Addr.String(), State: m.State,
 			LastSeen: m.LastSeen.UTC(), Started: m.Started.UTC(),
 		})
@@ -138,21 +150,21 @@ func status(c clusterView) statusJSON {
 	s.Manager = c.ManagerStats()
 	s.Sessions = s.Manager.Sessions
 	st := c.MembershipStats()
-	s.Heartbeats = heartbeatsJSON{
+	s.Heartbeats = Heartbeats{
 		Sent: st.HeartbeatsSent, Received: st.HeartbeatsReceived, Lost: st.HeartbeatsLost,
 		Rejected: st.Rejected, ForeignDomain: st.ForeignDomain, NameConflicts: st.NameConflicts,
 		LocalStalls: st.LocalStalls, EventsDropped: st.EventsDropped,
 	}
 	peers, rs := c.TransportStats()
-	s.Transport.Peers = []peerJSON{}
+	s.Transport.Peers = []Peer{}
 	for _, p := range peers {
-		s.Transport.Peers = append(s.Transport.Peers, peerJSON{
+		s.Transport.Peers = append(s.Transport.Peers, Peer{
 			Address: p.Addr.String(), Connected: p.Connected, Queued: p.Queued, Inflight: p.Inflight,
 			Bytes: p.Bytes, Sent: p.Sent, SentBytes: p.SentBytes, Failed: p.Failed, Retried: p.Retried,
 			Reconnects: p.Reconnects,
 		})
 	}
-	s.Transport.Receiver = receiverJSON(rs)
+	s.Transport.Receiver = Receiver(rs)
 	return s
 }
 
