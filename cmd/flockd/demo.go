@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/valve"
@@ -27,6 +29,24 @@ func demoRoutes(mux *http.ServeMux, v *valve.Valve) {
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, n)
+	})))
+	// GET /counter/fill?bytes=N stores N bytes (at most 64 KiB) in the
+	// session, for measuring memory and transfer per session of a given size.
+	mux.Handle("GET /counter/fill", v.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("bytes"))
+		if err != nil || n < 0 || n > 64<<10 {
+			http.Error(w, "bytes: an integer in 0..65536", http.StatusBadRequest)
+			return
+		}
+		s, err := valve.Session(r)
+		if err != nil {
+			return
+		}
+		if err := s.Set("pad", strings.Repeat("x", n)); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
 		fmt.Fprintln(w, n)
 	})))
 	// GET /counter/peek returns the count without changing the session (a
