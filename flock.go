@@ -237,8 +237,8 @@ func (c *Cluster) runPump() {
 	}
 }
 
-// Stop leaves the cluster: membership says goodbye, queued messages get
-// until ctx ends to be delivered, then every connection closes. It returns
+// Stop leaves the cluster: queued messages get until ctx ends to be
+// delivered, membership says goodbye, then every connection closes. It returns
 // when all the cluster's goroutines have ended.
 func (c *Cluster) Stop(ctx context.Context) error {
 	c.mu.Lock()
@@ -252,12 +252,14 @@ func (c *Cluster) Stop(ctx context.Context) error {
 
 	var errs []error
 	if started {
-		errs = append(errs, c.members.Stop(ctx))
-		<-c.pump // membership closed its events
-		close(c.stopQ)
+		// Deliver what is queued while the others still count this node
+		// as a member, then say goodbye.
 		if err := c.send.Drain(ctx); err != nil {
 			c.log.WithError(err).Warn("leaving with messages undelivered")
 		}
+		errs = append(errs, c.members.Stop(ctx))
+		<-c.pump // membership closed its events
+		close(c.stopQ)
 	}
 	errs = append(errs, c.send.Close(ctx), c.recv.Stop(ctx))
 	if err := errors.Join(errs...); err != nil {

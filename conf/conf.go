@@ -42,6 +42,18 @@ type Server struct {
 	// HTTP is the host:port the node serves HTTP on. The host may be empty
 	// (all interfaces), an IP address or a hostname.
 	HTTP string `toml:"http"`
+	// Admin, when set, serves the admin endpoints (status, sessions,
+	// metrics, health) on their own host:port instead of HTTP's, so they
+	// can stay off the public listener.
+	Admin string `toml:"admin"`
+	// LogLevel is the least severe level logged: "debug", "info", "warn"
+	// or "error".
+	LogLevel string `toml:"log_level"`
+	// LogFormat is "text" (for people) or "json" (for log collectors).
+	LogFormat string `toml:"log_format"`
+	// DrainTimeout bounds a graceful shutdown: requests in flight and
+	// unacknowledged replication get this long before the node leaves.
+	DrainTimeout Duration `toml:"drain_timeout"`
 }
 
 // Cluster configures how the node finds and talks to its peers.
@@ -199,8 +211,11 @@ func (d *Duration) UnmarshalText(text []byte) error {
 func Default() Config {
 	return Config{
 		Server: Server{
-			Name: "node1",
-			HTTP: "127.0.0.1:8080",
+			Name:         "node1",
+			HTTP:         "127.0.0.1:8080",
+			LogLevel:     "info",
+			LogFormat:    "text",
+			DrainTimeout: Duration{10 * time.Second},
 		},
 		Cluster: Cluster{
 			Domain: "default",

@@ -40,8 +40,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 36 {
-		t.Errorf("Default() encodes %d keys, want 36: %v", len(keys), keys)
+	if len(keys) != 40 {
+		t.Errorf("Default() encodes %d keys, want 40: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -278,6 +278,26 @@ func TestParseErrors(t *testing.T) {
 			name: "unsupported membership type",
 			in:   "[cluster.membership]\ntype = \"gossip\"\n",
 			want: []string{`server.toml:2: cluster.membership.type: "gossip" is not supported; allowed: "multicast", "static"`},
+		},
+		{
+			name: "log level",
+			in:   "[server]\nlog_level = \"verbose\"\n",
+			want: []string{`server.toml:2: server.log_level: "verbose" is not supported; allowed: "debug", "info", "warn", "error"`},
+		},
+		{
+			name: "log format",
+			in:   "[server]\nlog_format = \"xml\"\n",
+			want: []string{`server.toml:2: server.log_format: "xml" is not supported; allowed: "text", "json"`},
+		},
+		{
+			name: "admin address",
+			in:   "[server]\nadmin = \"nope\"\n",
+			want: []string{`server.toml:2: server.admin:`},
+		},
+		{
+			name: "drain timeout",
+			in:   "[server]\ndrain_timeout = \"0s\"\n",
+			want: []string{`server.toml:2: server.drain_timeout: 0s must be greater than 0`},
 		},
 		{
 			name: "unicast group address",

@@ -96,6 +96,12 @@ func (c Config) problems() []problem {
 
 	check("server.name", checkName(c.Server.Name))
 	check("server.http", checkHostPort(c.Server.HTTP))
+	if c.Server.Admin != "" {
+		check("server.admin", checkHostPort(c.Server.Admin))
+	}
+	check("server.log_level", checkOneOf(c.Server.LogLevel, []string{"debug", "info", "warn", "error"}))
+	check("server.log_format", checkOneOf(c.Server.LogFormat, []string{"text", "json"}))
+	check("server.drain_timeout", checkTimeout(c.Server.DrainTimeout.Duration, 10*time.Minute))
 	check("cluster.domain", checkDomain(c.Cluster.Domain))
 
 	m := c.Cluster.Membership

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,7 +58,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 
 	log := logrus.New()
 	log.SetOutput(stderr)
-	log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
+	if cfg.Server.LogFormat == "json" {
+		log.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+	} else {
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano})
+	}
+	level, err := logrus.ParseLevel(cfg.Server.LogLevel)
+	if err != nil { // conf validated it; keep the default rather than fail
+		level = logrus.InfoLevel
+	}
+	log.SetLevel(level)
 	entry := log.WithField("node", cfg.Server.Name)
 
 	if err := serve(ctx, cfg, entry); err != nil {
@@ -134,43 +144,76 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 		cluster.Stop(context.Background())
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Server.HTTP)
+	lns, err := listen(cfg)
 	if err != nil {
 		cluster.Stop(context.Background())
-		return fmt.Errorf("http: %w", err)
+		return err
+	}
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
 	}
 	if err := cluster.Start(ctx); err != nil {
-		ln.Close()
+		closeAll()
 		cluster.Stop(context.Background())
 		return err
 	}
 	if err := mgr.Start(ctx); err != nil {
-		ln.Close()
+		closeAll()
 		cluster.Stop(context.Background())
 		return err
 	}
 	local := cluster.Local()
-	log.WithFields(logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": ln.Addr()}).Info("node started")
+	fields := logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": lns[0].Addr()}
+	if len(lns) > 1 {
+		fields["admin"] = lns[1].Addr()
+	}
+	log.WithFields(fields).Info("node started")
 
+	events := admin.NewEventLog(50)
 	eventsDone := make(chan struct{})
-	go func() { defer close(eventsDone); logEvents(cluster.Events(), log) }()
+	go func() { defer close(eventsDone); logEvents(cluster.Events(), events, log) }()
 
-	mux := admin.NewMux(admin.ClusterNode{Cluster: cluster, Manager: mgr}, cfg.Cluster.Membership.Type)
-	demoRoutes(mux, valve.New(mgr, vcfg))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
+	var draining atomic.Bool
+	n := admin.ClusterNode{Cluster: cluster, Manager: mgr}
+	adminMux := admin.NewMux(n, cfg.Cluster.Membership.Type)
+	adminMux.Handle("GET /cluster/{$}", admin.Page(n, cfg.Cluster.Membership.Type, events))
+	adminHandler := drainAware(adminMux, &draining)
+	app := http.NewServeMux()
+	demoRoutes(app, valve.New(mgr, vcfg))
+	var servers []*http.Server
+	if len(lns) == 1 {
+		app.Handle("/cluster/", adminHandler)
+		app.Handle("GET /healthz", adminHandler)
+		app.Handle("GET /metrics", adminHandler)
+		servers = []*http.Server{{Handler: app, ReadHeaderTimeout: 10 * time.Second}}
+	} else {
+		servers = []*http.Server{
+			{Handler: app, ReadHeaderTimeout: 10 * time.Second},
+			{Handler: adminHandler, ReadHeaderTimeout: 10 * time.Second},
+		}
+	}
+	httpDone := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { httpDone <- srv.Serve(lns[i]) }()
+	}
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		log.Info("stopping")
+		log.Info("stopping: draining requests and replication")
 	case serveErr = <-httpDone:
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Graceful: the load balancer sees 503 on /healthz, requests in flight
+	// finish, what they changed is replicated, then the node leaves.
+	draining.Store(true)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.Server.DrainTimeout.Duration)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		serveErr = errors.Join(serveErr, fmt.Errorf("http shutdown: %w", err))
+	for _, srv := range servers {
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			serveErr = errors.Join(serveErr, fmt.Errorf("http shutdown: %w", err))
+		}
 	}
 	if err := mgr.Stop(shutdownCtx); err != nil {
 		serveErr = errors.Join(serveErr, err)
@@ -186,8 +229,39 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	return nil
 }
 
-func logEvents(events <-chan membership.Event, log *logrus.Entry) {
+// listen opens the HTTP listener and, when [server] admin is set, the
+// admin one.
+func listen(cfg conf.Config) ([]net.Listener, error) {
+	ln, err := net.Listen("tcp", cfg.Server.HTTP)
+	if err != nil {
+		return nil, fmt.Errorf("http: %w", err)
+	}
+	if cfg.Server.Admin == "" {
+		return []net.Listener{ln}, nil
+	}
+	al, err := net.Listen("tcp", cfg.Server.Admin)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	return []net.Listener{ln, al}, nil
+}
+
+// drainAware answers /healthz with 503 once the node is shutting down, so
+// a load balancer stops sending it users before it leaves.
+func drainAware(next http.Handler, draining *atomic.Bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" && draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func logEvents(events <-chan membership.Event, keep *admin.EventLog, log *logrus.Entry) {
 	for e := range events {
+		keep.Add(e)
 		entry := log.WithFields(logrus.Fields{
 			"event":   e.Type.String(),
 			"member":  e.Member.Name,

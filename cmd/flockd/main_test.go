@@ -5,13 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,5 +216,93 @@ drop_time = "1s"
 	a.cancel()
 	if code := <-a.done; code != exitOK {
 		t.Errorf("a exit %d", code)
+	}
+}
+
+// TestAdminListenerPageAndJSONLogs: with [server] admin set, the admin
+// endpoints move off the public address; the HTML page renders; logs are
+// JSON when asked.
+func TestAdminListenerPageAndJSONLogs(t *testing.T) {
+	leakcheck.Check(t)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	file := writeFile(t, fmt.Sprintf(`
+[server]
+name = "solo"
+http = %q
+admin = %q
+log_format = "json"
+[cluster.membership]
+address = "239.255.%d.%d"
+port = %d
+[cluster.manager]
+state_transfer_timeout = "1s"
+`, httpAddr, adminAddr, rand.IntN(256), 1+rand.IntN(254), freePort(t, "udp")))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, log) }()
+
+	get := func(url string) (int, string) {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			resp, err := http.Get(url)
+			if err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode, string(b)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %v\n%s", url, err, log)
+			}
+			time.Sleep(20 * time.Millisecond) // the node starts in this process; readiness shows only over HTTP
+		}
+	}
+	if code, body := get("http://" + adminAddr + "/cluster/status"); code != 200 || !strings.Contains(body, `"name": "solo"`) {
+		t.Errorf("admin status: %d %s", code, body)
+	}
+	if code, _ := get("http://" + httpAddr + "/cluster/status"); code != http.StatusNotFound {
+		t.Errorf("status on the public address: %d, want 404", code)
+	}
+	if code, body := get("http://" + adminAddr + "/cluster/"); code != 200 || !strings.Contains(body, "<h1>solo") || !strings.Contains(body, "no other members") {
+		t.Errorf("page: %d %s", code, body)
+	}
+	if code, _ := get("http://" + httpAddr + "/counter"); code != 200 {
+		t.Errorf("demo on the public address: %d", code)
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("exit %d", code)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+		} else if v["node"] != "solo" {
+			t.Errorf("log line without the node field: %q", line)
+		}
+	}
+}
+
+func TestDrainAware(t *testing.T) {
+	var draining atomic.Bool
+	h := drainAware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }), &draining)
+	tests := []struct {
+		path     string
+		draining bool
+		want     int
+	}{
+		{"/healthz", false, 200},
+		{"/healthz", true, http.StatusServiceUnavailable},
+		{"/cluster/status", true, 200},
+	}
+	for _, tc := range tests {
+		draining.Store(tc.draining)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+		if rec.Code != tc.want {
+			t.Errorf("%s draining=%v: %d, want %d", tc.path, tc.draining, rec.Code, tc.want)
+		}
 	}
 }
