@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
@@ -23,6 +25,8 @@ type Node interface {
 	Sessions() []manager.Info
 	ManagerStats() manager.Stats
 	Ready() <-chan struct{}
+	// ReplicationHistogram is manager.Manager.ReplicationHistogram.
+	ReplicationHistogram() (buckets []float64, counts []uint64, sum float64, count uint64)
 }
 
 // ClusterNode joins a cluster and its session manager into a Node.
@@ -34,6 +38,9 @@ type ClusterNode struct {
 func (n ClusterNode) Sessions() []manager.Info    { return n.Manager.Sessions() }
 func (n ClusterNode) ManagerStats() manager.Stats { return n.Manager.Stats() }
 func (n ClusterNode) Ready() <-chan struct{}      { return n.Manager.Ready() }
+func (n ClusterNode) ReplicationHistogram() ([]float64, []uint64, float64, uint64) {
+	return n.Manager.ReplicationHistogram()
+}
 
 // Local is the node itself.
 type Local struct {
@@ -111,9 +118,11 @@ type Status struct {
 }
 
 // NewMux serves the admin endpoints of c: GET /cluster/status,
-// /cluster/sessions and /healthz.
+// /cluster/sessions, /healthz and /metrics (Prometheus, from a registry
+// of its own: see NewRegistry).
 func NewMux(c Node, membershipType string) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(NewRegistry(c), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /cluster/status", func(w http.ResponseWriter, r *http.Request) {
 		s := Snapshot(c)
 		s.Membership = membershipType
@@ -164,7 +173,11 @@ func Snapshot(c Node) Status {
 			Reconnects: p.Reconnects,
 		})
 	}
-	s.Transport.Receiver = Receiver(rs)
+	s.Transport.Receiver = Receiver{
+		Connections: rs.Connections, Open: rs.Open, Frames: rs.Frames, Bytes: rs.Bytes,
+		Messages: rs.Messages, Duplicates: rs.Duplicates, Rejected: rs.Rejected,
+		HandlerErrors: rs.HandlerErrors, NoHandler: rs.NoHandler,
+	}
 	return s
 }
 

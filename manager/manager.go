@@ -124,8 +124,9 @@ type Manager struct {
 	goMu    sync.Mutex // orders the goroutines handlers start (spawn) before Stop's Wait
 	started atomic.Bool
 
-	transfer transferState
-	stats    counters
+	transfer    transferState
+	stats       counters
+	replication histogram // how long Commit's broadcast takes
 }
 
 type repair struct {
@@ -397,7 +398,14 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	m.mu.Lock()
 	delete(m.touched, d.ID) // the delta carries the access time
 	m.mu.Unlock()
-	return m.broadcast(ctx, typeDelta, d)
+	to := m.members()
+	if len(to) == 0 {
+		return nil // alone: nothing to replicate, nothing to time
+	}
+	start := time.Now()
+	err := m.broadcastTo(ctx, to, typeDelta, d)
+	m.replication.observe(time.Since(start))
+	return err
 }
 
 func cloneAttrs(a map[string][]byte) map[string][]byte {
@@ -410,7 +418,11 @@ func cloneAttrs(a map[string][]byte) map[string][]byte {
 
 // broadcast sends v to every member in the configured replication mode.
 func (m *Manager) broadcast(ctx context.Context, t flock.MessageType, v any) error {
-	to := m.members()
+	return m.broadcastTo(ctx, m.members(), t, v)
+}
+
+// broadcastTo sends v to the members to in the configured replication mode.
+func (m *Manager) broadcastTo(ctx context.Context, to []membership.Member, t flock.MessageType, v any) error {
 	if len(to) == 0 {
 		return nil // alone: nothing to encode or send
 	}

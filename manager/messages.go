@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/flockhq/flock"
@@ -15,6 +16,27 @@ const (
 	typeSessions                          // whole sessions: a fetch answer or a state-transfer batch
 	typeState                             // "send me all your sessions" (state transfer)
 )
+
+// TypeName is a readable name for a message type, for metrics and logs:
+// the manager's types by name (delta, expire, touch, fetch, sessions,
+// state), any other as "type-N".
+func TypeName(t flock.MessageType) string {
+	switch t {
+	case typeDelta:
+		return "delta"
+	case typeExpire:
+		return "expire"
+	case typeTouch:
+		return "touch"
+	case typeFetch:
+		return "fetch"
+	case typeSessions:
+		return "sessions"
+	case typeState:
+		return "state"
+	}
+	return "type-" + strconv.Itoa(int(t))
+}
 
 // snapshot is a whole session on the wire.
 type snapshot struct {

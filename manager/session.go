@@ -39,8 +39,8 @@ type Session struct {
 
 	// The change since the last commit.
 	dirty       []string // keys set or deleted, each once; a request changes few
-	isNew       bool            // created here, not yet replicated
-	renamedFrom string          // id before RenewID, not yet replicated
+	isNew       bool     // created here, not yet replicated
+	renamedFrom string   // id before RenewID, not yet replicated
 	maxChanged  bool
 	invalid     bool
 }

@@ -96,6 +96,8 @@ type senderState struct {
 // counters are the receiver's statistics.
 type counters struct {
 	Connections, Frames, Bytes, Messages, Duplicates, Rejected, HandlerErrors, NoHandler atomic.Uint64
+	// ByType counts application messages read, by type.
+	ByType [256]atomic.Uint64
 }
 
 // Stats is a snapshot of the receiver's counters.
@@ -109,6 +111,9 @@ type Stats struct {
 	Rejected      uint64 // connections closed for a protocol error
 	HandlerErrors uint64 // handlers that returned an error
 	NoHandler     uint64 // messages of a type nobody handles
+	// ByType counts the application messages read, duplicates included,
+	// by type; types never received are absent.
+	ByType map[wire.Type]uint64
 }
 
 // New prepares a receiver on ln; register handlers, then call Start.
@@ -192,8 +197,18 @@ func (r *Receiver) Stats() Stats {
 		Frames: r.stats.Frames.Load(), Bytes: r.stats.Bytes.Load(),
 		Messages: r.stats.Messages.Load(), Duplicates: r.stats.Duplicates.Load(),
 		Rejected: r.stats.Rejected.Load(), HandlerErrors: r.stats.HandlerErrors.Load(),
-		NoHandler: r.stats.NoHandler.Load(),
+		NoHandler: r.stats.NoHandler.Load(), ByType: byType(&r.stats.ByType),
 	}
+}
+
+func byType(c *[256]atomic.Uint64) map[wire.Type]uint64 {
+	m := make(map[wire.Type]uint64)
+	for t := range c {
+		if n := c[t].Load(); n > 0 {
+			m[wire.Type(t)] = n
+		}
+	}
+	return m
 }
 
 func (r *Receiver) accept() {
@@ -369,6 +384,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 // as its mode asks.
 func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 	r := cs.r
+	r.stats.ByType[t].Add(1)
 	s := cs.sender
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -52,6 +52,7 @@ type peer struct {
 	stopErr  error     // set once: why the peer stopped
 	emptied  chan struct{}
 	stats    PeerStats
+	byType   [256]uint64 // messages queued, by type
 }
 
 func newPeer(s *TCP, addr netip.AddrPort) *peer {
@@ -94,6 +95,7 @@ func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error
 	}
 	p.pending = append(p.pending, m)
 	p.bytes += int64(len(m.frame))
+	p.byType[t]++
 	p.signal()
 	return m, nil
 }

@@ -280,6 +280,9 @@ type PeerStats struct {
 	Failed     uint64 // messages given up on
 	Retried    uint64 // messages re-sent after a reconnect
 	Reconnects uint64
+	// ByType counts the messages queued for the peer, by type; types
+	// never sent are absent.
+	ByType map[wire.Type]uint64
 }
 
 // Stats describes every peer the sender has a connection state for.
@@ -296,6 +299,12 @@ func (s *TCP) Stats() []PeerStats {
 		st := p.stats
 		st.Addr, st.Connected = p.addr, p.conn != nil
 		st.Queued, st.Inflight, st.Bytes = len(p.pending), len(p.inflight), p.bytes
+		st.ByType = make(map[wire.Type]uint64)
+		for t, n := range p.byType {
+			if n > 0 {
+				st.ByType[wire.Type(t)] = n
+			}
+		}
 		p.mu.Unlock()
 		out = append(out, st)
 	}

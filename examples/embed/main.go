@@ -1,0 +1,53 @@
+// Command embed is the smallest server with flock sessions: run two with
+// different names and ports and a visit counter survives either one dying.
+//
+//	go run ./examples/embed -name a -http 127.0.0.1:9001
+//	go run ./examples/embed -name b -http 127.0.0.1:9002
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+
+	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/manager"
+	"github.com/flockhq/flock/node"
+	"github.com/flockhq/flock/valve"
+)
+
+// visits counts the visits of one session, on whichever node serves it.
+func visits(w http.ResponseWriter, r *http.Request) {
+	s, err := valve.Session(r)
+	if err != nil {
+		return // the valve has answered (503 past max_active)
+	}
+	n, _, _ := manager.Get[int](s, "visits")
+	s.Set("visits", n+1)
+	fmt.Fprintf(w, "visit %d, session %s\n", n+1, s.ID())
+}
+
+func main() {
+	name := flag.String("name", "a", "node name")
+	addr := flag.String("http", "127.0.0.1:9001", "HTTP address")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	cfg := conf.Default() // loopback multicast; receiver ports auto-bind from 4000
+	cfg.Server.Name = *name
+	n, err := node.Start(ctx, cfg, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer n.Stop(context.Background())
+
+	srv := &http.Server{Addr: *addr, Handler: n.Wrap(http.HandlerFunc(visits))}
+	go srv.ListenAndServe()
+	<-ctx.Done()
+	srv.Shutdown(context.Background())
+}
