@@ -24,6 +24,7 @@ type counters struct {
 
 // Stats is a snapshot of the manager's counters.
 type Stats struct {
+	Mode             string        `json:"mode"` // how sessions are spread: "delta" (every node holds every session)
 	Sessions         int           `json:"sessions"`
 	Created          uint64        `json:"created"`
 	Expired          uint64        `json:"expired"`
@@ -47,6 +48,7 @@ type Stats struct {
 // Stats returns the manager's counters.
 func (m *Manager) Stats() Stats {
 	st := Stats{
+		Mode:     "delta",
 		Sessions: m.Len(), Created: m.stats.created.Load(), Expired: m.stats.expired.Load(),
 		Rejected: m.stats.rejected.Load(), Rebinds: m.stats.rebinds.Load(),
 		Sent: m.stats.sent.Load(), SendFailures: m.stats.sendFailures.Load(),
