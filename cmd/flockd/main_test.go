@@ -242,7 +242,9 @@ state_transfer_timeout = "1s"
 	defer cancel()
 	log := &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, log) }()
+	go func() {
+		done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, log)
+	}()
 
 	get := func(url string) (int, string) {
 		deadline := time.Now().Add(10 * time.Second)
