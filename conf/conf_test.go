@@ -735,9 +735,9 @@ static.members = [
 
 		// Session manager.
 		{
-			name: "manager mode backup not available yet",
-			in:   "[cluster.manager]\nmode = \"backup\"\n",
-			want: []string{`server.toml:2: cluster.manager.mode: backup mode (owner + backup) is not available yet; allowed now: "delta"`},
+			name: "manager mode",
+			in:   "[cluster.manager]\nmode = \"owner\"\n",
+			want: []string{`server.toml:2: cluster.manager.mode: "owner" is not supported; allowed: "delta", "backup"`},
 		},
 		{
 			name: "unsupported manager mode",
@@ -938,14 +938,14 @@ cookie_name = "a b"
 cookie_same_site = "Bogus"
 
 [cluster.manager]
-mode = "backup"
+mode = "mirror"
 replication = "fast"
 max_active = -5
 `,
 			want: []string{
 				`server.toml:2: session.cookie_name: "a b" contains ' '`,
 				`server.toml:3: session.cookie_same_site: "Bogus" is not supported`,
-				`server.toml:6: cluster.manager.mode: backup mode (owner + backup) is not available yet`,
+				`server.toml:6: cluster.manager.mode: "mirror" is not supported`,
 				`server.toml:7: cluster.manager.replication: "fast" is not supported`,
 				`server.toml:8: cluster.manager.max_active: -5 is out of range`,
 			},

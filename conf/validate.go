@@ -18,10 +18,8 @@ import (
 // allow it.
 var membershipTypes = []string{"multicast", "static"}
 
-// managerModes are the values cluster.manager.mode accepts; "backup" (an
-// owner and one backup per session) is refused with its own message until
-// it is built.
-var managerModes = []string{"delta"}
+// managerModes are the values cluster.manager.mode accepts.
+var managerModes = []string{"delta", "backup"}
 
 // replicationModes are the values cluster.manager.replication accepts, from
 // the fastest to the safest.
@@ -483,12 +481,7 @@ func checkDomain(s string) error {
 
 func checkMembershipType(t string) error { return checkOneOf(t, membershipTypes) }
 
-func checkManagerMode(m string) error {
-	if m == "backup" {
-		return fmt.Errorf("backup mode (owner + backup) is not available yet; allowed now: %s", quoteAll(managerModes))
-	}
-	return checkOneOf(m, managerModes)
-}
+func checkManagerMode(m string) error { return checkOneOf(m, managerModes) }
 
 // checkOneOf checks that s is one of allowed. Values are case-sensitive.
 func checkOneOf(s string, allowed []string) error {

@@ -11,7 +11,7 @@ import (
 // [cluster.manager] (the route is [server] name).
 func ConfigFrom(c conf.Config) (Config, error) {
 	mc := c.Cluster.Manager
-	if mc.Mode != "delta" {
+	if mc.Mode != ModeDelta && mc.Mode != ModeBackup {
 		return Config{}, fmt.Errorf("cluster.manager.mode %q has no implementation", mc.Mode)
 	}
 	mode, err := wire.ParseMode(mc.Replication)
@@ -20,6 +20,7 @@ func ConfigFrom(c conf.Config) (Config, error) {
 	}
 	cfg := DefaultConfig()
 	cfg.Route = c.Server.Name
+	cfg.Mode = mc.Mode
 	cfg.SessionTimeout = mc.SessionTimeout.Duration
 	cfg.MaxActive = mc.MaxActive
 	cfg.Replication = mode

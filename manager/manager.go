@@ -46,7 +46,10 @@ type Listener struct {
 // Config configures a Manager.
 type Config struct {
 	// Route is this node's name: the suffix of the session ids it creates.
-	Route          string
+	Route string
+	// Mode is ModeDelta (every node holds every session) or ModeBackup
+	// (an owner and one backup per session).
+	Mode           string
 	SessionTimeout time.Duration
 	// MaxActive bounds the sessions this node holds; 0 is no limit.
 	MaxActive int
@@ -71,13 +74,18 @@ type Config struct {
 	RequestTimeout time.Duration
 	// TransferBatch bounds the bytes of one state-transfer message.
 	TransferBatch int
-	Logger        logrus.FieldLogger
+	// RebalanceInterval is how often backup mode checks the ring and moves
+	// sessions whose owner or backup changed.
+	RebalanceInterval time.Duration
+	Logger            logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml.
 func DefaultConfig() Config {
 	return Config{
 		Route:                "node1",
+		Mode:                 ModeDelta,
+		RebalanceInterval:    250 * time.Millisecond,
 		SessionTimeout:       30 * time.Minute,
 		Replication:          flock.Sync,
 		StateTransferTimeout: 60 * time.Second,
@@ -156,6 +164,16 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	if cfg.TransferBatch <= 0 {
 		cfg.TransferBatch = def.TransferBatch
 	}
+	if cfg.RebalanceInterval <= 0 {
+		cfg.RebalanceInterval = def.RebalanceInterval
+	}
+	switch cfg.Mode {
+	case "":
+		cfg.Mode = ModeDelta
+	case ModeDelta, ModeBackup:
+	default:
+		return nil, fmt.Errorf("manager: unknown mode %q; allowed: %q, %q", cfg.Mode, ModeDelta, ModeBackup)
+	}
 	log := logx.OrDiscard(cfg.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
@@ -211,6 +229,10 @@ func (m *Manager) Start(ctx context.Context) error {
 	go func() { defer m.wg.Done(); m.runRepairs() }()
 	go func() { defer m.wg.Done(); m.runExpiry() }()
 	go func() { defer m.wg.Done(); m.runTouches() }()
+	if m.cfg.Mode == ModeBackup {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.runRebalance() }()
+	}
 	return nil
 }
 
@@ -299,10 +321,13 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 	if !ValidID(id) {
 		return nil, nil
 	}
+	if m.cfg.Mode == ModeBackup && m.started.Load() {
+		m.loadFromOwner(ctx, id)
+	}
 	m.mu.RLock()
 	s := m.sessions[id]
 	m.mu.RUnlock()
-	if s == nil && m.started.Load() && !m.transferred() {
+	if s == nil && m.cfg.Mode == ModeDelta && m.started.Load() && !m.transferred() {
 		var err error
 		if s, err = m.fetchOne(ctx, id); err != nil {
 			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
@@ -398,9 +423,19 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	m.mu.Lock()
 	delete(m.touched, d.ID) // the delta carries the access time
 	m.mu.Unlock()
-	to := m.members()
+	to, borrowed, owned := m.replicaTargets(d.ID)
+	if borrowed {
+		// Served for its owner: the change is stored back there, and this
+		// node keeps no copy to go stale.
+		defer m.dropBorrowed(s)
+	}
 	if len(to) == 0 {
 		return nil // alone: nothing to replicate, nothing to time
+	}
+	if owned {
+		s.mu.Lock()
+		s.backupAt = to[0].Name
+		s.mu.Unlock()
 	}
 	start := time.Now()
 	err := m.broadcastTo(ctx, to, typeDelta, d)

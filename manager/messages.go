@@ -97,6 +97,9 @@ type sessions struct {
 
 type stateRequest struct {
 	Req uint64 `msgpack:"q"`
+	// Route, if set, asks only for the sessions whose id names this route:
+	// a node of backup mode, restarted, recovering what it owned.
+	Route string `msgpack:"r,omitempty"`
 }
 
 func unixNano(t time.Time) int64 {

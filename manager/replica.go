@@ -19,6 +19,7 @@ type counters struct {
 	created, expired, rejected, rebinds       atomic.Uint64
 	sent, sendFailures, received, applied     atomic.Uint64
 	stale, gaps, conflicts, repairs, fetched  atomic.Uint64
+	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
 
@@ -43,12 +44,14 @@ type Stats struct {
 	TransferDuration time.Duration `json:"transfer_duration"`
 	TransferTimeouts uint64        `json:"transfer_timeouts"`
 	TransferState    string        `json:"transfer_state"`
+	Copied           uint64        `json:"copied"` // backup mode: sessions copied to a new backup
+	Moved            uint64        `json:"moved"`  // backup mode: copies dropped, no longer owner nor backup
 }
 
 // Stats returns the manager's counters.
 func (m *Manager) Stats() Stats {
 	st := Stats{
-		Mode:     "delta",
+		Mode:     m.cfg.Mode,
 		Sessions: m.Len(), Created: m.stats.created.Load(), Expired: m.stats.expired.Load(),
 		Rejected: m.stats.rejected.Load(), Rebinds: m.stats.rebinds.Load(),
 		Sent: m.stats.sent.Load(), SendFailures: m.stats.sendFailures.Load(),
@@ -57,6 +60,7 @@ func (m *Manager) Stats() Stats {
 		Fetched: m.stats.fetched.Load(), Transferred: m.stats.transferSessions.Load(),
 		TransferDuration: time.Duration(m.stats.transferNanos.Load()), TransferTimeouts: m.stats.timeouts.Load(),
 		TransferState: m.transfer.state(),
+		Copied:        m.stats.copied.Load(), Moved: m.stats.moved.Load(),
 	}
 	return st
 }
@@ -112,6 +116,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 				l.Created(d.ID, true)
 			}
 		})
+		m.forwardIfOwner(ctx, d, msg.From)
 		return nil
 	}
 	m.mu.Unlock()
@@ -129,6 +134,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
 		m.fireAttrs(d)
+		m.forwardIfOwner(ctx, d, msg.From)
 		return nil
 	}
 	// A version this node cannot build on: a gap (d.Base > s.version) or a
@@ -147,6 +153,14 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		m.scheduleRepair(d.ID, msg.From)
 	}
 	return nil
+}
+
+// forwardIfOwner: in backup mode, a change another node stored back to this
+// owner goes on to the owner's backup.
+func (m *Manager) forwardIfOwner(ctx context.Context, d delta, from membership.Member) {
+	if m.cfg.Mode == ModeBackup {
+		m.forward(ctx, d, from)
+	}
 }
 
 func (m *Manager) fireAttrs(d delta) {
@@ -265,6 +279,9 @@ func (m *Manager) handleExpire(ctx context.Context, msg flock.Message) error {
 	delete(m.sessions, e.ID)
 	delete(m.touched, e.ID)
 	m.mu.Unlock()
+	if e.Reason == "moved" {
+		return nil // the session lives on under another id: not an end
+	}
 	m.fire(true, func(l Listener) {
 		if l.Destroyed != nil {
 			l.Destroyed(e.ID, e.Reason, true)

@@ -61,6 +61,10 @@ func (m *Manager) runTransfer() {
 		m.transfer.set("skipped")
 		return
 	}
+	if m.cfg.Mode == ModeBackup {
+		m.recover(ms)
+		return
+	}
 	from := oldest(ms)
 	m.transfer.set("running")
 	start := time.Now()
@@ -130,15 +134,17 @@ func (m *Manager) handleState(ctx context.Context, msg flock.Message) error {
 		return err
 	}
 	to := msg.From
-	m.spawn(func() { m.streamSessions(to, r.Req) })
+	m.spawn(func() { m.streamSessions(to, r.Req, r.Route) })
 	return nil
 }
 
-func (m *Manager) streamSessions(to membership.Member, req uint64) {
+func (m *Manager) streamSessions(to membership.Member, req uint64, route string) {
 	m.mu.RLock()
 	all := make([]*Session, 0, len(m.sessions))
-	for _, s := range m.sessions {
-		all = append(all, s)
+	for id, s := range m.sessions {
+		if route == "" || Route(id) == route {
+			all = append(all, s)
+		}
 	}
 	m.mu.RUnlock()
 
@@ -182,4 +188,63 @@ func (m *Manager) streamSessions(to membership.Member, req uint64) {
 	if send(batch) {
 		m.log.WithFields(logrus.Fields{"member": to.Name, "sessions": len(all)}).Info("sent sessions to a joining member")
 	}
+}
+
+// recover is backup mode's start: a node holds only what it owns, so it
+// asks every member for the sessions whose id names it (a restart under the
+// same name: the backup, or the node that took them over, has them) and
+// keeps, for each, the newest version (Resin's recovery).
+func (m *Manager) recover(ms []membership.Member) {
+	m.transfer.set("running")
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.StateTransferTimeout)
+	defer cancel()
+	type answer struct {
+		n   int
+		err error
+	}
+	results := make(chan answer, len(ms))
+	for _, mb := range ms {
+		go func() {
+			ch, done, err := m.request(ctx, mb, typeState, func(req uint64) any { return stateRequest{Req: req, Route: m.local} })
+			if err != nil {
+				results <- answer{err: err}
+				return
+			}
+			defer done()
+			n := 0
+			for {
+				select {
+				case in := <-ch:
+					n += len(in.Sessions)
+					if in.Last {
+						results <- answer{n: n}
+						return
+					}
+				case <-ctx.Done():
+					results <- answer{n: n, err: ctx.Err()}
+					return
+				}
+			}
+		}()
+	}
+	n, failed := 0, 0
+	for range ms {
+		a := <-results
+		n += a.n
+		if a.err != nil {
+			failed++
+		}
+	}
+	d := time.Since(start)
+	m.stats.transferSessions.Add(uint64(n))
+	m.stats.transferNanos.Store(uint64(d))
+	if failed > 0 {
+		m.stats.timeouts.Add(1)
+		m.transfer.set("timed out")
+		m.log.WithFields(logrus.Fields{"sessions": n, "members": len(ms), "unanswered": failed}).Warn("recovery incomplete")
+		return
+	}
+	m.transfer.set("done")
+	m.log.WithFields(logrus.Fields{"sessions": n, "took": d.Round(time.Millisecond)}).Info("recovered owned sessions")
 }

@@ -1,0 +1,246 @@
+package manager
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/membership"
+)
+
+// Backup mode (Resin's clustered sessions, Tomcat's BackupManager): each
+// session lives on two nodes only. Its owner is the node its id names, or,
+// when that node is gone, the node after it on the ring of members sorted
+// by name; its backup is the node after the owner. Every node computes the
+// same answer from the membership it sees, so no one has to be told.
+const (
+	ModeDelta  = "delta"
+	ModeBackup = "backup"
+)
+
+// ring is one view of the members, this node included, sorted by name.
+type ring struct {
+	names   []string
+	members map[string]membership.Member
+}
+
+func (m *Manager) ring() ring {
+	ms := m.members()
+	r := ring{names: make([]string, 0, len(ms)+1), members: make(map[string]membership.Member, len(ms))}
+	r.names = append(r.names, m.local)
+	for _, mb := range ms {
+		r.names = append(r.names, mb.Name)
+		r.members[mb.Name] = mb
+	}
+	slices.Sort(r.names)
+	return r
+}
+
+func (r ring) alive(name string) bool {
+	_, ok := slices.BinarySearch(r.names, name)
+	return ok
+}
+
+// next is the first member after name on the ring, name excluded; "" when
+// name is alone.
+func (r ring) next(name string) string {
+	i, found := slices.BinarySearch(r.names, name)
+	if found {
+		i++
+	}
+	n := r.names[i%len(r.names)]
+	if n == name {
+		return ""
+	}
+	return n
+}
+
+// owner is the node that serves session id: the one its route names while
+// that node is a member, else the one after it, which held the backup.
+func (r ring) owner(id string) string {
+	if route := Route(id); r.alive(route) {
+		return route
+	}
+	return r.next(Route(id))
+}
+
+// backup is where owner copies its sessions; "" when owner is alone.
+func (r ring) backup(owner string) string { return r.next(owner) }
+
+// replicaTargets is where a commit of s goes: in delta mode every member; in
+// backup mode the backup when this node owns the session, else the owner
+// (a request that landed here: the change is stored back, Resin's
+// load/store). borrowed reports a session this node keeps no copy of;
+// owned that this node is its owner.
+func (m *Manager) replicaTargets(id string) (to []membership.Member, borrowed, owned bool) {
+	if m.cfg.Mode != ModeBackup {
+		return m.members(), false, false
+	}
+	r := m.ring()
+	owner := r.owner(id)
+	if owner == m.local {
+		if b := r.backup(m.local); b != "" {
+			return []membership.Member{r.members[b]}, false, true
+		}
+		return nil, false, true
+	}
+	return []membership.Member{r.members[owner]}, r.backup(owner) != m.local, false
+}
+
+// loadFromOwner fetches session id from its owner for a request that landed
+// on this node (backup mode, a non-sticky balancer): the owner's copy is
+// the truth. If the owner cannot be reached, a local copy (this node is the
+// backup) is served rather than nothing.
+func (m *Manager) loadFromOwner(ctx context.Context, id string) {
+	r := m.ring()
+	owner := r.owner(id)
+	if owner == m.local || owner == "" {
+		return
+	}
+	if _, err := m.fetch(ctx, r.members[owner], []string{id}); err != nil {
+		m.log.WithFields(logrus.Fields{"session": short(id), "member": owner}).WithError(err).Debug("load from owner failed")
+		return
+	}
+	m.stats.fetched.Add(1)
+}
+
+// dropBorrowed forgets a session this node served for its owner.
+func (m *Manager) dropBorrowed(s *Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id := s.ID()
+	if m.sessions[id] == s {
+		delete(m.sessions, id)
+		delete(m.touched, id)
+	}
+}
+
+// forward passes a change stored back by another node on to this owner's
+// backup, so the pair stays whole.
+func (m *Manager) forward(ctx context.Context, d delta, from membership.Member) {
+	r := m.ring()
+	if d.Old != "" && r.owner(d.Old) == m.local {
+		// Another node took the session over under its own route: the copy
+		// this node's backup keeps under the old id is nobody's now.
+		if b := r.backup(m.local); b != "" && b != from.Name {
+			if err := m.broadcastTo(ctx, []membership.Member{r.members[b]}, typeExpire, expire{ID: d.Old, Version: d.Version, Reason: "moved"}); err != nil {
+				m.log.WithFields(logrus.Fields{"session": short(d.Old), "member": b}).WithError(err).Debug("old copy not dropped")
+			}
+		}
+	}
+	if r.owner(d.ID) != m.local {
+		return
+	}
+	b := r.backup(m.local)
+	if b == "" || b == from.Name {
+		return // the sender is the backup: it has the change already
+	}
+	if err := m.broadcastTo(ctx, []membership.Member{r.members[b]}, typeDelta, d); err != nil {
+		m.log.WithFields(logrus.Fields{"session": short(d.ID), "member": b}).WithError(err).Warn("change not copied to the backup")
+	}
+}
+
+// runRebalance watches the ring and moves sessions when it changes: an
+// owner whose backup changed copies its sessions to the new one; the backup
+// of a node that is gone becomes the owner and copies them on; a node that
+// is neither owner nor backup of a session drops it, after a grace period
+// that lets the new backup receive its copy first.
+func (m *Manager) runRebalance() {
+	tick := time.NewTicker(m.cfg.RebalanceInterval)
+	defer tick.Stop()
+	orphaned := map[string]time.Time{}
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case now := <-tick.C:
+			m.rebalance(now, orphaned)
+		}
+	}
+}
+
+func (m *Manager) rebalance(now time.Time, orphaned map[string]time.Time) {
+	r := m.ring()
+	copies := map[string][]snapshot{}
+	var drop []string
+	m.mu.RLock()
+	for id, s := range m.sessions {
+		owner := r.owner(id)
+		s.mu.Lock()
+		switch {
+		case s.isNew || s.invalid:
+		case owner == m.local:
+			delete(orphaned, id)
+			if b := r.backup(m.local); b != "" && s.backupAt != b {
+				copies[b] = append(copies[b], s.toSnapshot())
+				s.backupAt = b
+			}
+		case r.backup(owner) == m.local:
+			delete(orphaned, id)
+		default:
+			if since, ok := orphaned[id]; !ok {
+				orphaned[id] = now
+			} else if now.Sub(since) > 2*m.cfg.RebalanceInterval {
+				drop = append(drop, id)
+			}
+		}
+		s.mu.Unlock()
+	}
+	m.mu.RUnlock()
+	for id := range orphaned {
+		if slices.Contains(drop, id) {
+			delete(orphaned, id)
+		}
+	}
+	if len(drop) > 0 {
+		m.mu.Lock()
+		for _, id := range drop {
+			delete(m.sessions, id)
+			delete(m.touched, id)
+		}
+		m.mu.Unlock()
+		m.stats.moved.Add(uint64(len(drop)))
+	}
+	for b, snaps := range copies {
+		m.copyTo(r.members[b], snaps)
+	}
+}
+
+// copyTo sends whole sessions to a member in batches.
+func (m *Manager) copyTo(to membership.Member, snaps []snapshot) {
+	for len(snaps) > 0 {
+		n, size := 0, 0
+		for n < len(snaps) && (n == 0 || size < m.cfg.TransferBatch) {
+			size += 64 + len(snaps[n].ID)
+			for k, v := range snaps[n].Attrs {
+				size += len(k) + len(v)
+			}
+			n++
+		}
+		b, err := msgpack.Marshal(sessions{Sessions: snaps[:n], Last: true})
+		if err == nil {
+			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
+			err = m.c.Send(ctx, []membership.Member{to}, typeSessions, b, flock.Ack)
+			cancel()
+		}
+		if err != nil {
+			m.log.WithFields(logrus.Fields{"member": to.Name, "sessions": n}).WithError(err).Warn("copy to the backup failed; retrying at the next change")
+			m.mu.RLock()
+			for _, snap := range snaps[:n] {
+				if s := m.sessions[snap.ID]; s != nil {
+					s.mu.Lock()
+					s.backupAt = ""
+					s.mu.Unlock()
+				}
+			}
+			m.mu.RUnlock()
+		} else {
+			m.stats.copied.Add(uint64(n))
+		}
+		snaps = snaps[n:]
+	}
+}

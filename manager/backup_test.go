@@ -1,0 +1,255 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/flockhq/flock/internal/leakcheck"
+)
+
+func backupConfig() Config {
+	cfg := testConfig()
+	cfg.Mode = ModeBackup
+	cfg.RebalanceInterval = 20 * time.Millisecond
+	cfg.JoinWait = 0
+	return cfg
+}
+
+// holders lists the nodes that hold session id.
+func (c *testCluster) holders(id string) []string {
+	var out []string
+	for i, m := range c.ms {
+		if !c.nodes[i].up {
+			continue
+		}
+		m.mu.RLock()
+		_, ok := m.sessions[id]
+		m.mu.RUnlock()
+		if ok {
+			out = append(out, c.nodes[i].Name())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func countOf(t *testing.T, m *Manager, id string) int {
+	t.Helper()
+	m.mu.RLock()
+	s := m.sessions[id]
+	m.mu.RUnlock()
+	if s == nil {
+		return -1
+	}
+	n, _, err := Get[int](s, "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func increment(t *testing.T, m *Manager, id string) (string, int) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := m.Load(ctx, id)
+	if err != nil || s == nil {
+		t.Fatalf("%s: Load(%s) = %v, %v", m.local, short(id), s, err)
+	}
+	if _, err := m.Rebind(s); err != nil {
+		t.Fatal(err)
+	}
+	n, _, _ := Get[int](s, "n")
+	s.Set("n", n+1)
+	if err := m.Commit(ctx, s); err != nil {
+		t.Fatalf("%s: Commit: %v", m.local, err)
+	}
+	return s.ID(), n + 1
+}
+
+func TestRing(t *testing.T) {
+	r := ring{names: []string{"a", "b", "c", "e"}}
+	tests := []struct {
+		id, owner, backupOfOwner string
+	}{
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.a", "a", "b"},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.e", "e", "a"}, // wraps
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.d", "e", "a"}, // d is gone: the node after it owns
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.z", "a", "b"}, // after the last name: wraps
+	}
+	for _, tc := range tests {
+		if got := r.owner(tc.id); got != tc.owner {
+			t.Errorf("owner(%s) = %s, want %s", tc.id, got, tc.owner)
+		}
+		if got := r.backup(tc.owner); got != tc.backupOfOwner {
+			t.Errorf("backup(%s) = %s, want %s", tc.owner, got, tc.backupOfOwner)
+		}
+	}
+	if got := (ring{names: []string{"a"}}).backup("a"); got != "" {
+		t.Errorf("backup of a lone node = %q", got)
+	}
+}
+
+// Sticky: each session lives on its owner and the ring's next node, and
+// nowhere else, whatever the cluster size; one message per write.
+func TestBackupTwoCopies(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n2", "n3", "n4", "n5")
+	ctx := context.Background()
+	var ids []string
+	for i, m := range c.ms {
+		s, err := m.Create(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Set("n", 1)
+		if err := m.Commit(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, s.ID())
+		want := []string{c.nodes[i].Name(), c.nodes[(i+1)%5].Name()}
+		slices.Sort(want)
+		c.waitFor("two copies", func() bool { return slices.Equal(c.holders(s.ID()), want) })
+	}
+	// A write costs one message: to the backup.
+	sent := func() int {
+		n := 0
+		for _, to := range c.nodes[1:] {
+			n += c.net.count(c.nodes[0], to, typeDelta)
+		}
+		return n
+	}
+	before := sent()
+	for range 10 {
+		increment(t, c.ms[0], ids[0])
+	}
+	if got := sent() - before; got != 10 {
+		t.Errorf("10 writes sent %d deltas, want 10 (one each, to the backup)", got)
+	}
+	if n := countOf(t, c.ms[1], ids[0]); n != 11 {
+		t.Errorf("backup holds n=%d, want 11", n)
+	}
+}
+
+// Non-sticky: a request on another node loads from the owner and stores
+// back; that node keeps no copy.
+func TestBackupLoadStore(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n2", "n3", "n4", "n5")
+	ctx := context.Background()
+	s, _ := c.ms[0].Create(ctx)
+	s.Set("n", 0)
+	c.ms[0].Commit(ctx, s)
+	id := s.ID()
+	for i := range 20 {
+		m := c.ms[i%5]
+		if _, n := increment(t, m, id); n != i+1 {
+			t.Fatalf("request %d on %s: n=%d, want %d", i, m.local, n, i+1)
+		}
+		want := []string{"n1", "n2"}
+		if got := c.holders(id); !slices.Equal(got, want) {
+			t.Fatalf("after request %d on %s: held by %v, want %v", i, m.local, got, want)
+		}
+	}
+	if n := countOf(t, c.ms[1], id); n != 20 {
+		t.Errorf("backup n=%d, want 20", n)
+	}
+}
+
+// Owner gone: its backup serves the session (route rewritten on the next
+// request) and copies it to a new backup; backup gone: the owner copies to
+// the next one.
+func TestBackupFailover(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n2", "n3", "n4")
+	ctx := context.Background()
+	s, _ := c.ms[0].Create(ctx)
+	s.Set("n", 5)
+	c.ms[0].Commit(ctx, s)
+	id := s.ID()
+	c.waitFor("backup on n2", func() bool { return slices.Equal(c.holders(id), []string{"n1", "n2"}) })
+
+	c.nodes[0].setUp(false) // the owner dies
+	// n2 (its backup) now owns it and copies it to n3.
+	c.waitFor("copied to n3", func() bool { return slices.Equal(c.holders(id), []string{"n2", "n3"}) })
+	// A request naming dead n1 lands on n4: served from n2; n4 rewrites the
+	// route to itself and becomes the owner, n2 (next on the ring after n4)
+	// the backup.
+	newID, n := increment(t, c.ms[3], id)
+	if n != 6 || Route(newID) != "n4" || newID[:24] != id[:24] {
+		t.Fatalf("after failover: id %s n=%d, want %s routed to n4 and 6", newID, n, id[:24])
+	}
+	c.waitFor("pair n4+n2", func() bool { return slices.Equal(c.holders(newID), []string{"n2", "n4"}) })
+	if got := c.holders(id); len(got) != 0 {
+		t.Errorf("the old id is still held by %v", got)
+	}
+
+	c.nodes[1].setUp(false) // the backup dies: n4 copies to the next, n3
+	c.waitFor("copied to n3", func() bool { return slices.Equal(c.holders(newID), []string{"n3", "n4"}) })
+	if n := countOf(t, c.ms[2], newID); n != 6 {
+		t.Errorf("n3 holds n=%d, want 6", n)
+	}
+}
+
+// A node joining takes the backup role where the ring says so: the owner
+// copies to it and the old backup drops its copy.
+func TestBackupJoinMovesBackups(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n3")
+	ctx := context.Background()
+	var ids []string
+	for range 5 {
+		s, _ := c.ms[0].Create(ctx)
+		s.Set("n", 1)
+		c.ms[0].Commit(ctx, s)
+		ids = append(ids, s.ID())
+	}
+	c.join("n2", backupConfig())
+	for _, id := range ids {
+		c.waitFor(fmt.Sprintf("%s moved to n2", short(id)), func() bool { return slices.Equal(c.holders(id), []string{"n1", "n2"}) })
+	}
+}
+
+// A restarted owner recovers what it owned from the node that kept it;
+// a session that moved to another owner while it was down stays there.
+func TestBackupRestartRecovers(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
+	ctx := context.Background()
+	var ids []string
+	for range 2 {
+		s, _ := c.ms[0].Create(ctx)
+		s.Set("n", 1)
+		c.ms[0].Commit(ctx, s)
+		ids = append(ids, s.ID())
+	}
+	for _, id := range ids {
+		c.waitFor("backup", func() bool { return slices.Equal(c.holders(id), []string{"n1", "n2"}) })
+	}
+	c.nodes[0].setUp(false)
+	for _, id := range ids {
+		c.waitFor("taken over", func() bool { return slices.Equal(c.holders(id), []string{"n2", "n3"}) })
+	}
+	moved, n := increment(t, c.ms[2], ids[1]) // used while n1 is down: now n3's
+	if n != 2 || Route(moved) != "n3" {
+		t.Fatalf("moved %s n=%d", moved, n)
+	}
+
+	// n1 comes back under the same name (a new manager, empty).
+	i := c.join("n1", backupConfig())
+	c.ready(c.ms[i])
+	if n := countOf(t, c.ms[i], ids[0]); n != 1 {
+		t.Fatalf("restarted n1 holds n=%d for its untouched session, want 1", n)
+	}
+	c.waitFor("untouched session back with n1 and its backup n2", func() bool {
+		return slices.Equal(c.holders(ids[0]), []string{"n1", "n2"})
+	})
+	if got := c.holders(ids[1]); len(got) != 0 {
+		t.Errorf("the moved session's old id is held by %v", got)
+	}
+	if n := countOf(t, c.ms[2], moved); n != 2 {
+		t.Errorf("the moved session on n3: n=%d, want 2", n)
+	}
+}
