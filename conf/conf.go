@@ -158,6 +158,10 @@ type Manager struct {
 	// nodes, in one batch. At most a quarter of SessionTimeout, so that no
 	// copy expires while the session is in use on another node.
 	TouchInterval Duration `toml:"touch_interval"`
+	// PersistDir, if set, is where the node keeps the sessions it changes
+	// (an append-only log), so that a restart under the same name recovers
+	// them; "" keeps sessions in memory only (the backup carries them).
+	PersistDir string `toml:"persist_dir"`
 }
 
 // Session configures the session cookie and which requests use sessions.

@@ -175,6 +175,9 @@ func (m *Manager) rebalance(now time.Time, orphaned map[string]time.Time) {
 		case s.isNew || s.invalid:
 		case owner == m.local:
 			delete(orphaned, id)
+			if s.backupAt == "" {
+				m.persist.changed(id) // taken over, or recovered: now this node's to keep
+			}
 			if b := r.backup(m.local); b != "" && s.backupAt != b {
 				copies[b] = append(copies[b], s.toSnapshot())
 				s.backupAt = b

@@ -253,3 +253,70 @@ func TestBackupRestartRecovers(t *testing.T) {
 		t.Errorf("the moved session on n3: n=%d, want 2", n)
 	}
 }
+
+// A restarted owner with a persist_dir: a session changed while it was down
+// comes back in the backup's newer version; one the backup never had comes
+// back from disk; nothing is lost.
+func TestBackupPersistence(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	cfg1 := backupConfig()
+	cfg1.PersistDir = dir
+	c := &testCluster{t: t, net: newFakeNet(t)}
+	c.add("n1", cfg1)
+	c.add("n2", backupConfig())
+	c.add("n3", backupConfig())
+	for _, nd := range c.nodes {
+		nd.join()
+	}
+	for i := range c.ms {
+		c.start(i)
+		c.ready(c.ms[i])
+	}
+	ctx := context.Background()
+	mk := func() string {
+		s, _ := c.ms[0].Create(ctx)
+		s.Set("n", 1)
+		if err := c.ms[0].Commit(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		return s.ID()
+	}
+	changed, kept := mk(), mk()
+	c.net.dropNext(c.nodes[1], typeDelta, 1) // n2 never gets the next one
+	onlyOnDisk := mk()
+	c.waitFor("backups", func() bool {
+		return slices.Equal(c.holders(changed), []string{"n1", "n2"}) && slices.Equal(c.holders(kept), []string{"n1", "n2"})
+	})
+
+	// n1 dies (its manager stops, as the process would; the final flush
+	// stands in for the writes its writer made before).
+	c.nodes[0].setUp(false)
+	if err := c.ms[0].Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Changed while n1 is down, on n2 (which took it over), same id.
+	s, err := c.ms[1].Load(ctx, changed)
+	if err != nil || s == nil {
+		t.Fatalf("n2 Load = %v, %v", s, err)
+	}
+	s.Set("n", 2)
+	if err := c.ms[1].Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+
+	i := c.join("n1", cfg1)
+	c.ready(c.ms[i])
+	for _, tc := range []struct {
+		id   string
+		want int
+	}{{changed, 2}, {kept, 1}, {onlyOnDisk, 1}} {
+		if n := countOf(t, c.ms[i], tc.id); n != tc.want {
+			t.Errorf("restarted n1: %s n=%d, want %d", short(tc.id), n, tc.want)
+		}
+	}
+	// And the pair is whole again: n1 owns, n2 backs up.
+	c.waitFor("only-on-disk session copied to n2", func() bool {
+		return slices.Equal(c.holders(onlyOnDisk), []string{"n1", "n2"})
+	})
+}

@@ -21,6 +21,7 @@ func ConfigFrom(c conf.Config) (Config, error) {
 	cfg := DefaultConfig()
 	cfg.Route = c.Server.Name
 	cfg.Mode = mc.Mode
+	cfg.PersistDir = mc.PersistDir
 	cfg.SessionTimeout = mc.SessionTimeout.Duration
 	cfg.MaxActive = mc.MaxActive
 	cfg.Replication = mode

@@ -58,6 +58,7 @@ func (m *Manager) expire(now time.Time, ids []string) {
 		delete(m.touched, id)
 		m.mu.Unlock()
 		m.stats.expired.Add(1)
+		m.persist.ended(id, version)
 		m.fire(false, func(l Listener) {
 			if l.Destroyed != nil {
 				l.Destroyed(id, "expired", false)

@@ -77,7 +77,10 @@ type Config struct {
 	// RebalanceInterval is how often backup mode checks the ring and moves
 	// sessions whose owner or backup changed.
 	RebalanceInterval time.Duration
-	Logger            logrus.FieldLogger
+	// PersistDir, if set, keeps the sessions this node changes on disk, so
+	// a restart under the same name recovers them.
+	PersistDir string
+	Logger     logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml.
@@ -132,6 +135,7 @@ type Manager struct {
 	goMu    sync.Mutex // orders the goroutines handlers start (spawn) before Stop's Wait
 	started atomic.Bool
 
+	persist     *persister // nil without a persist_dir
 	transfer    transferState
 	stats       counters
 	replication histogram // how long Commit's broadcast takes
@@ -189,6 +193,14 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 	}
+	if cfg.PersistDir != "" {
+		p, err := openPersister(cfg.PersistDir)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		m.persist = p
+	}
 	c.Handle(typeDelta, m.handleDelta)
 	c.Handle(typeExpire, m.handleExpire)
 	c.Handle(typeTouch, m.handleTouch)
@@ -223,6 +235,11 @@ func (m *Manager) fire(remote bool, f func(Listener)) {
 func (m *Manager) Start(ctx context.Context) error {
 	if !m.started.CompareAndSwap(false, true) {
 		return errors.New("manager: already started")
+	}
+	if m.persist != nil {
+		m.loadPersisted()
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.runPersist() }()
 	}
 	m.wg.Add(4)
 	go func() { defer m.wg.Done(); m.runTransfer() }()
@@ -424,6 +441,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	delete(m.touched, d.ID) // the delta carries the access time
 	m.mu.Unlock()
 	to, borrowed, owned := m.replicaTargets(d.ID)
+	if !borrowed {
+		m.persist.changed(d.ID)
+	}
 	if borrowed {
 		// Served for its owner: the change is stored back there, and this
 		// node keeps no copy to go stale.
@@ -487,6 +507,7 @@ func (m *Manager) rename(s *Session, newID string) error {
 	}
 	delete(m.sessions, s.id)
 	delete(m.touched, s.id)
+	m.persist.ended(s.id, s.version)
 	if s.renamedFrom == "" && !s.isNew {
 		s.renamedFrom = s.id // the others know it by its first name
 	}
@@ -530,6 +551,7 @@ func (m *Manager) invalidated(s *Session, id string) {
 	s.mu.Lock()
 	version, isNew, known := s.version, s.isNew, s.renamedFrom
 	s.mu.Unlock()
+	m.persist.ended(id, version)
 	if known == "" {
 		known = id
 	} // else renamed since the last commit: the others know the old id only

@@ -279,6 +279,7 @@ func (m *Manager) handleExpire(ctx context.Context, msg flock.Message) error {
 	delete(m.sessions, e.ID)
 	delete(m.touched, e.ID)
 	m.mu.Unlock()
+	m.persist.ended(e.ID, e.Version)
 	if e.Reason == "moved" {
 		return nil // the session lives on under another id: not an end
 	}
