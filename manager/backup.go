@@ -73,9 +73,13 @@ func (r ring) backup(owner string) string { return r.next(owner) }
 
 // replicaTargets is where a commit of s goes: in delta mode every member; in
 // backup mode the backup when this node owns the session, else the owner
-// (a request that landed here: the change is stored back, Resin's
-// load/store). borrowed reports a session this node keeps no copy of;
-// owned that this node is its owner.
+// and the owner's backup (a request that landed here: the change is stored
+// back, Resin's load/store). The store-back goes to both from here rather
+// than to the owner for it to pass on: the owner would have to send to its
+// backup from inside its message handler, on the reader of this node's
+// connection, and store-backs going round the ring then wait on each other
+// in a cycle that only the send timeout breaks. borrowed reports a session
+// this node keeps no copy of; owned that this node is its owner.
 func (m *Manager) replicaTargets(id string) (to []membership.Member, borrowed, owned bool) {
 	if m.cfg.Mode != ModeBackup {
 		return m.members(), false, false
@@ -88,13 +92,19 @@ func (m *Manager) replicaTargets(id string) (to []membership.Member, borrowed, o
 		}
 		return nil, false, true
 	}
-	return []membership.Member{r.members[owner]}, r.backup(owner) != m.local, false
+	to = []membership.Member{r.members[owner]}
+	b := r.backup(owner)
+	if b != "" && b != m.local {
+		to = append(to, r.members[b])
+	}
+	return to, b != m.local, false
 }
 
 // loadFromOwner fetches session id from its owner for a request that landed
 // on this node (backup mode, a non-sticky balancer): the owner's copy is
-// the truth. If the owner cannot be reached, a local copy (this node is the
-// backup) is served rather than nothing.
+// the truth. If the owner cannot be reached (it died and membership has not
+// noticed yet), the owner's backup is asked, and if this node is the
+// backup, its copy is served rather than nothing.
 func (m *Manager) loadFromOwner(ctx context.Context, id string) {
 	r := m.ring()
 	owner := r.owner(id)
@@ -103,9 +113,30 @@ func (m *Manager) loadFromOwner(ctx context.Context, id string) {
 	}
 	if _, err := m.fetch(ctx, r.members[owner], []string{id}); err != nil {
 		m.log.WithFields(logrus.Fields{"session": short(id), "member": owner}).WithError(err).Debug("load from owner failed")
-		return
+		b := r.backup(owner)
+		if b == "" || b == m.local {
+			return
+		}
+		if _, err := m.fetch(ctx, r.members[b], []string{id}); err != nil {
+			m.log.WithFields(logrus.Fields{"session": short(id), "member": b}).WithError(err).Debug("load from the owner's backup failed")
+			return
+		}
 	}
 	m.stats.fetched.Add(1)
+}
+
+// repairSource is where a session this node cannot build a change on is
+// fetched whole from: the sender in delta mode; in backup mode the owner,
+// since the sender may have served one request for it and kept no copy.
+func (m *Manager) repairSource(id string, from membership.Member) membership.Member {
+	if m.cfg.Mode != ModeBackup {
+		return from
+	}
+	r := m.ring()
+	if o := r.owner(id); o != m.local {
+		return r.members[o]
+	}
+	return from
 }
 
 // dropBorrowed forgets a session this node served for its owner.
@@ -119,28 +150,25 @@ func (m *Manager) dropBorrowed(s *Session) {
 	}
 }
 
-// forward passes a change stored back by another node on to this owner's
-// backup, so the pair stays whole.
-func (m *Manager) forward(ctx context.Context, d delta, from membership.Member) {
+// dropOldCopies runs after this node committed a session it took over
+// under its own route (Rebind, after the owner failed): the copies kept
+// under the old id, on the old id's owner and that owner's backup, are
+// nobody's now. A target of the change that holds the old id has renamed
+// its copy instead. It runs on the request's goroutine, not in a message
+// handler, which must never wait on another member.
+func (m *Manager) dropOldCopies(ctx context.Context, d delta, sent []membership.Member) {
 	r := m.ring()
-	if d.Old != "" && r.owner(d.Old) == m.local {
-		// Another node took the session over under its own route: the copy
-		// this node's backup keeps under the old id is nobody's now.
-		if b := r.backup(m.local); b != "" && b != from.Name {
-			if err := m.broadcastTo(ctx, []membership.Member{r.members[b]}, typeExpire, expire{ID: d.Old, Version: d.Version, Reason: "moved"}); err != nil {
-				m.log.WithFields(logrus.Fields{"session": short(d.Old), "member": b}).WithError(err).Debug("old copy not dropped")
-			}
+	owner := r.owner(d.Old)
+	var to []membership.Member
+	for _, name := range []string{owner, r.backup(owner)} {
+		if name == "" || name == m.local || slices.ContainsFunc(to, func(mb membership.Member) bool { return mb.Name == name }) ||
+			slices.ContainsFunc(sent, func(mb membership.Member) bool { return mb.Name == name }) {
+			continue
 		}
+		to = append(to, r.members[name])
 	}
-	if r.owner(d.ID) != m.local {
-		return
-	}
-	b := r.backup(m.local)
-	if b == "" || b == from.Name {
-		return // the sender is the backup: it has the change already
-	}
-	if err := m.broadcastTo(ctx, []membership.Member{r.members[b]}, typeDelta, d); err != nil {
-		m.log.WithFields(logrus.Fields{"session": short(d.ID), "member": b}).WithError(err).Warn("change not copied to the backup")
+	if err := m.broadcastTo(ctx, to, typeExpire, expire{ID: d.Old, Version: d.Version, Reason: "moved"}); err != nil {
+		m.log.WithField("session", short(d.Old)).WithError(err).Debug("old copies not dropped")
 	}
 }
 
@@ -193,12 +221,15 @@ func (m *Manager) rebalance(now time.Time, orphaned map[string]time.Time) {
 		}
 		s.mu.Unlock()
 	}
-	m.mu.RUnlock()
 	for id := range orphaned {
-		if slices.Contains(drop, id) {
+		// Forget what is dropped now or was removed meanwhile (a borrowed
+		// copy, an expiry), so the map cannot grow and a later copy of the
+		// same id starts a fresh grace period.
+		if _, held := m.sessions[id]; !held || slices.Contains(drop, id) {
 			delete(orphaned, id)
 		}
 	}
+	m.mu.RUnlock()
 	if len(drop) > 0 {
 		m.mu.Lock()
 		for _, id := range drop {

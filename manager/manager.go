@@ -396,7 +396,14 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	}
 	changed := s.isNew || len(s.dirty) > 0 || s.renamedFrom != "" || s.maxChanged
 	if !changed && !m.cfg.AlwaysSave {
+		id := s.id
 		s.mu.Unlock()
+		if m.cfg.Mode == ModeBackup {
+			// A read served for another owner: keep no copy to go stale.
+			if _, borrowed, _ := m.replicaTargets(id); borrowed {
+				m.dropBorrowed(s)
+			}
+		}
 		return nil
 	}
 	d := delta{ID: s.id, Old: s.renamedFrom, Base: s.version, Origin: m.local, Access: unixNano(s.lastAccess)}
@@ -460,6 +467,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	start := time.Now()
 	err := m.broadcastTo(ctx, to, typeDelta, d)
 	m.replication.observe(time.Since(start))
+	if owned && d.Old != "" {
+		m.dropOldCopies(ctx, d, to)
+	}
 	return err
 }
 

@@ -101,7 +101,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		if !d.Full {
 			m.mu.Unlock()
 			m.stats.gaps.Add(1)
-			m.scheduleRepair(d.ID, msg.From)
+			m.scheduleRepair(d.ID, m.repairSource(d.ID, msg.From))
 			return nil
 		}
 		s = &Session{m: m, id: d.ID, attrs: make(map[string][]byte)}
@@ -116,7 +116,6 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 				l.Created(d.ID, true)
 			}
 		})
-		m.forwardIfOwner(ctx, d, msg.From)
 		return nil
 	}
 	m.mu.Unlock()
@@ -134,7 +133,6 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
 		m.fireAttrs(d)
-		m.forwardIfOwner(ctx, d, msg.From)
 		return nil
 	}
 	// A version this node cannot build on: a gap (d.Base > s.version) or a
@@ -150,17 +148,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		m.stats.gaps.Add(1)
 	}
 	if wins {
-		m.scheduleRepair(d.ID, msg.From)
+		m.scheduleRepair(d.ID, m.repairSource(d.ID, msg.From))
 	}
 	return nil
-}
-
-// forwardIfOwner: in backup mode, a change another node stored back to this
-// owner goes on to the owner's backup.
-func (m *Manager) forwardIfOwner(ctx context.Context, d delta, from membership.Member) {
-	if m.cfg.Mode == ModeBackup {
-		m.forward(ctx, d, from)
-	}
 }
 
 func (m *Manager) fireAttrs(d delta) {
