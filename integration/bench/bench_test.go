@@ -71,6 +71,18 @@ func expectedRows(o options) []string {
 		"replication cost, sync: median /counter − median /counter/peek",
 		"replication time p50 (flock_replication_seconds)",
 		"replication time p99 (flock_replication_seconds)",
+		"throughput: flock, 3 nodes sync, delta mode, GET /counter",
+		"throughput: flock, 3 nodes sync, backup mode, GET /counter",
+		"throughput: flock, 5 nodes sync, delta mode, GET /counter",
+		"throughput: flock, 5 nodes sync, backup mode, GET /counter",
+		"messages per write: 2 nodes, delta mode",
+		"messages per write: 2 nodes, backup mode",
+		"messages per write: 3 nodes, delta mode",
+		"messages per write: 3 nodes, backup mode",
+		"messages per write: 5 nodes, delta mode",
+		"messages per write: 5 nodes, backup mode",
+		fmt.Sprintf("memory per session: one node of 5, delta mode, %d sessions of 1 KiB", o.MemSessions),
+		fmt.Sprintf("memory per session: one node of 5, backup mode, %d sessions of 1 KiB", o.MemSessions),
 		"failure detection: kill -9 of 1 of 3 nodes, until both others drop it",
 		"failure detection: SIGSTOP of 1 of 3 nodes, until both others drop it",
 		"convergence: 3 nodes, from the last start until each lists the other two",
@@ -146,6 +158,36 @@ flock_other_seconds_bucket{le="0.001"} 7
 	}
 	if got := (histogram{}).quantile(0.5); got != 0 {
 		t.Errorf("empty histogram: %v", got)
+	}
+}
+
+func TestCounterValue(t *testing.T) {
+	text := `# TYPE flock_messages_sent_total counter
+flock_messages_sent_total{type="delta"} 1234
+flock_messages_sent_total{type="touch"} 7
+flock_messages_sent_total{type="delta_x"} 9
+`
+	if v, found, err := counterValue([]byte(text), deltasSeries); v != 1234 || !found || err != nil {
+		t.Errorf("delta: %v %v %v, want 1234 true nil", v, found, err)
+	}
+	if v, found, err := counterValue([]byte(text), `flock_messages_sent_total{type="expire"}`); v != 0 || found || err != nil {
+		t.Errorf("expire: %v %v %v, want 0 false nil", v, found, err)
+	}
+	if _, _, err := counterValue([]byte(deltasSeries+" x\n"), deltasSeries); err == nil {
+		t.Error("value x accepted")
+	}
+}
+
+func TestHeldShare(t *testing.T) {
+	// 12 sessions on 5 nodes: nodes 0 and 1 own 3, the others 2.
+	want := []int{3 + 2, 3 + 3, 2 + 3, 2 + 2, 2 + 2}
+	for i, w := range want {
+		if got := heldShare("backup", 12, 5, i); got != w {
+			t.Errorf("backup, node %d: %d, want %d", i, got, w)
+		}
+		if got := heldShare("delta", 12, 5, i); got != 12 {
+			t.Errorf("delta, node %d: %d, want 12", i, got)
+		}
 	}
 }
 

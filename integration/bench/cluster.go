@@ -37,6 +37,8 @@ type env struct {
 	log    io.Writer
 	begun  time.Time
 
+	bareLoad loadResult // the bare handler's throughput, the reference of the others
+
 	mu          sync.Mutex
 	convergence []time.Duration
 }
@@ -122,10 +124,20 @@ func tail(s string, n int) string {
 }
 
 // startFlockd runs flockd on n with the given replication mode and the
-// defaults for everything else.
+// defaults for everything else (session mode delta).
 func (c *cluster) startFlockd(ctx context.Context, n *node, replication string) error {
+	return c.startFlockdMode(ctx, n, "", replication)
+}
+
+// startFlockdMode runs flockd on n with the given session mode
+// ([cluster.manager] mode, "delta" or "backup"; "" leaves the default) and
+// replication mode.
+func (c *cluster) startFlockdMode(ctx context.Context, n *node, mode, replication string) error {
 	cfg := filepath.Join(c.env.dir, fmt.Sprintf("%s-%s.toml", c.lab.BridgeNS(), n.name))
 	text := fmt.Sprintf("[cluster]\ndomain = %q\n\n[cluster.manager]\nreplication = %q\n", domain, replication)
+	if mode != "" {
+		text += fmt.Sprintf("mode = %q\n", mode)
+	}
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		return err
 	}
@@ -194,6 +206,7 @@ func (n *node) get(ctx context.Context, path, cookie string) (int, []byte, error
 type status struct {
 	Sessions int `json:"sessions"`
 	Manager  struct {
+		Mode             string        `json:"mode"`
 		TransferDuration time.Duration `json:"transfer_duration"`
 		TransferState    string        `json:"transfer_state"`
 	} `json:"manager"`

@@ -10,6 +10,10 @@
 //     async, 3 nodes sync, 3 nodes read-only (each also against bare);
 //   - client-side latency of a replicated write vs a read, 3 nodes sync, at
 //     a steady rate, and the replication histogram if flockd exposes one;
+//   - the session modes side by side, delta (every node holds every
+//     session) and backup (owner and one backup): requests/s with 3 and 5
+//     nodes, delta messages sent per write with 2, 3 and 5 nodes, and the
+//     memory per session on one node of 5;
 //   - failure detection after kill -9 and after SIGSTOP; convergence;
 //   - state transfer of many sessions to a joining node;
 //   - memory per session, on a node alone and on a replica.
@@ -202,6 +206,7 @@ func (e *env) build(ctx context.Context) error {
 func (e *env) measureAll(ctx context.Context, t *table) error {
 	steps := []func(context.Context, *table) error{
 		e.stepThroughput,
+		e.stepModes,
 		e.stepFailure,
 		e.stepConvergence,
 		e.stepTransfer,
@@ -220,6 +225,7 @@ func (e *env) stepThroughput(ctx context.Context, t *table) error {
 	if err != nil {
 		return fmt.Errorf("bare: %w", err)
 	}
+	e.bareLoad = bare
 	cfg := fmt.Sprintf("%d clients, %v", e.opts.Clients, e.opts.Duration)
 	t.throughput("bare handler (no flock), 1 server, GET /counter", bare, bare, cfg)
 	single, err := e.measureSingle(ctx)

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"math"
 	"net/http"
 	"slices"
@@ -124,3 +125,52 @@ func (h histogram) quantile(q float64) time.Duration {
 }
 
 func seconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }
+
+// deltasSeries counts the delta messages a node queued for its members, one
+// per member a change goes to.
+const deltasSeries = `flock_messages_sent_total{type="delta"}`
+
+// scrapeCounter sums the sample of series (the metric name with its labels,
+// exactly as exposed) over the nodes' GET /metrics. A node whose /metrics
+// lacks the series counts 0; one that serves no /metrics is an error.
+func scrapeCounter(ctx context.Context, nodes []*node, series string) (float64, error) {
+	total := 0.0
+	for _, n := range nodes {
+		code, body, err := n.get(ctx, "/metrics", "")
+		if err != nil {
+			return 0, err
+		}
+		if code != http.StatusOK {
+			return 0, fmt.Errorf("%s: GET /metrics: %d", n.name, code)
+		}
+		v, _, err := counterValue(body, series)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", n.name, err)
+		}
+		total += v
+	}
+	return total, nil
+}
+
+// counterValue returns the sample of series in a Prometheus text
+// exposition; found is false when the series is not in it.
+func counterValue(text []byte, series string) (v float64, found bool, err error) {
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), series+" ")
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(rest) // value [timestamp]
+		if len(fields) == 0 {
+			return 0, false, fmt.Errorf("%s: no value", series)
+		}
+		x, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return 0, false, fmt.Errorf("%s: %w", series, err)
+		}
+		v, found = v+x, true
+	}
+	return v, found, sc.Err()
+}
