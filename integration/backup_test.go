@@ -7,13 +7,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flockhq/flock/internal/sessionlog"
 )
 
 // Backup-mode scenarios: [cluster.manager] mode = "backup" keeps each
@@ -762,4 +767,388 @@ func measureCost(t *testing.T, mode string, size int) costRow {
 		}
 	}
 	return row
+}
+
+// counterOn sends GET path straight to n (not through a balancer) with the
+// session cookie (none if ""), and returns the count it answers and the
+// cookie to send next: the one a Set-Cookie names (a new session, or the
+// route rewrite of a session whose node is gone), else the one sent.
+func (n *node) counterOn(ctx context.Context, path, cookie string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", n.url(path), nil)
+	if err != nil {
+		return 0, cookie, err
+	}
+	if cookie != "" {
+		req.AddCookie(&http.Cookie{Name: cookieName, Value: cookie})
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		return 0, cookie, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, cookie, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, cookie, fmt.Errorf("%s: GET %s: %s: %s", n.name, path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var v int
+	if _, err := fmt.Sscan(string(body), &v); err != nil {
+		return 0, cookie, fmt.Errorf("%s: GET %s: body %q: %w", n.name, path, body, err)
+	}
+	for _, ck := range resp.Cookies() {
+		if ck.Name == cookieName {
+			cookie = ck.Value
+			if ck.MaxAge < 0 {
+				cookie = ""
+			}
+		}
+	}
+	return v, cookie, nil
+}
+
+// diskUser is a user talking to the nodes directly: its cookie and the
+// count its last answer gave.
+type diskUser struct {
+	name   string
+	group  string // "A": untouched while node1 is down; "B": incremented on node2 after it dropped node1; "C": right after the kill
+	cookie string
+	first  string // the cookie node1 gave it
+	count  int
+}
+
+// increment sends GET /counter to n for u, times times, expecting u's count
+// to go up by one each time.
+func (u *diskUser) increment(ctx context.Context, n *node, times int) error {
+	for range times {
+		v, cookie, err := n.counterOn(ctx, "/counter", u.cookie)
+		if err != nil {
+			return fmt.Errorf("%s: count %d: %w", u.name, u.count, err)
+		}
+		if v != u.count+1 {
+			return fmt.Errorf("%s: %s answered %d after %d (cookie %s, now %s)", u.name, n.name, v, u.count, u.cookie, cookie)
+		}
+		u.cookie, u.count = cookie, v
+	}
+	return nil
+}
+
+// waitDiskQuiet polls the bytes of the files in dir until they have not
+// changed for quiet and are not zero (a write-behind writer has flushed
+// what it had), and returns them.
+func waitDiskQuiet(t *testing.T, dir string, quiet, timeout time.Duration) int64 {
+	t.Helper()
+	size := func() int64 {
+		var total int64
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && e.Name() != "LOCK" {
+				total += fi.Size()
+			}
+		}
+		return total
+	}
+	deadline := time.Now().Add(timeout)
+	last, since := size(), time.Now()
+	for {
+		time.Sleep(20 * time.Millisecond)
+		cur := size()
+		if cur != last {
+			last, since = cur, time.Now()
+		} else if cur > 0 && time.Since(since) >= quiet {
+			return cur
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still changing (or empty: %d bytes) after %v", dir, cur, timeout)
+		}
+	}
+}
+
+// Scenario 5: node1 of three, in backup mode, keeps the sessions it
+// changes in a persist_dir. Forty users create their sessions on node1
+// directly (so node1 owns them), then node1 is killed with SIGKILL. While
+// it is down, half of the users go on counting on node2: group C at once,
+// group B once both survivors have dropped node1 (a request naming the
+// dead node's route is rewritten to node2's, as Tomcat's
+// JvmRouteBinderValve does: those sessions are node2's now). Group A is
+// untouched. node1 is started again under its name with the same
+// persist_dir: it reads its sessions from disk and recovers from the
+// others the ones it owns, the newest version winning. Then every user's
+// session is served with its last count on every node and counts on from
+// there through node1; each is held by exactly its owner and backup, and
+// nothing under an id no user has any more.
+func TestBackupRestartWithPersistDir(t *testing.T) {
+	c := newCluster(t)
+	nodes := c.nodesN(3)
+	n1, n2 := nodes[0], nodes[1]
+	dir := t.TempDir()
+	n1.conf = backupConf + fmt.Sprintf("persist_dir = %q\n", dir)
+	for _, n := range nodes[1:] {
+		n.conf = backupConf
+	}
+	c.startAll(nodes...)
+	c.waitViews(30*time.Second, nodes, c.others())
+	for _, n := range nodes {
+		n.waitHealthy(t, 30*time.Second)
+	}
+	checkMode(t, nodes, "backup")
+
+	ctx, cancel := context.WithTimeout(context.Background(), scale(3*time.Minute))
+	defer cancel()
+	const clients = 40
+	users := make([]*diskUser, clients)
+	for i := range users {
+		group := "A" // half of them
+		switch i % 4 {
+		case 1:
+			group = "B"
+		case 3:
+			group = "C"
+		}
+		users[i] = &diskUser{name: fmt.Sprintf("user%02d", i), group: group}
+	}
+	byGroup := func(g string) []*diskUser {
+		return slices.DeleteFunc(slices.Clone(users), func(u *diskUser) bool { return u.group != g })
+	}
+	// Counts from 1 to 5, so that a session mixed up with another shows.
+	var wg sync.WaitGroup
+	errs := make([]error, clients)
+	for i, u := range users {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = u.increment(ctx, n1, 1+i%5) }()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, u := range users {
+		u.first = u.cookie
+		if r := routeOf(u.cookie); r != n1.name {
+			t.Fatalf("%s: session %s routes to %s, want %s (created there)", u.name, u.cookie, r, n1.name)
+		}
+	}
+	// node1's writer writes every 100 ms what changed; nothing tells when
+	// it has, but the log's files stop growing.
+	size := waitDiskQuiet(t, dir, 300*time.Millisecond, scale(10*time.Second))
+	t.Logf("%s: %d bytes in %s before the kill", n1.name, size, dir)
+	h, err := holdingsOf(ctx, nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reportProblems(t, "before the kill", pairProblems(h, diskCookies(users), names(nodes)))
+
+	old := n1.proc // its output, should the test fail
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- %s output (before its restart) ---\n%s", n1.name, old.Output())
+		}
+	})
+	if err := n1.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	survivors := without(nodes, n1)
+	t.Logf("%s killed at %s", n1.name, killed.UTC().Format(time.RFC3339Nano))
+
+	// Group C, one increment each, at once. Were node2 still to list
+	// node1, it would serve the session under its id (loading it from
+	// node1 fails; node2, the backup, has it) without storing the change
+	// on node1, and node1's restart would have to prefer node2's newer
+	// version to its disk copy of the same id; in the lab node2 has always
+	// dropped node1 first (the failed load makes it probe node1), and
+	// rewrites the routes as for group B. node3, which sends node1
+	// nothing, lists node1 for drop_time more: the survivors' views differ
+	// for a few seconds.
+	groupC := byGroup("C")
+	errs = make([]error, len(groupC))
+	for i, u := range groupC {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = u.increment(ctx, n2, 1) }()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	sameID := 0
+	for _, u := range groupC {
+		if u.cookie == u.first {
+			sameID++
+		}
+	}
+	t.Logf("group C, served by %s within %v of the kill: %d of %d kept their ids (the rest were rewritten to %s)",
+		n2.name, time.Since(killed).Round(time.Millisecond), sameID, len(groupC), n2.name)
+
+	// node1's disk, as node1 left it: every session it owned, at the
+	// version (= the count) of its last change.
+	onDisk := map[string]uint64{}
+	l, err := sessionlog.Open(dir, sessionlog.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range l.Records() {
+		onDisk[r.ID] = r.Version
+	}
+	st := l.Stats()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s's log after the kill: %+v", n1.name, st)
+	for _, u := range users {
+		want := u.count
+		if u.group == "C" {
+			want--
+		}
+		if v, ok := onDisk[u.first]; !ok || v != uint64(want) {
+			t.Errorf("%s: session %s on node1's disk at version %d (held: %v), want %d", u.name, u.first, v, ok, want)
+		}
+	}
+	if len(onDisk) != clients {
+		t.Errorf("node1's disk holds %d sessions, want %d", len(onDisk), clients)
+	}
+
+	c.waitViews(30*time.Second, survivors, c.others(n1))
+	// Group B, now that node2 has dropped node1: the first request
+	// rewrites the route to node2.
+	for _, u := range byGroup("B") {
+		if err := u.increment(ctx, n2, 3); err != nil {
+			t.Error(err)
+		} else if routeOf(u.cookie) != n2.name {
+			t.Errorf("%s: cookie %s after a request on %s with node1 gone, want the route %s", u.name, u.cookie, n2.name, n2.name)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	// The survivors hold every session on its owner and backup among
+	// themselves: node2 took node1's over and copied them to node3.
+	if _, ok, last := waitPairs(survivors, func() []string { return diskCookies(users) }, scale(10*time.Second)); !ok {
+		reportProblems(t, "node1 down", last)
+	}
+	logManagers(t, survivors)
+
+	// node1 again, same name, same persist_dir.
+	restarting := time.Now()
+	c.start(n1)
+	n1.waitHealthy(t, stateTransferTimeout+scale(10*time.Second))
+	healthy := time.Since(restarting)
+	bound := scale(10 * time.Second)
+	figures.add(t, "backup, persist_dir: node1 restarted after kill -9, start to /healthz 200", healthy, bound)
+	if healthy > bound {
+		t.Errorf("node1 healthy %v after its start, want within %v", healthy, bound)
+	}
+	c.waitViews(30*time.Second, nodes, c.others())
+	ss, err := n1.sessionStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s when healthy: %d sessions, %+v", n1.name, ss.Sessions, ss.Manager)
+	figures.addValue(t, "backup, persist_dir: sessions node1 recovered from the others at its restart", fmt.Sprint(ss.Manager.Transferred),
+		fmt.Sprintf("report only (group A: %d, on node2 and/or node3)", len(byGroup("A"))))
+	if ss.Manager.TransferState != "done" {
+		t.Errorf("%s: transfer_state %q after its restart, want \"done\"", n1.name, ss.Manager.TransferState)
+	}
+	read := -1
+	field := regexp.MustCompile(`\bsessions=(\d+)`)
+	for _, line := range strings.Split(n1.proc.Output(), "\n") {
+		if !strings.Contains(line, "sessions read from disk") {
+			continue
+		}
+		if m := field.FindStringSubmatch(line); m != nil {
+			read, _ = strconv.Atoi(m[1])
+		}
+	}
+	figures.addValue(t, "backup, persist_dir: sessions node1 read from disk at its restart", fmt.Sprint(read),
+		fmt.Sprintf(">= %d (group A), = %d (its log)", len(byGroup("A")), len(onDisk)))
+	if read < len(byGroup("A")) || read != len(onDisk) {
+		t.Errorf("%s logged %d sessions read from disk, want %d (every one in its log; group A has %d)", n1.name, read, len(onDisk), len(byGroup("A")))
+	}
+
+	// Every session with the user's last count: group A from node1's
+	// disk, B and C as node2 changed them, on every node (a node that is
+	// neither owner nor backup loads it from the owner).
+	var bad []string
+	for _, u := range users {
+		for _, n := range nodes {
+			got, err := n.peek(ctx, u.cookie)
+			if err != nil || got != u.count {
+				bad = append(bad, fmt.Sprintf("%s (group %s): %s peeks %d (err %v), want %d (cookie %s)", u.name, u.group, n.name, got, err, u.count, u.cookie))
+			}
+		}
+	}
+	reportProblems(t, "after node1's restart", bad)
+	// A renamed session is gone under its old id: node1's disk copy of it
+	// is stale, and must not come back.
+	bad = nil
+	for _, u := range users {
+		if u.cookie == u.first {
+			continue
+		}
+		var peeks []string
+		for _, n := range nodes {
+			if got, err := n.peek(ctx, u.first); err != nil || got != 0 {
+				peeks = append(peeks, fmt.Sprintf("%s %d (err %v)", n.name, got, err))
+			}
+		}
+		if len(peeks) > 0 {
+			bad = append(bad, fmt.Sprintf("%s (group %s, count %d): the old id %s, renamed to %s, still peeks %s; want no session (0)",
+				u.name, u.group, u.count, u.first, u.cookie, strings.Join(peeks, ", ")))
+		}
+	}
+	reportProblems(t, "after node1's restart", bad)
+	// And every user counts on through node1, which keeps its cookie.
+	for _, u := range users {
+		before := u.cookie
+		if err := u.increment(ctx, n1, 1); err != nil {
+			t.Error(err)
+		} else if u.cookie != before {
+			t.Errorf("%s: cookie %s rewritten to %s by node1", u.name, before, u.cookie)
+		}
+	}
+
+	// Each session on exactly two nodes again, its owner and backup, both
+	// at the last count, and nothing else. A few rebalance rounds first:
+	// node1 copies what it read from disk to its backup, node3 drops its
+	// copies of node1's sessions and the copies the peeks loaded.
+	time.Sleep(4 * rebalanceInterval)
+	ids := diskCookies(users)
+	if _, ok, last := waitPairs(nodes, func() []string { return ids }, scale(2*time.Second)); !ok {
+		reportProblems(t, fmt.Sprintf("%v after node1's restart", time.Since(restarting).Round(time.Millisecond)), last)
+	}
+	if h, err = holdingsOf(ctx, nodes); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range users {
+		for name, v := range h[u.cookie] {
+			if v != uint64(u.count) {
+				t.Errorf("%s: %s holds session %s at version %d, want %d", u.name, name, u.cookie, v, u.count)
+			}
+		}
+	}
+	if s := strays(h, ids); len(s) > 0 {
+		t.Errorf("%d sessions held under ids no user has any more: %v", len(s), s)
+	}
+	if got := h.copies(); got != 2*clients {
+		t.Errorf("%d copies in all, want %d", got, 2*clients)
+	}
+	logManagers(t, nodes)
+}
+
+// diskCookies is the users' cookies: their session ids.
+func diskCookies(users []*diskUser) []string {
+	ids := make([]string, len(users))
+	for i, u := range users {
+		ids[i] = u.cookie
+	}
+	return ids
 }
