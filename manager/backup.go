@@ -215,7 +215,7 @@ func (m *Manager) rebalance(now time.Time, orphaned map[string]time.Time) {
 		default:
 			if since, ok := orphaned[id]; !ok {
 				orphaned[id] = now
-			} else if now.Sub(since) > 2*m.cfg.RebalanceInterval {
+			} else if now.Sub(since) > m.cfg.OrphanGrace {
 				drop = append(drop, id)
 			}
 		}
@@ -276,5 +276,57 @@ func (m *Manager) copyTo(to membership.Member, snaps []snapshot) {
 			m.stats.copied.Add(uint64(n))
 		}
 		snaps = snaps[n:]
+	}
+}
+
+// noteMoved records that id was renamed away.
+func (m *Manager) noteMoved(id string) {
+	m.movedMu.Lock()
+	defer m.movedMu.Unlock()
+	if m.moved == nil {
+		m.moved = make(map[string]time.Time)
+	}
+	now := time.Now()
+	m.moved[id] = now
+	if len(m.moved)%1024 == 0 { // prune now and then: bounded by the renames of one timeout
+		for old, at := range m.moved {
+			if now.Sub(at) > m.cfg.SessionTimeout {
+				delete(m.moved, old)
+			}
+		}
+	}
+}
+
+// movedFor lists the remembered renamed-away ids whose route is route.
+func (m *Manager) movedFor(route string) []string {
+	m.movedMu.Lock()
+	defer m.movedMu.Unlock()
+	var out []string
+	for id := range m.moved {
+		if Route(id) == route {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// forgetMoved drops local copies of sessions another node says were renamed
+// away: a disk copy read back after a restart must not come back to life
+// under its old id.
+func (m *Manager) forgetMoved(ids []string) {
+	for _, id := range ids {
+		m.mu.Lock()
+		s := m.sessions[id]
+		if s != nil {
+			delete(m.sessions, id)
+			delete(m.touched, id)
+		}
+		m.mu.Unlock()
+		if s != nil {
+			s.mu.Lock()
+			v := s.version
+			s.mu.Unlock()
+			m.persist.ended(id, v)
+		}
 	}
 }

@@ -14,6 +14,7 @@ func backupConfig() Config {
 	cfg := testConfig()
 	cfg.Mode = ModeBackup
 	cfg.RebalanceInterval = 20 * time.Millisecond
+	cfg.OrphanGrace = 100 * time.Millisecond
 	cfg.JoinWait = 0
 	return cfg
 }

@@ -77,6 +77,10 @@ type Config struct {
 	// RebalanceInterval is how often backup mode checks the ring and moves
 	// sessions whose owner or backup changed.
 	RebalanceInterval time.Duration
+	// OrphanGrace is how long backup mode keeps a copy this node is neither
+	// owner nor backup of before dropping it: long enough for every node's
+	// membership to agree after a failure (drop_time plus a probe).
+	OrphanGrace time.Duration
 	// PersistDir, if set, keeps the sessions this node changes on disk, so
 	// a restart under the same name recovers them.
 	PersistDir string
@@ -89,6 +93,7 @@ func DefaultConfig() Config {
 		Route:                "node1",
 		Mode:                 ModeDelta,
 		RebalanceInterval:    250 * time.Millisecond,
+		OrphanGrace:          10 * time.Second,
 		SessionTimeout:       30 * time.Minute,
 		Replication:          flock.Sync,
 		StateTransferTimeout: 60 * time.Second,
@@ -135,7 +140,12 @@ type Manager struct {
 	goMu    sync.Mutex // orders the goroutines handlers start (spawn) before Stop's Wait
 	started atomic.Bool
 
-	persist     *persister // nil without a persist_dir
+	persist *persister // nil without a persist_dir
+	// moved remembers ids renamed away (route rewrites, RenewID) for a
+	// session timeout, so a node recovering from disk learns that its old
+	// copies live on under another id.
+	movedMu     sync.Mutex
+	moved       map[string]time.Time
 	transfer    transferState
 	stats       counters
 	replication histogram // how long Commit's broadcast takes
@@ -170,6 +180,9 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	}
 	if cfg.RebalanceInterval <= 0 {
 		cfg.RebalanceInterval = def.RebalanceInterval
+	}
+	if cfg.OrphanGrace <= 0 {
+		cfg.OrphanGrace = def.OrphanGrace
 	}
 	switch cfg.Mode {
 	case "":
@@ -518,6 +531,7 @@ func (m *Manager) rename(s *Session, newID string) error {
 	delete(m.sessions, s.id)
 	delete(m.touched, s.id)
 	m.persist.ended(s.id, s.version)
+	m.noteMoved(s.id)
 	if s.renamedFrom == "" && !s.isNew {
 		s.renamedFrom = s.id // the others know it by its first name
 	}

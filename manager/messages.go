@@ -92,6 +92,7 @@ type sessions struct {
 	Req      uint64     `msgpack:"q"`
 	Sessions []snapshot `msgpack:"s"`
 	Missing  []string   `msgpack:"m,omitempty"`
+	Moved    []string   `msgpack:"mv,omitempty"` // ids renamed away: drop any copy under them
 	Last     bool       `msgpack:"l"`
 }
 

@@ -87,6 +87,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 	}
 	m.mu.Lock()
 	s := m.sessions[d.ID]
+	if d.Old != "" {
+		m.noteMoved(d.Old)
+	}
 	if s == nil && d.Old != "" {
 		if s = m.sessions[d.Old]; s != nil {
 			delete(m.sessions, d.Old)
@@ -354,6 +357,7 @@ func (m *Manager) handleSessions(ctx context.Context, msg flock.Message) error {
 	for _, snap := range in.Sessions {
 		m.install(snap, true)
 	}
+	m.forgetMoved(in.Moved)
 	m.reqMu.Lock()
 	ch := m.requests[in.Req]
 	m.reqMu.Unlock()

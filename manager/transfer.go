@@ -185,6 +185,9 @@ func (m *Manager) streamSessions(to membership.Member, req uint64, route string)
 		}
 	}
 	batch.Last = true
+	if route != "" {
+		batch.Moved = m.movedFor(route)
+	}
 	if send(batch) {
 		m.log.WithFields(logrus.Fields{"member": to.Name, "sessions": len(all)}).Info("sent sessions to a joining member")
 	}
