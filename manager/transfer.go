@@ -62,7 +62,9 @@ func (m *Manager) runTransfer() {
 		return
 	}
 	if m.cfg.Mode == ModeBackup {
-		m.recover(ms)
+		// Recovery asks every member, not just the first heard of: let the
+		// view settle (the others answer a newcomer's heartbeat at once).
+		m.recover(m.settleMembers(ms))
 		return
 	}
 	from := oldest(ms)
@@ -250,4 +252,25 @@ func (m *Manager) recover(ms []membership.Member) {
 	}
 	m.transfer.set("done")
 	m.log.WithFields(logrus.Fields{"sessions": n, "took": d.Round(time.Millisecond)}).Info("recovered owned sessions")
+}
+
+// settleMembers waits until the member list has not grown for 100 ms (at
+// most JoinWait) and returns it.
+func (m *Manager) settleMembers(ms []membership.Member) []membership.Member {
+	const quiet = 100 * time.Millisecond
+	deadline := time.Now().Add(max(m.cfg.JoinWait, quiet))
+	last, since := len(ms), time.Now()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) && time.Since(since) < quiet {
+		select {
+		case <-m.ctx.Done():
+			return ms
+		case <-tick.C:
+		}
+		if cur := m.members(); len(cur) != last {
+			ms, last, since = cur, len(cur), time.Now()
+		}
+	}
+	return ms
 }
