@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 )
 
 // MulticastConfig configures a Multicast membership service.
@@ -155,70 +153,29 @@ func (s *Multicast) Start(ctx context.Context) error {
 }
 
 func (s *Multicast) open(ctx context.Context) (*ipv4.PacketConn, error) {
-	ifi, err := interfaceByAddr(s.cfg.Interface)
+	ifi, err := InterfaceByAddr(s.cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("%w (set [cluster.membership] bind to the address of the interface that connects the nodes)", err)
+	}
+	p, err := JoinGroup(ctx, s.cfg.Group, ifi)
 	if err != nil {
 		return nil, err
 	}
-	// Several nodes on one host share the group's port; binding the group
-	// address (not 0.0.0.0) keeps out datagrams sent to other groups on the
-	// same port.
-	lc := net.ListenConfig{Control: reuseAddrPort}
-	c, err := lc.ListenPacket(ctx, "udp4", s.cfg.Group.String())
-	if err != nil {
-		return nil, err
-	}
-	p := ipv4.NewPacketConn(c)
 	setup := []struct {
 		what string
 		err  error
 	}{
-		{"join group", p.JoinGroup(ifi, &net.UDPAddr{IP: s.cfg.Group.Addr().AsSlice()})},
 		{"set multicast interface", p.SetMulticastInterface(ifi)},
 		{"set ttl", p.SetMulticastTTL(s.cfg.TTL)},
 		{"set loopback", p.SetMulticastLoopback(true)},
 	}
 	for _, st := range setup {
 		if st.err != nil {
-			c.Close()
+			p.Close()
 			return nil, fmt.Errorf("%s on %s: %w", st.what, ifi.Name, st.err)
 		}
 	}
 	return p, nil
-}
-
-func interfaceByAddr(a netip.Addr) (*net.Interface, error) {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil, fmt.Errorf("list interfaces: %w", err)
-	}
-	for i := range ifs {
-		addrs, err := ifs[i].Addrs()
-		if err != nil {
-			continue
-		}
-		for _, ad := range addrs {
-			if n, ok := ad.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
-					return &ifs[i], nil
-				}
-			}
-		}
-	}
-	return nil, fmt.Errorf("no local interface has address %v (set [cluster.membership] bind to the address of the interface that connects the nodes)", a)
-}
-
-func reuseAddrPort(network, address string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-			return
-		}
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	})
-	if err != nil {
-		return err
-	}
-	return serr
 }
 
 // Stop sends the leave heartbeat and releases the socket. It returns when

@@ -12,11 +12,9 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 
 	"github.com/flockhq/flock/membership"
 )
@@ -47,9 +45,9 @@ func (o listenOpts) resolve() (*net.Interface, netip.Addr, netip.AddrPort, error
 	if err != nil || !bind.Is4() || bind.IsUnspecified() || bind.IsMulticast() {
 		return nil, bind, none, usageErr("listen: --bind %q: need the IPv4 address of a local interface", o.bind)
 	}
-	ifi, err := interfaceByAddr(bind)
+	ifi, err := membership.InterfaceByAddr(bind)
 	if err != nil {
-		return nil, bind, none, &exitError{exitUsage, err}
+		return nil, bind, none, &exitError{exitUsage, fmt.Errorf("listen: --bind %v: %w (give the address of the interface that connects the nodes)", bind, err)}
 	}
 	group, err := netip.ParseAddr(o.address)
 	if err != nil || !group.Is4() || !group.IsMulticast() {
@@ -64,60 +62,19 @@ func (o listenOpts) resolve() (*net.Interface, netip.Addr, netip.AddrPort, error
 	return ifi, bind, netip.AddrPortFrom(group, uint16(o.port)), nil
 }
 
-func interfaceByAddr(a netip.Addr) (*net.Interface, error) {
-	ifs, err := net.Interfaces()
-	if err != nil {
-		return nil, fmt.Errorf("listen: list interfaces: %w", err)
-	}
-	for i := range ifs {
-		addrs, err := ifs[i].Addrs()
-		if err != nil {
-			continue
-		}
-		for _, ad := range addrs {
-			if n, ok := ad.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
-					return &ifs[i], nil
-				}
-			}
-		}
-	}
-	return nil, fmt.Errorf("listen: --bind %v: no local interface has this address (give the address of the interface that connects the nodes)", a)
-}
-
 // joinGroup opens a socket that receives the group on ifi only, sharing the
 // port with the nodes on this host. It never sends.
 func joinGroup(ctx context.Context, ifi *net.Interface, group netip.AddrPort) (*ipv4.PacketConn, error) {
-	lc := net.ListenConfig{Control: reuseAddrPort}
-	c, err := lc.ListenPacket(ctx, "udp4", group.String())
+	p, err := membership.JoinGroup(ctx, group, ifi)
 	if err != nil {
 		return nil, err
 	}
-	p := ipv4.NewPacketConn(c)
-	if err := p.JoinGroup(ifi, &net.UDPAddr{IP: group.Addr().AsSlice()}); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("join group: %w", err)
-	}
 	// The interface a packet arrived on, to ignore those of other networks.
 	if err := p.SetControlMessage(ipv4.FlagInterface, true); err != nil {
-		c.Close()
+		p.Close()
 		return nil, fmt.Errorf("control messages: %w", err)
 	}
 	return p, nil
-}
-
-func reuseAddrPort(network, address string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
-			return
-		}
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	})
-	if err != nil {
-		return err
-	}
-	return serr
 }
 
 type packet struct {

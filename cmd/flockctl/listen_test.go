@@ -55,7 +55,7 @@ func startMember(t *testing.T, group netip.AddrPort, name, domain string, port u
 // out on the loopback interface, never the default one.
 func loopbackSender(t *testing.T) *ipv4.PacketConn {
 	t.Helper()
-	lo, err := interfaceByAddr(loopback)
+	lo, err := membership.InterfaceByAddr(loopback)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestListenUntilCanceled(t *testing.T) {
 
 func TestListenBindNotLocal(t *testing.T) {
 	code, out, errb := runApp(t, "listen", "--bind", "198.51.100.254", "--for", "1s")
-	if code != exitUsage || out != "" || !strings.Contains(errb, "--bind 198.51.100.254: no local interface has this address") {
+	if code != exitUsage || out != "" || !strings.Contains(errb, "--bind 198.51.100.254: no local interface has address 198.51.100.254") {
 		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errb)
 	}
 }
