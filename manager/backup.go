@@ -106,6 +106,9 @@ func (m *Manager) replicaTargets(id string) (to []membership.Member, borrowed, o
 // noticed yet), the owner's backup is asked, and if this node is the
 // backup, its copy is served rather than nothing.
 func (m *Manager) loadFromOwner(ctx context.Context, id string) {
+	if Route(id) == m.local {
+		return // this node is alive, so it owns what its route names: no ring to build per request
+	}
 	r := m.ring()
 	owner := r.owner(id)
 	if owner == m.local || owner == "" {

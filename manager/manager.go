@@ -23,6 +23,7 @@ import (
 
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/internal/logx"
+	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -278,14 +279,10 @@ func (m *Manager) Stop(ctx context.Context) error {
 	m.goMu.Lock()
 	m.cancel()
 	m.goMu.Unlock()
-	done := make(chan struct{})
-	go func() { m.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("manager: stop: %w", ctx.Err())
+	if err := syncx.Wait(ctx, &m.wg); err != nil {
+		return fmt.Errorf("manager: stop: %w", err)
 	}
+	return nil
 }
 
 // spawn runs f on a goroutine that Stop waits for. Handlers run until the
@@ -411,7 +408,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	if !changed && !m.cfg.AlwaysSave {
 		id := s.id
 		s.mu.Unlock()
-		if m.cfg.Mode == ModeBackup {
+		if m.cfg.Mode == ModeBackup && Route(id) != m.local {
 			// A read served for another owner: keep no copy to go stale.
 			if _, borrowed, _ := m.replicaTargets(id); borrowed {
 				m.dropBorrowed(s)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/flockhq/flock/internal/eventq"
 	"github.com/flockhq/flock/internal/logx"
+	"github.com/flockhq/flock/internal/syncx"
 )
 
 // Prober asks a member's process, over the cluster transport, whether it is
@@ -166,14 +167,7 @@ func (c *core) startProbes(ms []Member) {
 // shutdown ends probes and the event queue and waits for them.
 func (c *core) shutdown(ctx context.Context) error {
 	c.cancel()
-	done := make(chan struct{})
-	go func() { c.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return syncx.Wait(ctx, &c.wg)
 }
 
 // Stats returns counters since the service started.

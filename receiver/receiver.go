@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock/internal/logx"
+	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/internal/wire"
 )
 
@@ -174,12 +175,8 @@ func (r *Receiver) Stop(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	r.cancel()
-	done := make(chan struct{})
-	go func() { r.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("receiver: stop: %w", ctx.Err())
+	if err := syncx.Wait(ctx, &r.wg); err != nil {
+		return fmt.Errorf("receiver: stop: %w", err)
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("receiver: %w", err)

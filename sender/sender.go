@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock/internal/logx"
+	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/internal/wire"
 )
 
@@ -258,14 +259,10 @@ func (s *TCP) Close(ctx context.Context) error {
 	for _, p := range peers {
 		p.stop(ErrClosed)
 	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("sender: close: %w", ctx.Err())
+	if err := syncx.Wait(ctx, &s.wg); err != nil {
+		return fmt.Errorf("sender: close: %w", err)
 	}
+	return nil
 }
 
 // PeerStats describes the connection to one peer.
