@@ -33,6 +33,29 @@ type Service interface {
 	Events() <-chan Event
 }
 
+// The optional capabilities of a Service. The cluster uses each one a
+// service has; a service without it still works, with less: no early
+// probes, no members learned from the transport, no counters.
+
+// Suspecter is a Service that can check a member at once, because sending to
+// its receiver failed, instead of waiting for its heartbeats to stop. It
+// must not block.
+type Suspecter interface {
+	SuspectAddr(addr netip.AddrPort)
+}
+
+// Observer is a Service that learns of members from the transport: a member
+// that called this node is alive (or, with leaving, says goodbye). It must
+// not block.
+type Observer interface {
+	Observe(m Member, leaving bool)
+}
+
+// Reporter is a Service that keeps counters.
+type Reporter interface {
+	Stats() Stats
+}
+
 // ID names one run of a member process. It is random per start, so a
 // restarted node is a new member even when its name and address are the same.
 type ID [16]byte
@@ -118,6 +141,10 @@ const (
 	// Failed: a member went silent, or was replaced by a restart under the
 	// same name.
 	Failed
+	// Rejoined: a member that had failed is heard from again, as the same
+	// process (a pause, a GC or VM stall, a healed partition). It missed
+	// what happened meanwhile, and what it holds may be stale.
+	Rejoined
 )
 
 func (t EventType) String() string {
@@ -128,6 +155,8 @@ func (t EventType) String() string {
 		return "left"
 	case Failed:
 		return "failed"
+	case Rejoined:
+		return "rejoined"
 	}
 	return fmt.Sprintf("EventType(%d)", int(t))
 }

@@ -115,8 +115,8 @@ func TestSuspectAfterSendFailure(t *testing.T) {
 	if !strings.Contains(e.Reason, "probe failed") {
 		t.Errorf("reason %q", e.Reason)
 	}
-	// b's heartbeats go on: it joins again.
-	await(t, a, Joined, "b")
+	// b's heartbeats go on: the same process is back, and says so.
+	await(t, a, Rejoined, "b")
 }
 
 // awaitStatic reads s's events until one matches, keeping the others in

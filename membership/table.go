@@ -21,7 +21,11 @@ type table struct {
 	// gone remembers members that said they were leaving, until dropTime has
 	// passed, so a heartbeat that was overtaken by the leave does not bring
 	// the member back.
-	gone      map[ID]time.Time
+	gone map[ID]time.Time
+	// failed remembers members declared failed, for failedMemory, so that
+	// the same process heard from again is reported as Rejoined: it missed
+	// what happened while it was away. Bounded by maxFailed.
+	failed    map[ID]time.Time
 	lastSweep time.Time
 	counters  Stats
 }
@@ -43,7 +47,33 @@ func newTable(local Member, dropTime, reprobe time.Duration) *table {
 		members:  make(map[ID]*entry),
 		byName:   make(map[string]ID),
 		gone:     make(map[ID]time.Time),
+		failed:   make(map[ID]time.Time),
 	}
+}
+
+// How long and how many failed members are remembered for Rejoined. A
+// process silent for longer than an hour that comes back is still reported,
+// as Joined; what it holds is as stale either way, and consumers treat both
+// as a member to bring up to date.
+const (
+	failedMemory = time.Hour
+	maxFailed    = 4096
+)
+
+// fail removes e as failed and remembers it.
+func (t *table) fail(e *entry, now time.Time) {
+	t.remove(e)
+	if len(t.failed) >= maxFailed {
+		var oldest ID
+		var at time.Time
+		for id, when := range t.failed {
+			if at.IsZero() || when.Before(at) {
+				oldest, at = id, when
+			}
+		}
+		delete(t.failed, oldest)
+	}
+	t.failed[e.ID] = now
 }
 
 // observe applies one heartbeat received at now. It returns the events it
@@ -99,11 +129,15 @@ func (t *table) observe(h Heartbeat, now time.Time) ([]Event, string) {
 		// Same name, later start: the node was restarted before its old
 		// run was dropped. Report both halves so nothing above keeps a
 		// dead run's state under a live name.
-		t.remove(old)
+		t.fail(old, now)
 		evs = append(evs, Event{Type: Failed, Member: old.Member, Time: now, Reason: "restarted as " + shortID(m.ID)})
 	}
 	t.members[m.ID] = &entry{Status: Status{Member: m, State: Alive, LastSeen: now}, seq: h.Seq}
 	t.byName[m.Name] = m.ID
+	if _, back := t.failed[m.ID]; back {
+		delete(t.failed, m.ID)
+		return append(evs, Event{Type: Rejoined, Member: m, Time: now, Reason: "heard from again after it failed"}), ""
+	}
 	return append(evs, Event{Type: Joined, Member: m, Time: now, Reason: "heartbeat"}), ""
 }
 
@@ -143,6 +177,11 @@ func (t *table) sweep(now time.Time) ([]Event, []Member, string) {
 			delete(t.gone, id)
 		}
 	}
+	for id, at := range t.failed {
+		if now.Sub(at) > failedMemory {
+			delete(t.failed, id)
+		}
+	}
 	var evs []Event
 	var suspects []Member
 	for _, e := range t.members {
@@ -158,7 +197,7 @@ func (t *table) sweep(now time.Time) ([]Event, []Member, string) {
 				suspects = append(suspects, e.Member)
 			}
 		default:
-			t.remove(e)
+			t.fail(e, now)
 			evs = append(evs, Event{Type: Failed, Member: e.Member, Time: now, Reason: "silent for " + silent.Round(time.Millisecond).String()})
 		}
 	}
@@ -193,7 +232,7 @@ func (t *table) probed(id ID, answer Member, err error, now time.Time) []Event {
 	if err == nil {
 		reason = fmt.Sprintf("its address is answered by another run (%s)", shortID(answer.ID))
 	}
-	t.remove(e)
+	t.fail(e, now)
 	return []Event{{Type: Failed, Member: e.Member, Time: now, Reason: reason}}
 }
 

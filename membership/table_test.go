@@ -72,12 +72,18 @@ func TestTable(t *testing.T) {
 			{at: 3000 * time.Millisecond, names: []string{"node2", "node3"}}, // exactly drop time: still there
 			{at: 3100 * time.Millisecond, want: []string{"failed node2"}, names: []string{"node3"}},
 		}},
-		{"a failed member that speaks again joins again", []step{
+		{"a failed member that speaks again is back as rejoined", []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 1 * time.Second},
 			{at: 2 * time.Second},
 			{at: 3100 * time.Millisecond, want: []string{"failed node2"}},
-			{at: 3200 * time.Millisecond, hb: hb(alive(n2, 8)), want: []string{"joined node2"}, names: []string{"node2"}},
+			{at: 3200 * time.Millisecond, hb: hb(alive(n2, 8)), want: []string{"rejoined node2"}, names: []string{"node2"}},
+		}},
+		{"a member failed long ago comes back as joined", []step{
+			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
+			{at: 3100 * time.Millisecond, want: []string{"failed node2"}},
+			{at: 3100*time.Millisecond + failedMemory + time.Second, note: "stalled"}, // one sweep an hour later: forgotten
+			{at: 3200*time.Millisecond + failedMemory + time.Second, hb: hb(alive(n2, 9)), want: []string{"joined node2"}, names: []string{"node2"}},
 		}},
 		{"leaving removes at once and late heartbeats stay ignored", []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
