@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flockhq/flock/membership"
 )
 
 // membershipTypes are the values cluster.membership.type accepts. Appending
@@ -113,7 +115,7 @@ func (c Config) problems() []problem {
 	check("cluster.membership.frequency", freqErr)
 	// One lost heartbeat must not drop a healthy member. Compared only with
 	// a valid frequency, which also keeps 2*frequency from overflowing.
-	dropOK := freqErr == nil && m.DropTime.Duration >= 2*m.Frequency.Duration
+	dropOK := freqErr == nil && membership.CheckTiming(m.Frequency.Duration, m.DropTime.Duration) == nil
 	if freqErr == nil && !dropOK {
 		checkPair("cluster.membership.drop_time", "cluster.membership.frequency",
 			fmt.Errorf("%v must be at least twice frequency (%v)", m.DropTime, m.Frequency))
@@ -123,7 +125,7 @@ func (c Config) problems() []problem {
 	switch pt := m.ProbeTimeout.Duration; {
 	case pt < 0:
 		check("cluster.membership.probe_timeout", fmt.Errorf(`%v must not be negative ("0s" turns the probe off)`, pt))
-	case dropOK && pt > m.DropTime.Duration:
+	case dropOK && pt > 0 && membership.CheckProbe(pt, m.DropTime.Duration) != nil:
 		checkPair("cluster.membership.probe_timeout", "cluster.membership.drop_time",
 			fmt.Errorf("%v must be at most drop_time (%v)", m.ProbeTimeout, m.DropTime))
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -54,6 +55,35 @@ type Observer interface {
 // Reporter is a Service that keeps counters.
 type Reporter interface {
 	Stats() Stats
+}
+
+// Errors of the timing rules, shared by every implementation and by the
+// configuration file's checks (package conf), so each rule is written once.
+var (
+	// ErrDropTime: a drop time shorter than two heartbeat intervals would
+	// drop a healthy member after one lost heartbeat.
+	ErrDropTime = errors.New("drop time must be at least twice the heartbeat frequency")
+	// ErrProbeTimeout: the probe of a silent member must end within the
+	// drop time, or a dead member outlives it.
+	ErrProbeTimeout = errors.New("probe timeout must be positive and at most the drop time")
+)
+
+// CheckTiming reports whether members announcing themselves every frequency
+// and dropped after dropTime of silence make a usable failure detector.
+func CheckTiming(frequency, dropTime time.Duration) error {
+	if frequency <= 0 || dropTime < 2*frequency {
+		return fmt.Errorf("frequency %v, drop time %v: %w", frequency, dropTime, ErrDropTime)
+	}
+	return nil
+}
+
+// CheckProbe reports whether a probe bounded by probeTimeout fits in
+// dropTime.
+func CheckProbe(probeTimeout, dropTime time.Duration) error {
+	if probeTimeout <= 0 || probeTimeout > dropTime {
+		return fmt.Errorf("probe timeout %v, drop time %v: %w", probeTimeout, dropTime, ErrProbeTimeout)
+	}
+	return nil
 }
 
 // ID names one run of a member process. It is random per start, so a

@@ -58,11 +58,9 @@ func (c MulticastConfig) validate() error {
 	if c.TTL < 0 || c.TTL > 255 {
 		errs = append(errs, fmt.Errorf("ttl %d: allowed 0..255", c.TTL))
 	}
-	if c.Frequency <= 0 || c.DropTime < 2*c.Frequency {
-		errs = append(errs, fmt.Errorf("frequency %v, drop time %v: need frequency > 0 and drop time >= 2 x frequency", c.Frequency, c.DropTime))
-	}
-	if c.Prober != nil && c.ProbeTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("probe timeout %v: need > 0 with a prober", c.ProbeTimeout))
+	errs = append(errs, CheckTiming(c.Frequency, c.DropTime))
+	if c.Prober != nil {
+		errs = append(errs, CheckProbe(c.ProbeTimeout, c.DropTime))
 	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event buffer %d: need at least 1", c.EventBuffer))

@@ -68,12 +68,7 @@ func NewStatic(local Member, cfg StaticConfig) (*Static, error) {
 	if cfg.Prober == nil {
 		errs = append(errs, errors.New("a prober is required"))
 	}
-	if cfg.Frequency <= 0 || cfg.DropTime < 2*cfg.Frequency {
-		errs = append(errs, fmt.Errorf("frequency %v, drop time %v: need frequency > 0 and drop time >= 2 x frequency", cfg.Frequency, cfg.DropTime))
-	}
-	if cfg.ProbeTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("probe timeout %v: need > 0", cfg.ProbeTimeout))
-	}
+	errs = append(errs, CheckTiming(cfg.Frequency, cfg.DropTime), CheckProbe(cfg.ProbeTimeout, cfg.DropTime))
 	if cfg.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event buffer %d: need at least 1", cfg.EventBuffer))
 	}
