@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/flockhq/flock/internal/leakcheck"
-	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/sender"
 )
 
 // TestCountsByType: sender and receiver count the application messages of
@@ -19,15 +19,15 @@ func TestCountsByType(t *testing.T) {
 	s := newSender(t, "types")
 	to := []netip.AddrPort{addr}
 	for range 3 {
-		if err := s.Send(context.Background(), to, typeData, []byte("x"), wire.Sync); err != nil {
+		if err := s.Send(context.Background(), to, typeData, []byte("x"), sender.Sync); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Nobody handles typeData+1: it is counted all the same.
-	if err := s.Send(context.Background(), to, typeData+1, []byte("y"), wire.Sync); err == nil {
+	if err := s.Send(context.Background(), to, typeData+1, []byte("y"), sender.Sync); err == nil {
 		t.Fatal("a message nobody handles succeeded")
 	}
-	want := map[wire.Type]uint64{typeData: 3, typeData + 1: 1}
+	want := map[uint8]uint64{typeData: 3, typeData + 1: 1}
 	if got := r.Stats().ByType; !maps.Equal(got, want) {
 		t.Errorf("receiver ByType = %v, want %v", got, want)
 	}

@@ -2,11 +2,14 @@ package receiver
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,35 +19,62 @@ import (
 	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/membership"
 )
+
+// FirstType is the first message type an application may use; the types
+// below it are the transport's own control frames.
+const FirstType uint8 = uint8(wire.FirstApp)
+
+// Receiver is what the cluster needs of a receiver: TCP is the one flock
+// ships, and an implementation may come from outside the module (an
+// in-memory network for tests).
+type Receiver interface {
+	// Handle registers h for messages of type t (at least FirstType). It
+	// must be called before Start.
+	Handle(t uint8, h Handler)
+	// Start begins to accept and serve connections, until Stop.
+	Start()
+	// Stop ends every connection and waits until the receiver's goroutines
+	// have ended, or ctx ends first; handlers see their context cancelled.
+	Stop(ctx context.Context) error
+	// Stats returns the receiver's counters.
+	Stats() Stats
+}
+
+var _ Receiver = (*TCP)(nil)
 
 // Message is one application message as a handler sees it.
 type Message struct {
-	From    wire.Peer // who sent it, as its hello said
-	Type    wire.Type
-	Seq     uint64
-	Mode    wire.Mode
+	From    membership.Member // who sent it, as its hello said
+	Type    uint8
 	Payload []byte // owned by the handler
 }
 
 // Handler applies a message. It runs on the reader of the sender's
 // connection, so the messages of one sender are applied one at a time, in
-// the order they were sent; a slow handler slows that sender only. For a
-// sync message, a returned error travels back to the sender.
-type Handler func(ctx context.Context, m Message) error
+// the order they were sent; a slow handler slows that sender only.
+//
+// For a sync message, the result travels back to the sender: the error, or
+// else the reply (what the sender's Request returns). For async and ack
+// messages nobody waits for either, so both are dropped. The receiver
+// copies a reply it keeps, so the handler may reuse its memory.
+type Handler func(ctx context.Context, m Message) (reply []byte, err error)
 
 // Observer hears about the members that call: a hello or ping shows the
 // caller is alive; a leave that it is going. Static membership feeds on it.
 type Observer interface {
-	Seen(p wire.Peer)
-	Leaving(p wire.Peer)
+	Seen(m membership.Member)
+	Leaving(m membership.Member)
 }
 
-// Config configures a Receiver.
+// Config configures a receiver.
 type Config struct {
 	// Local answers pings: the member this node is.
-	Local wire.Peer
+	Local membership.Member
 	// MaxFrame bounds a frame's body; a larger one closes the connection.
+	// It bounds the acks this receiver writes too (peers share the
+	// configuration), so a reply must fit in it.
 	MaxFrame int
 	// IdleTimeout closes a connection that sends nothing for this long.
 	IdleTimeout time.Duration
@@ -64,10 +94,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// Receiver accepts cluster connections and hands their messages to
-// handlers.
-type Receiver struct {
+// TCP accepts cluster connections and hands their messages to handlers.
+type TCP struct {
 	cfg      Config
+	local    wire.Peer // cfg.Local, as pongs carry it
 	log      logrus.FieldLogger
 	ln       net.Listener
 	handlers map[wire.Type]Handler
@@ -84,14 +114,16 @@ type Receiver struct {
 }
 
 // senderState is what survives a sender's reconnect: the last sequence
-// number applied, so a message re-sent after a retry is recognised.
+// number applied, so a message re-sent after a retry is recognised, and how
+// recent sync messages went, so the copy is answered as the original was.
 type senderState struct {
 	mu       sync.Mutex // held while a message of this sender is applied
 	lastSeq  uint64
 	started  bool
 	failures map[uint64]string // recent failed sync messages, for re-sent copies
-	conns    int               // open connections; guarded by Receiver.mu
-	idleFrom time.Time         // when conns fell to 0; guarded by Receiver.mu
+	replies  replyCache
+	conns    int       // open connections; guarded by TCP.mu
+	idleFrom time.Time // when conns fell to 0; guarded by TCP.mu
 }
 
 // counters are the receiver's statistics.
@@ -114,11 +146,11 @@ type Stats struct {
 	NoHandler     uint64 // messages of a type nobody handles
 	// ByType counts the application messages read, duplicates included,
 	// by type; types never received are absent.
-	ByType map[wire.Type]uint64
+	ByType map[uint8]uint64
 }
 
 // New prepares a receiver on ln; register handlers, then call Start.
-func New(ln net.Listener, cfg Config) *Receiver {
+func New(ln net.Listener, cfg Config) *TCP {
 	log := logx.OrDiscard(cfg.Logger)
 	def := DefaultConfig()
 	if cfg.MaxFrame <= 0 {
@@ -131,8 +163,9 @@ func New(ln net.Listener, cfg Config) *Receiver {
 		cfg.FrameTimeout = def.FrameTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Receiver{
+	return &TCP{
 		cfg:      cfg,
+		local:    toPeer(cfg.Local),
 		log:      log.WithField("component", "receiver"),
 		ln:       ln,
 		handlers: make(map[wire.Type]Handler),
@@ -144,25 +177,25 @@ func New(ln net.Listener, cfg Config) *Receiver {
 }
 
 // Handle registers h for messages of type t. It must be called before Start.
-func (r *Receiver) Handle(t wire.Type, h Handler) {
-	if t < wire.FirstApp {
+func (r *TCP) Handle(t uint8, h Handler) {
+	if t < FirstType {
 		panic(fmt.Sprintf("receiver: type %d is reserved for the transport", t))
 	}
-	r.handlers[t] = h
+	r.handlers[wire.Type(t)] = h
 }
 
 // Addr is the address the receiver listens on.
-func (r *Receiver) Addr() net.Addr { return r.ln.Addr() }
+func (r *TCP) Addr() net.Addr { return r.ln.Addr() }
 
 // Start accepts connections until Stop.
-func (r *Receiver) Start() {
+func (r *TCP) Start() {
 	r.wg.Add(1)
 	go r.accept()
 }
 
 // Stop closes the listener and every connection and returns when all the
 // receiver's goroutines have ended (handlers see their context cancelled).
-func (r *Receiver) Stop(ctx context.Context) error {
+func (r *TCP) Stop(ctx context.Context) error {
 	r.mu.Lock()
 	if r.stopped {
 		r.mu.Unlock()
@@ -185,7 +218,7 @@ func (r *Receiver) Stop(ctx context.Context) error {
 }
 
 // Stats returns the receiver's counters.
-func (r *Receiver) Stats() Stats {
+func (r *TCP) Stats() Stats {
 	r.mu.Lock()
 	open := len(r.conns)
 	r.mu.Unlock()
@@ -198,17 +231,17 @@ func (r *Receiver) Stats() Stats {
 	}
 }
 
-func byType(c *[256]atomic.Uint64) map[wire.Type]uint64 {
-	m := make(map[wire.Type]uint64)
+func byType(c *[256]atomic.Uint64) map[uint8]uint64 {
+	m := make(map[uint8]uint64)
 	for t := range c {
 		if n := c[t].Load(); n > 0 {
-			m[wire.Type(t)] = n
+			m[uint8(t)] = n
 		}
 	}
 	return m
 }
 
-func (r *Receiver) accept() {
+func (r *TCP) accept() {
 	defer r.wg.Done()
 	var backoff time.Duration
 	for {
@@ -244,7 +277,7 @@ func (r *Receiver) accept() {
 }
 
 // serve reads one connection until it fails or the receiver stops.
-func (r *Receiver) serve(c net.Conn) {
+func (r *TCP) serve(c net.Conn) {
 	defer r.wg.Done()
 	defer func() {
 		r.mu.Lock()
@@ -255,7 +288,7 @@ func (r *Receiver) serve(c net.Conn) {
 	cs := &connServer{r: r, c: c, rd: wire.NewReader(c, r.cfg.MaxFrame), w: bufio.NewWriterSize(c, 16<<10)}
 	err := cs.run()
 	if cs.sender != nil {
-		r.release(cs.from.ID)
+		r.release(wire.ID(cs.from.ID))
 	}
 	switch {
 	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errIdle):
@@ -274,12 +307,12 @@ var (
 
 // connServer is the state of one connection's reader.
 type connServer struct {
-	r      *Receiver
+	r      *TCP
 	c      net.Conn
 	rd     *wire.Reader
 	w      *bufio.Writer
 	wbuf   []byte
-	from   wire.Peer
+	from   membership.Member
 	sender *senderState
 	// acked is the highest sequence number acknowledged on this connection;
 	// received the highest read. Async messages are acknowledged together,
@@ -343,10 +376,10 @@ func (cs *connServer) frame(f wire.Frame) error {
 		if p.Domain != r.cfg.Local.Domain {
 			return fmt.Errorf("%w: caller %s is of domain %q, this node of %q", errProtocol, p.Name, p.Domain, r.cfg.Local.Domain)
 		}
-		cs.from = p
+		cs.from = toMember(p)
 		cs.sender = r.acquire(p.ID)
 		if o := r.cfg.Observer; o != nil {
-			o.Seen(p)
+			o.Seen(cs.from)
 		}
 		return nil
 	case wire.TypePing, wire.TypeLeave:
@@ -361,7 +394,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 				o.Seen(cs.from)
 			}
 		}
-		cs.wbuf = wire.AppendPong(cs.wbuf[:0], nonce, r.cfg.Local)
+		cs.wbuf = wire.AppendPong(cs.wbuf[:0], nonce, r.local)
 		_, err = cs.w.Write(cs.wbuf)
 		return err
 	case wire.TypeAck, wire.TypePong:
@@ -371,7 +404,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v: %w", errProtocol, f.Type, err)
 	}
-	if e.From != cs.from.ID {
+	if e.From != wire.ID(cs.from.ID) {
 		return fmt.Errorf("%w: envelope from %x on the connection of %x", errProtocol, e.From, cs.from.ID)
 	}
 	return cs.message(f.Type, e)
@@ -389,11 +422,11 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 	if s.started && e.Seq <= s.lastSeq {
 		// A copy re-sent after a reconnect: applied before, answer as then.
 		r.stats.Duplicates.Add(1)
-		if e.Mode == wire.Async {
+		switch e.Mode {
+		case wire.Async:
 			return nil
-		}
-		if msg, failed := s.failures[e.Seq]; failed {
-			return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Failed, Err: msg})
+		case wire.Sync:
+			return cs.ack(s.answerAgain(e.Seq))
 		}
 		return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Applied})
 	}
@@ -415,13 +448,14 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 		}
 	}
 	h := r.handlers[t]
+	var reply []byte
 	var herr error
 	if h == nil {
 		r.stats.NoHandler.Add(1)
 		herr = fmt.Errorf("no handler for message type %d on %s", t, r.cfg.Local.Name)
 	} else {
 		r.stats.Messages.Add(1)
-		herr = h(r.ctx, Message{From: cs.from, Type: t, Seq: e.Seq, Mode: e.Mode, Payload: e.Payload})
+		reply, herr = h(r.ctx, Message{From: cs.from, Type: uint8(t), Payload: e.Payload})
 		if herr != nil {
 			r.stats.HandlerErrors.Add(1)
 		}
@@ -441,11 +475,46 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 		// Drain covers it. Its error is not the sender's to report.
 		return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Applied})
 	}
-	if herr != nil {
-		s.rememberFailure(e.Seq, herr.Error())
-		return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Failed, Err: herr.Error()})
+	a := wire.AckBody{Seq: e.Seq, Status: wire.Applied, Reply: reply}
+	if herr == nil && wire.AckLen(a) > r.cfg.MaxFrame {
+		// The sender would refuse the ack: tell it why instead.
+		herr = fmt.Errorf("reply of %d bytes to message type %d does not fit in a frame of at most %d bytes", len(reply), t, r.cfg.MaxFrame)
+		r.log.WithFields(logrus.Fields{"member": cs.from.Name, "type": t, "seq": e.Seq}).WithError(herr).Warn("reply refused")
 	}
-	return cs.ack(wire.AckBody{Seq: e.Seq, Status: wire.Applied})
+	if herr != nil {
+		a = wire.AckBody{Seq: e.Seq, Status: wire.Failed, Err: errorText(herr)}
+		s.rememberFailure(e.Seq, a.Err)
+		return cs.ack(a)
+	}
+	s.replies.add(e.Seq, reply, 2*r.cfg.MaxFrame)
+	return cs.ack(a)
+}
+
+// maxErrorText bounds the handler error an ack carries: the ack must fit in
+// a frame, and the receiver remembers recent failures per sender.
+const maxErrorText = 16 << 10
+
+func errorText(err error) string {
+	msg := err.Error()
+	if len(msg) <= maxErrorText {
+		return msg
+	}
+	return strings.ToValidUTF8(msg[:maxErrorText], "") + " ... (truncated)"
+}
+
+// answerAgain is the ack for a re-sent copy of sync message seq, applied
+// before: what the original got, or a failure if its reply is gone; an
+// empty success would pass for an answer.
+func (s *senderState) answerAgain(seq uint64) wire.AckBody {
+	if msg, failed := s.failures[seq]; failed {
+		return wire.AckBody{Seq: seq, Status: wire.Failed, Err: msg}
+	}
+	reply, lost := s.replies.lookup(seq)
+	if lost {
+		return wire.AckBody{Seq: seq, Status: wire.Failed, Err: fmt.Sprintf(
+			"reply no longer available: message %d was applied, and its reply has since been dropped (a receiver keeps the last %d replies of each sender)", seq, keepReplies)}
+	}
+	return wire.AckBody{Seq: seq, Status: wire.Applied, Reply: reply}
 }
 
 func (s *senderState) rememberFailure(seq uint64, msg string) {
@@ -461,13 +530,79 @@ func (s *senderState) rememberFailure(seq uint64, msg string) {
 	}
 }
 
+// Bounds of the replies a receiver keeps per sender, for copies re-sent
+// after a reconnect. A sender re-sends only what was in flight when its
+// connection failed, so the last few replies are the ones asked for again;
+// the byte bound (twice MaxFrame, given to add) caps what large replies
+// cost, while always leaving room for the newest.
+const (
+	keepReplies = 16
+	// keepLost bounds the sequence numbers remembered as "had a reply, now
+	// dropped"; below the oldest of them nothing is known.
+	keepLost = 256
+)
+
+// replyCache is the recent non-empty replies of one sender's sync messages,
+// in sequence order (a sender's sequence only grows), and which older ones
+// were dropped: a copy of a message without a reply gets an empty success,
+// one whose reply was dropped must not.
+type replyCache struct {
+	kept  []keptReply
+	bytes int
+	lost  []uint64 // oldest first
+	// unknown: the replies of messages up to here may have been dropped
+	// and forgotten (lost overflowed).
+	unknown uint64
+}
+
+type keptReply struct {
+	seq   uint64
+	reply []byte
+}
+
+// add remembers the reply of message seq, copied, within the bounds.
+func (c *replyCache) add(seq uint64, reply []byte, maxBytes int) {
+	if len(reply) == 0 {
+		return
+	}
+	c.kept = append(c.kept, keptReply{seq, slices.Clone(reply)})
+	c.bytes += len(reply)
+	n := 0
+	for len(c.kept)-n > keepReplies || c.bytes > maxBytes {
+		c.bytes -= len(c.kept[n].reply)
+		c.lost = append(c.lost, c.kept[n].seq)
+		n++
+	}
+	c.kept = slices.Delete(c.kept, 0, n) // which clears the tail: no reference survives
+	if over := len(c.lost) - keepLost; over > 0 {
+		c.unknown = c.lost[over-1]
+		c.lost = slices.Delete(c.lost, 0, over)
+	}
+}
+
+// lookup returns the reply of message seq, or lost if it had one that is
+// no longer kept (or may have had: beyond what the cache remembers).
+func (c *replyCache) lookup(seq uint64) (reply []byte, lost bool) {
+	if i, ok := slices.BinarySearchFunc(c.kept, seq, func(k keptReply, seq uint64) int { return cmp.Compare(k.seq, seq) }); ok {
+		return c.kept[i].reply, false
+	}
+	if _, ok := slices.BinarySearch(c.lost, seq); ok {
+		return nil, true
+	}
+	return nil, seq <= c.unknown
+}
+
 func (cs *connServer) ack(a wire.AckBody) error {
 	cs.wbuf = wire.AppendAck(cs.wbuf[:0], a)
 	if cs.w.Available() < len(cs.wbuf) {
 		// This write flushes the buffer: give it a fresh deadline.
 		cs.c.SetWriteDeadline(time.Now().Add(cs.r.cfg.FrameTimeout))
 	}
-	if _, err := cs.w.Write(cs.wbuf); err != nil {
+	_, err := cs.w.Write(cs.wbuf)
+	if cap(cs.wbuf) > 64<<10 {
+		cs.wbuf = nil // a large reply's buffer is not worth keeping per connection
+	}
+	if err != nil {
 		return err
 	}
 	cs.acked = max(cs.acked, a.Seq)
@@ -496,7 +631,7 @@ func (cs *connServer) flushWriter() error {
 
 // acquire returns the state of sender id, creating it, and forgets senders
 // with no connection for long enough that they cannot be retrying.
-func (r *Receiver) acquire(id wire.ID) *senderState {
+func (r *TCP) acquire(id wire.ID) *senderState {
 	const forgetAfter = 10 * time.Minute
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -515,7 +650,7 @@ func (r *Receiver) acquire(id wire.ID) *senderState {
 	return s
 }
 
-func (r *Receiver) release(id wire.ID) {
+func (r *TCP) release(id wire.ID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s := r.senders[id]; s != nil {
@@ -523,4 +658,12 @@ func (r *Receiver) release(id wire.ID) {
 			s.idleFrom = time.Now()
 		}
 	}
+}
+
+func toPeer(m membership.Member) wire.Peer {
+	return wire.Peer{ID: wire.ID(m.ID), Name: m.Name, Domain: m.Domain, Addr: m.Addr, Started: m.Started}
+}
+
+func toMember(p wire.Peer) membership.Member {
+	return membership.Member{ID: membership.ID(p.ID), Name: p.Name, Domain: p.Domain, Addr: p.Addr, Started: p.Started}
 }

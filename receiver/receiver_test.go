@@ -1,6 +1,7 @@
 package receiver_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -16,24 +17,32 @@ import (
 
 	"github.com/flockhq/flock/internal/leakcheck"
 	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
 )
 
-const typeData = wire.FirstApp
+const typeData = receiver.FirstType
 
 // slack bounds what should be immediate: generous, the test machine is a
 // shared 2-core box and the race detector slows everything down.
 const slack = 5 * time.Second
 
-func peerInfo(name string, addr netip.AddrPort) wire.Peer {
-	var id wire.ID
+func peerInfo(name string, addr netip.AddrPort) membership.Member {
+	var id membership.ID
 	copy(id[:], name+"-0123456789abcdef")
-	return wire.Peer{ID: id, Name: name, Domain: "test", Addr: addr, Started: time.Now().Round(0)}
+	return membership.Member{ID: id, Name: name, Domain: "test", Addr: addr, Started: time.Now().Round(0)}
 }
 
+func toPeer(m membership.Member) wire.Peer {
+	return wire.Peer{ID: wire.ID(m.ID), Name: m.Name, Domain: m.Domain, Addr: m.Addr, Started: m.Started}
+}
+
+// helloFrame is the hello of member p.
+func helloFrame(p membership.Member) []byte { return wire.AppendHello(nil, toPeer(p)) }
+
 // startReceiver runs a receiver on loopback; the test's cleanup stops it.
-func startReceiver(t *testing.T, h receiver.Handler, edit ...func(*receiver.Config)) (*receiver.Receiver, netip.AddrPort) {
+func startReceiver(t *testing.T, h receiver.Handler, edit ...func(*receiver.Config)) (*receiver.TCP, netip.AddrPort) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -82,7 +91,7 @@ func newSender(t *testing.T, name string, edit ...func(*sender.Config)) *sender.
 // served checks that the receiver still serves a well-behaved sender.
 func served(t *testing.T, s *sender.TCP, addr netip.AddrPort) {
 	t.Helper()
-	if err := s.Send(context.Background(), []netip.AddrPort{addr}, typeData, []byte("still there?"), wire.Sync); err != nil {
+	if err := s.Send(context.Background(), []netip.AddrPort{addr}, typeData, []byte("still there?"), sender.Sync); err != nil {
 		t.Fatalf("a well-behaved sender is not served: %v", err)
 	}
 }
@@ -121,8 +130,13 @@ func (c *raw) write(b []byte) {
 	}
 }
 
-func msgFrame(from wire.ID, seq uint64, mode wire.Mode, payload string) []byte {
-	return wire.AppendMessage(nil, typeData, wire.Envelope{From: from, Seq: seq, Mode: mode, Payload: []byte(payload)})
+func msgFrame(from membership.ID, seq uint64, mode wire.Mode, payload string) []byte {
+	return wire.AppendMessage(nil, wire.Type(typeData), wire.Envelope{From: wire.ID(from), Seq: seq, Mode: mode, Payload: []byte(payload)})
+}
+
+// sameAck compares acks; AckBody holds a slice, so == does not.
+func sameAck(a, b wire.AckBody) bool {
+	return a.Seq == b.Seq && a.Status == b.Status && a.Err == b.Err && bytes.Equal(a.Reply, b.Reply)
 }
 
 // ack reads the next frame, which must be an ack.
@@ -176,27 +190,27 @@ func (c *raw) stillOpen(d time.Duration) {
 	}
 }
 
-// counter is a handler that records the messages it sees.
+// counter is a handler that records the payloads of the messages it sees.
 type counter struct {
-	mu   sync.Mutex
-	seqs []uint64
-	fail func(payload string) error // optional
+	mu       sync.Mutex
+	payloads []string
+	fail     func(payload string) error // optional
 }
 
-func (h *counter) handle(_ context.Context, m receiver.Message) error {
+func (h *counter) handle(_ context.Context, m receiver.Message) ([]byte, error) {
 	h.mu.Lock()
-	h.seqs = append(h.seqs, m.Seq)
+	h.payloads = append(h.payloads, string(m.Payload))
 	h.mu.Unlock()
 	if h.fail != nil {
-		return h.fail(string(m.Payload))
+		return nil, h.fail(string(m.Payload))
 	}
-	return nil
+	return nil, nil
 }
 
-func (h *counter) seen() []uint64 {
+func (h *counter) seen() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return slices.Clone(h.seqs)
+	return slices.Clone(h.payloads)
 }
 
 func header(magic string, version, typ, flags byte, n uint32) []byte {
@@ -225,7 +239,7 @@ func TestOversizeFrame(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			leakcheck.Check(t)
-			r, addr := startReceiver(t, func(context.Context, receiver.Message) error { return nil }, func(c *receiver.Config) {
+			r, addr := startReceiver(t, func(context.Context, receiver.Message) ([]byte, error) { return nil, nil }, func(c *receiver.Config) {
 				c.MaxFrame = tc.maxFrame
 				// Long timeouts, so only the size check can close promptly.
 				c.IdleTimeout, c.FrameTimeout = time.Minute, time.Minute
@@ -234,7 +248,7 @@ func TestOversizeFrame(t *testing.T) {
 			served(t, s, addr)
 
 			c := dial(t, addr)
-			hello := wire.AppendHello(nil, peerInfo("attacker", netip.MustParseAddrPort("127.0.0.1:2")))
+			hello := helloFrame(peerInfo("attacker", netip.MustParseAddrPort("127.0.0.1:2")))
 			c.write(hello)
 			c.stillOpen(50 * time.Millisecond) // the hello alone is fine
 			var before runtime.MemStats
@@ -268,7 +282,7 @@ func TestOversizeFrame(t *testing.T) {
 }
 
 // maxMessage is a sync message, seq 1, whose body is exactly max bytes.
-func maxMessage(from wire.ID, max int) []byte {
+func maxMessage(from membership.ID, max int) []byte {
 	for n := max; n >= 0; n-- {
 		f := msgFrame(from, 1, wire.Sync, strings.Repeat("x", n))
 		if len(f)-wire.HeaderLen == max {
@@ -291,7 +305,7 @@ func TestProtocolErrors(t *testing.T) {
 
 	bad := peerInfo("bad", netip.MustParseAddrPort("127.0.0.1:2"))
 	other := peerInfo("other", netip.MustParseAddrPort("127.0.0.1:3"))
-	hello := wire.AppendHello(nil, bad)
+	hello := helloFrame(bad)
 	foreign := bad
 	foreign.Domain = "elsewhere"
 	then := func(bs ...[]byte) []byte { return slices.Concat(bs...) }
@@ -307,14 +321,14 @@ func TestProtocolErrors(t *testing.T) {
 		{"type zero", then(hello, header("FLKT", wire.Version, 0, 0, 0))},
 		{"application frame before hello", msgFrame(bad.ID, 1, wire.Sync, "early")},
 		{"ping before hello", wire.AppendPing(nil, wire.TypePing, 1)},
-		{"hello of another domain", wire.AppendHello(nil, foreign)},
+		{"hello of another domain", helloFrame(foreign)},
 		{"second hello", then(hello, hello)},
-		{"second hello of someone else", then(hello, wire.AppendHello(nil, other))},
+		{"second hello of someone else", then(hello, helloFrame(other))},
 		{"malformed hello", then(header("FLKT", wire.Version, byte(wire.TypeHello), 0, 3), []byte{0x91, 0x95, 0xc4})},
 		{"envelope from someone else", then(hello, msgFrame(other.ID, 1, wire.Sync, "spoofed"))},
 		{"malformed envelope", then(hello, header("FLKT", wire.Version, byte(typeData), 0, 2), []byte{0x94, 0xc0})},
 		{"ack from a client", then(hello, wire.AppendAck(nil, wire.AckBody{Seq: 1, Status: wire.Applied}))},
-		{"pong from a client", then(hello, wire.AppendPong(nil, 1, bad))},
+		{"pong from a client", then(hello, wire.AppendPong(nil, 1, toPeer(bad)))},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -340,7 +354,7 @@ func TestProtocolErrors(t *testing.T) {
 // receiver serves others.
 func TestSlowClients(t *testing.T) {
 	const short, long = 200 * time.Millisecond, 2 * time.Second
-	hello := wire.AppendHello(nil, peerInfo("slow", netip.MustParseAddrPort("127.0.0.1:2")))
+	hello := helloFrame(peerInfo("slow", netip.MustParseAddrPort("127.0.0.1:2")))
 	tests := []struct {
 		name        string
 		idle, frame time.Duration
@@ -358,7 +372,7 @@ func TestSlowClients(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			leakcheck.Check(t)
-			r, addr := startReceiver(t, func(context.Context, receiver.Message) error { return nil }, func(c *receiver.Config) {
+			r, addr := startReceiver(t, func(context.Context, receiver.Message) ([]byte, error) { return nil, nil }, func(c *receiver.Config) {
 				c.IdleTimeout, c.FrameTimeout = tc.idle, tc.frame
 			})
 			s := newSender(t, "good")
@@ -415,7 +429,7 @@ func TestSlowClients(t *testing.T) {
 // keeps sending, even past IdleTimeout in total.
 func TestKeepsBusyConnection(t *testing.T) {
 	leakcheck.Check(t)
-	_, addr := startReceiver(t, func(context.Context, receiver.Message) error { return nil }, func(c *receiver.Config) {
+	_, addr := startReceiver(t, func(context.Context, receiver.Message) ([]byte, error) { return nil, nil }, func(c *receiver.Config) {
 		c.IdleTimeout, c.FrameTimeout = 300*time.Millisecond, 300*time.Millisecond
 	})
 	s := newSender(t, "good")
@@ -443,16 +457,16 @@ func TestSyncFailureAck(t *testing.T) {
 	s := newSender(t, "good")
 	to := []netip.AddrPort{addr}
 	tests := []struct {
-		mode    wire.Mode
+		mode    sender.Mode
 		payload string
 		wantErr string
 	}{
-		{wire.Sync, "good", ""},
-		{wire.Sync, "bad one", `cannot apply "bad one"`},
-		{wire.Sync, "good again", ""},
-		{wire.Ack, "bad in ack mode", ""},
-		{wire.Async, "bad in async mode", ""},
-		{wire.Sync, "bad two", `cannot apply "bad two"`},
+		{sender.Sync, "good", ""},
+		{sender.Sync, "bad one", `cannot apply "bad one"`},
+		{sender.Sync, "good again", ""},
+		{sender.Ack, "bad in ack mode", ""},
+		{sender.Async, "bad in async mode", ""},
+		{sender.Sync, "bad two", `cannot apply "bad two"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.mode.String()+" "+tc.payload, func(t *testing.T) {
@@ -498,7 +512,7 @@ func TestAckBeforeHandler(t *testing.T) {
 	leakcheck.Check(t)
 	// A "block" message's handler hands the test a gate and waits for it.
 	entered := make(chan chan struct{}, 16)
-	_, addr := startReceiver(t, func(ctx context.Context, m receiver.Message) error {
+	_, addr := startReceiver(t, func(ctx context.Context, m receiver.Message) ([]byte, error) {
 		if strings.HasPrefix(string(m.Payload), "block") {
 			gate := make(chan struct{})
 			entered <- gate
@@ -507,14 +521,14 @@ func TestAckBeforeHandler(t *testing.T) {
 			case <-ctx.Done():
 			}
 		}
-		return nil
+		return nil, nil
 	})
 
 	t.Run("ack mode", func(t *testing.T) {
 		s := newSender(t, "acker")
 		done := make(chan error, 1)
 		go func() {
-			done <- s.Send(context.Background(), []netip.AddrPort{addr}, typeData, []byte("block"), wire.Ack)
+			done <- s.Send(context.Background(), []netip.AddrPort{addr}, typeData, []byte("block"), sender.Ack)
 		}()
 		gate := <-entered
 		defer func() { close(gate) }()
@@ -548,7 +562,7 @@ func TestAcksByMode(t *testing.T) {
 	_, addr := startReceiver(t, h.handle)
 	p := peerInfo("modes", netip.MustParseAddrPort("127.0.0.1:2"))
 	c := dial(t, addr)
-	c.write(wire.AppendHello(nil, p))
+	c.write(helloFrame(p))
 	tests := []struct {
 		mode    wire.Mode
 		payload string
@@ -565,7 +579,7 @@ func TestAcksByMode(t *testing.T) {
 		seq := uint64(i + 1)
 		c.write(msgFrame(p.ID, seq, tc.mode, tc.payload))
 		for _, want := range tc.want {
-			if a := c.ack(); a != want {
+			if a := c.ack(); !sameAck(a, want) {
 				t.Errorf("%v %q: ack %+v, want %+v", tc.mode, tc.payload, a, want)
 			}
 		}
@@ -587,12 +601,19 @@ func TestDuplicatesAcrossReconnect(t *testing.T) {
 	}}
 	r, addr := startReceiver(t, h.handle)
 	p := peerInfo("resender", netip.MustParseAddrPort("127.0.0.1:2"))
-	hello := wire.AppendHello(nil, p)
+	hello := helloFrame(p)
 	payload := func(seq uint64) string {
 		if seq == 6 {
 			return "fail"
 		}
 		return fmt.Sprint("message ", seq)
+	}
+	payloads := func(seqs ...uint64) []string {
+		var p []string
+		for _, seq := range seqs {
+			p = append(p, payload(seq))
+		}
+		return p
 	}
 
 	type step struct {
@@ -612,13 +633,13 @@ func TestDuplicatesAcrossReconnect(t *testing.T) {
 		c.write(hello)
 		for j, seq := range st.seqs {
 			c.write(msgFrame(p.ID, seq, wire.Sync, payload(seq)))
-			if a := c.ack(); a != st.want[j] {
+			if a := c.ack(); !sameAck(a, st.want[j]) {
 				t.Errorf("connection %d, seq %d: ack %+v, want %+v", i+1, seq, a, st.want[j])
 			}
 		}
 		c.c.Close()
 	}
-	if got, want := h.seen(), []uint64{1, 2, 3, 4, 5, 6, 7}; !slices.Equal(got, want) {
+	if got, want := h.seen(), payloads(1, 2, 3, 4, 5, 6, 7); !slices.Equal(got, want) {
 		t.Errorf("handler saw %v, want %v", got, want)
 	}
 	if st := r.Stats(); st.Duplicates != 5 {
@@ -631,7 +652,7 @@ func TestDuplicatesAcrossReconnect(t *testing.T) {
 	if a := c.ack(); a.Seq != 8 || a.Status != wire.Received {
 		t.Errorf("async ack %+v, want cumulative received up to 8", a)
 	}
-	if got, want := h.seen(), []uint64{1, 2, 3, 4, 5, 6, 7, 8}; !slices.Equal(got, want) {
+	if got, want := h.seen(), append(payloads(1, 2, 3, 4, 5, 6, 7), "eight"); !slices.Equal(got, want) {
 		t.Errorf("handler saw %v, want %v", got, want)
 	}
 }
@@ -649,26 +670,26 @@ func TestStop(t *testing.T) {
 	cfg := receiver.DefaultConfig()
 	cfg.Local = peerInfo("stopping", addr)
 	r := receiver.New(ln, cfg)
-	r.Handle(typeData, func(ctx context.Context, m receiver.Message) error {
+	r.Handle(typeData, func(ctx context.Context, m receiver.Message) ([]byte, error) {
 		if string(m.Payload) != "forever" {
-			return nil
+			return nil, nil
 		}
 		close(entered)
 		<-ctx.Done()
-		return ctx.Err()
+		return nil, ctx.Err()
 	})
 	r.Start()
 
 	// Idle connections: one silent, one that said hello, one of a sender
 	// that sent a message.
 	dial(t, addr)
-	dial(t, addr).write(wire.AppendHello(nil, peerInfo("idle", netip.MustParseAddrPort("127.0.0.1:2"))))
+	dial(t, addr).write(helloFrame(peerInfo("idle", netip.MustParseAddrPort("127.0.0.1:2"))))
 	served(t, newSender(t, "idle-sender"), addr)
 
 	blocked := newSender(t, "blocked", func(c *sender.Config) { c.MaxRetries = 0 })
 	sent := make(chan error, 1)
 	go func() {
-		sent <- blocked.Send(context.Background(), []netip.AddrPort{addr}, typeData, []byte("forever"), wire.Sync)
+		sent <- blocked.Send(context.Background(), []netip.AddrPort{addr}, typeData, []byte("forever"), sender.Sync)
 	}()
 	<-entered
 	if got := r.Stats().Open; got != 4 {
@@ -698,22 +719,22 @@ func TestStop(t *testing.T) {
 }
 
 // observer records what a receiver's Observer hears.
-type observer struct{ seen, leaving chan wire.Peer }
+type observer struct{ seen, leaving chan membership.Member }
 
-func (o observer) Seen(p wire.Peer)    { o.seen <- p }
-func (o observer) Leaving(p wire.Peer) { o.leaving <- p }
+func (o observer) Seen(m membership.Member)    { o.seen <- m }
+func (o observer) Leaving(m membership.Member) { o.leaving <- m }
 
 // TestPingLeave: Ping answers with the receiver's Local peer; a hello and a
 // ping call Seen, a leave Leaving.
 func TestPingLeave(t *testing.T) {
 	leakcheck.Check(t)
-	obs := observer{seen: make(chan wire.Peer, 16), leaving: make(chan wire.Peer, 16)}
+	obs := observer{seen: make(chan membership.Member, 16), leaving: make(chan membership.Member, 16)}
 	_, addr := startReceiver(t, nil, func(c *receiver.Config) { c.Observer = obs })
 	s := newSender(t, "caller")
 	caller := peerInfo("caller", netip.MustParseAddrPort("127.0.0.1:1"))
 	local := peerInfo("receiver", addr)
 
-	samePeer := func(t *testing.T, what string, got, want wire.Peer) {
+	samePeer := func(t *testing.T, what string, got, want membership.Member) {
 		t.Helper()
 		// Started is set when the test's peers are made; check it is recent.
 		if got.ID != want.ID || got.Name != want.Name || got.Domain != want.Domain || got.Addr != want.Addr ||
@@ -721,14 +742,14 @@ func TestPingLeave(t *testing.T) {
 			t.Errorf("%s: %+v, want %+v", what, got, want)
 		}
 	}
-	next := func(t *testing.T, ch chan wire.Peer, what string) wire.Peer {
+	next := func(t *testing.T, ch chan membership.Member, what string) membership.Member {
 		t.Helper()
 		select {
 		case p := <-ch:
 			return p
 		case <-time.After(slack):
 			t.Fatalf("no %s", what)
-			return wire.Peer{}
+			return membership.Member{}
 		}
 	}
 
@@ -744,7 +765,7 @@ func TestPingLeave(t *testing.T) {
 	t.Run("hello", func(t *testing.T) {
 		c := dial(t, addr)
 		p := peerInfo("data", netip.MustParseAddrPort("127.0.0.1:5"))
-		c.write(wire.AppendHello(nil, p))
+		c.write(helloFrame(p))
 		samePeer(t, "seen", next(t, obs.seen, "Seen for the hello"), p)
 	})
 	t.Run("leave", func(t *testing.T) {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flockhq/flock/internal/wire"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
 )
@@ -39,7 +38,7 @@ func benchCluster(b *testing.B) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 		cfg := receiver.DefaultConfig()
 		cfg.Local = peerInfo(name, addr)
 		r := receiver.New(ln, cfg)
-		r.Handle(typeData, func(context.Context, receiver.Message) error { applied.Add(1); return nil })
+		r.Handle(typeData, func(context.Context, receiver.Message) ([]byte, error) { applied.Add(1); return nil, nil })
 		r.Start()
 		b.Cleanup(func() { r.Stop(context.Background()) })
 		to = append(to, addr)
@@ -49,7 +48,7 @@ func benchCluster(b *testing.B) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 	s := sender.New(cfg)
 	b.Cleanup(func() { s.Close(context.Background()) })
 	// Connect before timing.
-	if err := s.Send(context.Background(), to, typeData, make([]byte, benchPayload), wire.Sync); err != nil {
+	if err := s.Send(context.Background(), to, typeData, make([]byte, benchPayload), sender.Sync); err != nil {
 		b.Fatal(err)
 	}
 	return s, to, &applied
@@ -58,7 +57,7 @@ func benchCluster(b *testing.B) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 // send sends one message to every peer of to, waiting out a full queue (the
 // queue is bounded by design; an async sender that outruns its peers is
 // pushed back).
-func send(s *sender.TCP, to []netip.AddrPort, p []byte, mode wire.Mode) error {
+func send(s *sender.TCP, to []netip.AddrPort, p []byte, mode sender.Mode) error {
 	for dst := to; len(dst) > 0; {
 		err := s.Send(context.Background(), dst, typeData, p, mode)
 		if err == nil {
@@ -84,7 +83,7 @@ func reportRate(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
-func benchSerial(b *testing.B, mode wire.Mode) {
+func benchSerial(b *testing.B, mode sender.Mode) {
 	s, to, _ := benchCluster(b)
 	p := make([]byte, benchPayload)
 	b.SetBytes(benchPayload)
@@ -95,7 +94,7 @@ func benchSerial(b *testing.B, mode wire.Mode) {
 			b.Fatal(err)
 		}
 	}
-	if mode == wire.Async {
+	if mode == sender.Async {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := s.Drain(ctx); err != nil {
@@ -106,7 +105,7 @@ func benchSerial(b *testing.B, mode wire.Mode) {
 	reportRate(b)
 }
 
-func benchParallel(b *testing.B, mode wire.Mode) {
+func benchParallel(b *testing.B, mode sender.Mode) {
 	s, to, _ := benchCluster(b)
 	b.SetBytes(benchPayload)
 	b.ReportAllocs()
@@ -125,11 +124,11 @@ func benchParallel(b *testing.B, mode wire.Mode) {
 	reportRate(b)
 }
 
-func BenchmarkSendAsync(b *testing.B)        { benchSerial(b, wire.Async) }
-func BenchmarkSendAck(b *testing.B)          { benchSerial(b, wire.Ack) }
-func BenchmarkSendSync(b *testing.B)         { benchSerial(b, wire.Sync) }
-func BenchmarkSendAckParallel(b *testing.B)  { benchParallel(b, wire.Ack) }
-func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, wire.Sync) }
+func BenchmarkSendAsync(b *testing.B)        { benchSerial(b, sender.Async) }
+func BenchmarkSendAck(b *testing.B)          { benchSerial(b, sender.Ack) }
+func BenchmarkSendSync(b *testing.B)         { benchSerial(b, sender.Sync) }
+func BenchmarkSendAckParallel(b *testing.B)  { benchParallel(b, sender.Ack) }
+func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, sender.Sync) }
 
 // BenchmarkSyncLatency sends b.N sync messages at a steady 5,000 a second
 // (a pacer hands the sends to a few goroutines, so that a slow send does
@@ -155,7 +154,7 @@ func BenchmarkSyncLatency(b *testing.B) {
 			defer wg.Done()
 			for j := range jobs {
 				start := time.Now()
-				if err := s.Send(context.Background(), to, typeData, p, wire.Sync); err != nil {
+				if err := s.Send(context.Background(), to, typeData, p, sender.Sync); err != nil {
 					failed.Add(1)
 				}
 				end := time.Now()

@@ -2,6 +2,7 @@ package sender
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/bits"
 	"net"
@@ -28,6 +29,7 @@ type msg struct {
 	mode  wire.Mode
 	tries int        // connections it was written to (or that failed to open for it)
 	done  chan error // buffered; nil for async messages
+	reply []byte     // a sync message's answer, set before done is
 	// answered: done has had its answer, an ack-mode message's on receipt;
 	// it stays in flight until its handler has returned.
 	answered bool
@@ -89,7 +91,7 @@ func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error
 	} else {
 		b = make([]byte, 0, size)
 	}
-	m.frame = wire.AppendMessage(b, t, wire.Envelope{From: p.s.cfg.Local.ID, Seq: m.seq, Mode: mode, Payload: payload})
+	m.frame = wire.AppendMessage(b, t, wire.Envelope{From: p.s.local.ID, Seq: m.seq, Mode: mode, Payload: payload})
 	if mode != wire.Async {
 		m.done = make(chan error, 1)
 	}
@@ -230,7 +232,7 @@ func (p *peer) connect() error {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	hello := wire.AppendHello(nil, p.s.cfg.Local)
+	hello := wire.AppendHello(nil, p.s.local)
 	conn.SetWriteDeadline(time.Now().Add(p.s.cfg.Timeout))
 	if _, err := conn.Write(hello); err != nil {
 		conn.Close()
@@ -321,6 +323,11 @@ func (p *peer) readAcks(conn net.Conn, gen uint64) {
 	rd := wire.NewReader(conn, p.s.cfg.MaxFrame)
 	for {
 		f, err := rd.Next(nil)
+		if errors.Is(err, wire.ErrTooLarge) {
+			if err = p.skipAck(conn, rd, gen); err == nil {
+				continue
+			}
+		}
 		if err == nil && f.Type != wire.TypeAck {
 			err = fmt.Errorf("peer sent %v where acks were expected", f.Type)
 		}
@@ -332,14 +339,38 @@ func (p *peer) readAcks(conn net.Conn, gen uint64) {
 			p.broken(gen, fmt.Errorf("read: %w", err))
 			return
 		}
-		p.ack(a, gen)
+		p.ack(a, gen, nil)
 	}
+}
+
+// skipAck steps over an ack larger than MaxFrame, the answer to a request
+// whose reply this node will not take, and fails that request alone: the
+// connection and the messages behind it are fine, and breaking it would
+// re-send the request only to get the same answer again. Any other frame
+// that large is an error; so is a body that takes longer than the timeout.
+func (p *peer) skipAck(conn net.Conn, rd *wire.Reader, gen uint64) error {
+	conn.SetReadDeadline(time.Now().Add(p.s.cfg.Timeout))
+	f, n, err := rd.Skip(32) // an array header and a sequence number take at most 14
+	conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		return fmt.Errorf("skipping a frame too large: %w", err)
+	}
+	if f.Type != wire.TypeAck {
+		return fmt.Errorf("%w: %v frame of %d bytes, at most %d", wire.ErrTooLarge, f.Type, n, p.s.cfg.MaxFrame)
+	}
+	seq, err := wire.ParseAckSeq(f.Body)
+	if err != nil {
+		return err
+	}
+	p.ack(wire.AckBody{Seq: seq, Status: wire.Failed}, gen,
+		fmt.Errorf("%w: %d bytes, at most %d", ErrReplyTooLarge, n, p.s.cfg.MaxFrame))
+	return nil
 }
 
 // ack applies one acknowledgement read on connection gen: every message
 // before a.Seq is done (the receiver applies in order), and a.Seq itself as
-// its status says.
-func (p *peer) ack(a wire.AckBody, gen uint64) {
+// its status says, or with fail if that is set.
+func (p *peer) ack(a wire.AckBody, gen uint64, fail error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.progress = time.Now()
@@ -350,6 +381,13 @@ func (p *peer) ack(a wire.AckBody, gen uint64) {
 	}
 	if n < len(p.inflight) && p.inflight[n].seq == a.Seq {
 		switch m := p.inflight[n]; {
+		case fail != nil:
+			p.acked(m, fail, gen)
+			n++
+		case a.Status == wire.Applied && m.mode == wire.Sync:
+			m.reply = a.Reply
+			p.acked(m, nil, gen)
+			n++
 		case a.Status == wire.Failed && m.mode == wire.Sync:
 			p.acked(m, &RemoteError{Msg: a.Err}, gen)
 			n++

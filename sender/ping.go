@@ -11,14 +11,19 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/membership"
 )
 
 // Ping asks the process at addr to answer, on a connection of its own so
 // that the answer cannot queue behind data, and returns the member that
 // answered. A kernel that accepts the connection is not enough: a paused
 // or stuck process does not answer within the timeout.
-func (s *TCP) Ping(ctx context.Context, addr netip.AddrPort) (wire.Peer, error) {
-	return s.call(ctx, addr, wire.TypePing)
+func (s *TCP) Ping(ctx context.Context, addr netip.AddrPort) (membership.Member, error) {
+	p, err := s.call(ctx, addr, wire.TypePing)
+	if err != nil {
+		return membership.Member{}, err
+	}
+	return toMember(p), nil
 }
 
 // Leave tells the member at addr that this node is leaving, and waits for
@@ -50,7 +55,7 @@ func (s *TCP) call(ctx context.Context, addr netip.AddrPort, t wire.Type) (wire.
 	var nb [8]byte
 	rand.Read(nb[:])
 	nonce := binary.BigEndian.Uint64(nb[:])
-	b := wire.AppendHello(nil, s.cfg.Local)
+	b := wire.AppendHello(nil, s.local)
 	b = wire.AppendPing(b, t, nonce)
 	if _, err := conn.Write(b); err != nil {
 		return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)

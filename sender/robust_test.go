@@ -150,7 +150,10 @@ func peerErrs(t *testing.T, err error) map[netip.AddrPort]error {
 // counting is a handler that counts messages.
 type counting struct{ n atomic.Int64 }
 
-func (c *counting) handle(context.Context, receiver.Message) error { c.n.Add(1); return nil }
+func (c *counting) handle(context.Context, receiver.Message) ([]byte, error) {
+	c.n.Add(1)
+	return nil, nil
+}
 
 // TestPeerKilledMidStream: while sync messages stream to two peers, one
 // dies; sends keep reaching the live one and fail for the dead one within
@@ -197,7 +200,7 @@ func TestPeerKilledMidStream(t *testing.T) {
 						}
 						after := killed.Load()
 						start := time.Now()
-						err := s.Send(context.Background(), to, typeData, []byte("state"), wire.Sync)
+						err := s.Send(context.Background(), to, typeData, []byte("state"), sender.Sync)
 						results <- result{after, time.Since(start), err}
 						if w == 0 && i == 50 {
 							close(warm)
@@ -305,7 +308,7 @@ func TestPausedPeer(t *testing.T) {
 	to := []netip.AddrPort{paused.addr}
 
 	start := time.Now()
-	err := s.Send(context.Background(), to, typeData, []byte("sync"), wire.Sync)
+	err := s.Send(context.Background(), to, typeData, []byte("sync"), sender.Sync)
 	took := time.Since(start)
 	if e := peerErrs(t, err)[paused.addr]; !errors.Is(e, sender.ErrTimeout) {
 		t.Fatalf("sync send: %v, want ErrTimeout", err)
@@ -324,7 +327,7 @@ func TestPausedPeer(t *testing.T) {
 
 	const async = 20
 	for i := range async {
-		if err := s.Send(context.Background(), to, typeData, binary.BigEndian.AppendUint32(nil, uint32(i)), wire.Async); err != nil {
+		if err := s.Send(context.Background(), to, typeData, binary.BigEndian.AppendUint32(nil, uint32(i)), sender.Async); err != nil {
 			t.Fatalf("async send %d: %v", i, err)
 		}
 	}
@@ -355,10 +358,10 @@ func TestQueueBound(t *testing.T) {
 	// only the stuck peer's queue can fill.
 	applied := make(chan struct{}, 1)
 	var healthyGot counting
-	healthy := startReceiver(t, "healthy", func(ctx context.Context, m receiver.Message) error {
+	healthy := startReceiver(t, "healthy", func(ctx context.Context, m receiver.Message) ([]byte, error) {
 		healthyGot.handle(ctx, m)
 		applied <- struct{}{}
-		return nil
+		return nil, nil
 	})
 	s := newSender(t, func(c *sender.Config) {
 		c.QueueLimit = limit
@@ -370,9 +373,9 @@ func TestQueueBound(t *testing.T) {
 	const sends = 1000 // about 4 times the limit
 	firstFull := -1
 	for i := range sends {
-		mode := wire.Async
+		mode := sender.Async
 		if firstFull >= 0 && i%10 == 0 {
-			mode = wire.Ack // once full, fails at once for the stuck peer too
+			mode = sender.Ack // once full, fails at once for the stuck peer too
 		}
 		start := time.Now()
 		err := s.Send(context.Background(), to, typeData, payload, mode)
@@ -500,12 +503,12 @@ func smallPayload(rng *rand.ChaCha8, writer, seq int) []byte {
 // each writer's in order, since no message is cut twice (MaxRetries 1).
 // Async is the case of the brief; ack and sync run too.
 func TestOrderAcrossReconnect(t *testing.T) {
-	for _, mode := range []wire.Mode{wire.Async, wire.Ack, wire.Sync} {
+	for _, mode := range []sender.Mode{sender.Async, sender.Ack, sender.Sync} {
 		t.Run(mode.String(), func(t *testing.T) { testOrderAcrossReconnect(t, mode) })
 	}
 }
 
-func testOrderAcrossReconnect(t *testing.T, mode wire.Mode) {
+func testOrderAcrossReconnect(t *testing.T, mode sender.Mode) {
 	leakcheck.Check(t)
 	const rounds, writers, perWriter = 6, 4, 150 // per round
 	chk := &checker{next: map[uint32]uint32{}}
@@ -513,8 +516,8 @@ func testOrderAcrossReconnect(t *testing.T, mode wire.Mode) {
 	var trigMu sync.Mutex
 	var trigAt int64
 	var trig chan struct{}
-	rcv := startReceiver(t, "r", func(ctx context.Context, m receiver.Message) error {
-		err := chk.handle(ctx, m)
+	rcv := startReceiver(t, "r", func(ctx context.Context, m receiver.Message) ([]byte, error) {
+		_, err := chk.handle(ctx, m)
 		n := applied.Add(1)
 		trigMu.Lock()
 		if trig != nil && n >= trigAt {
@@ -522,7 +525,7 @@ func testOrderAcrossReconnect(t *testing.T, mode wire.Mode) {
 			trig = nil
 		}
 		trigMu.Unlock()
-		return err
+		return nil, err
 	})
 	px := startProxy(t, rcv.addr)
 	s := newSender(t, func(c *sender.Config) { c.MaxRetries = 1; c.QueueLimit = 1 << 20 })
@@ -618,13 +621,13 @@ func TestForgetAndClose(t *testing.T) {
 
 			const async, waiting = 5, 4
 			for range async {
-				if err := s.Send(context.Background(), to, typeData, []byte("async"), wire.Async); err != nil {
+				if err := s.Send(context.Background(), to, typeData, []byte("async"), sender.Async); err != nil {
 					t.Fatal(err)
 				}
 			}
 			results := make(chan error, waiting)
 			for i := range waiting {
-				mode := []wire.Mode{wire.Sync, wire.Ack}[i%2]
+				mode := []sender.Mode{sender.Sync, sender.Ack}[i%2]
 				go func() { results <- s.Send(context.Background(), to, typeData, []byte("waits"), mode) }()
 			}
 			awaitStats(t, s, paused.addr, margin, func(st sender.PeerStats) bool { return st.Queued+st.Inflight == async+waiting })
@@ -647,7 +650,7 @@ func TestForgetAndClose(t *testing.T) {
 			if _, found := peerStats(s, paused.addr); found {
 				t.Errorf("the peer is still in Stats after %s", tc.name)
 			}
-			err := s.Send(context.Background(), []netip.AddrPort{healthy.addr}, typeData, []byte("after"), wire.Sync)
+			err := s.Send(context.Background(), []netip.AddrPort{healthy.addr}, typeData, []byte("after"), sender.Sync)
 			if tc.want == sender.ErrClosed {
 				if e := peerErrs(t, err)[healthy.addr]; !errors.Is(e, sender.ErrClosed) {
 					t.Errorf("send after Close: %v, want ErrClosed", err)
@@ -678,7 +681,7 @@ func TestForgetThenSendAgain(t *testing.T) {
 	send := func(n int) {
 		t.Helper()
 		for range n {
-			if err := s.Send(context.Background(), to, typeData, []byte("x"), wire.Sync); err != nil {
+			if err := s.Send(context.Background(), to, typeData, []byte("x"), sender.Sync); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -703,12 +706,12 @@ func TestCloseWithBlockedWriter(t *testing.T) {
 	to := []netip.AddrPort{stuck.addr}
 	chunk := make([]byte, 1<<20)
 	for range 64 { // far more than loopback socket buffers hold
-		if err := s.Send(context.Background(), to, typeData, chunk, wire.Async); err != nil {
+		if err := s.Send(context.Background(), to, typeData, chunk, sender.Async); err != nil {
 			t.Fatal(err)
 		}
 	}
 	waiting := make(chan error, 1)
-	go func() { waiting <- s.Send(context.Background(), to, typeData, []byte("x"), wire.Sync) }()
+	go func() { waiting <- s.Send(context.Background(), to, typeData, []byte("x"), sender.Sync) }()
 	// The writer is blocked once the kernel stops taking bytes.
 	awaitStats(t, s, stuck.addr, margin, func(st sender.PeerStats) bool { return st.Inflight > 0 && st.Queued > 0 })
 

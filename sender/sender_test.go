@@ -14,22 +14,22 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/internal/leakcheck"
-	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
 )
 
-const typeData = wire.FirstApp
+const typeData = sender.FirstType
 
-func peerInfo(name string, addr netip.AddrPort) wire.Peer {
-	var id wire.ID
+func peerInfo(name string, addr netip.AddrPort) membership.Member {
+	var id membership.ID
 	copy(id[:], name+"-0123456789abcdef")
-	return wire.Peer{ID: id, Name: name, Domain: "test", Addr: addr, Started: time.Now()}
+	return membership.Member{ID: id, Name: name, Domain: "test", Addr: addr, Started: time.Now()}
 }
 
 // node is a receiver on loopback with a handler the test supplies.
 type node struct {
-	r    *receiver.Receiver
+	r    *receiver.TCP
 	addr netip.AddrPort
 }
 
@@ -84,7 +84,7 @@ type checker struct {
 	errs []string
 }
 
-func (c *checker) handle(_ context.Context, m receiver.Message) error {
+func (c *checker) handle(_ context.Context, m receiver.Message) ([]byte, error) {
 	p := m.Payload
 	sum := sha256.Sum256(p[40:])
 	writer, seq := binary.BigEndian.Uint32(p[0:]), binary.BigEndian.Uint32(p[4:])
@@ -98,7 +98,7 @@ func (c *checker) handle(_ context.Context, m receiver.Message) error {
 	}
 	c.next[writer] = seq + 1
 	c.got++
-	return nil
+	return nil, nil
 }
 
 // TestDataIntegrity is Tomcat's TestDataIntegrity, stricter: 20 goroutines
@@ -107,7 +107,7 @@ func (c *checker) handle(_ context.Context, m receiver.Message) error {
 // in the order it sent them.
 func TestDataIntegrity(t *testing.T) {
 	const writers, perWriter = 20, 500
-	for _, mode := range []wire.Mode{wire.Async, wire.Ack, wire.Sync} {
+	for _, mode := range []sender.Mode{sender.Async, sender.Ack, sender.Sync} {
 		t.Run(mode.String(), func(t *testing.T) {
 			leakcheck.Check(t)
 			checks := []*checker{{next: map[uint32]uint32{}}, {next: map[uint32]uint32{}}}

@@ -170,11 +170,14 @@ type Reader struct {
 	r   *bufio.Reader
 	max int
 	hdr [HeaderLen]byte
+	// refused is the body length of the frame Next just refused as too
+	// large, still to be read from the stream; -1 when there is none.
+	refused int64
 }
 
 // NewReader reads frames of at most max body bytes from r.
 func NewReader(r io.Reader, max int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, 64<<10), max: max}
+	return &Reader{r: bufio.NewReaderSize(r, 64<<10), max: max, refused: -1}
 }
 
 // Buffered reports how many bytes are read but not yet returned: zero means
@@ -185,6 +188,7 @@ func (r *Reader) Buffered() int { return r.r.Buffered() }
 // of a frame has arrived, so the caller can switch from an idle timeout to a
 // per-frame one.
 func (r *Reader) Next(started func()) (Frame, error) {
+	r.refused = -1
 	if _, err := r.r.Peek(1); err != nil {
 		return Frame{}, err
 	}
@@ -196,6 +200,9 @@ func (r *Reader) Next(started func()) (Frame, error) {
 	}
 	t, flags, n, err := ParseHeader(r.hdr[:], r.max)
 	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			r.refused = int64(binary.BigEndian.Uint32(r.hdr[8:12]))
+		}
 		return Frame{}, err
 	}
 	body, err := readBody(r.r, n)
@@ -203,6 +210,28 @@ func (r *Reader) Next(started func()) (Frame, error) {
 		return Frame{}, unexpected(err)
 	}
 	return Frame{Type: t, Flags: flags, Body: body}, nil
+}
+
+// Skip steps over the body of the frame Next has just refused as too large,
+// keeping at most its first keep bytes and discarding the rest as it
+// arrives, so that a caller who can settle the frame from a prefix (an ack's
+// sequence number) keeps the stream rather than closing it. It returns the
+// frame with Body cut to that prefix, and the full body length. Bounding the
+// time a skip may take is the caller's business (a read deadline).
+func (r *Reader) Skip(keep int) (Frame, int64, error) {
+	n := r.refused
+	if n < 0 {
+		return Frame{}, 0, errors.New("wire: Skip without a frame refused as too large")
+	}
+	r.refused = -1
+	prefix := make([]byte, min(int64(max(keep, 0)), n))
+	if _, err := io.ReadFull(r.r, prefix); err != nil {
+		return Frame{}, n, unexpected(err)
+	}
+	if _, err := io.CopyN(io.Discard, r.r, n-int64(len(prefix))); err != nil {
+		return Frame{}, n, unexpected(err)
+	}
+	return Frame{Type: Type(r.hdr[5]), Flags: r.hdr[6], Body: prefix}, n, nil
 }
 
 // readBody reads n bytes, growing the buffer as data arrives, so a peer that
@@ -291,19 +320,30 @@ type AckBody struct {
 	Seq    uint64
 	Status AckStatus
 	Err    string
+	// Reply is what the handler of a sync message answered, with Applied.
+	// Parsed, it aliases the body, and is nil when empty.
+	Reply []byte
 }
 
 // AppendAck appends a whole ack frame.
 func AppendAck(b []byte, a AckBody) []byte {
 	b, start := begin(b, TypeAck)
-	b = appendArray(b, 3)
+	b = appendArray(b, 4)
 	b = appendUint(b, a.Seq)
 	b = appendUint(b, uint64(a.Status))
 	b = appendStr(b, a.Err)
+	b = appendBin(b, a.Reply)
 	return finish(b, start)
 }
 
-// ParseAck decodes an ack frame's body.
+// AckLen is the body length of the ack frame AppendAck would write for a,
+// so a reply too large for a frame is caught before it is copied.
+func AckLen(a AckBody) int {
+	return 1 + uintSize(a.Seq) + uintSize(uint64(a.Status)) + strSize(len(a.Err)) + binSize(len(a.Reply))
+}
+
+// ParseAck decodes an ack frame's body. Peers before the reply field was
+// added write three elements; their acks carry no reply.
 func ParseAck(body []byte) (AckBody, error) {
 	d := decoder{b: body}
 	n := d.arrayOf(3, "ack")
@@ -315,8 +355,29 @@ func ParseAck(body []byte) (AckBody, error) {
 	}
 	a.Status = AckStatus(st)
 	a.Err = d.str()
-	d.end(n, 3)
-	return a, d.err
+	known := 3
+	if n > 3 {
+		if r := d.bin(); len(r) > 0 {
+			a.Reply = r
+		}
+		known = 4
+	}
+	d.end(n, known)
+	if d.err != nil {
+		return AckBody{}, d.err
+	}
+	return a, nil
+}
+
+// ParseAckSeq reads only the sequence number of an ack body, from a prefix
+// of it: enough to settle the message an ack too large to read was about.
+func ParseAckSeq(prefix []byte) (uint64, error) {
+	d := decoder{b: prefix}
+	if n := d.arrayHeader(); d.err == nil && n < 3 {
+		d.fail("ack: array of %d, need 3", n)
+	}
+	seq := d.uint()
+	return seq, d.err
 }
 
 // Peer is who a hello or a pong names: a member as the transport sees it.

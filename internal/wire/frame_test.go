@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -172,33 +173,107 @@ func TestAppendKeepsPrefix(t *testing.T) {
 	if err != nil || f.Type != TypeAck {
 		t.Fatalf("second frame: %v %v", f.Type, err)
 	}
-	if a, err := ParseAck(f.Body); err != nil || a != (AckBody{Seq: 8, Status: Applied}) {
+	if a, err := ParseAck(f.Body); err != nil || !sameAck(a, AckBody{Seq: 8, Status: Applied}) {
 		t.Fatalf("ParseAck = %+v, %v", a, err)
 	}
+}
+
+// sameAck compares acks; AckBody holds a slice, so == does not.
+func sameAck(a, b AckBody) bool {
+	return a.Seq == b.Seq && a.Status == b.Status && a.Err == b.Err && bytes.Equal(a.Reply, b.Reply)
 }
 
 func TestAckRoundTrip(t *testing.T) {
 	for _, status := range []AckStatus{Received, Applied, Failed} {
 		for _, n := range []int{0, 31, 32, 255, 256, 300, 65535, 65536, 70000} {
 			for _, seq := range []uint64{0, 1, 200, math.MaxUint64} {
-				a := AckBody{Seq: seq, Status: status, Err: strings.Repeat("é", n/2) + strings.Repeat("x", n%2)}
-				if len(a.Err) != n {
-					t.Fatalf("test error text of %d bytes, want %d", len(a.Err), n)
-				}
-				frame := AppendAck(nil, a)
-				if want := HeaderLen + 1 + uintLen(seq) + 1 + strLen(n); len(frame) != want {
-					t.Fatalf("status %d err %d: frame of %d bytes, want %d", status, n, len(frame), want)
-				}
-				f := readOne(t, frame, TypeAck)
-				got, err := ParseAck(f.Body)
-				if err != nil {
-					t.Fatalf("status %d err %d seq %d: %v", status, n, seq, err)
-				}
-				if got != a {
-					t.Fatalf("status %d err %d seq %d: parsed seq %d status %d err of %d bytes", status, n, seq, got.Seq, got.Status, len(got.Err))
+				for _, r := range []int{0, 1, 255, 256, 65535, 65536, 1 << 20} {
+					if n > 300 && r > 256 && seq != 1 {
+						continue // the large cases once each is enough
+					}
+					a := AckBody{Seq: seq, Status: status, Err: strings.Repeat("é", n/2) + strings.Repeat("x", n%2)}
+					if r > 0 {
+						a.Reply = pattern(r)
+					}
+					if len(a.Err) != n {
+						t.Fatalf("test error text of %d bytes, want %d", len(a.Err), n)
+					}
+					frame := AppendAck(nil, a)
+					if want := HeaderLen + 1 + uintLen(seq) + 1 + strLen(n) + binLen(r); len(frame) != want {
+						t.Fatalf("status %d err %d reply %d: frame of %d bytes, want %d", status, n, r, len(frame), want)
+					}
+					if got := AckLen(a); got != len(frame)-HeaderLen {
+						t.Fatalf("status %d err %d reply %d: AckLen %d, body of %d bytes", status, n, r, got, len(frame)-HeaderLen)
+					}
+					f := readOne(t, frame, TypeAck)
+					got, err := ParseAck(f.Body)
+					if err != nil {
+						t.Fatalf("status %d err %d seq %d reply %d: %v", status, n, seq, r, err)
+					}
+					if !sameAck(got, a) {
+						t.Fatalf("status %d err %d seq %d reply %d: parsed seq %d status %d err of %d bytes reply of %d", status, n, seq, r, got.Seq, got.Status, len(got.Err), len(got.Reply))
+					}
+					if (got.Reply == nil) != (r == 0) {
+						t.Fatalf("reply of %d bytes parsed as nil %v", r, got.Reply == nil)
+					}
+					if s, err := ParseAckSeq(f.Body[:min(len(f.Body), 10)]); err != nil || s != seq {
+						t.Fatalf("ParseAckSeq of the first 10 bytes = %d, %v; want %d", s, err, seq)
+					}
 				}
 			}
 		}
+	}
+}
+
+// TestAckReplyAliasesBody: a parsed reply is the frame's own memory (as a
+// payload is), so the ack reader hands it on without a copy.
+func TestAckReplyAliasesBody(t *testing.T) {
+	frame := AppendAck(nil, AckBody{Seq: 1, Status: Applied, Reply: []byte("abc")})
+	body := frame[HeaderLen:]
+	a, err := ParseAck(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body[len(body)-1] = 'z'
+	if string(a.Reply) != "abz" {
+		t.Fatalf("reply %q does not alias the body (documented)", a.Reply)
+	}
+}
+
+func TestParseAckSeq(t *testing.T) {
+	tests := []struct {
+		name   string
+		prefix []byte
+		want   uint64
+		ok     bool
+	}{
+		{"whole ack", AppendAck(nil, AckBody{Seq: 77, Status: Applied, Reply: pattern(100)})[HeaderLen:], 77, true},
+		{"array and seq only", cat(mpArray(4), mpUint(1<<40)), 1 << 40, true},
+		{"old three-element ack", cat(mpArray(3), mpUint(9)), 9, true},
+		{"array32 header", cat([]byte{0xdd, 0, 0, 0, 4}, mpUint(5), mpUint(2)), 5, true},
+		{"empty", nil, 0, false},
+		{"array of 2", cat(mpArray(2), mpUint(1)), 0, false},
+		{"seq cut short", cat(mpArray(4), []byte{0xcf, 0, 0}), 0, false},
+		{"seq negative", cat(mpArray(4), []byte{0xff}), 0, false},
+		{"seq a string", cat(mpArray(4), mpStr("1")), 0, false},
+		{"array32 claims more than the prefix", []byte{0xdd, 0xff, 0xff, 0xff, 0xff, 1}, 1, true},
+		{"array16 of 2", cat([]byte{0xdc, 0, 2}, mpUint(1)), 0, false},
+		{"array header cut", []byte{0xdd, 0, 0}, 0, false},
+		{"not an array", mpUint(1), 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseAckSeq(tc.prefix)
+			if !tc.ok {
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("ParseAckSeq = %d, %v; want ErrMalformed", got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("ParseAckSeq = %d, %v; want %d", got, err, tc.want)
+			}
+		})
 	}
 }
 
@@ -427,6 +502,115 @@ func TestNextTooLargeReadsNoBody(t *testing.T) {
 	}
 	if src.read > 64<<10 {
 		t.Errorf("Next read %d bytes of a refused frame, at most one 64 KiB buffer fill expected", src.read)
+	}
+}
+
+// TestSkip: after Next refuses a frame as too large, Skip keeps a prefix of
+// its body, discards the rest without holding it, and the stream goes on.
+func TestSkip(t *testing.T) {
+	const maxFrame = 1 << 10
+	const seq = 1 << 33
+	big := AppendAck(nil, AckBody{Seq: seq, Status: Applied, Reply: pattern(3 << 20)})
+	mid := AppendAck(nil, AckBody{Seq: seq, Status: Applied, Reply: pattern(20000)})
+	after := AppendAck(nil, AckBody{Seq: seq + 1, Status: Applied, Reply: []byte("next")})
+	tests := []struct {
+		name  string
+		frame []byte
+		cut   int // if > 0, the stream ends after this many bytes of frame
+		keep  int
+		wrap  func(io.Reader) io.Reader
+	}{
+		{"prefix of 32", big, 0, 32, nil},
+		{"nothing kept", big, 0, 0, nil},
+		{"negative keep", big, 0, -1, nil},
+		{"keep more than the body", mid, 0, 1 << 20, nil},
+		{"one byte reads", mid, 0, 32, iotest.OneByteReader},
+		{"half reads", big, 0, 32, iotest.HalfReader},
+		{"truncated in the prefix", big, HeaderLen + 10, 32, nil},
+		{"truncated after the prefix", big, HeaderLen + 1<<20, 32, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			input := slices.Concat(tc.frame, after)
+			if tc.cut > 0 {
+				input = tc.frame[:tc.cut]
+			}
+			var src io.Reader = bytes.NewReader(input)
+			if tc.wrap != nil {
+				src = tc.wrap(src)
+			}
+			r := NewReader(src, maxFrame)
+			if _, err := r.Next(nil); !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("Next: %v, want ErrTooLarge", err)
+			}
+			var before, afterMem runtime.MemStats
+			runtime.ReadMemStats(&before)
+			f, n, err := r.Skip(tc.keep)
+			runtime.ReadMemStats(&afterMem)
+			if tc.cut > 0 {
+				if err != io.ErrUnexpectedEOF {
+					t.Fatalf("Skip: %v, want io.ErrUnexpectedEOF", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Skip: %v", err)
+			}
+			if grew := afterMem.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+				t.Errorf("Skip allocated %d bytes for a body of %d", grew, n)
+			}
+			body := tc.frame[HeaderLen:]
+			if n != int64(len(body)) || f.Type != TypeAck || !bytes.Equal(f.Body, body[:min(max(tc.keep, 0), len(body))]) {
+				t.Fatalf("Skip = type %v, %d bytes kept, length %d; want ack, %d kept, length %d", f.Type, len(f.Body), n, tc.keep, len(body))
+			}
+			if tc.keep >= 16 {
+				if got, err := ParseAckSeq(f.Body); err != nil || got != seq {
+					t.Fatalf("ParseAckSeq of the prefix = %d, %v", got, err)
+				}
+			}
+			g, err := r.Next(nil)
+			if err != nil {
+				t.Fatalf("Next after Skip: %v", err)
+			}
+			if a, err := ParseAck(g.Body); err != nil || a.Seq != seq+1 || string(a.Reply) != "next" {
+				t.Fatalf("frame after the skipped one: %+v %v", a, err)
+			}
+		})
+	}
+}
+
+// TestSkipOnlyAfterRefusal: Skip steps over nothing but a body Next refused
+// for its size; any other frame or error leaves nothing to skip.
+func TestSkipOnlyAfterRefusal(t *testing.T) {
+	tooLarge := AppendAck(nil, AckBody{Seq: 1, Reply: pattern(2000)})
+	tests := []struct {
+		name  string
+		input []byte
+		next  int // Next calls before Skip
+	}{
+		{"fresh reader", AppendPing(nil, TypePing, 1), 0},
+		{"after a good frame", AppendPing(nil, TypePing, 1), 1},
+		{"after a bad magic", []byte("GET / HTTP/1.1\r\n\r\n"), 1},
+		{"twice", tooLarge, -1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewReader(bytes.NewReader(tc.input), 1<<10)
+			for range max(tc.next, 0) {
+				r.Next(nil)
+			}
+			if tc.next < 0 {
+				if _, err := r.Next(nil); !errors.Is(err, ErrTooLarge) {
+					t.Fatalf("Next: %v", err)
+				}
+				if _, _, err := r.Skip(8); err != nil {
+					t.Fatalf("first Skip: %v", err)
+				}
+			}
+			if _, _, err := r.Skip(8); err == nil {
+				t.Fatal("Skip succeeded with nothing to skip")
+			}
+		})
 	}
 }
 

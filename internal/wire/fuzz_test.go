@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 )
 
@@ -36,47 +37,80 @@ func FuzzReader(f *testing.F) {
 	stream = AppendHello(stream, seedPeer())
 	stream = AppendMessage(stream, FirstApp, Envelope{From: testID(1), Seq: 1, Mode: Ack, Payload: []byte("hi")})
 	stream = AppendAck(stream, AckBody{Seq: 1, Status: Received})
+	stream = AppendAck(stream, AckBody{Seq: 2, Status: Applied, Reply: []byte("answer")})
 	stream = AppendPing(stream, TypePing, 7)
 	stream = AppendPong(stream, 7, seedPeer())
 	stream = AppendPing(stream, TypeLeave, 8)
 	f.Add(stream)
 	f.Add(stream[:len(stream)-3])
+	// A frame over the maximum, then one within it: Skip must find the
+	// second.
+	f.Add(slices.Concat(AppendAck(nil, AckBody{Seq: 3, Status: Applied, Reply: pattern(300)}), stream))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		const max = 1 << 20
-		r := NewReader(bytes.NewReader(data), max)
-		// Each frame takes at least a header, so more iterations than
-		// bytes means Next returned without consuming anything.
-		for range len(data) + 1 {
-			calls := 0
-			f, err := r.Next(func() { calls++ })
-			if calls > 1 {
-				t.Fatalf("started called %d times for one frame", calls)
-			}
-			if err != nil {
-				if err == io.EOF {
-					if calls != 0 {
-						t.Fatal("started called before a clean end of stream")
-					}
-					return
-				}
-				if !(errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrMagic) || errors.Is(err, ErrVersion) ||
-					errors.Is(err, ErrFlags) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge)) {
-					t.Fatalf("Next: unexpected error %v", err)
+		// Twice: with a maximum that lets the seeds' frames through, and
+		// with one that refuses most of them, so that Skip is exercised.
+		for _, max := range []int{1 << 20, 1 << 8} {
+			readAll(t, data, max)
+		}
+	})
+}
+
+// readAll reads frames from data until the stream ends or fails, as the
+// receiver and the ack reader do, and checks each step.
+func readAll(t *testing.T, data []byte, max int) {
+	t.Helper()
+	r := NewReader(bytes.NewReader(data), max)
+	// Each frame takes at least a header, so more iterations than
+	// bytes means Next returned without consuming anything.
+	for range len(data) + 1 {
+		calls := 0
+		f, err := r.Next(func() { calls++ })
+		if calls > 1 {
+			t.Fatalf("started called %d times for one frame", calls)
+		}
+		if err != nil {
+			if err == io.EOF {
+				if calls != 0 {
+					t.Fatal("started called before a clean end of stream")
 				}
 				return
 			}
-			if calls != 1 {
-				t.Fatalf("started called %d times for a frame", calls)
+			if !(errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, ErrMagic) || errors.Is(err, ErrVersion) ||
+				errors.Is(err, ErrFlags) || errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge)) {
+				t.Fatalf("Next: unexpected error %v", err)
 			}
-			if len(f.Body) > max || f.Flags != 0 || f.Type == 0 || (f.Type > TypeLeave && f.Type < FirstApp) {
-				t.Fatalf("Next returned type %d flags %#x body of %d bytes", f.Type, f.Flags, len(f.Body))
+			if !errors.Is(err, ErrTooLarge) {
+				return
 			}
-			if err := parseBody(f.Type, f.Body); err != nil && !errors.Is(err, ErrMalformed) {
-				t.Fatalf("%v body: error %v does not wrap ErrMalformed", f.Type, err)
+			// The ack reader's way on: skip the body, keeping a prefix.
+			f, n, err := r.Skip(16)
+			if err != nil {
+				if err != io.ErrUnexpectedEOF {
+					t.Fatalf("Skip: unexpected error %v", err)
+				}
+				return
 			}
+			if n <= int64(max) || len(f.Body) != 16 {
+				t.Fatalf("Skip kept %d bytes of a refused body of %d", len(f.Body), n)
+			}
+			if f.Type == TypeAck {
+				if _, err := ParseAckSeq(f.Body); err != nil {
+					checkRefusal(t, err)
+				}
+			}
+			continue
 		}
-		t.Fatalf("more than %d frames from %d bytes", len(data)+1, len(data))
-	})
+		if calls != 1 {
+			t.Fatalf("started called %d times for a frame", calls)
+		}
+		if len(f.Body) > max || f.Flags != 0 || f.Type == 0 || (f.Type > TypeLeave && f.Type < FirstApp) {
+			t.Fatalf("Next returned type %d flags %#x body of %d bytes", f.Type, f.Flags, len(f.Body))
+		}
+		if err := parseBody(f.Type, f.Body); err != nil && !errors.Is(err, ErrMalformed) {
+			t.Fatalf("%v body: error %v does not wrap ErrMalformed", f.Type, err)
+		}
+	}
+	t.Fatalf("more than %d frames from %d bytes", len(data)+1, len(data))
 }
 
 // checkRefusal fails unless err wraps ErrMalformed.
@@ -122,22 +156,40 @@ func FuzzParseEnvelope(f *testing.F) {
 
 func FuzzParseAck(f *testing.F) {
 	f.Add(AppendAck(nil, AckBody{Seq: 300, Status: Failed, Err: "handler failed"})[HeaderLen:])
+	f.Add(AppendAck(nil, AckBody{Seq: 301, Status: Applied, Reply: pattern(300)})[HeaderLen:])
 	f.Add(goodAck(mpArray(0)))
+	f.Add(goodAck3())
+	f.Add(ackBody(4, mpUint(1), mpUint(2), mpStr(""), []byte{0xc6, 0xff, 0xff, 0xff, 0xff, 1}))
 	f.Fuzz(func(t *testing.T, body []byte) {
+		// ParseAckSeq reads any prefix without panicking; of a body ParseAck
+		// accepts, it reads the same sequence number.
+		seq, seqErr := ParseAckSeq(body)
+		if seqErr != nil {
+			checkRefusal(t, seqErr)
+		}
 		a, err := ParseAck(body)
 		if err != nil {
 			checkRefusal(t, err)
 			return
 		}
+		if seqErr != nil || seq != a.Seq {
+			t.Fatalf("ParseAckSeq = %d, %v; ParseAck read seq %d", seq, seqErr, a.Seq)
+		}
 		if a.Status < Received || a.Status > Failed {
 			t.Fatalf("accepted status %d", a.Status)
 		}
+		if a.Reply != nil && len(a.Reply) == 0 {
+			t.Fatal("an empty reply is not nil")
+		}
 		frame := AppendAck(nil, a)
+		if AckLen(a) != len(frame)-HeaderLen {
+			t.Fatalf("AckLen %d, frame body of %d bytes", AckLen(a), len(frame)-HeaderLen)
+		}
 		a2, err := ParseAck(bodyOf(t, frame, TypeAck))
 		if err != nil {
 			t.Fatalf("re-encoded ack refused: %v", err)
 		}
-		if a2 != a {
+		if !sameAck(a2, a) {
 			t.Fatalf("re-encoded ack differs: %+v, was %+v", a2, a)
 		}
 	})

@@ -44,6 +44,43 @@ func appendInt(b []byte, v int64) []byte {
 	return binary.BigEndian.AppendUint64(append(b, 0xd3), uint64(v))
 }
 
+// Encoded sizes, for checking a frame's length before it is built.
+func uintSize(v uint64) int {
+	switch {
+	case v < 128:
+		return 1
+	case v <= math.MaxUint8:
+		return 2
+	case v <= math.MaxUint16:
+		return 3
+	case v <= math.MaxUint32:
+		return 5
+	}
+	return 9
+}
+
+func binSize(n int) int {
+	switch {
+	case n <= math.MaxUint8:
+		return 2 + n
+	case n <= math.MaxUint16:
+		return 3 + n
+	}
+	return 5 + n
+}
+
+func strSize(n int) int {
+	switch {
+	case n < 32:
+		return 1 + n
+	case n <= math.MaxUint8:
+		return 2 + n
+	case n <= math.MaxUint16:
+		return 3 + n
+	}
+	return 5 + n
+}
+
 func appendBin(b []byte, p []byte) []byte {
 	switch n := len(p); {
 	case n <= math.MaxUint8:
@@ -115,14 +152,24 @@ func (d *decoder) be(n int) uint64 {
 }
 
 func (d *decoder) array() int {
+	n := d.arrayHeader()
+	if n < 16 {
+		return int(n) // too few to need the check: each element is read in turn
+	}
+	return d.count(n)
+}
+
+// arrayHeader reads an array header's element count unchecked; array
+// checks it against the bytes left, which a parser of a prefix cannot.
+func (d *decoder) arrayHeader() uint64 {
 	switch c := d.byte(); {
 	case d.err != nil:
 	case c&0xf0 == 0x90:
-		return int(c & 0x0f)
+		return uint64(c & 0x0f)
 	case c == 0xdc:
-		return d.count(d.be(2))
+		return d.be(2)
 	case c == 0xdd:
-		return d.count(d.be(4))
+		return d.be(4)
 	default:
 		d.fail("want an array, found type byte %#x", c)
 	}

@@ -89,9 +89,20 @@ func ackBody(n int, seq, status, errText []byte, extra ...[]byte) []byte {
 	return cat(mpArray(n), seq, status, errText, cat(extra...))
 }
 
+// goodAck is an ack with every field; goodAck3 one as peers wrote it before
+// acks carried a reply.
 func goodAck(extra ...[]byte) []byte {
+	return ackBody(4+len(extra), mpUint(42), mpUint(3), mpStr("boom"), cat(mpBin([]byte("reply")), cat(extra...)))
+}
+
+func goodAck3(extra ...[]byte) []byte {
 	return ackBody(3+len(extra), mpUint(42), mpUint(3), mpStr("boom"), extra...)
 }
+
+var (
+	wantGoodAck  = AckBody{Seq: 42, Status: Failed, Err: "boom", Reply: []byte("reply")}
+	wantGoodAck3 = AckBody{Seq: 42, Status: Failed, Err: "boom"}
+)
 
 func peerBody(n int, id, name, domain, addr, started []byte, extra ...[]byte) []byte {
 	return cat(mpArray(n), id, name, domain, addr, started, cat(extra...))
@@ -138,8 +149,14 @@ func TestHandBuiltBodiesParse(t *testing.T) {
 		t.Error("AppendMessage writes a body unlike the hand-built one")
 	}
 	a, err := ParseAck(goodAck())
-	if err != nil || a != (AckBody{Seq: 42, Status: Failed, Err: "boom"}) {
+	if err != nil || !sameAck(a, wantGoodAck) {
 		t.Fatalf("ParseAck(goodAck) = %+v, %v", a, err)
+	}
+	if !bytes.Equal(AppendAck(nil, a)[HeaderLen:], goodAck()) {
+		t.Error("AppendAck writes a body unlike the hand-built one")
+	}
+	if a, err := ParseAck(goodAck3()); err != nil || !sameAck(a, wantGoodAck3) || a.Reply != nil {
+		t.Fatalf("ParseAck(goodAck3) = %+v, %v", a, err)
 	}
 	p, err := ParseHello(helloBody(goodPeer()))
 	want := Peer{ID: rawID, Name: "node1", Domain: "default", Addr: netip.MustParseAddrPort("192.0.2.1:4000"), Started: time.Unix(0, -1)}
@@ -217,6 +234,19 @@ func TestBodyRejections(t *testing.T) {
 		{"ack error length 2^32-1", parseAck, ackBody(3, mpUint(1), mpUint(3), []byte{0xdb, 0xff, 0xff, 0xff, 0xff, 'x'})},
 		{"ack trailing byte", parseAck, append(goodAck(), 0xc0)},
 		{"ack nesting of 100 arrays", parseAck, goodAck(nested(100))},
+		{"old ack nesting of 100 arrays", parseAck, goodAck3(nested(100))},
+		{"ack array of 4 with 3 elements", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""))},
+		{"ack reply as a string", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), mpStr("reply"))},
+		{"ack reply nil", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), []byte{0xc0})},
+		{"ack reply an integer", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), mpUint(7))},
+		{"ack reply an array", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), cat(mpArray(1), mpBin([]byte("r"))))},
+		{"ack reply truncated", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), mpBin(pattern(300))[:200])},
+		{"ack reply length 2^32-1", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), []byte{0xc6, 0xff, 0xff, 0xff, 0xff, 'x'})},
+		{"ack reply length 2^16-1", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), []byte{0xc5, 0xff, 0xff, 'x'})},
+		{"ack reply bin8 past the end", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), []byte{0xc4, 0xff, 'x'})},
+		{"ack reply header cut", parseAck, ackBody(4, mpUint(1), mpUint(2), mpStr(""), []byte{0xc6, 0, 0})},
+		{"ack trailing byte after reply", parseAck, append(goodAck(), 0)},
+		{"ack array32 claims 2^32-1", parseAck, append([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}, goodAck()[1:]...)},
 
 		{"hello empty", parseHel, nil},
 		{"hello array of 0", parseHel, mpArray(0)},
@@ -338,6 +368,7 @@ func TestForwardCompatibleBodies(t *testing.T) {
 				{parseEnv, goodEnv(v)},
 				{parseEnv, goodEnv(v, v, mpUint(1))},
 				{parseAck, goodAck(v)},
+				{parseAck, goodAck3(mpBin(nil), v)},
 				{parseHel, helloBody(goodPeer(v))},
 				{parseHel, helloBody(goodPeer(), v)},
 				{parsePin, pingBody(mpUint(7), v)},
@@ -352,8 +383,11 @@ func TestForwardCompatibleBodies(t *testing.T) {
 			if e, err := ParseEnvelope(goodEnv(v)); err != nil || e.Seq != 42 || e.Mode != Ack || e.From != rawID || string(e.Payload) != "payload" {
 				t.Errorf("envelope with a trailing %s: %+v %v", name, e, err)
 			}
-			if a, err := ParseAck(goodAck(v)); err != nil || a != (AckBody{Seq: 42, Status: Failed, Err: "boom"}) {
+			if a, err := ParseAck(goodAck(v)); err != nil || !sameAck(a, wantGoodAck) {
 				t.Errorf("ack with a trailing %s: %+v %v", name, a, err)
+			}
+			if a, err := ParseAck(goodAck3(mpBin(nil), v)); err != nil || !sameAck(a, wantGoodAck3) || a.Reply != nil {
+				t.Errorf("ack with an empty reply and a trailing %s: %+v %v", name, a, err)
 			}
 			if n, p, err := ParsePong(pongBody(mpUint(7), goodPeer(v), v)); err != nil || n != 7 {
 				t.Errorf("pong with a trailing %s: %d %v", name, n, err)

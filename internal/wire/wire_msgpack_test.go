@@ -81,8 +81,10 @@ func TestMsgpackReadsEnvelope(t *testing.T) {
 func TestMsgpackReadsAck(t *testing.T) {
 	for _, status := range []AckStatus{Received, Applied, Failed} {
 		for _, n := range []int{0, 31, 32, 300, 70000} {
-			a := AckBody{Seq: 1 << 40, Status: status, Err: strings.Repeat("ü", n/2) + strings.Repeat("!", n%2)}
-			checkDecoded(t, AppendAck(nil, a)[HeaderLen:], []any{a.Seq, uint64(status), a.Err})
+			for _, r := range []int{0, 1, 256, 70000} {
+				a := AckBody{Seq: 1 << 40, Status: status, Err: strings.Repeat("ü", n/2) + strings.Repeat("!", n%2), Reply: pattern(r)}
+				checkDecoded(t, AppendAck(nil, a)[HeaderLen:], []any{a.Seq, uint64(status), a.Err, a.Reply})
+			}
 		}
 	}
 }
@@ -140,8 +142,12 @@ func TestParsersReadMsgpack(t *testing.T) {
 				}
 			}
 			a, err := ParseAck(marshal(t, compact, []any{seq, uint8(3), "handler failed"}))
-			if err != nil || a.Seq != wantSeq(seq) || a.Status != Failed || a.Err != "handler failed" {
+			if err != nil || a.Seq != wantSeq(seq) || a.Status != Failed || a.Err != "handler failed" || a.Reply != nil {
 				t.Errorf("compact %v ack seq %T: %+v %v", compact, seq, a, err)
+			}
+			a, err = ParseAck(marshal(t, compact, []any{seq, uint8(2), "", payload}))
+			if err != nil || a.Seq != wantSeq(seq) || a.Status != Applied || !bytes.Equal(a.Reply, payload) {
+				t.Errorf("compact %v ack with a reply, seq %T: %+v %v", compact, seq, a, err)
 			}
 			n, err := ParsePing(marshal(t, compact, []any{seq}))
 			if err != nil || n != wantSeq(seq) {
@@ -197,8 +203,8 @@ func TestParsersSkipMsgpackExtras(t *testing.T) {
 			if e, err := ParseEnvelope(body); err != nil || e.From != id || e.Seq != 9 || e.Mode != Ack || string(e.Payload) != "pay" {
 				t.Errorf("envelope: %+v %v", e, err)
 			}
-			body = marshal(t, true, append([]any{uint64(9), uint8(2), ""}, extra...))
-			if a, err := ParseAck(body); err != nil || a != (AckBody{Seq: 9, Status: Applied}) {
+			body = marshal(t, true, append([]any{uint64(9), uint8(2), "", []byte("re")}, extra...))
+			if a, err := ParseAck(body); err != nil || !sameAck(a, AckBody{Seq: 9, Status: Applied, Reply: []byte("re")}) {
 				t.Errorf("ack: %+v %v", a, err)
 			}
 			body = marshal(t, true, append([]any{append(append([]any{}, pv...), extra...)}, extra...))

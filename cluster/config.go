@@ -1,0 +1,110 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/receiver"
+	"github.com/flockhq/flock/sender"
+)
+
+// Config configures a Cluster built by New.
+type Config struct {
+	// Name is this node's name, unique in the cluster: the route of the
+	// session ids it creates.
+	Name string
+	// Domain separates clusters that share a network: members of another
+	// domain are ignored.
+	Domain string
+	// Host, Port and AutoBind say where the receiver listens: the first
+	// free port of Port, Port+1, ... Port+AutoBind-1 on Host (Tomcat's
+	// auto-bind).
+	Host     netip.Addr
+	Port     int
+	AutoBind int
+	// Sender and Receiver configure the TCP transport; their Local,
+	// OnFailure, Observer and Logger are set by New.
+	Sender   sender.Config
+	Receiver receiver.Config
+	// Membership builds the membership service: Multicast or Static.
+	Membership MembershipFunc
+	Logger     logrus.FieldLogger
+}
+
+// DefaultConfig returns the defaults of conf/server.toml: node1 of domain
+// "default", the receiver on 127.0.0.1:4000 and the next 99 ports, multicast
+// membership on loopback.
+func DefaultConfig() Config {
+	return Config{
+		Name:       "node1",
+		Domain:     "default",
+		Host:       netip.MustParseAddr("127.0.0.1"),
+		Port:       4000,
+		AutoBind:   100,
+		Sender:     sender.DefaultConfig(),
+		Receiver:   receiver.DefaultConfig(),
+		Membership: Multicast(membership.DefaultMulticastConfig()),
+	}
+}
+
+// Validate reports every problem of c at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("a node name is required"))
+	}
+	if c.Domain == "" {
+		errs = append(errs, errors.New("a domain is required"))
+	}
+	if !c.Host.IsValid() {
+		errs = append(errs, errors.New("a receiver host address is required"))
+	}
+	if c.Port < 1 || c.AutoBind < 1 || c.Port+c.AutoBind-1 > 65535 {
+		errs = append(errs, fmt.Errorf("receiver ports %d..%d: need 1..65535", c.Port, c.Port+c.AutoBind-1))
+	}
+	if c.Membership == nil {
+		errs = append(errs, errors.New("a membership is required (cluster.Multicast or cluster.Static)"))
+	}
+	return errors.Join(errs...)
+}
+
+// Transport is what membership may ask of the cluster's transport: a probe
+// answered by a member's process, and a goodbye.
+type Transport interface {
+	membership.Prober
+	membership.Leaver
+}
+
+// MembershipFunc builds the membership service that announces local; tr
+// reaches the other members over the cluster's transport.
+type MembershipFunc func(local membership.Member, tr Transport) (membership.Service, error)
+
+// Multicast is membership by multicast heartbeats. A ProbeTimeout above
+// zero has a silent member probed over the transport before it is failed.
+func Multicast(cfg membership.MulticastConfig) MembershipFunc {
+	return func(local membership.Member, tr Transport) (membership.Service, error) {
+		if cfg.ProbeTimeout > 0 && cfg.Prober == nil {
+			cfg.Prober = tr
+		}
+		return membership.NewMulticast(local, cfg)
+	}
+}
+
+// Static is membership by a fixed list of peers pinged over the transport.
+func Static(cfg membership.StaticConfig) MembershipFunc {
+	return func(local membership.Member, tr Transport) (membership.Service, error) {
+		if cfg.Prober == nil {
+			cfg.Prober = tr
+		}
+		if cfg.Leaver == nil {
+			cfg.Leaver = tr
+		}
+		return membership.NewStatic(local, cfg)
+	}
+}
+
+var _ Transport = transport{}
