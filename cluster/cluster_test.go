@@ -99,7 +99,7 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 	}{
 		{"no name", func(c *cluster.Config) { c.Name = "" }, "node name"},
 		{"no host", func(c *cluster.Config) { c.Host = netip.Addr{} }, "host"},
-		{"ports past 65535", func(c *cluster.Config) { c.Port, c.AutoBind = 65500, 100 }, "65599"},
+		{"ports past 65535", func(c *cluster.Config) { c.Port, c.AutoBind = 65500, 100 }, "auto-bind 100"},
 		{"no membership", func(c *cluster.Config) { c.Membership = nil }, "membership"},
 	}
 	for _, tt := range tests {

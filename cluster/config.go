@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
 
 	"github.com/sirupsen/logrus"
@@ -63,9 +62,7 @@ func (c Config) Validate() error {
 	if !c.Host.IsValid() {
 		errs = append(errs, errors.New("a receiver host address is required"))
 	}
-	if c.Port < 1 || c.AutoBind < 1 || c.Port+c.AutoBind-1 > 65535 {
-		errs = append(errs, fmt.Errorf("receiver ports %d..%d: need 1..65535", c.Port, c.Port+c.AutoBind-1))
-	}
+	errs = append(errs, receiver.CheckPorts(c.Port, c.AutoBind))
 	if c.Membership == nil {
 		errs = append(errs, errors.New("a membership is required (cluster.Multicast or cluster.Static)"))
 	}

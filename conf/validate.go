@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/receiver"
+	"github.com/flockhq/flock/valve"
 )
 
 // membershipTypes are the values cluster.membership.type accepts. Appending
@@ -150,7 +152,7 @@ func (c Config) problems() []problem {
 	autoErr := checkRange(r.AutoBind, 1, maxAutoBind)
 	check("cluster.receiver.auto_bind", autoErr)
 	if portErr == nil && autoErr == nil {
-		if last := r.Port + r.AutoBind - 1; last > 65535 {
+		if last := r.Port + r.AutoBind - 1; receiver.CheckPorts(r.Port, r.AutoBind) != nil {
 			checkPair("cluster.receiver.auto_bind", "cluster.receiver.port",
 				fmt.Errorf("%d tries ports %d..%d; the last must be at most 65535", r.AutoBind, r.Port, last))
 		}
@@ -192,9 +194,9 @@ func (c Config) problems() []problem {
 	check("session.cookie_name", checkCookieName(se.CookieName))
 	check("session.cookie_path", checkCookiePath(se.CookiePath))
 	check("session.cookie_domain", checkCookieDomain(se.CookieDomain))
-	if _, err := se.sameSite(); err != nil {
+	if same, err := se.sameSite(); err != nil {
 		check("session.cookie_same_site", err)
-	} else if se.CookieSameSite == "None" && !se.CookieSecure {
+	} else if valve.CheckSameSite(same, se.CookieSecure) != nil {
 		checkPair("session.cookie_same_site", "session.cookie_secure",
 			errors.New(`"None" requires session.cookie_secure = true; browsers reject a SameSite=None cookie that is not Secure`))
 	}
