@@ -9,7 +9,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
@@ -27,19 +26,6 @@ type Node interface {
 	Ready() <-chan struct{}
 	// ReplicationHistogram is manager.Manager.ReplicationHistogram.
 	ReplicationHistogram() (buckets []float64, counts []uint64, sum float64, count uint64)
-}
-
-// ClusterNode joins a cluster and its session manager into a Node.
-type ClusterNode struct {
-	*flock.Cluster
-	Manager *manager.Manager
-}
-
-func (n ClusterNode) Sessions() []manager.Info    { return n.Manager.Sessions() }
-func (n ClusterNode) ManagerStats() manager.Stats { return n.Manager.Stats() }
-func (n ClusterNode) Ready() <-chan struct{}      { return n.Manager.Ready() }
-func (n ClusterNode) ReplicationHistogram() ([]float64, []uint64, float64, uint64) {
-	return n.Manager.ReplicationHistogram()
 }
 
 // Local is the node itself.

@@ -7,7 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/sender"
@@ -129,7 +129,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	sent := c.send.update(peers)
 	c.mu.Unlock()
 	for t, n := range sent.byType {
-		counter(descMsgSent, n, manager.TypeName(t))
+		counter(descMsgSent, n, manager.TypeName(cluster.MessageType(t)))
 	}
 	counter(descBytesSent, sent.bytes)
 	counter(descFailures, sent.failed)
@@ -139,7 +139,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descQMsgs, float64(p.Queued+p.Inflight), p.Addr.String())
 	}
 	for t, n := range rs.ByType {
-		counter(descMsgRecv, n, manager.TypeName(t))
+		counter(descMsgRecv, n, manager.TypeName(cluster.MessageType(t)))
 	}
 	counter(descBytesRecv, rs.Bytes)
 	counter(descDuplicates, rs.Duplicates)
@@ -168,7 +168,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // sendTotals are the sender's counters of one peer, or a sum of them.
 type sendTotals struct {
 	bytes, failed, retried uint64
-	byType                 map[flock.MessageType]uint64
+	byType                 map[uint8]uint64
 }
 
 func totalsOf(p sender.PeerStats) sendTotals {
@@ -180,7 +180,7 @@ func (t *sendTotals) add(o sendTotals) {
 	t.failed += o.failed
 	t.retried += o.retried
 	if t.byType == nil {
-		t.byType = make(map[flock.MessageType]uint64)
+		t.byType = make(map[uint8]uint64)
 	}
 	for k, n := range o.byType {
 		t.byType[k] += n

@@ -18,6 +18,7 @@ import (
 
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/admin"
+	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/conf"
 	"github.com/flockhq/flock/internal/leakcheck"
 	"github.com/flockhq/flock/manager"
@@ -28,9 +29,9 @@ import (
 
 // The manager's message types, as TypeName names them.
 const (
-	typeDelta  = flock.FirstType
-	typeExpire = flock.FirstType + 1
-	typeTouch  = flock.FirstType + 2
+	typeDelta  = uint8(cluster.FirstType)
+	typeExpire = uint8(cluster.FirstType + 1)
+	typeTouch  = uint8(cluster.FirstType + 2)
 )
 
 // fakeNode is an admin.Node with fixed statistics; the sender's peers can
@@ -61,7 +62,7 @@ func (f *fakeNode) TransportStats() ([]sender.PeerStats, receiver.Stats) {
 	defer f.mu.Unlock()
 	return append([]sender.PeerStats(nil), f.peers...), receiver.Stats{
 		Connections: 9, Frames: 40, Bytes: 2048, Messages: 11, Duplicates: 3, Rejected: 1,
-		ByType: map[flock.MessageType]uint64{typeDelta: 9, typeExpire: 2},
+		ByType: map[uint8]uint64{typeDelta: 9, typeExpire: 2},
 	}
 }
 
@@ -90,12 +91,12 @@ func newFakeNode() *fakeNode {
 		sender.PeerStats{
 			Addr: netip.MustParseAddrPort("127.0.0.1:4001"), Connected: true, Queued: 2, Inflight: 1, Bytes: 300,
 			Sent: 8, SentBytes: 1000, Failed: 1, Retried: 2,
-			ByType: map[flock.MessageType]uint64{typeDelta: 5, typeTouch: 1},
+			ByType: map[uint8]uint64{typeDelta: 5, typeTouch: 1},
 		},
 		sender.PeerStats{
 			Addr: netip.MustParseAddrPort("127.0.0.1:4002"), Connected: true,
 			Sent: 7, SentBytes: 500, Retried: 1,
-			ByType: map[flock.MessageType]uint64{typeDelta: 3, 200: 4},
+			ByType: map[uint8]uint64{typeDelta: 3, 200: 4},
 		},
 	)
 	return f
@@ -304,7 +305,7 @@ func TestSendCountersNeverGoBack(t *testing.T) {
 	c := admin.NewCollector(f)
 	a, b := netip.MustParseAddrPort("127.0.0.1:4001"), netip.MustParseAddrPort("127.0.0.1:4002")
 	peer := func(addr netip.AddrPort, bytes, failed, deltas uint64) sender.PeerStats {
-		return sender.PeerStats{Addr: addr, SentBytes: bytes, Failed: failed, ByType: map[flock.MessageType]uint64{typeDelta: deltas}}
+		return sender.PeerStats{Addr: addr, SentBytes: bytes, Failed: failed, ByType: map[uint8]uint64{typeDelta: deltas}}
 	}
 	check := func(step string, bytes, failed, deltas uint64) {
 		t.Helper()
@@ -367,7 +368,7 @@ func TestMetricsOfRealNodes(t *testing.T) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 		l.Close()
 	}
-	var nodes []admin.ClusterNode
+	var nodes []*flock.Node
 	for i, port := range ports {
 		cfg := conf.Default()
 		cfg.Server.Name = fmt.Sprintf("n%d", i+1)
@@ -378,39 +379,26 @@ func TestMetricsOfRealNodes(t *testing.T) {
 		cfg.Cluster.Membership.Frequency = conf.Duration{Duration: 50 * time.Millisecond}
 		cfg.Cluster.Membership.DropTime = conf.Duration{Duration: 2 * time.Second}
 		cfg.Cluster.Receiver.Port, cfg.Cluster.Receiver.AutoBind = port, 1
-		c, err := flock.New(ctx, cfg)
+		n, err := flock.Start(ctx, cfg)
 		if err != nil {
-			t.Fatal(err)
-		}
-		mcfg := manager.DefaultConfig()
-		mcfg.Route, mcfg.JoinWait = cfg.Server.Name, 0
-		m, err := manager.New(c, mcfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			m.Stop(ctx)
-			c.Stop(ctx)
+			n.Stop(ctx)
 		})
-		nodes = append(nodes, admin.ClusterNode{Cluster: c, Manager: m})
+		nodes = append(nodes, n)
 	}
+	// Each manager replicates to the members it has heard of: wait until
+	// both know each other.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, n := range nodes {
-		for len(n.Members()) == 0 {
+		for len(n.Members()) == 0 || n.ManagerStats().Members == 0 {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s sees no member", n.Local().Name)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	for _, n := range nodes {
-		if err := n.Manager.Start(ctx); err != nil {
-			t.Fatal(err)
+			time.Sleep(10 * time.Millisecond) // setup: polling a counter, no event to await
 		}
 		select {
 		case <-n.Ready():
@@ -420,14 +408,14 @@ func TestMetricsOfRealNodes(t *testing.T) {
 	}
 
 	n1, n2 := nodes[0], nodes[1]
-	s, err := n1.Manager.Create(ctx)
+	s, err := n1.Manager().Create(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Set("k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	if err := n1.Manager.Commit(ctx, s); err != nil { // sync: n2 has applied it
+	if err := n1.Manager().Commit(ctx, s); err != nil { // sync: n2 has applied it
 		t.Fatal(err)
 	}
 

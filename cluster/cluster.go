@@ -190,6 +190,9 @@ func (c *Cluster) runPump(subs []func(membership.Event)) {
 		for _, f := range subs {
 			f(e)
 		}
+		if a, ok := c.parts.Members.(membership.Acknowledger); ok {
+			a.Handled(e)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/valve"
@@ -62,9 +63,6 @@ const (
 	minExpireInterval = 10 * time.Millisecond
 	maxExpireInterval = time.Minute
 	minTouchInterval  = 100 * time.Millisecond
-	// A session must be touched on the other nodes several times within
-	// its timeout, or a copy expires while the session is in use.
-	touchesPerTimeout = 4
 )
 
 // Validate reports every problem in c, joined with [errors.Join], each naming
@@ -184,10 +182,10 @@ func (c Config) problems() []problem {
 	switch ti := mg.TouchInterval.Duration; {
 	case ti < minTouchInterval:
 		check("cluster.manager.touch_interval", fmt.Errorf("%v is too short; allowed at least %v", ti, minTouchInterval))
-	case timeoutErr == nil && ti > mg.SessionTimeout.Duration/touchesPerTimeout:
+	case timeoutErr == nil && manager.CheckTouch(ti, mg.SessionTimeout.Duration) != nil:
 		checkPair("cluster.manager.touch_interval", "cluster.manager.session_timeout",
 			fmt.Errorf("%v must be at most session_timeout/%d (%v), so that no copy of a session expires while it is in use on another node",
-				ti, touchesPerTimeout, mg.SessionTimeout.Duration/touchesPerTimeout))
+				ti, manager.TouchesPerTimeout, mg.SessionTimeout.Duration/manager.TouchesPerTimeout))
 	}
 
 	se := c.Session

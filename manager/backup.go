@@ -3,12 +3,12 @@ package manager
 import (
 	"context"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -17,10 +17,36 @@ import (
 // when that node is gone, the node after it on the ring of members sorted
 // by name; its backup is the node after the owner. Every node computes the
 // same answer from the membership it sees, so no one has to be told.
-const (
-	ModeDelta  = "delta"
-	ModeBackup = "backup"
-)
+type backupPlacement struct {
+	m    *Manager
+	ring atomic.Pointer[ring] // rebuilt on every change of the member view
+
+	mu sync.Mutex
+	// backupAt: for the sessions this node owns, the member it last copied
+	// each to; rebalance copies again when the ring names another one.
+	backupAt map[string]string
+	// moved remembers ids renamed away (route rewrites, RenewID) for a
+	// session timeout, so a node recovering from disk learns that its old
+	// copies live on under another id.
+	moved map[string]time.Time
+
+	// orphaned: copies this node is neither owner nor backup of, since
+	// when; only step touches it.
+	orphaned map[string]time.Time
+}
+
+var _ placement = (*backupPlacement)(nil)
+
+func newBackup(m *Manager) *backupPlacement {
+	p := &backupPlacement{
+		m:        m,
+		backupAt: make(map[string]string),
+		moved:    make(map[string]time.Time),
+		orphaned: make(map[string]time.Time),
+	}
+	p.ring.Store(newRing(m.local, nil))
+	return p
+}
 
 // ring is one view of the members, this node included, sorted by name.
 type ring struct {
@@ -28,10 +54,9 @@ type ring struct {
 	members map[string]membership.Member
 }
 
-func (m *Manager) ring() ring {
-	ms := m.members()
-	r := ring{names: make([]string, 0, len(ms)+1), members: make(map[string]membership.Member, len(ms))}
-	r.names = append(r.names, m.local)
+func newRing(local string, ms []membership.Member) *ring {
+	r := &ring{names: make([]string, 0, len(ms)+1), members: make(map[string]membership.Member, len(ms))}
+	r.names = append(r.names, local)
 	for _, mb := range ms {
 		r.names = append(r.names, mb.Name)
 		r.members[mb.Name] = mb
@@ -71,45 +96,130 @@ func (r ring) owner(id string) string {
 // backup is where owner copies its sessions; "" when owner is alone.
 func (r ring) backup(owner string) string { return r.next(owner) }
 
-// replicaTargets is where a commit of s goes: in delta mode every member; in
-// backup mode the backup when this node owns the session, else the owner
-// and the owner's backup (a request that landed here: the change is stored
+// members rebuilds the ring: once per change of the view, not per commit.
+func (p *backupPlacement) members(_ membership.Event, view []membership.Member) {
+	p.ring.Store(newRing(p.m.local, view))
+}
+
+// start is the recovery: a node holds only what it owns, so it asks every
+// member for the sessions whose id names it (a restart under the same
+// name: the backup, or the node that took them over, has them) and keeps,
+// for each, the newest version (Resin's recovery). It asks every member,
+// not just the first heard of: the view settles first (the others answer
+// a newcomer's heartbeat at once).
+func (p *backupPlacement) start([]membership.Member) {
+	m := p.m
+	ms := m.settleMembers()
+	if m.ctx.Err() != nil {
+		return
+	}
+	m.transfer.set("running")
+	start := m.clock.Now()
+	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.StateTransferTimeout)
+	defer cancel()
+	type answer struct {
+		n   int
+		err error
+	}
+	results := make(chan answer, len(ms))
+	for _, mb := range ms {
+		go func() {
+			n, err := m.pull(ctx, mb, m.local)
+			results <- answer{n, err}
+		}()
+	}
+	n, failed := 0, 0
+	for range ms {
+		a := <-results
+		n += a.n
+		if a.err != nil {
+			failed++
+		}
+	}
+	d := m.clock.Now().Sub(start)
+	m.stats.transferSessions.Add(uint64(n))
+	m.stats.transferNanos.Store(uint64(d))
+	if failed > 0 {
+		m.stats.timeouts.Add(1)
+		m.transfer.set("timed out")
+		m.log.WithFields(logrus.Fields{"sessions": n, "members": len(ms), "unanswered": failed}).Warn("recovery incomplete")
+		return
+	}
+	m.transfer.set("done")
+	m.log.WithFields(logrus.Fields{"sessions": n, "took": d.Round(time.Millisecond)}).Info("recovered owned sessions")
+}
+
+// targets: the backup when this node owns the session, else the owner and
+// the owner's backup (a request that landed here: the change is stored
 // back, Resin's load/store). The store-back goes to both from here rather
 // than to the owner for it to pass on: the owner would have to send to its
 // backup from inside its message handler, on the reader of this node's
 // connection, and store-backs going round the ring then wait on each other
-// in a cycle that only the send timeout breaks. borrowed reports a session
-// this node keeps no copy of; owned that this node is its owner.
-func (m *Manager) replicaTargets(id string) (to []membership.Member, borrowed, owned bool) {
-	if m.cfg.Mode != ModeBackup {
-		return m.members(), false, false
-	}
-	r := m.ring()
+// in a cycle that only the send timeout breaks.
+func (p *backupPlacement) targets(id string) plan {
+	r := p.ring.Load()
+	local := p.m.local
 	owner := r.owner(id)
-	if owner == m.local {
-		if b := r.backup(m.local); b != "" {
-			return []membership.Member{r.members[b]}, false, true
+	if owner == local {
+		if b := r.backup(local); b != "" {
+			return plan{to: []membership.Member{r.members[b]}, owned: true}
 		}
-		return nil, false, true
+		return plan{owned: true}
 	}
-	to = []membership.Member{r.members[owner]}
+	to := []membership.Member{r.members[owner]}
 	b := r.backup(owner)
-	if b != "" && b != m.local {
+	if b != "" && b != local {
 		to = append(to, r.members[b])
 	}
-	return to, b != m.local, false
+	return plan{to: to, borrowed: b != local}
 }
 
-// loadFromOwner fetches session id from its owner for a request that landed
-// on this node (backup mode, a non-sticky balancer): the owner's copy is
-// the truth. If the owner cannot be reached (it died and membership has not
-// noticed yet), the owner's backup is asked, and if this node is the
-// backup, its copy is served rather than nothing.
-func (m *Manager) loadFromOwner(ctx context.Context, id string) {
-	if Route(id) == m.local {
-		return // this node is alive, so it owns what its route names: no ring to build per request
+// committing: the owner's change goes to its backup, which then holds it.
+func (p *backupPlacement) committing(id string, pl plan) {
+	if pl.owned && len(pl.to) > 0 {
+		p.mu.Lock()
+		p.backupAt[id] = pl.to[0].Name
+		p.mu.Unlock()
 	}
-	r := m.ring()
+}
+
+// committed: after this node committed a session it took over under its
+// own route (Rebind, after the owner failed), the copies kept under the
+// old id, on the old id's owner and that owner's backup, are nobody's now.
+// A target of the change that holds the old id has renamed its copy
+// instead. It runs on the request's goroutine, not in a message handler,
+// which must never wait on another member.
+func (p *backupPlacement) committed(ctx context.Context, d delta, pl plan) {
+	if !pl.owned || d.Old == "" || len(pl.to) == 0 {
+		return
+	}
+	m := p.m
+	r := p.ring.Load()
+	owner := r.owner(d.Old)
+	var to []membership.Member
+	for _, name := range []string{owner, r.backup(owner)} {
+		if name == "" || name == m.local || slices.ContainsFunc(to, func(mb membership.Member) bool { return mb.Name == name }) ||
+			slices.ContainsFunc(pl.to, func(mb membership.Member) bool { return mb.Name == name }) {
+			continue
+		}
+		to = append(to, r.members[name])
+	}
+	if err := m.broadcastTo(ctx, to, typeExpire, expire{ID: d.Old, Version: d.Version, Reason: "moved"}); err != nil {
+		m.log.WithField("session", short(d.Old)).WithError(err).Debug("old copies not dropped")
+	}
+}
+
+// load fetches session id from its owner for a request that landed on
+// this node (a non-sticky balancer): the owner's copy is the truth. If the
+// owner cannot be reached (it died and membership has not noticed yet),
+// the owner's backup is asked, and if this node is the backup, its copy is
+// served rather than nothing.
+func (p *backupPlacement) load(ctx context.Context, id string) {
+	m := p.m
+	if Route(id) == m.local {
+		return // this node is alive, so it owns what its route names
+	}
+	r := p.ring.Load()
 	owner := r.owner(id)
 	if owner == m.local || owner == "" {
 		return
@@ -128,74 +238,67 @@ func (m *Manager) loadFromOwner(ctx context.Context, id string) {
 	m.stats.fetched.Add(1)
 }
 
-// repairSource is where a session this node cannot build a change on is
-// fetched whole from: the sender in delta mode; in backup mode the owner,
-// since the sender may have served one request for it and kept no copy.
-func (m *Manager) repairSource(id string, from membership.Member) membership.Member {
-	if m.cfg.Mode != ModeBackup {
-		return from
-	}
-	r := m.ring()
-	if o := r.owner(id); o != m.local {
+// repairFrom: the owner, since the sender may have served one request for
+// the session and kept no copy.
+func (p *backupPlacement) repairFrom(id string, sender membership.Member) membership.Member {
+	r := p.ring.Load()
+	if o := r.owner(id); o != p.m.local {
 		return r.members[o]
 	}
-	return from
+	return sender
 }
 
-// dropBorrowed forgets a session this node served for its owner.
-func (m *Manager) dropBorrowed(s *Session) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	id := s.ID()
-	if m.sessions[id] == s {
-		delete(m.sessions, id)
-		delete(m.touched, id)
+// renamed notes old in the ledger of renamed ids. A rename made here keeps
+// the session's backup (the change that follows carries the old id to
+// it); one that arrived by replication leaves this node no copy to track.
+func (p *backupPlacement) renamed(old, new string, here bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, ok := p.backupAt[old]
+	delete(p.backupAt, old)
+	if here && ok {
+		p.backupAt[new] = b
 	}
-}
-
-// dropOldCopies runs after this node committed a session it took over
-// under its own route (Rebind, after the owner failed): the copies kept
-// under the old id, on the old id's owner and that owner's backup, are
-// nobody's now. A target of the change that holds the old id has renamed
-// its copy instead. It runs on the request's goroutine, not in a message
-// handler, which must never wait on another member.
-func (m *Manager) dropOldCopies(ctx context.Context, d delta, sent []membership.Member) {
-	r := m.ring()
-	owner := r.owner(d.Old)
-	var to []membership.Member
-	for _, name := range []string{owner, r.backup(owner)} {
-		if name == "" || name == m.local || slices.ContainsFunc(to, func(mb membership.Member) bool { return mb.Name == name }) ||
-			slices.ContainsFunc(sent, func(mb membership.Member) bool { return mb.Name == name }) {
-			continue
+	now := p.m.clock.Now()
+	p.moved[old] = now
+	if len(p.moved)%1024 == 0 { // prune now and then: bounded by the renames of one timeout
+		for id, at := range p.moved {
+			if now.Sub(at) > p.m.cfg.SessionTimeout {
+				delete(p.moved, id)
+			}
 		}
-		to = append(to, r.members[name])
-	}
-	if err := m.broadcastTo(ctx, to, typeExpire, expire{ID: d.Old, Version: d.Version, Reason: "moved"}); err != nil {
-		m.log.WithField("session", short(d.Old)).WithError(err).Debug("old copies not dropped")
 	}
 }
 
-// runRebalance watches the ring and moves sessions when it changes: an
-// owner whose backup changed copies its sessions to the new one; the backup
-// of a node that is gone becomes the owner and copies them on; a node that
-// is neither owner nor backup of a session drops it, after a grace period
+func (p *backupPlacement) gone(id string) {
+	p.mu.Lock()
+	delete(p.backupAt, id)
+	p.mu.Unlock()
+}
+
+// renamedAway lists the remembered renamed-away ids whose route is route.
+func (p *backupPlacement) renamedAway(route string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for id := range p.moved {
+		if Route(id) == route {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (p *backupPlacement) period() time.Duration { return p.m.cfg.RebalanceInterval }
+
+// step is the rebalance: it moves sessions when the ring changed. An owner
+// whose backup changed copies its sessions to the new one; the backup of a
+// node that is gone becomes the owner and copies them on; a node that is
+// neither owner nor backup of a session drops it, after a grace period
 // that lets the new backup receive its copy first.
-func (m *Manager) runRebalance() {
-	tick := time.NewTicker(m.cfg.RebalanceInterval)
-	defer tick.Stop()
-	orphaned := map[string]time.Time{}
-	for {
-		select {
-		case <-m.ctx.Done():
-			return
-		case now := <-tick.C:
-			m.rebalance(now, orphaned)
-		}
-	}
-}
-
-func (m *Manager) rebalance(now time.Time, orphaned map[string]time.Time) {
-	r := m.ring()
+func (p *backupPlacement) step(now time.Time) {
+	m := p.m
+	r := p.ring.Load()
 	copies := map[string][]snapshot{}
 	var drop []string
 	m.mu.RLock()
@@ -205,50 +308,67 @@ func (m *Manager) rebalance(now time.Time, orphaned map[string]time.Time) {
 		switch {
 		case s.isNew || s.invalid:
 		case owner == m.local:
-			delete(orphaned, id)
-			if s.backupAt == "" {
+			delete(p.orphaned, id)
+			b := r.backup(m.local)
+			p.mu.Lock()
+			at, copied := p.backupAt[id]
+			if b != "" && at != b {
+				p.backupAt[id] = b
+			}
+			p.mu.Unlock()
+			if !copied {
 				m.persist.changed(id) // taken over, or recovered: now this node's to keep
 			}
-			if b := r.backup(m.local); b != "" && s.backupAt != b {
+			if b != "" && at != b {
 				copies[b] = append(copies[b], s.toSnapshot())
-				s.backupAt = b
 			}
 		case r.backup(owner) == m.local:
-			delete(orphaned, id)
+			delete(p.orphaned, id)
 		default:
-			if since, ok := orphaned[id]; !ok {
-				orphaned[id] = now
+			if since, ok := p.orphaned[id]; !ok {
+				p.orphaned[id] = now
 			} else if now.Sub(since) > m.cfg.OrphanGrace {
 				drop = append(drop, id)
 			}
 		}
 		s.mu.Unlock()
 	}
-	for id := range orphaned {
+	for id := range p.orphaned {
 		// Forget what is dropped now or was removed meanwhile (a borrowed
 		// copy, an expiry), so the map cannot grow and a later copy of the
 		// same id starts a fresh grace period.
 		if _, held := m.sessions[id]; !held || slices.Contains(drop, id) {
-			delete(orphaned, id)
+			delete(p.orphaned, id)
 		}
 	}
 	m.mu.RUnlock()
 	if len(drop) > 0 {
 		m.mu.Lock()
 		for _, id := range drop {
-			delete(m.sessions, id)
-			delete(m.touched, id)
+			m.forget(id)
 		}
 		m.mu.Unlock()
 		m.stats.moved.Add(uint64(len(drop)))
 	}
 	for b, snaps := range copies {
-		m.copyTo(r.members[b], snaps)
+		failed := p.copyTo(r.members[b], snaps)
+		if len(failed) == 0 {
+			continue
+		}
+		p.mu.Lock()
+		for _, id := range failed {
+			if p.backupAt[id] == b {
+				delete(p.backupAt, id) // copied again at the next step
+			}
+		}
+		p.mu.Unlock()
 	}
 }
 
-// copyTo sends whole sessions to a member in batches.
-func (m *Manager) copyTo(to membership.Member, snaps []snapshot) {
+// copyTo sends whole sessions to a member in batches; it returns the ids
+// of the batches that failed.
+func (p *backupPlacement) copyTo(to membership.Member, snaps []snapshot) (failed []string) {
+	m := p.m
 	for len(snaps) > 0 {
 		n, size := 0, 0
 		for n < len(snaps) && (n == 0 || size < m.cfg.TransferBatch) {
@@ -258,78 +378,18 @@ func (m *Manager) copyTo(to membership.Member, snaps []snapshot) {
 			}
 			n++
 		}
-		b, err := msgpack.Marshal(sessions{Sessions: snaps[:n], Last: true})
-		if err == nil {
-			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
-			err = m.c.Send(ctx, []membership.Member{to}, typeSessions, b, flock.Ack)
-			cancel()
-		}
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
+		err := m.push(ctx, to, snaps[:n])
+		cancel()
 		if err != nil {
 			m.log.WithFields(logrus.Fields{"member": to.Name, "sessions": n}).WithError(err).Warn("copy to the backup failed; retrying at the next change")
-			m.mu.RLock()
 			for _, snap := range snaps[:n] {
-				if s := m.sessions[snap.ID]; s != nil {
-					s.mu.Lock()
-					s.backupAt = ""
-					s.mu.Unlock()
-				}
+				failed = append(failed, snap.ID)
 			}
-			m.mu.RUnlock()
 		} else {
 			m.stats.copied.Add(uint64(n))
 		}
 		snaps = snaps[n:]
 	}
-}
-
-// noteMoved records that id was renamed away.
-func (m *Manager) noteMoved(id string) {
-	m.movedMu.Lock()
-	defer m.movedMu.Unlock()
-	if m.moved == nil {
-		m.moved = make(map[string]time.Time)
-	}
-	now := time.Now()
-	m.moved[id] = now
-	if len(m.moved)%1024 == 0 { // prune now and then: bounded by the renames of one timeout
-		for old, at := range m.moved {
-			if now.Sub(at) > m.cfg.SessionTimeout {
-				delete(m.moved, old)
-			}
-		}
-	}
-}
-
-// movedFor lists the remembered renamed-away ids whose route is route.
-func (m *Manager) movedFor(route string) []string {
-	m.movedMu.Lock()
-	defer m.movedMu.Unlock()
-	var out []string
-	for id := range m.moved {
-		if Route(id) == route {
-			out = append(out, id)
-		}
-	}
-	return out
-}
-
-// forgetMoved drops local copies of sessions another node says were renamed
-// away: a disk copy read back after a restart must not come back to life
-// under its old id.
-func (m *Manager) forgetMoved(ids []string) {
-	for _, id := range ids {
-		m.mu.Lock()
-		s := m.sessions[id]
-		if s != nil {
-			delete(m.sessions, id)
-			delete(m.touched, id)
-		}
-		m.mu.Unlock()
-		if s != nil {
-			s.mu.Lock()
-			v := s.version
-			s.mu.Unlock()
-			m.persist.ended(id, v)
-		}
-	}
+	return failed
 }

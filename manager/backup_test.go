@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/internal/leakcheck"
+	"github.com/flockhq/flock/membership"
 )
 
 func backupConfig() Config {
@@ -19,11 +20,11 @@ func backupConfig() Config {
 	return cfg
 }
 
-// holders lists the nodes that hold session id.
+// holders lists the members that hold session id.
 func (c *testCluster) holders(id string) []string {
 	var out []string
 	for i, m := range c.ms {
-		if !c.nodes[i].up {
+		if !c.isMember(i) {
 			continue
 		}
 		m.mu.RLock()
@@ -320,4 +321,71 @@ func TestBackupPersistence(t *testing.T) {
 	c.waitFor("only-on-disk session copied to n2", func() bool {
 		return slices.Equal(c.holders(onlyOnDisk), []string{"n1", "n2"})
 	})
+}
+
+// TestMemberView: the manager's member view and backup mode's ring follow
+// the membership events; a failure of a member's earlier run does not
+// remove its restart; a member heard from again after a failure is back,
+// and noted for a resync.
+func TestMemberView(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := backupConfig()
+	cfg.Route = "n1"
+	m, err := New(newFakeNet(t).addNode("n1"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb := func(name string, id byte) membership.Member {
+		return membership.Member{ID: membership.ID{id}, Name: name}
+	}
+	ring := func() []string { return m.place.(*backupPlacement).ring.Load().names }
+	names := func() []string {
+		var out []string
+		for _, x := range m.members() {
+			out = append(out, x.Name)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		e       membership.Event
+		members []string
+		changed bool
+	}{
+		{membership.Event{Type: membership.Joined, Member: mb("n3", 3)}, []string{"n3"}, true},
+		{membership.Event{Type: membership.Joined, Member: mb("n2", 2)}, []string{"n2", "n3"}, true},
+		{membership.Event{Type: membership.Joined, Member: mb("n1", 9)}, []string{"n2", "n3"}, false}, // this node's name
+		{membership.Event{Type: membership.Joined, Member: mb("n2", 4)}, []string{"n2", "n3"}, true},  // n2 restarted, heard of first
+		{membership.Event{Type: membership.Failed, Member: mb("n2", 2)}, []string{"n2", "n3"}, false}, // its old run failed
+		{membership.Event{Type: membership.Failed, Member: mb("n3", 3)}, []string{"n2"}, true},
+		{membership.Event{Type: membership.Rejoined, Member: mb("n3", 3)}, []string{"n2", "n3"}, true},
+		{membership.Event{Type: membership.Left, Member: mb("n2", 4)}, []string{"n3"}, true},
+	} {
+		_, changed := m.view.snapshot()
+		m.onEvent(tc.e)
+		if got := names(); !slices.Equal(got, tc.members) {
+			t.Fatalf("after %s %s: members %v, want %v", tc.e.Type, tc.e.Member.Name, got, tc.members)
+		}
+		if want := append([]string{"n1"}, tc.members...); !slices.Equal(ring(), want) {
+			t.Fatalf("after %s %s: ring %v, want %v", tc.e.Type, tc.e.Member.Name, ring(), want)
+		}
+		select {
+		case <-changed:
+			if !tc.changed {
+				t.Errorf("%s %s: the view says it changed", tc.e.Type, tc.e.Member.Name)
+			}
+		default:
+			if tc.changed {
+				t.Errorf("%s %s: the view does not say it changed", tc.e.Type, tc.e.Member.Name)
+			}
+		}
+	}
+	m.view.mu.Lock()
+	_, noted := m.view.rejoined["n3"]
+	m.view.mu.Unlock()
+	if !noted {
+		t.Error("the rejoined member is not noted for a resync")
+	}
+	if !m.isMember("n3") || m.isMember("n2") {
+		t.Error("isMember disagrees with the view")
+	}
 }

@@ -6,34 +6,27 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 )
 
 // runExpiry sweeps for expired sessions every ExpireInterval, looking at no
 // more than ExpireBatch sessions per tick, so a node with a million sessions
 // spreads the work instead of stalling on it.
 func (m *Manager) runExpiry() {
-	tick := time.NewTicker(m.cfg.ExpireInterval)
-	defer tick.Stop()
 	var queue []string // ids still to look at in this round
-	for {
-		select {
-		case <-m.ctx.Done():
-			return
-		case now := <-tick.C:
-			if len(queue) == 0 {
-				m.mu.RLock()
-				queue = make([]string, 0, len(m.sessions))
-				for id := range m.sessions {
-					queue = append(queue, id)
-				}
-				m.mu.RUnlock()
+	m.every(m.cfg.ExpireInterval, func(now time.Time) {
+		if len(queue) == 0 {
+			m.mu.RLock()
+			queue = make([]string, 0, len(m.sessions))
+			for id := range m.sessions {
+				queue = append(queue, id)
 			}
-			n := min(len(queue), m.cfg.ExpireBatch)
-			m.expire(now, queue[:n])
-			queue = queue[n:]
+			m.mu.RUnlock()
 		}
-	}
+		n := min(len(queue), m.cfg.ExpireBatch)
+		m.expire(now, queue[:n])
+		queue = queue[n:]
+	})
 }
 
 func (m *Manager) expire(now time.Time, ids []string) {
@@ -54,8 +47,7 @@ func (m *Manager) expire(now time.Time, ids []string) {
 		primary := s.accessedBy == m.local
 		version := s.version
 		s.mu.Unlock()
-		delete(m.sessions, id)
-		delete(m.touched, id)
+		m.forget(id)
 		m.mu.Unlock()
 		m.stats.expired.Add(1)
 		m.persist.ended(id, version)
@@ -70,7 +62,7 @@ func (m *Manager) expire(now time.Time, ids []string) {
 			b, err := msgpack.Marshal(expire{ID: id, Version: version, Reason: "expired"})
 			if err == nil {
 				ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
-				err = m.c.Broadcast(ctx, typeExpire, b, flock.Async)
+				err = m.c.Broadcast(ctx, typeExpire, b, cluster.Async)
 				cancel()
 			}
 			if err != nil {
@@ -85,18 +77,11 @@ func (m *Manager) expire(now time.Time, ids []string) {
 // expires while the session is in use elsewhere, at the cost of one
 // message per interval instead of one per request.
 func (m *Manager) runTouches() {
-	tick := time.NewTicker(m.cfg.TouchInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-m.ctx.Done():
-			return
-		case <-tick.C:
-			ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
-			m.sendTouches(ctx)
-			cancel()
-		}
-	}
+	m.every(m.cfg.TouchInterval, func(time.Time) {
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
+		m.sendTouches(ctx)
+		cancel()
+	})
 }
 
 func (m *Manager) sendTouches(ctx context.Context) {
@@ -120,7 +105,7 @@ func (m *Manager) sendTouches(ctx context.Context) {
 		n := min(len(t.Entries), chunk)
 		b, err := msgpack.Marshal(touch{By: t.By, Entries: t.Entries[:n]})
 		if err == nil {
-			err = m.c.Broadcast(ctx, typeTouch, b, flock.Async)
+			err = m.c.Broadcast(ctx, typeTouch, b, cluster.Async)
 		}
 		if err != nil {
 			m.log.WithError(err).Debug("touch batch not replicated")

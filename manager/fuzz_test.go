@@ -6,7 +6,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/leakcheck"
 )
 
@@ -61,7 +61,7 @@ func FuzzHandleDelta(f *testing.F) {
 	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		err := m.handleDelta(context.Background(), flock.Message{From: peer.Local(), Type: typeDelta, Payload: payload})
+		err := m.handleDelta(context.Background(), cluster.Message{From: peer.Local(), Type: typeDelta, Payload: payload})
 		var d delta
 		derr := msgpack.Unmarshal(payload, &d)
 		wellFormed := derr == nil && ValidID(d.ID) && (d.Old == "" || ValidID(d.Old))

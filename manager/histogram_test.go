@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 )
 
 func TestHistogramObserve(t *testing.T) {
@@ -83,7 +83,9 @@ func TestHistogramConcurrent(t *testing.T) {
 // TestReplicationHistogram: Commit times its broadcast, and only when
 // there is someone to replicate to.
 func TestReplicationHistogram(t *testing.T) {
-	alone := newCluster(t, testConfig(), "A")
+	cfg := testConfig()
+	cfg.JoinWait = 0 // alone: no member to wait for
+	alone := newCluster(t, cfg, "A")
 	create(t, alone.ms[0], map[string]any{"k": 1})
 	if _, _, _, n := alone.ms[0].ReplicationHistogram(); n != 0 {
 		t.Errorf("alone: %d commits timed, want 0", n)
@@ -105,7 +107,7 @@ func TestReplicationHistogram(t *testing.T) {
 }
 
 func TestTypeName(t *testing.T) {
-	for typ, want := range map[flock.MessageType]string{
+	for typ, want := range map[cluster.MessageType]string{
 		typeDelta: "delta", typeExpire: "expire", typeTouch: "touch", typeFetch: "fetch",
 		typeSessions: "sessions", typeState: "state", 255: "type-255", 1: "type-1",
 	} {

@@ -1,11 +1,13 @@
-// Package manager is flock's session store. In delta mode (Tomcat's
-// DeltaManager) every node holds every session: a change made on one node is
-// committed as a versioned delta and replicated to all the others, so any
-// node can serve any session, and a session survives the death of the node
-// that served it.
+// Package manager is flock's session store. A change made on one node is
+// committed as a versioned delta and replicated to the nodes that hold the
+// session: in delta mode (Tomcat's DeltaManager) every node, so any node
+// can serve any session; in backup mode (Tomcat's BackupManager) its owner
+// and one backup. Either way a session survives the death of the node that
+// served it.
 //
-// The replication strategy sits behind the session API: the valve and the
-// handlers see Session, Load, Create and Commit, whatever the mode.
+// The mode is a placement behind the session API: the valve and the
+// handlers see Session, Load, Create and Commit, whatever the mode, and the
+// core (versions, expiry, touches, listeners, persistence) is shared.
 package manager
 
 import (
@@ -21,20 +23,31 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/internal/clock"
 	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/membership"
 )
 
-// Cluster is what the manager needs of the cluster; *flock.Cluster has it.
+// Cluster is what the manager needs of the cluster; *cluster.Cluster has it.
 type Cluster interface {
 	Local() membership.Member
+	// Members is read once, at Start, for the members that joined before
+	// the manager subscribed.
 	Members() []membership.Status
-	Handle(t flock.MessageType, h flock.Handler)
-	Send(ctx context.Context, to []membership.Member, t flock.MessageType, payload []byte, mode flock.Mode) error
-	Broadcast(ctx context.Context, t flock.MessageType, payload []byte, mode flock.Mode) error
+	// Subscribe has f called with every membership event, in order, on
+	// one goroutine; New calls it, before the cluster starts. f does not
+	// block.
+	Subscribe(f func(membership.Event))
+	Handle(t cluster.MessageType, h cluster.Handler)
+	Send(ctx context.Context, to []membership.Member, t cluster.MessageType, payload []byte, mode cluster.Mode) error
+	Broadcast(ctx context.Context, t cluster.MessageType, payload []byte, mode cluster.Mode) error
+	// Request asks one member and returns its handler's answer.
+	Request(ctx context.Context, to membership.Member, t cluster.MessageType, payload []byte) ([]byte, error)
 }
+
+var _ Cluster = (*cluster.Cluster)(nil)
 
 // Listener hears about sessions. Each function may be nil. remote says the
 // change was made on another node and arrived by replication.
@@ -54,9 +67,9 @@ type Config struct {
 	SessionTimeout time.Duration
 	// MaxActive bounds the sessions this node holds; 0 is no limit.
 	MaxActive int
-	// Replication is when Commit returns: flock.Async (queued), flock.Ack
-	// (the members have the change) or flock.Sync (they applied it).
-	Replication          flock.Mode
+	// Replication is when Commit returns: cluster.Async (queued), cluster.Ack
+	// (the members have the change) or cluster.Sync (they applied it).
+	Replication          cluster.Mode
 	StateTransferTimeout time.Duration
 	// JoinWait is how long the state transfer waits for the first member
 	// to appear before it concludes that this node is alone: membership
@@ -86,6 +99,9 @@ type Config struct {
 	// a restart under the same name recovers them.
 	PersistDir string
 	Logger     logrus.FieldLogger
+	// Clock is the time of expiry, touches, rebalance and the other rules
+	// of the manager; nil is the wall clock.
+	Clock clock.Clock
 }
 
 // DefaultConfig returns the defaults of conf/server.toml.
@@ -96,7 +112,7 @@ func DefaultConfig() Config {
 		RebalanceInterval:    250 * time.Millisecond,
 		OrphanGrace:          10 * time.Second,
 		SessionTimeout:       30 * time.Minute,
-		Replication:          flock.Sync,
+		Replication:          cluster.Sync,
 		StateTransferTimeout: 60 * time.Second,
 		JoinWait:             time.Second,
 		NotifyOnReplication:  true,
@@ -121,6 +137,9 @@ type Manager struct {
 	c     Cluster
 	log   logrus.FieldLogger
 	local string
+	clock clock.Clock
+	place placement // what the mode decides
+	view  view      // the other members, from membership events
 
 	mu       sync.RWMutex
 	sessions map[string]*Session
@@ -129,24 +148,14 @@ type Manager struct {
 	lmu       sync.RWMutex
 	listeners []Listener
 
-	reqSeq   atomic.Uint64
-	reqMu    sync.Mutex
-	requests map[uint64]chan sessions
-
 	repairs chan repair
 	ready   chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-	goMu    sync.Mutex // orders the goroutines handlers start (spawn) before Stop's Wait
 	started atomic.Bool
 
-	persist *persister // nil without a persist_dir
-	// moved remembers ids renamed away (route rewrites, RenewID) for a
-	// session timeout, so a node recovering from disk learns that its old
-	// copies live on under another id.
-	movedMu     sync.Mutex
-	moved       map[string]time.Time
+	persist     *persister // nil without a persist_dir
 	transfer    transferState
 	stats       counters
 	replication histogram // how long Commit's broadcast takes
@@ -157,8 +166,27 @@ type repair struct {
 	from membership.Member
 }
 
-// New builds a manager on c and registers its message handlers; call it
-// before the cluster starts, and Start after.
+// TouchesPerTimeout is how many touch batches at least fit in a session
+// timeout: a copy of a session served elsewhere learns of its use before it
+// could expire, even with a batch lost.
+const TouchesPerTimeout = 4
+
+// ErrTouchInterval: touches too rare for the session timeout would let a
+// copy expire while the session is in use on another node.
+var ErrTouchInterval = errors.New("touch interval must be at most the session timeout / 4")
+
+// CheckTouch reports whether last-access times sent every touch keep the
+// copies of a session that expires after timeout alive. The configuration
+// file's checks (package conf) apply it too, so the rule is written once.
+func CheckTouch(touch, timeout time.Duration) error {
+	if touch <= 0 || timeout <= 0 || touch > timeout/TouchesPerTimeout {
+		return fmt.Errorf("touch interval %v, session timeout %v: %w", touch, timeout, ErrTouchInterval)
+	}
+	return nil
+}
+
+// New builds a manager on c, registers its message handlers and subscribes
+// to membership events; call it before the cluster starts, and Start after.
 func New(c Cluster, cfg Config) (*Manager, error) {
 	def := DefaultConfig()
 	if cfg.Route == "" || cfg.SessionTimeout <= 0 {
@@ -185,12 +213,8 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	if cfg.OrphanGrace <= 0 {
 		cfg.OrphanGrace = def.OrphanGrace
 	}
-	switch cfg.Mode {
-	case "":
-		cfg.Mode = ModeDelta
-	case ModeDelta, ModeBackup:
-	default:
-		return nil, fmt.Errorf("manager: unknown mode %q; allowed: %q, %q", cfg.Mode, ModeDelta, ModeBackup)
+	if err := CheckTouch(cfg.TouchInterval, cfg.SessionTimeout); err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
 	}
 	log := logx.OrDiscard(cfg.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,13 +223,22 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		c:        c,
 		log:      log.WithField("component", "manager"),
 		local:    cfg.Route,
+		clock:    cfg.Clock,
 		sessions: make(map[string]*Session),
 		touched:  make(map[string]bool),
-		requests: make(map[uint64]chan sessions),
 		repairs:  make(chan repair, 1024),
 		ready:    make(chan struct{}),
 		ctx:      ctx,
 		cancel:   cancel,
+	}
+	if m.clock == nil {
+		m.clock = clock.Real()
+	}
+	m.view.init()
+	var err error
+	if m.place, err = newPlacement(m); err != nil {
+		cancel()
+		return nil, err
 	}
 	if cfg.PersistDir != "" {
 		p, err := openPersister(cfg.PersistDir)
@@ -215,12 +248,13 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		}
 		m.persist = p
 	}
-	c.Handle(typeDelta, m.handleDelta)
-	c.Handle(typeExpire, m.handleExpire)
-	c.Handle(typeTouch, m.handleTouch)
+	c.Handle(typeDelta, oneWay(m.handleDelta))
+	c.Handle(typeExpire, oneWay(m.handleExpire))
+	c.Handle(typeTouch, oneWay(m.handleTouch))
 	c.Handle(typeFetch, m.handleFetch)
 	c.Handle(typeSessions, m.handleSessions)
 	c.Handle(typeState, m.handleState)
+	c.Subscribe(m.onEvent)
 	return m, nil
 }
 
@@ -243,26 +277,28 @@ func (m *Manager) fire(remote bool, f func(Listener)) {
 	}
 }
 
-// Start fetches the sessions of the cluster (state transfer) in the
-// background and starts the expiry sweep and the touch batches. Ready is
-// closed once the transfer has ended.
+// Start brings this node's copies up to date from the cluster in the
+// background (delta mode's state transfer, backup mode's recovery) and
+// starts the expiry sweep, the touch batches and the mode's periodic work.
+// Ready is closed once the transfer has ended.
 func (m *Manager) Start(ctx context.Context) error {
 	if !m.started.CompareAndSwap(false, true) {
 		return errors.New("manager: already started")
 	}
+	m.seedView()
 	if m.persist != nil {
 		m.loadPersisted()
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runPersist() }()
 	}
 	m.wg.Add(4)
-	go func() { defer m.wg.Done(); m.runTransfer() }()
+	go func() { defer m.wg.Done(); m.runStart() }()
 	go func() { defer m.wg.Done(); m.runRepairs() }()
 	go func() { defer m.wg.Done(); m.runExpiry() }()
 	go func() { defer m.wg.Done(); m.runTouches() }()
-	if m.cfg.Mode == ModeBackup {
+	if d := m.place.period(); d > 0 {
 		m.wg.Add(1)
-		go func() { defer m.wg.Done(); m.runRebalance() }()
+		go func() { defer m.wg.Done(); m.every(d, m.place.step) }()
 	}
 	return nil
 }
@@ -276,30 +312,16 @@ func (m *Manager) Stop(ctx context.Context) error {
 	if m.started.Load() {
 		m.sendTouches(ctx)
 	}
-	m.goMu.Lock()
 	m.cancel()
-	m.goMu.Unlock()
 	if err := syncx.Wait(ctx, &m.wg); err != nil {
 		return fmt.Errorf("manager: stop: %w", err)
 	}
 	return nil
 }
 
-// spawn runs f on a goroutine that Stop waits for. Handlers run until the
-// cluster stops, after the manager: once Stop has begun, f is not run (a
-// WaitGroup.Add racing Wait is a misuse, and the goroutine would outlive
-// Stop).
-func (m *Manager) spawn(f func()) {
-	m.goMu.Lock()
-	defer m.goMu.Unlock()
-	if m.ctx.Err() != nil {
-		return
-	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		f()
-	}()
+// oneWay makes a handler of a message that is never a request.
+func oneWay(h func(context.Context, cluster.Message) error) cluster.Handler {
+	return func(ctx context.Context, msg cluster.Message) ([]byte, error) { return nil, h(ctx, msg) }
 }
 
 // Len is the number of sessions this node holds.
@@ -312,7 +334,7 @@ func (m *Manager) Len() int {
 // Create starts a new session on this node. It is replicated when first
 // committed.
 func (m *Manager) Create(ctx context.Context) (*Session, error) {
-	now := time.Now()
+	now := m.clock.Now()
 	s := &Session{
 		m: m, origin: m.local, created: now, lastAccess: now, accessedBy: m.local,
 		maxInactive: m.cfg.SessionTimeout, attrs: make(map[string][]byte), isNew: true,
@@ -341,29 +363,24 @@ func (m *Manager) Create(ctx context.Context) (*Session, error) {
 }
 
 // Load returns the session with this id and marks it accessed, or nil if
-// the node has no such session (unknown, expired, or a malformed id). While
-// the state transfer runs, a session this node lacks is fetched from a peer
-// instead of being reported missing.
+// the node has no such session (unknown, expired, or a malformed id). A
+// copy the node should serve but lacks is fetched first, as the mode says:
+// in delta mode while the state transfer runs, in backup mode from the
+// session's owner.
 func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 	if !ValidID(id) {
 		return nil, nil
 	}
-	if m.cfg.Mode == ModeBackup && m.started.Load() {
-		m.loadFromOwner(ctx, id)
+	if m.started.Load() {
+		m.place.load(ctx, id)
 	}
 	m.mu.RLock()
 	s := m.sessions[id]
 	m.mu.RUnlock()
-	if s == nil && m.cfg.Mode == ModeDelta && m.started.Load() && !m.transferred() {
-		var err error
-		if s, err = m.fetchOne(ctx, id); err != nil {
-			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
-		}
-	}
 	if s == nil {
 		return nil, nil
 	}
-	now := time.Now()
+	now := m.clock.Now()
 	s.mu.Lock()
 	if s.invalid || s.expiredAt(now, m.local) {
 		s.mu.Unlock()
@@ -408,11 +425,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	if !changed && !m.cfg.AlwaysSave {
 		id := s.id
 		s.mu.Unlock()
-		if m.cfg.Mode == ModeBackup && Route(id) != m.local {
+		if m.place.targets(id).borrowed {
 			// A read served for another owner: keep no copy to go stale.
-			if _, borrowed, _ := m.replicaTargets(id); borrowed {
-				m.dropBorrowed(s)
-			}
+			m.dropBorrowed(s)
 		}
 		return nil
 	}
@@ -457,29 +472,22 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	m.mu.Lock()
 	delete(m.touched, d.ID) // the delta carries the access time
 	m.mu.Unlock()
-	to, borrowed, owned := m.replicaTargets(d.ID)
-	if !borrowed {
-		m.persist.changed(d.ID)
-	}
-	if borrowed {
+	p := m.place.targets(d.ID)
+	if p.borrowed {
 		// Served for its owner: the change is stored back there, and this
 		// node keeps no copy to go stale.
 		defer m.dropBorrowed(s)
+	} else {
+		m.persist.changed(d.ID)
 	}
-	if len(to) == 0 {
+	if len(p.to) == 0 {
 		return nil // alone: nothing to replicate, nothing to time
 	}
-	if owned {
-		s.mu.Lock()
-		s.backupAt = to[0].Name
-		s.mu.Unlock()
-	}
-	start := time.Now()
-	err := m.broadcastTo(ctx, to, typeDelta, d)
+	m.place.committing(d.ID, p)
+	start := time.Now() // the histogram times real work, whatever the clock
+	err := m.broadcastTo(ctx, p.to, typeDelta, d)
 	m.replication.observe(time.Since(start))
-	if owned && d.Old != "" {
-		m.dropOldCopies(ctx, d, to)
-	}
+	m.place.committed(ctx, d, p)
 	return err
 }
 
@@ -492,12 +500,12 @@ func cloneAttrs(a map[string][]byte) map[string][]byte {
 }
 
 // broadcast sends v to every member in the configured replication mode.
-func (m *Manager) broadcast(ctx context.Context, t flock.MessageType, v any) error {
+func (m *Manager) broadcast(ctx context.Context, t cluster.MessageType, v any) error {
 	return m.broadcastTo(ctx, m.members(), t, v)
 }
 
 // broadcastTo sends v to the members to in the configured replication mode.
-func (m *Manager) broadcastTo(ctx context.Context, to []membership.Member, t flock.MessageType, v any) error {
+func (m *Manager) broadcastTo(ctx context.Context, to []membership.Member, t cluster.MessageType, v any) error {
 	if len(to) == 0 {
 		return nil // alone: nothing to encode or send
 	}
@@ -528,7 +536,7 @@ func (m *Manager) rename(s *Session, newID string) error {
 	delete(m.sessions, s.id)
 	delete(m.touched, s.id)
 	m.persist.ended(s.id, s.version)
-	m.noteMoved(s.id)
+	m.place.renamed(s.id, newID, true)
 	if s.renamedFrom == "" && !s.isNew {
 		s.renamedFrom = s.id // the others know it by its first name
 	}
@@ -546,13 +554,8 @@ func (m *Manager) rename(s *Session, newID string) error {
 func (m *Manager) Rebind(s *Session) (bool, error) {
 	id := s.ID()
 	route := Route(id)
-	if route == m.local {
+	if route == m.local || m.isMember(route) {
 		return false, nil
-	}
-	for _, mb := range m.c.Members() {
-		if mb.Name == route {
-			return false, nil
-		}
 	}
 	if err := m.rename(s, withRoute(id, m.local)); err != nil {
 		return false, err
@@ -565,7 +568,7 @@ func (m *Manager) Rebind(s *Session) (bool, error) {
 func (m *Manager) invalidated(s *Session, id string) {
 	m.mu.Lock()
 	if m.sessions[id] == s {
-		delete(m.sessions, id)
+		m.forget(id)
 	}
 	delete(m.touched, id)
 	m.mu.Unlock()
@@ -598,16 +601,6 @@ func short(id string) string {
 		return id[:8] + "…"
 	}
 	return id
-}
-
-// members returns the current members.
-func (m *Manager) members() []membership.Member {
-	ms := m.c.Members()
-	out := make([]membership.Member, len(ms))
-	for i, s := range ms {
-		out[i] = s.Member
-	}
-	return out
 }
 
 // Info describes a session for the admin endpoints: never its values.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/leakcheck"
 )
 
@@ -68,7 +68,7 @@ func mustGet[T any](t testing.TB, s *Session, key string) T {
 }
 
 func TestVersionsReplicate(t *testing.T) {
-	for _, mode := range []flock.Mode{flock.Sync, flock.Ack, flock.Async} {
+	for _, mode := range []cluster.Mode{cluster.Sync, cluster.Ack, cluster.Async} {
 		t.Run(mode.String(), func(t *testing.T) {
 			leakcheck.Check(t)
 			cfg := testConfig()
@@ -86,7 +86,7 @@ func TestVersionsReplicate(t *testing.T) {
 			if s.Version() != 3 {
 				t.Fatalf("version on A = %d, want 3", s.Version())
 			}
-			if mode == flock.Sync {
+			if mode == cluster.Sync {
 				// Sync: the handlers ran before Commit returned.
 				if !c.converged(id) {
 					t.Fatalf("not converged right after a Sync commit")
@@ -260,7 +260,7 @@ func TestReorderedBurst(t *testing.T) {
 		t.Run(fmt.Sprint(burst), func(t *testing.T) {
 			leakcheck.Check(t)
 			cfg := testConfig()
-			cfg.Replication = flock.Async // held sends must not block Commit
+			cfg.Replication = cluster.Async // held sends must not block Commit
 			c := newCluster(t, cfg, "A", "B", "C")
 			a, b := c.ms[0], c.ms[1]
 			s := create(t, a, map[string]any{"n": 0})
@@ -284,11 +284,13 @@ func TestReorderedBurst(t *testing.T) {
 			if n := mustGet[int](t, load(t, b, id), "n"); n != burst {
 				t.Fatalf("B n = %d", n)
 			}
-			// All but the oldest delta arrived before their base: gaps, each
-			// fetching the session.
-			c.waitFor("repairs done", func() bool { return b.Stats().Repairs == uint64(burst-1) })
-			if st := b.Stats(); st.Gaps != uint64(burst-1) || st.Stale != 0 {
-				t.Errorf("B: gaps %d stale %d, want %d, 0", st.Gaps, st.Stale, burst-1)
+			// All but the oldest delta arrived before their base: each is a
+			// gap, which fetches the session from A, unless such a fetch
+			// has already brought a newer version (then it is stale, as the
+			// oldest is then too). The first to arrive is always a gap.
+			c.waitFor("repairs done", func() bool { st := b.Stats(); return st.Repairs == st.Gaps })
+			if st := b.Stats(); st.Gaps < 1 || st.Gaps+st.Stale < uint64(burst-1) || st.Gaps+st.Stale > uint64(burst) {
+				t.Errorf("B: gaps %d + stale %d, want %d or %d with at least one gap", st.Gaps, st.Stale, burst-1, burst)
 			}
 		})
 	}
@@ -298,15 +300,15 @@ func TestConcurrentWriters(t *testing.T) {
 	for _, tc := range []struct {
 		writers    [2]int // indexes into A, B, C
 		winner     string
-		mode       flock.Mode
+		mode       cluster.Mode
 		alwaysSave bool
 	}{
-		{[2]int{0, 1}, "B", flock.Async, false},
-		{[2]int{0, 1}, "B", flock.Sync, false},
-		{[2]int{2, 1}, "C", flock.Async, false},
-		{[2]int{0, 2}, "C", flock.Sync, false},
-		{[2]int{0, 1}, "B", flock.Async, true},
-		{[2]int{2, 0}, "C", flock.Sync, true},
+		{[2]int{0, 1}, "B", cluster.Async, false},
+		{[2]int{0, 1}, "B", cluster.Sync, false},
+		{[2]int{2, 1}, "C", cluster.Async, false},
+		{[2]int{0, 2}, "C", cluster.Sync, false},
+		{[2]int{0, 1}, "B", cluster.Async, true},
+		{[2]int{2, 0}, "C", cluster.Sync, true},
 	} {
 		name := fmt.Sprintf("%c%c/%v/always_save=%v", 'A'+tc.writers[0], 'A'+tc.writers[1], tc.mode, tc.alwaysSave)
 		t.Run(name, func(t *testing.T) {
@@ -319,7 +321,7 @@ func TestConcurrentWriters(t *testing.T) {
 			id := s.ID()
 			c.waitConverged(id)
 
-			c.net.holdIf(func(e *envelope) bool { return e.msg.Type == typeDelta })
+			c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta })
 			var wg sync.WaitGroup
 			errs := make(chan error, 2)
 			for _, w := range tc.writers {
@@ -786,13 +788,13 @@ func TestStateTransfer(t *testing.T) {
 		t.Fatalf("A holds %d, B %d", a.Len(), b.Len())
 	}
 
-	// Hold the state transfer (the Sync batches of sessions A streams to
-	// D) so that D is still transferring when it serves a request and when
-	// A commits changes.
+	// Hold the state transfer (the first page D asks A for) so that D is
+	// still transferring when it serves a request and when A commits
+	// changes.
 	di := c.add("D", cfg)
 	dNode, d := c.nodes[di], c.ms[di]
 	c.net.holdIf(func(e *envelope) bool {
-		return e.to == dNode && e.from == c.nodes[0] && e.msg.Type == typeSessions && e.mode == flock.Sync
+		return e.from == dNode && e.to == c.nodes[0] && e.typ == typeState && e.request
 	})
 	dNode.join()
 	c.start(di)
@@ -840,8 +842,8 @@ func TestStateTransfer(t *testing.T) {
 			t.Fatalf("D: %s at version %d, want 2", short(ids[i]), got.Version)
 		}
 	}
-	if n := c.net.count(c.nodes[0], dNode, typeSessions); n < 10 {
-		t.Errorf("the transfer took %d messages; want many batches", n)
+	if n := c.net.count(dNode, c.nodes[0], typeState); n < 10 {
+		t.Errorf("the transfer took %d pages; want many", n)
 	}
 }
 
@@ -924,7 +926,7 @@ func TestStopEndsGoroutines(t *testing.T) {
 		load(t, c.ms[1], s.ID()) // something for the touch batches
 	}
 	// Leave work in flight: a transfer held half-way, a repair.
-	c.net.holdIf(func(e *envelope) bool { return e.msg.Type == typeSessions })
+	c.net.holdIf(func(e *envelope) bool { return e.typ == typeState })
 	di := c.join("D", cfg)
 	c.waitFor("transfer held", func() bool { return c.net.heldCount() == 1 })
 	c.net.dropNext(c.nodes[1], typeDelta, 1)
@@ -962,12 +964,16 @@ func TestStopEndsGoroutines(t *testing.T) {
 func TestNewValidates(t *testing.T) {
 	leakcheck.Check(t)
 	nd := newFakeNet(t).addNode("A")
-	for _, cfg := range []Config{{}, {Route: "A"}, {SessionTimeout: time.Second}} {
+	for _, cfg := range []Config{
+		{}, {Route: "A"}, {SessionTimeout: time.Second},
+		{Route: "A", SessionTimeout: time.Second}, // the default touch interval, 5 s, is too long for it
+		{Route: "A", SessionTimeout: time.Minute, TouchInterval: 16 * time.Second},
+	} {
 		if _, err := New(nd, cfg); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
 	}
-	m, err := New(nd, Config{Route: "A", SessionTimeout: time.Second})
+	m, err := New(nd, Config{Route: "A", SessionTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,23 +4,23 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 )
 
 // Message types of the session manager on the cluster.
 const (
-	typeDelta    = flock.FirstType + iota // a change to one session
-	typeExpire                            // a session expired or was invalidated
-	typeTouch                             // last-access times, batched
-	typeFetch                             // "send me these sessions"
-	typeSessions                          // whole sessions: a fetch answer or a state-transfer batch
-	typeState                             // "send me all your sessions" (state transfer)
+	typeDelta    = cluster.FirstType + iota // a change to one session
+	typeExpire                              // a session expired or was invalidated
+	typeTouch                               // last-access times, batched
+	typeFetch                               // "send me these sessions"
+	typeSessions                            // whole sessions: a fetch answer or a state-transfer batch
+	typeState                               // "send me all your sessions" (state transfer)
 )
 
 // TypeName is a readable name for a message type, for metrics and logs:
 // the manager's types by name (delta, expire, touch, fetch, sessions,
 // state), any other as "type-N".
-func TypeName(t flock.MessageType) string {
+func TypeName(t cluster.MessageType) string {
 	switch t {
 	case typeDelta:
 		return "delta"
@@ -83,24 +83,30 @@ type touch struct {
 	Entries []touchEntry `msgpack:"e"`
 }
 
+// fetch asks for sessions by id; the answer is a sessions.
 type fetch struct {
-	Req uint64   `msgpack:"q"`
 	IDs []string `msgpack:"i"`
 }
 
+// sessions are whole sessions: the answer to a fetch, a page of a pull, or
+// copies an owner pushes to its backup.
 type sessions struct {
-	Req      uint64     `msgpack:"q"`
 	Sessions []snapshot `msgpack:"s"`
 	Missing  []string   `msgpack:"m,omitempty"`
 	Moved    []string   `msgpack:"mv,omitempty"` // ids renamed away: drop any copy under them
 	Last     bool       `msgpack:"l"`
+	// Next is where the next page of a pull starts (after this id).
+	Next string `msgpack:"n,omitempty"`
 }
 
+// stateRequest asks for one page of a pull: the sessions after After in id
+// order, up to Limit bytes.
 type stateRequest struct {
-	Req uint64 `msgpack:"q"`
 	// Route, if set, asks only for the sessions whose id names this route:
 	// a node of backup mode, restarted, recovering what it owned.
 	Route string `msgpack:"r,omitempty"`
+	After string `msgpack:"a,omitempty"`
+	Limit int    `msgpack:"l,omitempty"`
 }
 
 func unixNano(t time.Time) int64 {

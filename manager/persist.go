@@ -88,9 +88,9 @@ func (m *Manager) loadPersisted() {
 // compacts the log now and then, and flushes once more on stop.
 func (m *Manager) runPersist() {
 	p := m.persist
-	tick := time.NewTicker(100 * time.Millisecond)
+	tick := m.clock.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	compact := time.NewTicker(time.Minute)
+	compact := m.clock.NewTicker(time.Minute)
 	defer compact.Stop()
 	for {
 		select {
@@ -101,8 +101,8 @@ func (m *Manager) runPersist() {
 			}
 			return
 		case <-p.wake:
-		case <-tick.C:
-		case <-compact.C:
+		case <-tick.C():
+		case <-compact.C():
 			if err := p.log.Compact(); err != nil {
 				m.log.WithError(err).Warn("compacting the session log failed")
 			}
@@ -121,7 +121,7 @@ func (m *Manager) writePersisted() {
 	if len(dirty) == 0 && len(gone) == 0 {
 		return
 	}
-	start := time.Now()
+	start := m.clock.Now()
 	var errs int
 	for id := range dirty {
 		m.mu.RLock()
@@ -149,7 +149,7 @@ func (m *Manager) writePersisted() {
 	if err := p.log.Flush(); err != nil {
 		errs++
 	}
-	took := time.Since(start)
+	took := m.clock.Now().Sub(start)
 	fields := logrus.Fields{"sessions": len(dirty), "ended": len(gone), "took": took.Round(time.Millisecond)}
 	switch {
 	case errs > 0:

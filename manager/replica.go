@@ -10,7 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vmihailenco/msgpack/v5"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -27,6 +27,7 @@ type counters struct {
 type Stats struct {
 	Mode             string        `json:"mode"` // how sessions are spread: "delta" (every node holds every session)
 	Sessions         int           `json:"sessions"`
+	Members          int           `json:"members"` // the other members this node replicates to, as its events say
 	Created          uint64        `json:"created"`
 	Expired          uint64        `json:"expired"`
 	Rejected         uint64        `json:"rejected"` // refused by max_active
@@ -52,7 +53,7 @@ type Stats struct {
 func (m *Manager) Stats() Stats {
 	st := Stats{
 		Mode:     m.cfg.Mode,
-		Sessions: m.Len(), Created: m.stats.created.Load(), Expired: m.stats.expired.Load(),
+		Sessions: m.Len(), Members: len(m.members()), Created: m.stats.created.Load(), Expired: m.stats.expired.Load(),
 		Rejected: m.stats.rejected.Load(), Rebinds: m.stats.rebinds.Load(),
 		Sent: m.stats.sent.Load(), SendFailures: m.stats.sendFailures.Load(),
 		Received: m.stats.received.Load(), Applied: m.stats.applied.Load(), Stale: m.stats.stale.Load(),
@@ -76,7 +77,7 @@ func decode(p []byte, v any) error {
 // arrive in order; a delta for a version this node does not have (a gap,
 // or a concurrent writer) is not applied: the whole session is fetched from
 // the sender instead.
-func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
+func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	var d delta
 	if err := decode(msg.Payload, &d); err != nil {
 		return err
@@ -87,9 +88,6 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 	}
 	m.mu.Lock()
 	s := m.sessions[d.ID]
-	if d.Old != "" {
-		m.noteMoved(d.Old)
-	}
 	if s == nil && d.Old != "" {
 		if s = m.sessions[d.Old]; s != nil {
 			delete(m.sessions, d.Old)
@@ -100,11 +98,14 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 			m.sessions[d.ID] = s
 		}
 	}
+	if d.Old != "" {
+		m.place.renamed(d.Old, d.ID, false)
+	}
 	if s == nil {
 		if !d.Full {
 			m.mu.Unlock()
 			m.stats.gaps.Add(1)
-			m.scheduleRepair(d.ID, m.repairSource(d.ID, msg.From))
+			m.scheduleRepair(d.ID, m.place.repairFrom(d.ID, msg.From))
 			return nil
 		}
 		s = &Session{m: m, id: d.ID, attrs: make(map[string][]byte)}
@@ -151,7 +152,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg flock.Message) error {
 		m.stats.gaps.Add(1)
 	}
 	if wins {
-		m.scheduleRepair(d.ID, m.repairSource(d.ID, msg.From))
+		m.scheduleRepair(d.ID, m.place.repairFrom(d.ID, msg.From))
 	}
 	return nil
 }
@@ -247,7 +248,7 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	return s, true
 }
 
-func (m *Manager) handleExpire(ctx context.Context, msg flock.Message) error {
+func (m *Manager) handleExpire(ctx context.Context, msg cluster.Message) error {
 	var e expire
 	if err := decode(msg.Payload, &e); err != nil {
 		return err
@@ -269,8 +270,7 @@ func (m *Manager) handleExpire(ctx context.Context, msg flock.Message) error {
 	}
 	s.invalid = true
 	s.mu.Unlock()
-	delete(m.sessions, e.ID)
-	delete(m.touched, e.ID)
+	m.forget(e.ID)
 	m.mu.Unlock()
 	m.persist.ended(e.ID, e.Version)
 	if e.Reason == "moved" {
@@ -284,7 +284,7 @@ func (m *Manager) handleExpire(ctx context.Context, msg flock.Message) error {
 	return nil
 }
 
-func (m *Manager) handleTouch(ctx context.Context, msg flock.Message) error {
+func (m *Manager) handleTouch(ctx context.Context, msg cluster.Message) error {
 	var t touch
 	if err := decode(msg.Payload, &t); err != nil {
 		return err
@@ -302,147 +302,6 @@ func (m *Manager) handleTouch(ctx context.Context, msg flock.Message) error {
 		}
 	}
 	return nil
-}
-
-// handleFetch answers a request for sessions. The answer goes out on a
-// goroutine: this handler runs on the reader of the requester's connection,
-// and the requester may be waiting on it.
-func (m *Manager) handleFetch(ctx context.Context, msg flock.Message) error {
-	var f fetch
-	if err := decode(msg.Payload, &f); err != nil {
-		return err
-	}
-	if len(f.IDs) > 1024 {
-		return fmt.Errorf("manager: fetch of %d sessions; at most 1024", len(f.IDs))
-	}
-	out := sessions{Req: f.Req, Last: true}
-	m.mu.RLock()
-	for _, id := range f.IDs {
-		if s := m.sessions[id]; s != nil {
-			s.mu.Lock()
-			out.Sessions = append(out.Sessions, s.toSnapshot())
-			s.mu.Unlock()
-		} else {
-			out.Missing = append(out.Missing, id)
-		}
-	}
-	m.mu.RUnlock()
-	m.reply(msg.From, out)
-	return nil
-}
-
-func (m *Manager) reply(to membership.Member, out sessions) {
-	b, err := msgpack.Marshal(out)
-	if err != nil {
-		m.log.WithError(err).Error("encode sessions")
-		return
-	}
-	m.spawn(func() {
-		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
-		defer cancel()
-		if err := m.c.Send(ctx, []membership.Member{to}, typeSessions, b, flock.Ack); err != nil {
-			m.log.WithField("member", to.Name).WithError(err).Debug("answer not delivered")
-		}
-	})
-}
-
-// handleSessions receives whole sessions: the answer to a fetch or a batch
-// of the state transfer, found by its request number.
-func (m *Manager) handleSessions(ctx context.Context, msg flock.Message) error {
-	var in sessions
-	if err := decode(msg.Payload, &in); err != nil {
-		return err
-	}
-	m.stats.received.Add(1)
-	for _, snap := range in.Sessions {
-		m.install(snap, true)
-	}
-	m.forgetMoved(in.Moved)
-	m.reqMu.Lock()
-	ch := m.requests[in.Req]
-	m.reqMu.Unlock()
-	if ch != nil {
-		select {
-		case ch <- in:
-		case <-ctx.Done():
-		}
-	}
-	return nil
-}
-
-// request sends v to one member and returns a channel for the answers
-// carrying the request number it set; done forgets the request.
-func (m *Manager) request(ctx context.Context, to membership.Member, t flock.MessageType, build func(req uint64) any) (<-chan sessions, func(), error) {
-	req := m.reqSeq.Add(1)
-	ch := make(chan sessions, 16)
-	m.reqMu.Lock()
-	m.requests[req] = ch
-	m.reqMu.Unlock()
-	done := func() {
-		m.reqMu.Lock()
-		delete(m.requests, req)
-		m.reqMu.Unlock()
-	}
-	b, err := msgpack.Marshal(build(req))
-	if err == nil {
-		err = m.c.Send(ctx, []membership.Member{to}, t, b, flock.Ack)
-	}
-	if err != nil {
-		done()
-		return nil, nil, err
-	}
-	return ch, done, nil
-}
-
-// fetch asks a member for sessions and waits for the answer.
-func (m *Manager) fetch(ctx context.Context, from membership.Member, ids []string) (sessions, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
-	defer cancel()
-	ch, done, err := m.request(ctx, from, typeFetch, func(req uint64) any { return fetch{Req: req, IDs: ids} })
-	if err != nil {
-		return sessions{}, err
-	}
-	defer done()
-	select {
-	case in := <-ch:
-		return in, nil
-	case <-ctx.Done():
-		return sessions{}, fmt.Errorf("manager: fetch from %s: %w", from.Name, ctx.Err())
-	}
-}
-
-// fetchOne fetches one session during state transfer: from the node its
-// route names, else from the oldest member.
-func (m *Manager) fetchOne(ctx context.Context, id string) (*Session, error) {
-	// Right after the start the others may not be known yet: wait for them
-	// as the state transfer does, not take the session for unknown.
-	ms := m.awaitMembers(ctx, m.ready)
-	if len(ms) == 0 {
-		return nil, nil
-	}
-	from := oldest(ms)
-	for _, mb := range ms {
-		if mb.Name == Route(id) {
-			from = mb
-		}
-	}
-	if _, err := m.fetch(ctx, from, []string{id}); err != nil {
-		return nil, err
-	}
-	m.stats.fetched.Add(1)
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	return m.sessions[id], nil
-}
-
-func oldest(ms []membership.Member) membership.Member {
-	o := ms[0]
-	for _, mb := range ms[1:] {
-		if mb.Started.Before(o.Started) || (mb.Started.Equal(o.Started) && mb.Name < o.Name) {
-			o = mb
-		}
-	}
-	return o
 }
 
 // scheduleRepair queues a fetch of session id from a member; a full queue
@@ -471,6 +330,51 @@ func (m *Manager) runRepairs() {
 			if len(in.Sessions) > 0 {
 				m.stats.repairs.Add(1)
 			}
+		}
+	}
+}
+
+// forget removes session id from this node; m.mu must be held.
+func (m *Manager) forget(id string) {
+	delete(m.sessions, id)
+	delete(m.touched, id)
+	m.place.gone(id)
+}
+
+// holds reports whether this node holds session id.
+func (m *Manager) holds(id string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, ok := m.sessions[id]
+	return ok
+}
+
+// dropBorrowed forgets a session this node served for its owner.
+func (m *Manager) dropBorrowed(s *Session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id := s.ID()
+	if m.sessions[id] == s {
+		m.forget(id)
+	}
+}
+
+// dropRenamed drops local copies of sessions another node says were
+// renamed away: a disk copy read back after a restart must not come back
+// to life under its old id.
+func (m *Manager) dropRenamed(ids []string) {
+	for _, id := range ids {
+		m.mu.Lock()
+		s := m.sessions[id]
+		if s != nil {
+			m.forget(id)
+		}
+		m.mu.Unlock()
+		if s != nil {
+			s.mu.Lock()
+			v := s.version
+			s.mu.Unlock()
+			m.persist.ended(id, v)
 		}
 	}
 }

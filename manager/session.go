@@ -36,7 +36,6 @@ type Session struct {
 	accessedBy  string // node that served the last request (the primary, in Tomcat's words)
 	maxInactive time.Duration
 	attrs       map[string][]byte
-	backupAt    string // backup mode: the node the owner last copied the session to
 
 	// The change since the last commit.
 	dirty       []string // keys set or deleted, each once; a request changes few

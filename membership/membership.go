@@ -52,6 +52,13 @@ type Observer interface {
 	Observe(m Member, leaving bool)
 }
 
+// Acknowledger is a Service told when the cluster has handed an event to
+// every subscriber, in the order of Events. An in-memory service for tests
+// uses it to make a membership change synchronous. It must not block.
+type Acknowledger interface {
+	Handled(e Event)
+}
+
 // Reporter is a Service that keeps counters.
 type Reporter interface {
 	Stats() Stats

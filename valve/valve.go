@@ -55,6 +55,24 @@ func DefaultConfig() Config {
 	}
 }
 
+// ErrSameSiteNone: browsers reject a SameSite=None cookie that is not
+// Secure, so every request would start a new session.
+var ErrSameSiteNone = errors.New("SameSite=None requires a Secure cookie")
+
+// CheckSameSite reports whether a cookie with this SameSite mode and Secure
+// flag will be kept by browsers.
+func CheckSameSite(mode http.SameSite, secure bool) error {
+	if mode == http.SameSiteNoneMode && !secure {
+		return ErrSameSiteNone
+	}
+	return nil
+}
+
+// Validate reports what in c would break sessions.
+func (c Config) Validate() error {
+	return CheckSameSite(c.CookieSameSite, c.CookieSecure)
+}
+
 // Valve wraps handlers with session handling.
 type Valve struct {
 	store Store

@@ -9,43 +9,48 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 
-	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/cluster/clustertest"
 	"github.com/flockhq/flock/manager"
-	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/valve"
 )
 
-// lonely is a cluster of one: the manager replicates to nobody.
-type lonely struct{ members []membership.Status }
-
-func (l *lonely) Local() membership.Member                                               { return membership.Member{Name: "n1"} }
-func (l *lonely) Members() []membership.Status                                           { return l.members }
-func (l *lonely) Handle(flock.MessageType, flock.Handler)                                {}
-func (l *lonely) Broadcast(context.Context, flock.MessageType, []byte, flock.Mode) error { return nil }
-func (l *lonely) Send(context.Context, []membership.Member, flock.MessageType, []byte, flock.Mode) error {
-	return nil
+// newManager starts a manager on a node of clustertest's in-memory network,
+// alone: it replicates to nobody.
+func newManager(t *testing.T, edit func(*manager.Config)) (*manager.Manager, *clustertest.Network) {
+	t.Helper()
+	network := clustertest.New()
+	t.Cleanup(network.Close)
+	return startManager(t, network, "n1", edit), network
 }
 
-func newManager(t *testing.T, edit func(*manager.Config)) (*manager.Manager, *lonely) {
+// startManager starts a manager on a new node of network, joined.
+func startManager(t *testing.T, network *clustertest.Network, name string, edit func(*manager.Config)) *manager.Manager {
 	t.Helper()
-	c := &lonely{}
+	nd := network.AddNode(name)
+	nd.Join()
 	cfg := manager.DefaultConfig()
-	cfg.Route = "n1"
+	cfg.Route, cfg.JoinWait = name, 0
 	if edit != nil {
 		edit(&cfg)
 	}
+	c := nd.Cluster()
 	m, err := manager.New(c, cfg)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Stop(context.Background()) })
-	return m, c
+	t.Cleanup(func() {
+		m.Stop(context.Background())
+		c.Stop(context.Background())
+	})
+	return m
 }
 
 // counter is the demo handler: it increments "count".
@@ -320,50 +325,15 @@ func TestInvalidateAndRenew(t *testing.T) {
 	}
 }
 
-// pair is two nodes wired directly: a send runs the peer's handler at once.
-type pair struct {
-	name     string
-	peer     *pair
-	alive    atomic.Bool // whether the peer is listed as a member
-	handlers map[flock.MessageType]flock.Handler
-}
-
-func (p *pair) Local() membership.Member { return membership.Member{Name: p.name} }
-func (p *pair) Members() []membership.Status {
-	if !p.alive.Load() {
-		return nil
-	}
-	return []membership.Status{{Member: p.peer.Local(), State: membership.Alive}}
-}
-func (p *pair) Handle(t flock.MessageType, h flock.Handler) { p.handlers[t] = h }
-func (p *pair) Send(ctx context.Context, _ []membership.Member, t flock.MessageType, b []byte, _ flock.Mode) error {
-	return p.Broadcast(ctx, t, b, flock.Sync)
-}
-func (p *pair) Broadcast(ctx context.Context, t flock.MessageType, b []byte, _ flock.Mode) error {
-	if !p.alive.Load() {
-		return nil
-	}
-	return p.peer.handlers[t](ctx, flock.Message{From: p.Local(), Type: t, Payload: b})
-}
-
 func TestRouteRewrite(t *testing.T) {
-	n1 := &pair{name: "n1", handlers: map[flock.MessageType]flock.Handler{}}
-	n2 := &pair{name: "n2", handlers: map[flock.MessageType]flock.Handler{}}
-	n1.peer, n2.peer = n2, n1
-	n1.alive.Store(true)
-	n2.alive.Store(true)
-	start := func(c *pair) *manager.Manager {
-		cfg := manager.DefaultConfig()
-		cfg.Route, cfg.StateTransferTimeout = c.name, 0
-		m, err := manager.New(c, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Start(context.Background())
-		t.Cleanup(func() { m.Stop(context.Background()) })
-		return m
-	}
-	m1, m2 := start(n1), start(n2)
+	network := clustertest.New()
+	t.Cleanup(network.Close)
+	noTransfer := func(c *manager.Config) { c.StateTransferTimeout = 0 }
+	m1 := startManager(t, network, "n1", noTransfer)
+	m2 := startManager(t, network, "n2", noTransfer)
+	network.WaitFor(t, "both managers see each other", func() bool {
+		return m1.Stats().Members == 1 && m2.Stats().Members == 1
+	})
 	v1, v2 := valve.New(m1, valve.DefaultConfig()).Wrap(counter), valve.New(m2, valve.DefaultConfig()).Wrap(counter)
 
 	id := sessionCookie(do(t, v1, "/", "")).Value
@@ -375,7 +345,9 @@ func TestRouteRewrite(t *testing.T) {
 		t.Errorf("route rewritten to %v while n1 is alive", c)
 	}
 	// n1 dies: the next request on n2 moves the session to n2's route.
-	n2.alive.Store(false)
+	n1 := network.Nodes()[0]
+	n1.SetUp(false)
+	network.WaitFor(t, "n2 sees n1 fail", func() bool { return m2.Stats().Members == 0 })
 	c := sessionCookie(do(t, v2, "/", "FLOCKSESSIONID="+id))
 	if c == nil || manager.Route(c.Value) != "n2" || strings.TrimSuffix(c.Value, ".n2") != strings.TrimSuffix(id, ".n1") {
 		t.Fatalf("cookie %v after failover, want %s routed to n2", c, id)

@@ -126,15 +126,23 @@ func (n *Network) AddNode(name string) *Node {
 			Addr:    netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(4000+i)),
 			Started: n.base.Add(time.Duration(i) * time.Millisecond),
 		},
-		handlers: make(map[uint8]receiver.Handler),
-		events:   eventq.New[membership.Event](1024),
-		up:       true,
+		handlers:    make(map[uint8]receiver.Handler),
+		events:      eventq.New[membership.Event](1024),
+		up:          true,
+		handledWake: make(chan struct{}),
 	}
 	nd.cluster = cluster.FromParts(nd.member, cluster.Parts{
 		Members: (*members)(nd), Sender: (*send)(nd), Receiver: (*recv)(nd),
 	}, nil)
 	n.nodes = append(n.nodes, nd)
 	return nd
+}
+
+// Nodes are the nodes added so far, in the order they were added.
+func (n *Network) Nodes() []*Node {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.nodes)
 }
 
 // Close stops every pair goroutine; messages not yet handled fail.
@@ -394,6 +402,11 @@ type Node struct {
 	running    bool          // membership started, not stopped
 	stop       chan struct{} // ends the event queue
 	queueDone  chan struct{}
+	pushed     uint64 // events pushed to the node's queue
+
+	// under hmu: events the node's cluster has handled
+	handled     uint64
+	handledWake chan struct{} // closed and replaced when handled grows
 }
 
 // Name is the node's name.
@@ -408,17 +421,21 @@ func (nd *Node) Member() membership.Member { return nd.member }
 func (nd *Node) Cluster() *cluster.Cluster { return nd.cluster }
 
 // Join makes the node a member: the others list it (Joined) and can send to
-// it.
+// it. Like Leave and SetUp, it returns once every other node whose cluster
+// runs has handed the event to its subscribers: a change of membership is
+// synchronous for the test.
 func (nd *Node) Join() {
 	n := nd.net
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if nd.joined {
+		n.mu.Unlock()
 		return
 	}
 	was := nd.isMember()
 	nd.joined = true
-	n.changed(nd, was, membership.Joined, "joined")
+	wait := n.changed(nd, was, membership.Joined, "joined")
+	n.mu.Unlock()
+	wait()
 }
 
 // Leave takes the node out of the cluster as a goodbye would: the others
@@ -426,10 +443,11 @@ func (nd *Node) Join() {
 func (nd *Node) Leave() {
 	n := nd.net
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	was := nd.isMember()
 	nd.joined = false
-	n.changed(nd, was, membership.Left, "leaving")
+	wait := n.changed(nd, was, membership.Left, "leaving")
+	n.mu.Unlock()
+	wait()
 }
 
 // SetUp takes the node down (false: the others see it fail, sends to and
@@ -438,29 +456,71 @@ func (nd *Node) Leave() {
 func (nd *Node) SetUp(up bool) {
 	n := nd.net
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	was := nd.isMember()
 	nd.up = up
+	var wait func()
 	if up {
-		n.changed(nd, was, membership.Rejoined, "back after a pause")
+		wait = n.changed(nd, was, membership.Rejoined, "back after a pause")
 	} else {
-		n.changed(nd, was, membership.Failed, "down")
+		wait = n.changed(nd, was, membership.Failed, "down")
 	}
+	n.mu.Unlock()
+	wait()
 }
 
 // changed tells every other node that nd's membership changed from was, if
-// it did; n.mu must be held.
-func (n *Network) changed(nd *Node, was bool, typ membership.EventType, reason string) {
+// it did; n.mu must be held. It returns a wait for the nodes whose cluster
+// is running to have handed the event to their subscribers; call it after
+// n.mu is released.
+func (n *Network) changed(nd *Node, was bool, typ membership.EventType, reason string) (wait func()) {
 	if nd.isMember() == was {
-		return
+		return func() {}
 	}
 	e := membership.Event{Type: typ, Member: nd.member, Time: time.Now(), Reason: reason}
+	type mark struct {
+		o   *Node
+		seq uint64
+	}
+	var marks []mark
 	for _, o := range n.nodes {
-		if o != nd {
-			o.events.Push(e)
+		if o == nd {
+			continue
+		}
+		o.events.Push(e)
+		o.pushed++
+		if o.running {
+			marks = append(marks, mark{o, o.pushed})
 		}
 	}
 	n.notify()
+	return func() {
+		for _, m := range marks {
+			m.o.awaitHandled(m.seq)
+		}
+	}
+}
+
+// awaitHandled waits until the node's cluster has handled its seq-th event,
+// or stopped, or 10 s have passed (a test that floods the event queue past
+// its bound loses events, and must not hang for it).
+func (nd *Node) awaitHandled(seq uint64) {
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		nd.hmu.Lock()
+		done, wake := nd.handled >= seq, nd.handledWake
+		nd.hmu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-wake:
+		case <-nd.queueDone:
+			return
+		case <-deadline.C:
+			return
+		}
+	}
 }
 
 // isMember reports whether the others see the node; net.mu must be held.
@@ -497,16 +557,18 @@ func (m *members) Stop(ctx context.Context) error {
 	n.mu.Lock()
 	running := nd.running
 	nd.running = false
+	wait := func() {}
 	if running {
 		was := nd.isMember()
 		nd.joined = false
-		n.changed(nd, was, membership.Left, "stopped")
+		wait = n.changed(nd, was, membership.Left, "stopped")
 		close(nd.stop)
 	}
 	n.mu.Unlock()
 	if !running {
 		return nil
 	}
+	wait()
 	select {
 	case <-nd.queueDone:
 		return nil
@@ -533,6 +595,16 @@ func (m *members) Members() []membership.Status {
 }
 
 func (m *members) Events() <-chan membership.Event { return m.events.Out() }
+
+// Handled counts the events the node's cluster has handed to its
+// subscribers, for the waits of Join, Leave and SetUp.
+func (m *members) Handled(membership.Event) {
+	m.hmu.Lock()
+	m.handled++
+	close(m.handledWake)
+	m.handledWake = make(chan struct{})
+	m.hmu.Unlock()
+}
 
 func (m *members) Stats() membership.Stats {
 	return membership.Stats{EventsDropped: m.events.Dropped()}

@@ -14,17 +14,14 @@ import (
 
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/conf"
-	"github.com/flockhq/flock/manager"
-	"github.com/flockhq/flock/valve"
 )
 
-// benchNode is one node of an in-process cluster on loopback: a real
-// Cluster (static membership, TCP transport), a manager, and the demo app
-// behind the valve, served over real HTTP.
+// benchNode is one node of an in-process cluster on loopback: a real node
+// (static membership, TCP transport) with the demo app behind the valve,
+// served over real HTTP.
 type benchNode struct {
-	cluster *flock.Cluster
-	mgr     *manager.Manager
-	srv     *httptest.Server
+	node *flock.Node
+	srv  *httptest.Server
 }
 
 func startBenchCluster(b *testing.B, n int, replication string) []*benchNode {
@@ -43,6 +40,12 @@ func startBenchCluster(b *testing.B, n int, replication string) []*benchNode {
 		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", p))
 	}
 	var nodes []*benchNode
+	b.Cleanup(func() {
+		for _, nd := range nodes {
+			nd.srv.Close()
+			nd.node.Stop(context.Background())
+		}
+	})
 	for i, p := range ports {
 		cfg := conf.Default()
 		cfg.Server.Name = fmt.Sprintf("n%d", i+1)
@@ -50,46 +53,25 @@ func startBenchCluster(b *testing.B, n int, replication string) []*benchNode {
 		cfg.Cluster.Membership.Static.Members = peers
 		cfg.Cluster.Receiver.Port, cfg.Cluster.Receiver.AutoBind = p, 1
 		cfg.Cluster.Manager.Replication = replication
-		c, err := flock.New(context.Background(), cfg)
+		node, err := flock.Start(context.Background(), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
-		mcfg, err := manager.ConfigFrom(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		m, err := manager.New(c, mcfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		vcfg, _ := valve.ConfigFrom(cfg)
 		mux := http.NewServeMux()
-		demoRoutes(mux, valve.New(m, vcfg))
-		nodes = append(nodes, &benchNode{cluster: c, mgr: m, srv: httptest.NewServer(mux)})
-	}
-	for _, nd := range nodes {
-		if err := nd.cluster.Start(context.Background()); err != nil {
-			b.Fatal(err)
-		}
+		demoRoutes(mux, node.Wrap)
+		nodes = append(nodes, &benchNode{node: node, srv: httptest.NewServer(mux)})
 	}
 	// Wait until every node lists the others: replication needs members.
 	deadline := time.Now().Add(10 * time.Second)
 	for _, nd := range nodes {
-		for len(nd.cluster.Members()) != n-1 {
+		for len(nd.node.Members()) != n-1 {
 			if time.Now().After(deadline) {
-				b.Fatalf("cluster did not form: %v", nd.cluster.Members())
+				b.Fatalf("cluster did not form: %v", nd.node.Members())
 			}
 			time.Sleep(10 * time.Millisecond) // membership has events, but this is setup
 		}
-		nd.mgr.Start(context.Background())
+		<-nd.node.Ready()
 	}
-	b.Cleanup(func() {
-		for _, nd := range nodes {
-			nd.srv.Close()
-			nd.mgr.Stop(context.Background())
-			nd.cluster.Stop(context.Background())
-		}
-	})
 	return nodes
 }
 

@@ -6,19 +6,18 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flockhq/flock/manager"
-	"github.com/flockhq/flock/valve"
+	"github.com/flockhq/flock"
 )
 
 // demoRoutes is the demo application: a per-session counter.
-func demoRoutes(mux *http.ServeMux, v *valve.Valve) {
+func demoRoutes(mux *http.ServeMux, wrap func(http.Handler) http.Handler) {
 	// GET /counter increments the session's count and returns it.
-	mux.Handle("GET /counter", v.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s, err := valve.Session(r)
+	mux.Handle("GET /counter", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, err := flock.SessionOf(r)
 		if err != nil {
 			return // the valve answers (503 when max_active is reached)
 		}
-		n, _, err := manager.Get[int](s, "count")
+		n, _, err := flock.Get[int](s, "count")
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -33,13 +32,13 @@ func demoRoutes(mux *http.ServeMux, v *valve.Valve) {
 	})))
 	// GET /counter/fill?bytes=N stores N bytes (at most 64 KiB) in the
 	// session, for measuring memory and transfer per session of a given size.
-	mux.Handle("GET /counter/fill", v.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /counter/fill", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.Atoi(r.URL.Query().Get("bytes"))
 		if err != nil || n < 0 || n > 64<<10 {
 			http.Error(w, "bytes: an integer in 0..65536", http.StatusBadRequest)
 			return
 		}
-		s, err := valve.Session(r)
+		s, err := flock.SessionOf(r)
 		if err != nil {
 			return
 		}
@@ -51,11 +50,11 @@ func demoRoutes(mux *http.ServeMux, v *valve.Valve) {
 	})))
 	// GET /counter/peek returns the count without changing the session (a
 	// read costs no replication).
-	mux.Handle("GET /counter/peek", v.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /counter/peek", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := 0
-		if s := valve.Existing(r); s != nil {
+		if s := flock.Existing(r); s != nil {
 			var err error
-			if n, _, err = manager.Get[int](s, "count"); err != nil {
+			if n, _, err = flock.Get[int](s, "count"); err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return
 			}

@@ -1,7 +1,9 @@
-// Command flockd runs one flock node: cluster membership, the admin
-// endpoints, and (in later versions) the demo application.
+// Command flockd runs one flock node, built on the front door (package
+// flock): the cluster, the session manager, the admin endpoints and a demo
+// application (a per-session counter).
 //
 //	flockd --config conf/server.toml [--name node2 --http 127.0.0.1:8081 ...]
+//	flockd --version
 package main
 
 import (
@@ -24,12 +26,13 @@ import (
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/conf"
-	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
-	"github.com/flockhq/flock/valve"
 )
 
 const defaultConfig = "conf/server.toml"
+
+// errVersion: --version asked for the version instead of a node.
+var errVersion = errors.New("version requested")
 
 // Exit codes.
 const (
@@ -42,12 +45,16 @@ func main() {
 	// The signals stay caught until exit: a second SIGTERM during the
 	// bounded shutdown must not cut the leave heartbeat short.
 	ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // run is main without the process: ctx ends the node as a signal would.
-func run(ctx context.Context, args []string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := configure(args, stderr)
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, "flockd", version())
+		return exitOK
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -88,8 +95,12 @@ func configure(args []string, stderr io.Writer) (conf.Config, error) {
 	bind := fl.String("bind", "", "address of the heartbeat interface, overrides [cluster.membership] bind")
 	rhost := fl.String("receiver-host", "", "advertised receiver address, overrides [cluster.receiver] host")
 	rport := fl.Int("receiver-port", 0, "receiver port, overrides [cluster.receiver] port")
+	showVersion := fl.Bool("version", false, "print the version and exit")
 	if err := fl.Parse(args); err != nil {
 		return conf.Config{}, err
+	}
+	if *showVersion {
+		return conf.Config{}, errVersion
 	}
 	if fl.NArg() > 0 {
 		return conf.Config{}, fmt.Errorf("unexpected argument %q (flags start with --)", fl.Arg(0))
@@ -126,27 +137,8 @@ func flagSet(fl *flag.FlagSet, name string) bool {
 
 // serve runs the node until ctx ends, then leaves the cluster cleanly.
 func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
-	mcfg, err := manager.ConfigFrom(cfg)
-	if err != nil {
-		return err
-	}
-	vcfg, err := valve.ConfigFrom(cfg)
-	if err != nil {
-		return err
-	}
-	cluster, err := flock.New(ctx, cfg, flock.WithLogger(log))
-	if err != nil {
-		return err
-	}
-	mcfg.Logger, vcfg.Logger = log, log
-	mgr, err := manager.New(cluster, mcfg)
-	if err != nil {
-		cluster.Stop(context.Background())
-		return err
-	}
 	lns, err := listen(cfg)
 	if err != nil {
-		cluster.Stop(context.Background())
 		return err
 	}
 	closeAll := func() {
@@ -154,34 +146,28 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 			l.Close()
 		}
 	}
-	if err := cluster.Start(ctx); err != nil {
+	events := admin.NewEventLog(50)
+	node, err := flock.Start(ctx, cfg, flock.WithLogger(log), flock.WithMemberEvents(func(e membership.Event) {
+		events.Add(e)
+		logEvent(e, log)
+	}))
+	if err != nil {
 		closeAll()
-		cluster.Stop(context.Background())
 		return err
 	}
-	if err := mgr.Start(ctx); err != nil {
-		closeAll()
-		cluster.Stop(context.Background())
-		return err
-	}
-	local := cluster.Local()
-	fields := logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": lns[0].Addr()}
+	local := node.Local()
+	fields := logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": lns[0].Addr(), "version": version()}
 	if len(lns) > 1 {
 		fields["admin"] = lns[1].Addr()
 	}
 	log.WithFields(fields).Info("node started")
 
-	events := admin.NewEventLog(50)
-	eventsDone := make(chan struct{})
-	go func() { defer close(eventsDone); logEvents(cluster.Events(), events, log) }()
-
 	var draining atomic.Bool
-	n := admin.ClusterNode{Cluster: cluster, Manager: mgr}
-	adminMux := admin.NewMux(n, cfg.Cluster.Membership.Type)
-	adminMux.Handle("GET /cluster/{$}", admin.Page(n, cfg.Cluster.Membership.Type, events))
+	adminMux := node.Admin()
+	adminMux.Handle("GET /cluster/{$}", admin.Page(node, cfg.Cluster.Membership.Type, events))
 	adminHandler := drainAware(adminMux, &draining)
 	app := http.NewServeMux()
-	demoRoutes(app, valve.New(mgr, vcfg))
+	demoRoutes(app, node.Wrap)
 	var servers []*http.Server
 	if len(lns) == 1 {
 		app.Handle("/cluster/", adminHandler)
@@ -215,13 +201,9 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 			serveErr = errors.Join(serveErr, fmt.Errorf("http shutdown: %w", err))
 		}
 	}
-	if err := mgr.Stop(shutdownCtx); err != nil {
+	if err := node.Stop(shutdownCtx); err != nil {
 		serveErr = errors.Join(serveErr, err)
 	}
-	if err := cluster.Stop(shutdownCtx); err != nil {
-		serveErr = errors.Join(serveErr, err)
-	}
-	<-eventsDone // the events channel closes when the cluster stops
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
 	}
@@ -259,20 +241,17 @@ func drainAware(next http.Handler, draining *atomic.Bool) http.Handler {
 	})
 }
 
-func logEvents(events <-chan membership.Event, keep *admin.EventLog, log *logrus.Entry) {
-	for e := range events {
-		keep.Add(e)
-		entry := log.WithFields(logrus.Fields{
-			"event":   e.Type.String(),
-			"member":  e.Member.Name,
-			"id":      e.Member.ID.String(),
-			"address": e.Member.Addr.String(),
-			"reason":  e.Reason,
-		})
-		if e.Type == membership.Failed {
-			entry.Warn("member " + e.Type.String())
-		} else {
-			entry.Info("member " + e.Type.String())
-		}
+func logEvent(e membership.Event, log *logrus.Entry) {
+	entry := log.WithFields(logrus.Fields{
+		"event":   e.Type.String(),
+		"member":  e.Member.Name,
+		"id":      e.Member.ID.String(),
+		"address": e.Member.Addr.String(),
+		"reason":  e.Reason,
+	})
+	if e.Type == membership.Failed {
+		entry.Warn("member " + e.Type.String())
+	} else {
+		entry.Info("member " + e.Type.String())
 	}
 }

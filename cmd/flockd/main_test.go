@@ -89,14 +89,18 @@ func TestConfigureWithoutDefaultFile(t *testing.T) {
 
 func TestRunExitCodes(t *testing.T) {
 	var stderr bytes.Buffer
-	if code := run(context.Background(), []string{"--config", writeFile(t, "bogus = 1\n")}, &stderr); code != exitConfig {
+	if code := run(context.Background(), []string{"--config", writeFile(t, "bogus = 1\n")}, &bytes.Buffer{}, &stderr); code != exitConfig {
 		t.Errorf("bad config: exit %d, want %d", code, exitConfig)
 	}
 	if !strings.Contains(stderr.String(), `unknown key "bogus"`) {
 		t.Errorf("stderr %q does not name the key", stderr.String())
 	}
-	if code := run(context.Background(), []string{"--help"}, &bytes.Buffer{}); code != exitOK {
+	if code := run(context.Background(), []string{"--help"}, &bytes.Buffer{}, &bytes.Buffer{}); code != exitOK {
 		t.Errorf("--help: exit %d", code)
+	}
+	var stdout bytes.Buffer
+	if code := run(context.Background(), []string{"--version"}, &stdout, &bytes.Buffer{}); code != exitOK || !strings.HasPrefix(stdout.String(), "flockd ") {
+		t.Errorf("--version: exit %d, printed %q", code, stdout.String())
 	}
 }
 
@@ -158,7 +162,7 @@ drop_time = "1s"
 		ctx, cancel := context.WithCancel(context.Background())
 		p := &proc{http: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
 		args := []string{"--config", file, "--name", name, "--http", p.http, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}
-		go func() { p.done <- run(ctx, args, p.log) }()
+		go func() { p.done <- run(ctx, args, io.Discard, p.log) }()
 		t.Cleanup(cancel)
 		return p
 	}
@@ -243,7 +247,7 @@ state_transfer_timeout = "1s"
 	log := &syncBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, log)
+		done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, io.Discard, log)
 	}()
 
 	get := func(url string) (int, string) {

@@ -14,19 +14,17 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/conf"
-	"github.com/flockhq/flock/manager"
-	"github.com/flockhq/flock/node"
-	"github.com/flockhq/flock/valve"
 )
 
 // visits counts the visits of one session, on whichever node serves it.
 func visits(w http.ResponseWriter, r *http.Request) {
-	s, err := valve.Session(r)
+	s, err := flock.SessionOf(r)
 	if err != nil {
-		return // the valve has answered (503 past max_active)
+		return // flock has answered (503 past max_active)
 	}
-	n, _, _ := manager.Get[int](s, "visits")
+	n, _, _ := flock.Get[int](s, "visits")
 	s.Set("visits", n+1)
 	fmt.Fprintf(w, "visit %d, session %s\n", n+1, s.ID())
 }
@@ -40,13 +38,13 @@ func main() {
 
 	cfg := conf.Default() // loopback multicast; receiver ports auto-bind from 4000
 	cfg.Server.Name = *name
-	n, err := node.Start(ctx, cfg, nil)
+	node, err := flock.Start(ctx, cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer n.Stop(context.Background())
+	defer node.Stop(context.Background())
 
-	srv := &http.Server{Addr: *addr, Handler: n.Wrap(http.HandlerFunc(visits))}
+	srv := &http.Server{Addr: *addr, Handler: node.Wrap(http.HandlerFunc(visits))}
 	go srv.ListenAndServe()
 	<-ctx.Done()
 	srv.Shutdown(context.Background())

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/conf"
-	"github.com/flockhq/flock/node"
 )
 
 // TestEmbedded runs two embedded nodes on loopback: a visit counter kept on
@@ -33,7 +33,7 @@ func TestEmbedded(t *testing.T) {
 		cfg.Server.Name = name
 		cfg.Cluster.Membership.Address, cfg.Cluster.Membership.Port = group, port
 		cfg.Cluster.Receiver.Port = 20000 + rand.IntN(20000)
-		n, err := node.Start(context.Background(), cfg, nil)
+		n, err := flock.Start(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

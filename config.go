@@ -1,0 +1,127 @@
+package flock
+
+import (
+	"fmt"
+
+	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/manager"
+	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/valve"
+)
+
+// partConfigs are the configurations of a node's parts, translated from
+// one conf.Config. This is the only place server.toml meets the parts.
+type partConfigs struct {
+	cluster cluster.Config
+	// The membership the cluster builds, kept as values so that a test can
+	// compare them (cluster.Config holds it as a function).
+	multicast *membership.MulticastConfig
+	static    *membership.StaticConfig
+	manager   manager.Config
+	valve     valve.Config
+}
+
+// parts validates c and translates it.
+func parts(c conf.Config) (partConfigs, error) {
+	if err := c.Validate(); err != nil {
+		return partConfigs{}, fmt.Errorf("config: %w", err)
+	}
+	var p partConfigs
+	// Validate has checked every value the accessors below parse: they
+	// cannot fail on a valid Config.
+	host, err := c.Cluster.Receiver.HostAddr()
+	if err != nil {
+		return partConfigs{}, err
+	}
+	cc := cluster.DefaultConfig()
+	cc.Name, cc.Domain = c.Server.Name, c.Cluster.Domain
+	cc.Host, cc.Port, cc.AutoBind = host, c.Cluster.Receiver.Port, c.Cluster.Receiver.AutoBind
+
+	sn := c.Cluster.Sender
+	cc.Sender.Timeout = sn.Timeout.Duration
+	cc.Sender.MaxRetries = sn.MaxRetries
+	cc.Sender.QueueLimit = sn.QueueLimit.Bytes
+	cc.Sender.MaxFrame = int(c.Cluster.Receiver.MaxFrame.Bytes)
+	cc.Receiver.MaxFrame = int(c.Cluster.Receiver.MaxFrame.Bytes)
+	cc.Receiver.IdleTimeout = c.Cluster.Receiver.IdleTimeout.Duration
+
+	mc := c.Cluster.Membership
+	switch mc.Type {
+	case "multicast":
+		group, err := mc.Group()
+		if err != nil {
+			return partConfigs{}, err
+		}
+		bind, err := mc.BindAddr()
+		if err != nil {
+			return partConfigs{}, err
+		}
+		m := membership.DefaultMulticastConfig()
+		m.Group, m.Interface, m.TTL = group, bind, mc.TTL
+		m.Frequency, m.DropTime = mc.Frequency.Duration, mc.DropTime.Duration
+		m.ProbeTimeout = mc.ProbeTimeout.Duration // 0: no probe
+		p.multicast = &m
+		cc.Membership = cluster.Multicast(m)
+	case "static":
+		peers, err := mc.Static.Addrs()
+		if err != nil {
+			return partConfigs{}, err
+		}
+		s := membership.DefaultStaticConfig()
+		s.Peers = peers
+		s.Frequency, s.DropTime = mc.Frequency.Duration, mc.DropTime.Duration
+		if mc.ProbeTimeout.Duration > 0 { // static membership always pings
+			s.ProbeTimeout = mc.ProbeTimeout.Duration
+		}
+		p.static = &s
+		cc.Membership = cluster.Static(s)
+	default:
+		return partConfigs{}, fmt.Errorf("cluster.membership.type %q has no implementation", mc.Type)
+	}
+	p.cluster = cc
+
+	mg := c.Cluster.Manager
+	replication, err := cluster.ParseMode(mg.Replication)
+	if err != nil {
+		return partConfigs{}, fmt.Errorf("cluster.manager.replication: %w", err)
+	}
+	m := manager.DefaultConfig()
+	m.Route = c.Server.Name
+	m.Mode = mg.Mode
+	m.PersistDir = mg.PersistDir
+	m.SessionTimeout = mg.SessionTimeout.Duration
+	m.MaxActive = mg.MaxActive
+	m.Replication = replication
+	m.StateTransferTimeout = mg.StateTransferTimeout.Duration
+	// Two heartbeats: the others answer a new member's first one at once,
+	// and one may be lost.
+	m.JoinWait = 2 * mc.Frequency.Duration
+	m.AlwaysSave = mg.AlwaysSave
+	m.NotifyOnReplication = mg.NotifyListenersOnReplication
+	m.ExpireInterval = mg.ExpireInterval.Duration
+	m.TouchInterval = mg.TouchInterval.Duration
+	m.RequestTimeout = sn.Timeout.Duration
+	// A state-transfer page must fit in a frame with room for its envelope.
+	m.TransferBatch = int(min(int64(m.TransferBatch), c.Cluster.Receiver.MaxFrame.Bytes/2))
+	p.manager = m
+
+	se := c.Session
+	filter, err := se.Filter()
+	if err != nil {
+		return partConfigs{}, err
+	}
+	same, err := se.SameSite()
+	if err != nil {
+		return partConfigs{}, err
+	}
+	v := valve.DefaultConfig()
+	v.CookieName, v.CookiePath, v.CookieDomain = se.CookieName, se.CookiePath, se.CookieDomain
+	v.CookieSecure, v.CookieHTTPOnly, v.CookieSameSite = se.CookieSecure, se.CookieHTTPOnly, same
+	v.StaticFilter = filter
+	if err := v.Validate(); err != nil {
+		return partConfigs{}, err
+	}
+	p.valve = v
+	return p, nil
+}

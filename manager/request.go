@@ -1,0 +1,205 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/membership"
+)
+
+// Asking another member for sessions: each question is one cluster request,
+// answered by the member's handler on its reader of this node's connection
+// (the answer rides the acknowledgement), so an answer can only ever arrive
+// for a question asked, and a member that dies mid-answer fails the request
+// within its deadline.
+
+// maxFetch bounds the ids of one fetch.
+const maxFetch = 1024
+
+// fetch asks a member for sessions by id, installs what it answers and
+// returns the answer.
+func (m *Manager) fetch(ctx context.Context, from membership.Member, ids []string) (sessions, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
+	defer cancel()
+	in, err := m.ask(ctx, from, typeFetch, fetch{IDs: ids})
+	if err != nil {
+		return sessions{}, fmt.Errorf("manager: fetch from %s: %w", from.Name, err)
+	}
+	return in, nil
+}
+
+// pull asks a member for all its sessions (those whose id names route, if
+// route is set), a page of at most TransferBatch bytes at a time, installs
+// each page as it arrives and returns how many sessions came, once the last
+// page has arrived or ctx ended. One page is in flight at a time, so neither
+// side ever holds more than one.
+func (m *Manager) pull(ctx context.Context, from membership.Member, route string) (int, error) {
+	n, after := 0, ""
+	for {
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
+		page, err := m.ask(rctx, from, typeState, stateRequest{Route: route, After: after, Limit: m.cfg.TransferBatch})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			return n, fmt.Errorf("manager: pull from %s: %w", from.Name, err)
+		}
+		n += len(page.Sessions)
+		if page.Last {
+			return n, nil
+		}
+		if page.Next <= after {
+			return n, fmt.Errorf("manager: pull from %s: page after %q does not move on", from.Name, short(after))
+		}
+		after = page.Next
+	}
+}
+
+// ask sends question to a member and installs the sessions it answers.
+func (m *Manager) ask(ctx context.Context, to membership.Member, t cluster.MessageType, question any) (sessions, error) {
+	b, err := msgpack.Marshal(question)
+	if err != nil {
+		return sessions{}, fmt.Errorf("encode: %w", err)
+	}
+	m.stats.sent.Add(1)
+	reply, err := m.c.Request(ctx, to, t, b)
+	if err != nil {
+		m.stats.sendFailures.Add(1)
+		return sessions{}, err
+	}
+	var in sessions
+	if err := decode(reply, &in); err != nil {
+		return sessions{}, err
+	}
+	m.stats.received.Add(1)
+	m.receive(in)
+	return in, nil
+}
+
+// receive installs whole sessions and forgets the ids renamed away.
+func (m *Manager) receive(in sessions) {
+	for _, snap := range in.Sessions {
+		m.install(snap, true)
+	}
+	m.dropRenamed(in.Moved)
+}
+
+// push sends whole sessions to a member, which installs those newer than
+// its own.
+func (m *Manager) push(ctx context.Context, to membership.Member, snaps []snapshot) error {
+	b, err := msgpack.Marshal(sessions{Sessions: snaps, Last: true})
+	if err != nil {
+		return fmt.Errorf("manager: encode: %w", err)
+	}
+	return m.c.Send(ctx, []membership.Member{to}, typeSessions, b, cluster.Ack)
+}
+
+// handleSessions receives whole sessions pushed by an owner (backup mode's
+// copies).
+func (m *Manager) handleSessions(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	var in sessions
+	if err := decode(msg.Payload, &in); err != nil {
+		return nil, err
+	}
+	m.stats.received.Add(1)
+	m.receive(in)
+	return nil, nil
+}
+
+// handleFetch answers a request for sessions by id.
+func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	var f fetch
+	if err := decode(msg.Payload, &f); err != nil {
+		return nil, err
+	}
+	if len(f.IDs) > maxFetch {
+		return nil, fmt.Errorf("manager: fetch of %d sessions; at most %d", len(f.IDs), maxFetch)
+	}
+	out := sessions{Last: true}
+	m.mu.RLock()
+	for _, id := range f.IDs {
+		if s := m.sessions[id]; s != nil {
+			s.mu.Lock()
+			out.Sessions = append(out.Sessions, s.toSnapshot())
+			s.mu.Unlock()
+		} else {
+			out.Missing = append(out.Missing, id)
+		}
+	}
+	m.mu.RUnlock()
+	return encodeReply(out)
+}
+
+// handleState answers one page of a pull: the sessions after r.After in id
+// order, up to r.Limit bytes (and never more than this node's own
+// TransferBatch, so a page always fits in a frame).
+func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	var r stateRequest
+	if err := decode(msg.Payload, &r); err != nil {
+		return nil, err
+	}
+	limit := m.cfg.TransferBatch
+	if r.Limit > 0 && r.Limit < limit {
+		limit = r.Limit
+	}
+	m.mu.RLock()
+	ids := make([]string, 0, len(m.sessions))
+	for id := range m.sessions {
+		if id > r.After && (r.Route == "" || Route(id) == r.Route) {
+			ids = append(ids, id)
+		}
+	}
+	m.mu.RUnlock()
+	slices.Sort(ids)
+
+	page := sessions{}
+	size := 0
+	for i, id := range ids {
+		if size >= limit {
+			page.Next = ids[i-1]
+			return encodeReply(page)
+		}
+		m.mu.RLock()
+		s := m.sessions[id]
+		m.mu.RUnlock()
+		if s == nil {
+			continue // gone since the ids were taken
+		}
+		s.mu.Lock()
+		if s.invalid || s.isNew {
+			s.mu.Unlock()
+			continue // new sessions reach the member by their first commit
+		}
+		snap := s.toSnapshot()
+		s.mu.Unlock()
+		page.Sessions = append(page.Sessions, snap)
+		size += snapshotSize(snap)
+	}
+	page.Last = true
+	if r.Route != "" {
+		page.Moved = m.place.renamedAway(r.Route)
+	}
+	return encodeReply(page)
+}
+
+// snapshotSize estimates a snapshot's encoded bytes.
+func snapshotSize(s snapshot) int {
+	size := 64 + len(s.ID) + len(s.Origin) + len(s.AccessedBy)
+	for k, v := range s.Attrs {
+		size += len(k) + len(v) + 8
+	}
+	return size
+}
+
+func encodeReply(out sessions) ([]byte, error) {
+	b, err := msgpack.Marshal(out)
+	if err != nil {
+		return nil, fmt.Errorf("manager: encode sessions: %w", err)
+	}
+	return b, nil
+}

@@ -1,0 +1,175 @@
+package manager
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flockhq/flock/membership"
+)
+
+// view is the manager's list of the other members, kept from the cluster's
+// membership events (and seeded once, at Start, from Members).
+type view struct {
+	mu      sync.Mutex
+	members map[string]membership.Member // by name
+	// heard: names an event was heard for; the seed leaves them alone, so
+	// a snapshot taken before an event cannot undo it.
+	heard map[string]bool
+	list  []membership.Member // members sorted by name; replaced, never changed in place
+	// changed is closed and replaced on every change.
+	changed chan struct{}
+	// rejoined: members that had failed and were heard from again as the
+	// same process. They missed what happened meanwhile; resyncing them is
+	// for later (issue 9 notes them only).
+	rejoined map[string]membership.Member
+}
+
+func (v *view) init() {
+	v.members = make(map[string]membership.Member)
+	v.heard = make(map[string]bool)
+	v.changed = make(chan struct{})
+	v.rejoined = make(map[string]membership.Member)
+}
+
+// onEvent is the manager's membership subscriber: it must not block.
+func (m *Manager) onEvent(e membership.Event) {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	name := e.Member.Name
+	if name == m.local {
+		return // this node, restarted elsewhere or seen by mistake: never its own peer
+	}
+	v.heard[name] = true
+	switch e.Type {
+	case membership.Joined, membership.Rejoined:
+		cur, had := v.members[name]
+		v.members[name] = e.Member
+		if e.Type == membership.Rejoined {
+			v.rejoined[name] = e.Member
+			m.log.WithField("member", name).Info("member rejoined; what it holds may be stale")
+		} else {
+			delete(v.rejoined, name)
+		}
+		if had && cur == e.Member {
+			return // already in the view (seeded at Start): nothing changed
+		}
+	case membership.Left, membership.Failed:
+		// By id: a restart under the same name may be heard of first.
+		if cur, ok := v.members[name]; !ok || cur.ID != e.Member.ID {
+			return
+		}
+		delete(v.members, name)
+		delete(v.rejoined, name)
+	default:
+		return
+	}
+	m.viewChanged(e)
+}
+
+// seedView adds the members the cluster lists now that no event has been
+// heard for: those that joined before the manager subscribed.
+func (m *Manager) seedView() {
+	ms := m.c.Members()
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, st := range ms {
+		name := st.Name
+		if name == m.local || v.heard[name] {
+			continue
+		}
+		v.heard[name] = true
+		v.members[name] = st.Member
+		m.viewChanged(membership.Event{Type: membership.Joined, Member: st.Member, Time: m.clock.Now(), Reason: "member at start"})
+	}
+}
+
+// viewChanged rebuilds the sorted list, tells the placement and wakes the
+// waiters; v.mu must be held.
+func (m *Manager) viewChanged(e membership.Event) {
+	v := &m.view
+	list := make([]membership.Member, 0, len(v.members))
+	for _, mb := range v.members {
+		list = append(list, mb)
+	}
+	slices.SortFunc(list, func(a, b membership.Member) int { return strings.Compare(a.Name, b.Name) })
+	v.list = list
+	m.place.members(e, list)
+	close(v.changed)
+	v.changed = make(chan struct{})
+}
+
+// snapshot returns the members and a channel closed at the next change.
+func (v *view) snapshot() ([]membership.Member, <-chan struct{}) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.list, v.changed
+}
+
+// members returns the other members, sorted by name (not to be modified).
+func (m *Manager) members() []membership.Member {
+	ms, _ := m.view.snapshot()
+	return ms
+}
+
+// isMember reports whether a member is called name.
+func (m *Manager) isMember(name string) bool {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.members[name]
+	return ok
+}
+
+// awaitMembers returns the members; while there are none, it waits for
+// the first to appear until ctx ends, done is closed or timeout fires.
+func (m *Manager) awaitMembers(ctx context.Context, done <-chan struct{}, timeout <-chan time.Time) []membership.Member {
+	for {
+		ms, changed := m.view.snapshot()
+		if len(ms) > 0 {
+			return ms
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-done:
+			return nil
+		case <-timeout:
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// settleMembers waits until the member view has not changed for 100 ms
+// (at most JoinWait) and returns it.
+func (m *Manager) settleMembers() []membership.Member {
+	const quiet = 100 * time.Millisecond
+	deadline := m.clock.After(max(m.cfg.JoinWait, quiet))
+	for {
+		ms, changed := m.view.snapshot()
+		select {
+		case <-m.ctx.Done():
+			return ms
+		case <-deadline:
+			return m.members()
+		case <-m.clock.After(quiet):
+			return m.members()
+		case <-changed:
+		}
+	}
+}
+
+func oldest(ms []membership.Member) membership.Member {
+	o := ms[0]
+	for _, mb := range ms[1:] {
+		if mb.Started.Before(o.Started) || (mb.Started.Equal(o.Started) && mb.Name < o.Name) {
+			o = mb
+		}
+	}
+	return o
+}
