@@ -128,7 +128,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	rc.Logger = log
 	recv := receiver.New(ln, rc)
 
-	members, err := cfg.Membership(local, transport{send})
+	members, err := cfg.Membership(local, transport{send}, log)
 	if err != nil {
 		ln.Close()
 		send.Close(context.Background())

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/leakcheck"
 	"github.com/flockhq/flock/membership"
@@ -69,7 +71,7 @@ func TestOwnMembership(t *testing.T) {
 	leakcheck.Check(t)
 	var fake *fakeMembership
 	cfg := cluster.DefaultConfig()
-	cfg.Membership = func(local membership.Member, _ cluster.Transport) (membership.Service, error) {
+	cfg.Membership = func(local membership.Member, _ cluster.Transport, _ logrus.FieldLogger) (membership.Service, error) {
 		fake = &fakeMembership{local: local, events: make(chan membership.Event)}
 		return fake, nil
 	}

@@ -77,13 +77,17 @@ type Transport interface {
 }
 
 // MembershipFunc builds the membership service that announces local; tr
-// reaches the other members over the cluster's transport.
-type MembershipFunc func(local membership.Member, tr Transport) (membership.Service, error)
+// reaches the other members over the cluster's transport, and log is the
+// cluster's logger.
+type MembershipFunc func(local membership.Member, tr Transport, log logrus.FieldLogger) (membership.Service, error)
 
 // Multicast is membership by multicast heartbeats. A ProbeTimeout above
 // zero has a silent member probed over the transport before it is failed.
 func Multicast(cfg membership.MulticastConfig) MembershipFunc {
-	return func(local membership.Member, tr Transport) (membership.Service, error) {
+	return func(local membership.Member, tr Transport, log logrus.FieldLogger) (membership.Service, error) {
+		if cfg.Logger == nil {
+			cfg.Logger = log
+		}
 		if cfg.ProbeTimeout > 0 && cfg.Prober == nil {
 			cfg.Prober = tr
 		}
@@ -93,7 +97,10 @@ func Multicast(cfg membership.MulticastConfig) MembershipFunc {
 
 // Static is membership by a fixed list of peers pinged over the transport.
 func Static(cfg membership.StaticConfig) MembershipFunc {
-	return func(local membership.Member, tr Transport) (membership.Service, error) {
+	return func(local membership.Member, tr Transport, log logrus.FieldLogger) (membership.Service, error) {
+		if cfg.Logger == nil {
+			cfg.Logger = log
+		}
 		if cfg.Prober == nil {
 			cfg.Prober = tr
 		}
