@@ -23,6 +23,22 @@
 // session a new id after a login. Existing reads the session without creating
 // one, for pages that need none.
 //
+// A node is configured by server.toml (package conf: every key has a
+// default, conf.Default; a bad key is refused with its file and line). The
+// keys that matter first: [server] name (unique per node: the route of its
+// session ids), [cluster.membership] type ("multicast" on a LAN, "static"
+// with a list of peers elsewhere), [cluster.manager] mode ("delta": every
+// node holds every session; "backup": an owner and one backup per session,
+// for larger clusters) and replication ("sync": a response leaves only once
+// the other copies hold its change; "ack"; "async": fastest, a crash may lose
+// the last change).
+//
+// Node.Admin serves /cluster/status, /cluster/sessions, /healthz (200 once
+// the node holds the cluster's sessions) and /metrics; Node.Stop drains and
+// leaves. To test a program's handlers against a cluster without a network,
+// start its nodes on package clustertest's in-memory network with
+// WithCluster, as the package example does.
+//
 // What a node is made of, each its own package: membership (who is in the
 // cluster: multicast heartbeats or a static list), sender and receiver (the
 // TCP transport), cluster (membership and transport together, with
