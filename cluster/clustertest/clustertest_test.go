@@ -173,3 +173,58 @@ func TestEvents(t *testing.T) {
 		return fmt.Sprint(seen) == want
 	})
 }
+
+// The modes keep the transport's promises: a send to a node that is not a
+// member fails; Async returns at once, Ack once the message is taken (before
+// the handler runs), Sync once the handler returned, with its error; a
+// broadcast with no members succeeds.
+func TestModes(t *testing.T) {
+	leakcheck.Check(t)
+	n := clustertest.New()
+	defer n.Close()
+	a, b := n.AddNode("a"), n.AddNode("b")
+	block := make(chan struct{})
+	b.Cluster().Handle(typeEcho, func(_ context.Context, m cluster.Message) ([]byte, error) {
+		switch string(m.Payload) {
+		case "block":
+			<-block
+		case "fail":
+			return nil, errors.New("handler failed")
+		}
+		return nil, nil
+	})
+	for _, nd := range []*clustertest.Node{a, b} {
+		if err := nd.Cluster().Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer nd.Cluster().Stop(context.Background())
+	}
+	ctx := context.Background()
+	to := []membership.Member{b.Member()}
+	if err := a.Cluster().Send(ctx, to, typeEcho, []byte("x"), cluster.Sync); !errors.Is(err, clustertest.ErrDown) {
+		t.Fatalf("send to a node that has not joined: %v", err)
+	}
+	a.Join()
+	b.Join()
+	if err := a.Cluster().Send(ctx, to, typeEcho, []byte("fail"), cluster.Sync); err == nil {
+		t.Error("a Sync send did not return the handler's error")
+	}
+	if err := a.Cluster().Send(ctx, to, typeEcho, []byte("fail"), cluster.Ack); err != nil {
+		t.Errorf("an Ack send returned the handler's error: %v", err)
+	}
+	acked := make(chan error, 1)
+	go func() { acked <- a.Cluster().Send(ctx, to, typeEcho, []byte("block"), cluster.Ack) }()
+	select { // the Ack returns while the handler is still blocked
+	case err := <-acked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an Ack send waited for the handler")
+	}
+	close(block)
+	b.SetUp(false)
+	if err := a.Cluster().Broadcast(ctx, typeEcho, []byte("x"), cluster.Sync); err != nil {
+		t.Errorf("broadcast without members: %v", err)
+	}
+}
