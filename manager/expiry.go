@@ -23,6 +23,7 @@ func (m *Manager) runExpiry() {
 			}
 			m.mu.RUnlock()
 		}
+		m.tombs.prune(now)
 		n := min(len(queue), m.cfg.ExpireBatch)
 		m.expire(now, queue[:n])
 		queue = queue[n:]
@@ -50,6 +51,7 @@ func (m *Manager) expire(now time.Time, ids []string) {
 		m.forget(id)
 		m.mu.Unlock()
 		m.stats.expired.Add(1)
+		m.tombs.add(id, version, false, now)
 		m.persist.ended(id, version)
 		m.fire(false, func(l Listener) {
 			if l.Destroyed != nil {

@@ -140,6 +140,7 @@ type Manager struct {
 	clock clock.Clock
 	place placement // what the mode decides
 	view  view      // the other members, from membership events
+	tombs tombs     // sessions that ended, so their copies cannot come back
 
 	mu       sync.RWMutex
 	sessions map[string]*Session
@@ -235,6 +236,9 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		m.clock = clock.Real()
 	}
 	m.view.init()
+	// Long enough for any copy or change of an ended session still on its
+	// way: the session timeout, the touch grace, and a send with its retry.
+	m.tombs.init(cfg.SessionTimeout + 2*cfg.TouchInterval + 2*cfg.RequestTimeout)
 	var err error
 	if m.place, err = newPlacement(m); err != nil {
 		cancel()
@@ -431,9 +435,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		}
 		return nil
 	}
-	d := delta{ID: s.id, Old: s.renamedFrom, Base: s.version, Origin: m.local, Access: unixNano(s.lastAccess)}
+	d := delta{ID: s.id, Old: s.renamedFrom, Base: s.version, BaseOrigin: s.origin, Origin: m.local, Access: unixNano(s.lastAccess)}
 	if s.isNew {
-		d.Base = 0
+		d.Base, d.BaseOrigin = 0, ""
 		d.Created = unixNano(s.created)
 	}
 	s.version++
@@ -579,6 +583,11 @@ func (m *Manager) invalidated(s *Session, id string) {
 	if known == "" {
 		known = id
 	} // else renamed since the last commit: the others know the old id only
+	now := m.clock.Now()
+	m.tombs.add(id, version, true, now)
+	if known != id {
+		m.tombs.add(known, version, true, now)
+	}
 	m.fire(false, func(l Listener) {
 		if l.Destroyed != nil {
 			l.Destroyed(id, "invalidated", false)
@@ -612,6 +621,9 @@ type Info struct {
 	Created    time.Time `json:"created"`
 	LastAccess time.Time `json:"last_access"`
 	AccessedBy string    `json:"accessed_by"`
+	// Hash identifies the contents: two nodes that hold the same hash hold
+	// the same attributes.
+	Hash string `json:"hash"`
 }
 
 // Sessions describes every session this node holds, sorted by id.
@@ -629,7 +641,8 @@ func (m *Manager) Sessions() []Info {
 		for k, v := range s.attrs {
 			size += len(k) + len(v)
 		}
-		out = append(out, Info{ID: s.id, Version: s.version, Size: size, Keys: len(s.attrs), Created: s.created.UTC(), LastAccess: s.lastAccess.UTC(), AccessedBy: s.accessedBy})
+		out = append(out, Info{ID: s.id, Version: s.version, Size: size, Keys: len(s.attrs), Created: s.created.UTC(),
+			LastAccess: s.lastAccess.UTC(), AccessedBy: s.accessedBy, Hash: fmt.Sprintf("%016x", s.contentHash())})
 		s.mu.Unlock()
 	}
 	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.ID, b.ID) })

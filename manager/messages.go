@@ -54,9 +54,12 @@ type snapshot struct {
 // 0 creates the session; Full carries the whole session instead of a diff
 // (always_save, or a change too tangled to diff).
 type delta struct {
-	ID          string            `msgpack:"i"`
-	Old         string            `msgpack:"r,omitempty"` // the id before a rename
-	Base        uint64            `msgpack:"b"`
+	ID   string `msgpack:"i"`
+	Old  string `msgpack:"r,omitempty"` // the id before a rename
+	Base uint64 `msgpack:"b"`
+	// BaseOrigin is the node that made version Base: the change applies
+	// only on that exact copy.
+	BaseOrigin  string            `msgpack:"bo,omitempty"`
 	Version     uint64            `msgpack:"v"`
 	Origin      string            `msgpack:"o"`
 	Created     int64             `msgpack:"c,omitempty"`
@@ -94,6 +97,7 @@ type sessions struct {
 	Sessions []snapshot `msgpack:"s"`
 	Missing  []string   `msgpack:"m,omitempty"`
 	Moved    []string   `msgpack:"mv,omitempty"` // ids renamed away: drop any copy under them
+	Ended    []ended    `msgpack:"e,omitempty"`  // tombstones: sessions that ended
 	Last     bool       `msgpack:"l"`
 	// Next is where the next page of a pull starts (after this id).
 	Next string `msgpack:"n,omitempty"`

@@ -19,6 +19,7 @@ type counters struct {
 	created, expired, rejected, rebinds       atomic.Uint64
 	sent, sendFailures, received, applied     atomic.Uint64
 	stale, gaps, conflicts, repairs, fetched  atomic.Uint64
+	refusedEnded                              atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -45,8 +46,10 @@ type Stats struct {
 	TransferDuration time.Duration `json:"transfer_duration"`
 	TransferTimeouts uint64        `json:"transfer_timeouts"`
 	TransferState    string        `json:"transfer_state"`
-	Copied           uint64        `json:"copied"` // backup mode: sessions copied to a new backup
-	Moved            uint64        `json:"moved"`  // backup mode: copies dropped, no longer owner nor backup
+	Copied           uint64        `json:"copied"`        // backup mode: sessions copied to a new backup
+	Moved            uint64        `json:"moved"`         // backup mode: copies dropped, no longer owner nor backup
+	Tombstones       int           `json:"tombstones"`    // ended sessions remembered, so they cannot come back
+	RefusedEnded     uint64        `json:"refused_ended"` // changes and copies refused because the session had ended
 }
 
 // Stats returns the manager's counters.
@@ -62,6 +65,7 @@ func (m *Manager) Stats() Stats {
 		TransferDuration: time.Duration(m.stats.transferNanos.Load()), TransferTimeouts: m.stats.timeouts.Load(),
 		TransferState: m.transfer.state(),
 		Copied:        m.stats.copied.Load(), Moved: m.stats.moved.Load(),
+		Tombstones: m.tombs.len(), RefusedEnded: m.stats.refusedEnded.Load(),
 	}
 	return st
 }
@@ -85,6 +89,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	m.stats.received.Add(1)
 	if !ValidID(d.ID) || (d.Old != "" && !ValidID(d.Old)) {
 		return fmt.Errorf("manager: delta for malformed session id %q", d.ID)
+	}
+	if m.refused(d.ID, d.Version) || (d.Old != "" && m.refused(d.Old, d.Version)) {
+		return nil // the session ended: a change still on its way must not bring it back
 	}
 	m.mu.Lock()
 	s := m.sessions[d.ID]
@@ -130,9 +137,13 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		s.mu.Unlock()
 		m.stats.stale.Add(1)
 		return nil
-	case d.Base == s.version || (d.Full && d.Version > s.version):
-		// A whole session of the same version from another origin is a
-		// concurrent writer, not a newer copy: the tie rule below decides.
+	case (d.Base == s.version && d.BaseOrigin == s.origin) || (d.Full && d.Version > s.version):
+		// A change applies only on exactly the copy it was made from: the
+		// same version made by the same node. A base of the same number
+		// made elsewhere is a concurrent writer's, and the change would
+		// land on different contents: the tie rule below decides. A whole
+		// session of the same version from another origin is a concurrent
+		// writer too, not a newer copy.
 		s.applyDelta(d)
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
@@ -143,8 +154,8 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	// concurrent change on two nodes (both made version s.version). The
 	// higher version wins, a tie goes to the greater node name; if the
 	// sender's copy wins, fetch it whole.
-	conflict := d.Base < s.version
-	wins := d.Version > s.version || d.Origin > s.origin
+	conflict := d.Base < s.version || (d.Base == s.version && d.BaseOrigin != s.origin)
+	wins := d.Version > s.version || (d.Version == s.version && d.Origin > s.origin)
 	s.mu.Unlock()
 	if conflict {
 		m.stats.conflicts.Add(1)
@@ -185,6 +196,7 @@ func (s *Session) applyDelta(d delta) {
 	for _, k := range d.Del {
 		delete(s.attrs, k)
 	}
+	s.hashed = false
 	if d.Created != 0 {
 		s.created = fromNano(d.Created)
 	}
@@ -205,11 +217,25 @@ func (s *Session) toSnapshot() snapshot {
 	}
 }
 
-// install keeps snap if it is newer than what this node holds (the rule for
-// recovery and conflicts: higher version, then greater origin). It reports
-// whether it did.
+// newer reports whether snap beats s (s.mu held): the higher version wins,
+// a tie goes to the greater origin, and two copies of one version and origin
+// that differ (which causal deltas prevent, but a node restarted from an
+// older disk copy could make) to the greater content hash, so that every
+// node picks the same one.
+func newer(snap snapshot, s *Session) bool {
+	switch {
+	case snap.Version != s.version:
+		return snap.Version > s.version
+	case snap.Origin != s.origin:
+		return snap.Origin > s.origin
+	}
+	return hashAttrs(snap.Attrs) > s.contentHash()
+}
+
+// install keeps snap if it is newer than what this node holds (see newer)
+// and the session has not ended. It reports whether it did.
 func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
-	if !ValidID(snap.ID) {
+	if !ValidID(snap.ID) || m.refused(snap.ID, snap.Version) {
 		return nil, false
 	}
 	m.mu.Lock()
@@ -224,7 +250,7 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	if !created {
 		s.mu.Lock()
 	}
-	if !created && (snap.Version < s.version || (snap.Version == s.version && snap.Origin <= s.origin)) {
+	if !created && !newer(snap, s) {
 		s.mu.Unlock()
 		return s, false
 	}
@@ -237,6 +263,7 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	if s.attrs == nil {
 		s.attrs = make(map[string][]byte)
 	}
+	s.hashed = false
 	s.mu.Unlock()
 	if created {
 		m.fire(remote, func(l Listener) {
@@ -254,6 +281,12 @@ func (m *Manager) handleExpire(ctx context.Context, msg cluster.Message) error {
 		return err
 	}
 	m.stats.received.Add(1)
+	if e.Reason != "moved" {
+		m.ended(ended{ID: e.ID, Version: e.Version, Invalidated: e.Reason == "invalidated"}, true)
+		return nil
+	}
+	// Renamed away: the session lives on under another id, so this is not
+	// an end and leaves no tombstone.
 	m.mu.Lock()
 	s := m.sessions[e.ID]
 	if s == nil {
@@ -262,7 +295,6 @@ func (m *Manager) handleExpire(ctx context.Context, msg cluster.Message) error {
 	}
 	s.mu.Lock()
 	if s.version > e.Version {
-		// Changed since the sender decided: a concurrent writer kept it.
 		s.mu.Unlock()
 		m.mu.Unlock()
 		m.stats.stale.Add(1)
@@ -273,14 +305,6 @@ func (m *Manager) handleExpire(ctx context.Context, msg cluster.Message) error {
 	m.forget(e.ID)
 	m.mu.Unlock()
 	m.persist.ended(e.ID, e.Version)
-	if e.Reason == "moved" {
-		return nil // the session lives on under another id: not an end
-	}
-	m.fire(true, func(l Listener) {
-		if l.Destroyed != nil {
-			l.Destroyed(e.ID, e.Reason, true)
-		}
-	})
 	return nil
 }
 

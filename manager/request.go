@@ -81,8 +81,12 @@ func (m *Manager) ask(ctx context.Context, to membership.Member, t cluster.Messa
 	return in, nil
 }
 
-// receive installs whole sessions and forgets the ids renamed away.
+// receive applies the tombstones, installs whole sessions and forgets the
+// ids renamed away.
 func (m *Manager) receive(in sessions) {
+	for _, e := range in.Ended {
+		m.ended(e, true)
+	}
 	for _, snap := range in.Sessions {
 		m.install(snap, true)
 	}
@@ -127,6 +131,8 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 			s.mu.Lock()
 			out.Sessions = append(out.Sessions, s.toSnapshot())
 			s.mu.Unlock()
+		} else if tb, ok := m.tombs.get(id); ok {
+			out.Ended = append(out.Ended, ended{ID: id, Version: tb.Version, Invalidated: tb.Invalidated})
 		} else {
 			out.Missing = append(out.Missing, id)
 		}
@@ -147,15 +153,24 @@ func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte,
 	if r.Limit > 0 && r.Limit < limit {
 		limit = r.Limit
 	}
+	want := func(id string) bool { return id > r.After && (r.Route == "" || Route(id) == r.Route) }
 	m.mu.RLock()
 	ids := make([]string, 0, len(m.sessions))
 	for id := range m.sessions {
-		if id > r.After && (r.Route == "" || Route(id) == r.Route) {
+		if want(id) {
 			ids = append(ids, id)
 		}
 	}
 	m.mu.RUnlock()
+	// The tombstones go with the sessions, in the same id order, so a
+	// session that ends while the pull runs cannot come back on the puller.
+	ends := make(map[string]ended)
+	for _, e := range m.tombs.entries(want) {
+		ends[e.ID] = e
+		ids = append(ids, e.ID)
+	}
 	slices.Sort(ids)
+	ids = slices.Compact(ids)
 
 	page := sessions{}
 	size := 0
@@ -164,11 +179,15 @@ func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte,
 			page.Next = ids[i-1]
 			return encodeReply(page)
 		}
+		if e, ok := ends[id]; ok {
+			page.Ended = append(page.Ended, e)
+			size += 32 + len(id)
+		}
 		m.mu.RLock()
 		s := m.sessions[id]
 		m.mu.RUnlock()
 		if s == nil {
-			continue // gone since the ids were taken
+			continue // ended, or gone since the ids were taken
 		}
 		s.mu.Lock()
 		if s.invalid || s.isNew {

@@ -36,6 +36,8 @@ type Session struct {
 	accessedBy  string // node that served the last request (the primary, in Tomcat's words)
 	maxInactive time.Duration
 	attrs       map[string][]byte
+	hash        uint64 // contentHash's cache, valid while hashed
+	hashed      bool
 
 	// The change since the last commit.
 	dirty       []string // keys set or deleted, each once; a request changes few
@@ -126,6 +128,7 @@ func (s *Session) Set(key string, v any) error {
 		return ErrInvalidated
 	}
 	s.attrs[key] = b
+	s.hashed = false
 	s.markDirty(key)
 	return nil
 }
@@ -139,6 +142,7 @@ func (s *Session) Delete(key string) error {
 	}
 	if _, ok := s.attrs[key]; ok {
 		delete(s.attrs, key)
+		s.hashed = false
 		s.markDirty(key)
 	}
 	return nil
