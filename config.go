@@ -101,6 +101,9 @@ func parts(c conf.Config) (partConfigs, error) {
 	m.NotifyOnReplication = mg.NotifyListenersOnReplication
 	m.ExpireInterval = mg.ExpireInterval.Duration
 	m.TouchInterval = mg.TouchInterval.Duration
+	m.AntiEntropyInterval = mg.AntiEntropyInterval.Duration
+	// A stall the others may have noticed: membership counts the same.
+	m.StallAfter = mc.DropTime.Duration / 2
 	m.RequestTimeout = sn.Timeout.Duration
 	// A state-transfer page must fit in a frame with room for its envelope.
 	m.TransferBatch = int(min(int64(m.TransferBatch), c.Cluster.Receiver.MaxFrame.Bytes/2))

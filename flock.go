@@ -155,6 +155,10 @@ func (n *Node) Ready() <-chan struct{} { return n.manager.Ready() }
 // internet.
 func (n *Node) Admin() *http.ServeMux { return admin.NewMux(n, n.mtype) }
 
+// CatchingUp reports whether the node is bringing its copies up to date
+// after a stall of its own (Admin's /healthz answers 503 meanwhile).
+func (n *Node) CatchingUp() bool { return n.manager.CatchingUp() }
+
 // Cluster is the node's cluster.
 func (n *Node) Cluster() *cluster.Cluster { return n.cluster }
 

@@ -24,6 +24,9 @@ type Node interface {
 	Sessions() []manager.Info
 	ManagerStats() manager.Stats
 	Ready() <-chan struct{}
+	// CatchingUp: the node is bringing its copies up to date after a
+	// stall; /healthz answers 503 meanwhile.
+	CatchingUp() bool
 	// ReplicationHistogram is manager.Manager.ReplicationHistogram.
 	ReplicationHistogram() (buckets []float64, counts []uint64, sum float64, count uint64)
 }
@@ -121,6 +124,10 @@ func NewMux(c Node, membershipType string) *http.ServeMux {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-c.Ready():
+			if c.CatchingUp() {
+				http.Error(w, "catching up after a stall", http.StatusServiceUnavailable)
+				return
+			}
 			w.Write([]byte("ok\n"))
 		default:
 			http.Error(w, "state transfer running", http.StatusServiceUnavailable)

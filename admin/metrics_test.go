@@ -79,6 +79,7 @@ func (f *fakeNode) ManagerStats() manager.Stats {
 }
 
 func (f *fakeNode) Ready() <-chan struct{} { return nil }
+func (f *fakeNode) CatchingUp() bool       { return false }
 
 func (f *fakeNode) ReplicationHistogram() ([]float64, []uint64, float64, uint64) {
 	return []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5},

@@ -158,6 +158,11 @@ type Manager struct {
 	// nodes, in one batch. At most a quarter of SessionTimeout, so that no
 	// copy expires while the session is in use on another node.
 	TouchInterval Duration `toml:"touch_interval"`
+	// AntiEntropyInterval is how often the node compares its copies with
+	// one other member, in turn, and exchanges what differs; "0s" turns
+	// the background rounds off (a member that comes back is still
+	// brought up to date at once).
+	AntiEntropyInterval Duration `toml:"anti_entropy_interval"`
 	// PersistDir, if set, is where the node keeps the sessions it changes
 	// (an append-only log), so that a restart under the same name recovers
 	// them; "" keeps sessions in memory only (the backup carries them).
@@ -258,6 +263,7 @@ func Default() Config {
 				NotifyListenersOnReplication: true,
 				ExpireInterval:               Duration{time.Second},
 				TouchInterval:                Duration{5 * time.Second},
+				AntiEntropyInterval:          Duration{5 * time.Second},
 			},
 		},
 		Session: Session{

@@ -40,8 +40,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 41 {
-		t.Errorf("Default() encodes %d keys, want 41: %v", len(keys), keys)
+	if len(keys) != 42 {
+		t.Errorf("Default() encodes %d keys, want 42: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -790,6 +790,11 @@ static.members = [
 			want: []string{`cluster.manager.expire_interval: 1m1s is out of range; allowed 10ms..1m0s`},
 		},
 		{
+			name: "anti_entropy_interval too short",
+			in:   "[cluster.manager]\nanti_entropy_interval = \"10ms\"\n",
+			want: []string{`server.toml:2: cluster.manager.anti_entropy_interval: 10ms is out of range; allowed 100ms..1h0m0s`},
+		},
+		{
 			name: "touch_interval too short",
 			in:   "[cluster.manager]\ntouch_interval = \"99ms\"\n",
 			want: []string{`server.toml:2: cluster.manager.touch_interval: 99ms is too short; allowed at least 100ms`},
@@ -1228,6 +1233,7 @@ always_save = true
 notify_listeners_on_replication = false
 expire_interval = "250ms"
 touch_interval = "30m"
+anti_entropy_interval = "0s"
 
 [session]
 cookie_name = "JSESSIONID"
@@ -1249,6 +1255,7 @@ static_filter = ""
 					NotifyListenersOnReplication: false,
 					ExpireInterval:               Duration{250 * time.Millisecond},
 					TouchInterval:                Duration{30 * time.Minute},
+					AntiEntropyInterval:          Duration{0},
 				}
 				c.Session = Session{
 					CookieName:     "JSESSIONID",

@@ -188,6 +188,10 @@ func (c Config) problems() []problem {
 				ti, manager.TouchesPerTimeout, mg.SessionTimeout.Duration/manager.TouchesPerTimeout))
 	}
 
+	if d := mg.AntiEntropyInterval.Duration; d != 0 {
+		check("cluster.manager.anti_entropy_interval", checkBetween(d, 100*time.Millisecond, time.Hour))
+	}
+
 	se := c.Session
 	check("session.cookie_name", checkCookieName(se.CookieName))
 	check("session.cookie_path", checkCookiePath(se.CookiePath))

@@ -96,6 +96,15 @@ func (r ring) owner(id string) string {
 // backup is where owner copies its sessions; "" when owner is alone.
 func (r ring) backup(owner string) string { return r.next(owner) }
 
+// shares: the owner and its backup hold the session.
+func (p *backupPlacement) shares(id, peer string) bool {
+	r := p.ring.Load()
+	owner := r.owner(id)
+	b := r.backup(owner)
+	local := p.m.local
+	return (owner == local && b == peer) || (owner == peer && b == local)
+}
+
 // members rebuilds the ring: once per change of the view, not per commit.
 func (p *backupPlacement) members(_ membership.Event, view []membership.Member) {
 	p.ring.Store(newRing(p.m.local, view))

@@ -3,10 +3,12 @@ package manager
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/internal/clock"
 	"github.com/flockhq/flock/internal/leakcheck"
 )
 
@@ -207,5 +209,188 @@ func TestContentHash(t *testing.T) {
 	d := hashAttrs(map[string][]byte{"x1": {}, "": []byte("x1")})
 	if a != b || a == c || c == d {
 		t.Errorf("hashes %x %x %x %x", a, b, c, d)
+	}
+}
+
+// A member that comes back as the same process (a pause, a healed
+// partition) is brought up to date at once: it does not serve what it held
+// before, and a write there is not lost.
+func TestRejoinedIsResynced(t *testing.T) {
+	for _, mode := range []string{ModeDelta, ModeBackup} {
+		t.Run(mode, func(t *testing.T) {
+			leakcheck.Check(t)
+			cfg := testConfig()
+			cfg.Mode = mode
+			c := newCluster(t, cfg, "A", "B", "C")
+			a, cm := c.ms[0], c.ms[2]
+			// A session that C holds in both modes: owned by B (whose backup
+			// is C in backup mode), served on A.
+			s := create(t, c.ms[1], map[string]any{"n": 1})
+			id := s.ID()
+			c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
+
+			c.nodes[2].setUp(false) // C is away: it misses three writes
+			for n := 2; n <= 4; n++ {
+				w := load(t, c.ms[1], id)
+				set(t, w, "n", n)
+				commit(t, c.ms[1], w)
+			}
+			c.nodes[2].setUp(true) // back as the same member
+			c.waitFor("C caught up", func() bool {
+				got, ok := state(cm, id)
+				return ok && got.Version == 4 && c.settled()
+			})
+			if n := mustGet[int](t, load(t, cm, id), "n"); n != 4 {
+				t.Fatalf("C serves n = %d after it came back, want 4", n)
+			}
+			// The user's next write, on C, lands everywhere.
+			w := load(t, cm, id)
+			set(t, w, "n", 5)
+			commit(t, cm, w)
+			c.waitFor("n = 5 everywhere it is held", func() bool {
+				for _, m := range []*Manager{c.ms[1], cm} {
+					if got, ok := state(m, id); !ok || got.Version != 5 {
+						return false
+					}
+				}
+				return true
+			})
+			if st := c.ms[1].Stats().SyncRounds + cm.Stats().SyncRounds + a.Stats().SyncRounds; st == 0 {
+				t.Error("no anti-entropy round ran")
+			}
+		})
+	}
+}
+
+// Background anti-entropy repairs what nothing else would: the last change
+// of a session lost on its way to one member, with no later change to show
+// the gap.
+func TestBackgroundAntiEntropy(t *testing.T) {
+	leakcheck.Check(t)
+	clk := clock.NewFake(epoch)
+	cfg := clockConfig(clk)
+	cfg.Replication = cluster.Ack // a lost delta is not an error for the writer
+	cfg.AntiEntropyInterval = 5 * time.Second
+	c := newCluster(t, cfg, "A", "B")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitConverged(id)
+	c.net.dropNext(c.nodes[1], typeDelta, 1)
+	set(t, s, "n", 2)
+	commit(t, a, s)
+	if got, _ := state(b, id); got.Version != 1 {
+		t.Fatalf("B at version %d; the change should have been lost", got.Version)
+	}
+	c.seconds(4, func(int) {
+		if got, _ := state(b, id); got.Version != 1 {
+			t.Fatalf("repaired before any round: version %d", got.Version)
+		}
+	})
+	c.seconds(11, func(int) {})
+	if got, _ := state(b, id); got.Version != 2 || !c.converged(id) {
+		t.Fatalf("B at version %d after two intervals, want 2", got.Version)
+	}
+	rounds := a.Stats().SyncRounds + b.Stats().SyncRounds
+	if rounds == 0 {
+		t.Error("no round counted")
+	}
+	t.Logf("rounds %d, moved %d", rounds, a.Stats().SyncMoved+b.Stats().SyncMoved)
+}
+
+// Two nodes that each concluded they were alone (their membership did not
+// hear the other within join_wait) exchange what they hold when they meet.
+func TestAloneThenMet(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	cfg.JoinWait = 0
+	c := &testCluster{t: t, net: newFakeNet(t)}
+	c.add("A", cfg)
+	c.add("B", cfg)
+	for i := range c.ms {
+		c.start(i) // not members yet: each finds nobody
+		c.ready(c.ms[i])
+		if st := c.ms[i].Stats().TransferState; st != "none" {
+			t.Fatalf("transfer state %q, want none", st)
+		}
+	}
+	onA := create(t, c.ms[0], map[string]any{"on": "A"}).ID()
+	onB := create(t, c.ms[1], map[string]any{"on": "B"}).ID()
+	c.nodes[0].join()
+	c.nodes[1].join()
+	c.waitConverged(onA, onB)
+}
+
+// A node that finds it did not run for longer than StallAfter catches up
+// with every member before it reports itself ready again.
+func TestStallCatchUp(t *testing.T) {
+	leakcheck.Check(t)
+	clk := clock.NewFake(epoch)
+	cfg := clockConfig(clk)
+	cfg.Replication = cluster.Ack
+	cfg.StallAfter = 1500 * time.Millisecond
+	c := newCluster(t, cfg, "A", "B")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitConverged(id)
+	c.net.dropNext(c.nodes[1], typeDelta, 1) // what B missed while it was stopped
+	set(t, s, "n", 2)
+	commit(t, a, s)
+	c.step(700 * time.Millisecond) // the watch ticks every 750 ms: a short pause is no stall
+	if st := b.Stats(); st.Stalls != 0 {
+		t.Fatalf("stalls %d after a normal tick", st.Stalls)
+	}
+	c.step(10 * time.Second) // both "stopped" for 10 s: each catches up with the other
+	if got, _ := state(b, id); got.Version != 2 {
+		t.Fatalf("B at version %d after catching up, want 2", got.Version)
+	}
+	if st := b.Stats(); st.Stalls != 1 || st.CatchingUp || b.CatchingUp() {
+		t.Errorf("B: stalls %d, catching up %v; want 1 stall, done", st.Stalls, st.CatchingUp)
+	}
+}
+
+// A state-transfer source that dies mid-transfer is given up at once: the
+// joiner asks the next member and is ready with every session, long before
+// the transfer timeout.
+func TestTransferSourceDies(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	cfg.TransferBatch = 4 << 10
+	cfg.StateTransferTimeout = time.Minute
+	c := newCluster(t, cfg, "A", "B", "C")
+	var ids []string
+	for i := range 300 {
+		ids = append(ids, create(t, c.ms[1], map[string]any{"n": i, "pad": string(make([]byte, 100))}).ID())
+	}
+	c.waitConverged(ids...)
+	di := c.add("D", cfg)
+	dNode, d := c.nodes[di], c.ms[di]
+	pages := 0
+	c.net.holdIf(func(e *envelope) bool {
+		if e.from != dNode || e.to != c.nodes[0] || e.typ != typeState {
+			return false
+		}
+		pages++
+		return pages > 2 // A answers two pages, then goes silent
+	})
+	dNode.join()
+	c.start(di)
+	c.waitFor("the third page held", func() bool { return c.net.heldCount() == 1 })
+	start := time.Now()
+	c.nodes[0].setUp(false) // A dies mid-transfer
+	c.ready(d)
+	took := time.Since(start)
+	t.Logf("ready %v after the source died", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("ready %v after the source died; the transfer should move on at once", took)
+	}
+	if st := d.Stats().TransferState; st != "done" {
+		t.Fatalf("transfer state %q", st)
+	}
+	for _, id := range ids {
+		if _, ok := state(d, id); !ok {
+			t.Fatalf("D lacks %s", short(id))
+		}
 	}
 }

@@ -3,9 +3,10 @@ package manager
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock/membership"
 )
@@ -17,38 +18,87 @@ type deltaPlacement struct{ m *Manager }
 
 var _ placement = (*deltaPlacement)(nil)
 
-// start is the state transfer: the oldest member streams all its sessions,
-// installed batch by batch as they arrive; changes that arrive meanwhile
-// are kept by version, so nothing stops while it runs.
+// start is the state transfer: the oldest member answers every session,
+// a page at a time, installed as it arrives; changes that arrive meanwhile
+// are kept by version, so nothing stops while it runs. A source that dies
+// (leaves the view, or stops answering within the request timeout) is
+// given up at once and the next oldest member asked, each page being
+// idempotent; what the first source sent is kept.
 func (p *deltaPlacement) start(ms []membership.Member) {
 	m := p.m
-	from := oldest(ms)
 	m.transfer.set("running")
 	start := m.clock.Now()
-	log := m.log.WithField("member", from.Name)
-	log.Info("state transfer started")
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.StateTransferTimeout)
 	defer cancel()
-	n, err := m.pull(ctx, from, "")
+	sources := slices.Clone(ms)
+	slices.SortFunc(sources, func(a, b membership.Member) int {
+		if a.Started.Equal(b.Started) {
+			return strings.Compare(a.Name, b.Name)
+		}
+		return a.Started.Compare(b.Started)
+	})
+	total := 0
+	var err error
+	for i, from := range sources {
+		log := m.log.WithField("member", from.Name)
+		if i == 0 {
+			log.Info("state transfer started")
+		} else {
+			log.WithError(err).Warn("state transfer source failed; asking the next member")
+		}
+		var n int
+		n, err = m.pullWhileMember(ctx, from)
+		total += n
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+	}
 	if m.ctx.Err() != nil {
 		return
 	}
+	log := m.log.WithField("sessions", total)
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		m.stats.timeouts.Add(1)
 		m.transfer.set("timed out")
-		log.WithFields(logrus.Fields{"sessions": n, "timeout": m.cfg.StateTransferTimeout}).Warn("state transfer timed out; serving what arrived")
+		log.WithField("timeout", m.cfg.StateTransferTimeout).Warn("state transfer timed out; serving what arrived")
 	case err != nil:
 		m.stats.timeouts.Add(1)
 		m.transfer.set("failed")
-		log.WithError(err).Warn("state transfer request failed; serving what arrives by replication")
+		log.WithError(err).Warn("state transfer failed with every member; serving what arrives by replication and anti-entropy")
 	default:
 		d := m.clock.Now().Sub(start)
-		m.stats.transferSessions.Add(uint64(n))
+		m.stats.transferSessions.Add(uint64(total))
 		m.stats.transferNanos.Store(uint64(d))
 		m.transfer.set("done")
-		log.WithFields(logrus.Fields{"sessions": n, "took": d.Round(time.Millisecond)}).Info("state transfer done")
+		log.WithField("took", d.Round(time.Millisecond)).Info("state transfer done")
 	}
+}
+
+// pullWhileMember pulls every session from a member, given up the moment
+// the member leaves this node's view.
+func (m *Manager) pullWhileMember(ctx context.Context, from membership.Member) (int, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		for {
+			ms, changed := m.view.snapshot()
+			if !slices.ContainsFunc(ms, func(mb membership.Member) bool { return mb.ID == from.ID }) {
+				cancel(fmt.Errorf("%s is no longer a member", from.Name))
+				return
+			}
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	n, err := m.pull(ctx, from, "")
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+		err = cause
+	}
+	return n, err
 }
 
 func (p *deltaPlacement) members(membership.Event, []membership.Member) {}
@@ -97,6 +147,7 @@ func (p *deltaPlacement) renamed(string, string, bool)           {}
 func (p *deltaPlacement) gone(string)                            {}
 func (p *deltaPlacement) renamedAway(string) []string            { return nil }
 func (p *deltaPlacement) period() time.Duration                  { return 0 }
+func (p *deltaPlacement) shares(string, string) bool             { return true }
 func (p *deltaPlacement) step(time.Time)                         {}
 func (p *deltaPlacement) repairFrom(_ string, sender membership.Member) membership.Member {
 	return sender // it had the version this node lacks

@@ -167,6 +167,9 @@ func testConfig() Config {
 	cfg.Replication = cluster.Sync
 	cfg.RequestTimeout = 5 * time.Second
 	cfg.StateTransferTimeout = 10 * time.Second
+	// No background anti-entropy and no stall watch: the tests that want
+	// them turn them on, so the others count their messages exactly.
+	cfg.AntiEntropyInterval, cfg.StallAfter = 0, 0
 	return cfg
 }
 
@@ -209,6 +212,9 @@ func (c *testCluster) loops() int {
 			continue
 		}
 		n += 2
+		if m.cfg.AntiEntropyInterval > 0 || m.cfg.StallAfter > 0 {
+			n++ // anti-entropy's ticker
+		}
 		if m.place.period() > 0 {
 			n++
 		}
@@ -319,7 +325,7 @@ func (c *testCluster) settled() bool {
 		return false
 	}
 	for _, m := range c.ms {
-		if len(m.repairs) > 0 {
+		if len(m.repairs) > 0 || len(m.aeKick) > 0 || m.aeBusy.Load() > 0 {
 			return false
 		}
 	}

@@ -95,6 +95,15 @@ type Config struct {
 	// owner nor backup of before dropping it: long enough for every node's
 	// membership to agree after a failure (drop_time plus a probe).
 	OrphanGrace time.Duration
+	// AntiEntropyInterval is how often this node compares its copies with
+	// one other member (in turn) and exchanges what differs; 0 turns the
+	// background rounds off (rounds still run when a member comes back).
+	AntiEntropyInterval time.Duration
+	// StallAfter: a node that finds it did not run for longer (SIGSTOP, a
+	// VM or GC pause) catches up with every member, not ready meanwhile;
+	// 0 does not watch. Half the membership drop time: a stall the others
+	// may have noticed.
+	StallAfter time.Duration
 	// PersistDir, if set, keeps the sessions this node changes on disk, so
 	// a restart under the same name recovers them.
 	PersistDir string
@@ -110,6 +119,8 @@ func DefaultConfig() Config {
 		Route:                "node1",
 		Mode:                 ModeDelta,
 		RebalanceInterval:    250 * time.Millisecond,
+		AntiEntropyInterval:  5 * time.Second,
+		StallAfter:           1500 * time.Millisecond,
 		OrphanGrace:          10 * time.Second,
 		SessionTimeout:       30 * time.Minute,
 		Replication:          cluster.Sync,
@@ -141,6 +152,10 @@ type Manager struct {
 	place placement // what the mode decides
 	view  view      // the other members, from membership events
 	tombs tombs     // sessions that ended, so their copies cannot come back
+
+	aeKick     chan string  // members to run an anti-entropy round with now
+	aeBusy     atomic.Int32 // anti-entropy rounds under way
+	catchingUp atomic.Int32 // catching up after a stall: not ready
 
 	mu       sync.RWMutex
 	sessions map[string]*Session
@@ -228,6 +243,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		sessions: make(map[string]*Session),
 		touched:  make(map[string]bool),
 		repairs:  make(chan repair, 1024),
+		aeKick:   make(chan string, 64),
 		ready:    make(chan struct{}),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -258,6 +274,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	c.Handle(typeFetch, m.handleFetch)
 	c.Handle(typeSessions, m.handleSessions)
 	c.Handle(typeState, m.handleState)
+	c.Handle(typeDigest, m.handleDigest)
 	c.Subscribe(m.onEvent)
 	return m, nil
 }
@@ -295,7 +312,8 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.runPersist() }()
 	}
-	m.wg.Add(4)
+	m.wg.Add(5)
+	go func() { defer m.wg.Done(); m.runAntiEntropy() }()
 	go func() { defer m.wg.Done(); m.runStart() }()
 	go func() { defer m.wg.Done(); m.runRepairs() }()
 	go func() { defer m.wg.Done(); m.runExpiry() }()

@@ -1,8 +1,12 @@
 package manager
 
 import (
+	"fmt"
+
 	"strconv"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/flockhq/flock/cluster"
 )
@@ -15,6 +19,7 @@ const (
 	typeFetch                               // "send me these sessions"
 	typeSessions                            // whole sessions: a fetch answer or a state-transfer batch
 	typeState                               // "send me all your sessions" (state transfer)
+	typeDigest                              // anti-entropy: "this is what I hold"
 )
 
 // TypeName is a readable name for a message type, for metrics and logs:
@@ -34,6 +39,8 @@ func TypeName(t cluster.MessageType) string {
 		return "sessions"
 	case typeState:
 		return "state"
+	case typeDigest:
+		return "digest"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }
@@ -111,6 +118,14 @@ type stateRequest struct {
 	Route string `msgpack:"r,omitempty"`
 	After string `msgpack:"a,omitempty"`
 	Limit int    `msgpack:"l,omitempty"`
+}
+
+func marshal(v any) ([]byte, error) {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("manager: encode: %w", err)
+	}
+	return b, nil
 }
 
 func unixNano(t time.Time) int64 {

@@ -62,6 +62,9 @@ type placement interface {
 	// renamedAway lists the ids with this route known to live on under
 	// another id, for a member recovering its sessions.
 	renamedAway(route string) []string
+	// shares reports whether this node and the member called peer should
+	// both hold session id (anti-entropy compares only those).
+	shares(id, peer string) bool
 	// period is how often step runs; 0: never.
 	period() time.Duration
 	// step is the periodic work (backup mode's rebalance).

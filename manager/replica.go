@@ -19,7 +19,8 @@ type counters struct {
 	created, expired, rejected, rebinds       atomic.Uint64
 	sent, sendFailures, received, applied     atomic.Uint64
 	stale, gaps, conflicts, repairs, fetched  atomic.Uint64
-	refusedEnded                              atomic.Uint64
+	refusedEnded, stalls                      atomic.Uint64
+	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -50,6 +51,14 @@ type Stats struct {
 	Moved            uint64        `json:"moved"`         // backup mode: copies dropped, no longer owner nor backup
 	Tombstones       int           `json:"tombstones"`    // ended sessions remembered, so they cannot come back
 	RefusedEnded     uint64        `json:"refused_ended"` // changes and copies refused because the session had ended
+	// Anti-entropy: rounds run (and failed), copies and tombstones they
+	// moved either way, the time they took, and this node's own stalls.
+	SyncRounds   uint64        `json:"sync_rounds"`
+	SyncFailures uint64        `json:"sync_failures"`
+	SyncMoved    uint64        `json:"sync_moved"`
+	SyncDuration time.Duration `json:"sync_duration"`
+	Stalls       uint64        `json:"stalls"`
+	CatchingUp   bool          `json:"catching_up"`
 }
 
 // Stats returns the manager's counters.
@@ -66,6 +75,8 @@ func (m *Manager) Stats() Stats {
 		TransferState: m.transfer.state(),
 		Copied:        m.stats.copied.Load(), Moved: m.stats.moved.Load(),
 		Tombstones: m.tombs.len(), RefusedEnded: m.stats.refusedEnded.Load(),
+		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
+		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
 	}
 	return st
 }

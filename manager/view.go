@@ -49,10 +49,18 @@ func (m *Manager) onEvent(e membership.Event) {
 		cur, had := v.members[name]
 		v.members[name] = e.Member
 		if e.Type == membership.Rejoined {
+			// It missed what happened while it was away, and this node
+			// may have missed what it did: compare and exchange.
 			v.rejoined[name] = e.Member
-			m.log.WithField("member", name).Info("member rejoined; what it holds may be stale")
+			m.log.WithField("member", name).Info("member rejoined; comparing copies with it")
+			m.kickSync(name)
 		} else {
 			delete(v.rejoined, name)
+			if m.transfer.state() == "none" {
+				// This node concluded it was alone: what the newcomer
+				// holds never came here.
+				m.kickSync(name)
+			}
 		}
 		if had && cur == e.Member {
 			return // already in the view (seeded at Start): nothing changed

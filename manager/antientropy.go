@@ -1,0 +1,450 @@
+package manager
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/internal/clock"
+	"github.com/flockhq/flock/membership"
+)
+
+// Anti-entropy: two members compare what they hold and exchange what
+// differs, in both directions. It runs when a member comes back as the same
+// process (it missed what happened while it was away), when this node finds
+// it was stalled itself, when a node that concluded it was alone sees a
+// member, and in the background, one member every AntiEntropyInterval, so
+// that any divergence (a lost last change, a member that missed a logout)
+// lives at most a few intervals.
+//
+// A round is two steps. The asker sends one sum per bucket of ids (256
+// buckets: a session's bucket is a hash of its id); the other answers which
+// sums differ. For those buckets only, the asker sends its digest (id,
+// version, origin, content hash per session; its tombstones) and the other
+// answers with the copies of its own that win or that the asker lacks, its
+// tombstones the asker lacks, and the ids whose asker copy wins, which the
+// asker then pushes. Equal replicas cost 2 KiB a round.
+
+const aeBuckets = 256
+
+// maxDigestEntries bounds the entries of one digest request.
+const maxDigestEntries = 2048
+
+// digestEntry describes one session's copy.
+type digestEntry struct {
+	ID      string `msgpack:"i"`
+	Version uint64 `msgpack:"v"`
+	Origin  string `msgpack:"o"`
+	Hash    uint64 `msgpack:"h"`
+}
+
+// digestRequest is one step of a round: Sums (first step), or the digest
+// of Buckets (second step).
+type digestRequest struct {
+	Sums    []uint64      `msgpack:"s,omitempty"`
+	Buckets []int         `msgpack:"b,omitempty"`
+	Entries []digestEntry `msgpack:"e,omitempty"`
+	Ended   []ended       `msgpack:"t,omitempty"`
+}
+
+// digestReply answers a digestRequest.
+type digestReply struct {
+	Differ   []int      `msgpack:"d,omitempty"`
+	Sessions []snapshot `msgpack:"s,omitempty"`
+	Ended    []ended    `msgpack:"e,omitempty"`
+	Want     []string   `msgpack:"w,omitempty"`
+	// More: the answer was cut at its size bound; ask again.
+	More bool `msgpack:"m,omitempty"`
+}
+
+func bucketOf(id string) int {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return int(h.Sum32() % aeBuckets)
+}
+
+func entryHash(e digestEntry) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(e.ID))
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], e.Version)
+	h.Write(b[:])
+	h.Write([]byte(e.Origin))
+	binary.LittleEndian.PutUint64(b[:], e.Hash)
+	h.Write(b[:])
+	return h.Sum64()
+}
+
+func tombHash(e ended) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte{0})
+	h.Write([]byte(e.ID))
+	var b [9]byte
+	binary.LittleEndian.PutUint64(b[:8], e.Version)
+	if e.Invalidated {
+		b[8] = 1
+	}
+	h.Write(b[:])
+	return h.Sum64()
+}
+
+// digest is what this node holds of the sessions it shares with peer, in
+// the given buckets (all, if buckets is nil).
+type digest struct {
+	entries map[string]digestEntry
+	ended   map[string]ended
+}
+
+func (m *Manager) digestFor(peer string, buckets map[int]bool) digest {
+	in := func(id string) bool {
+		return (buckets == nil || buckets[bucketOf(id)]) && m.place.shares(id, peer)
+	}
+	d := digest{entries: make(map[string]digestEntry), ended: make(map[string]ended)}
+	m.mu.RLock()
+	all := make([]*Session, 0, len(m.sessions))
+	for id, s := range m.sessions {
+		if in(id) {
+			all = append(all, s)
+		}
+	}
+	m.mu.RUnlock()
+	for _, s := range all {
+		s.mu.Lock()
+		if !s.isNew && !s.invalid {
+			d.entries[s.id] = digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash()}
+		}
+		s.mu.Unlock()
+	}
+	for _, e := range m.tombs.entries(in) {
+		d.ended[e.ID] = e
+	}
+	return d
+}
+
+func (d digest) sums() []uint64 {
+	sums := make([]uint64, aeBuckets)
+	for _, e := range d.entries {
+		sums[bucketOf(e.ID)] += entryHash(e)
+	}
+	for _, e := range d.ended {
+		sums[bucketOf(e.ID)] += tombHash(e)
+	}
+	return sums
+}
+
+// beats reports whether copy a wins over copy b: the higher version, then
+// the greater origin, then the greater content hash (see newer).
+func beats(a, b digestEntry) bool {
+	switch {
+	case a.Version != b.Version:
+		return a.Version > b.Version
+	case a.Origin != b.Origin:
+		return a.Origin > b.Origin
+	}
+	return a.Hash > b.Hash
+}
+
+// syncWith runs one anti-entropy round with peer and reports how many
+// copies and tombstones moved either way.
+func (m *Manager) syncWith(ctx context.Context, peer membership.Member) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.StateTransferTimeout)
+	defer cancel()
+	start := time.Now()
+	mine := m.digestFor(peer.Name, nil)
+	var first digestReply
+	if err := m.askDigest(ctx, peer, digestRequest{Sums: mine.sums()}, &first); err != nil {
+		return 0, err
+	}
+	moved := 0
+	for len(first.Differ) > 0 {
+		// As many differing buckets per request as fit.
+		var req digestRequest
+		n := 0
+		for n < len(first.Differ) && (n == 0 || len(req.Entries)+len(req.Ended) < maxDigestEntries) {
+			b := first.Differ[n]
+			req.Buckets = append(req.Buckets, b)
+			n++
+		}
+		first.Differ = first.Differ[n:]
+		set := make(map[int]bool, len(req.Buckets))
+		for _, b := range req.Buckets {
+			set[b] = true
+		}
+		for round := 0; round < 64; round++ {
+			d := m.digestFor(peer.Name, set)
+			req.Entries, req.Ended = req.Entries[:0], req.Ended[:0]
+			for _, e := range d.entries {
+				req.Entries = append(req.Entries, e)
+			}
+			for _, e := range d.ended {
+				req.Ended = append(req.Ended, e)
+			}
+			var rep digestReply
+			if err := m.askDigest(ctx, peer, req, &rep); err != nil {
+				return moved, err
+			}
+			m.receive(sessions{Sessions: rep.Sessions, Ended: rep.Ended})
+			moved += len(rep.Sessions) + len(rep.Ended) + len(rep.Want)
+			if err := m.pushIDs(ctx, peer, rep.Want); err != nil {
+				return moved, err
+			}
+			if !rep.More {
+				break
+			}
+		}
+	}
+	m.stats.aeRounds.Add(1)
+	m.stats.aeMoved.Add(uint64(moved))
+	m.stats.aeNanos.Add(uint64(time.Since(start)))
+	return moved, nil
+}
+
+func (m *Manager) askDigest(ctx context.Context, peer membership.Member, req digestRequest, rep *digestReply) error {
+	b, err := marshal(req)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
+	defer cancel()
+	reply, err := m.c.Request(rctx, peer, typeDigest, b)
+	if err != nil {
+		return fmt.Errorf("manager: anti-entropy with %s: %w", peer.Name, err)
+	}
+	return decode(reply, rep)
+}
+
+// pushIDs sends this node's copies of ids to peer, in batches.
+func (m *Manager) pushIDs(ctx context.Context, peer membership.Member, ids []string) error {
+	var batch []snapshot
+	size := 0
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		pctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
+		defer cancel()
+		err := m.push(pctx, peer, batch)
+		batch, size = nil, 0
+		return err
+	}
+	for _, id := range ids {
+		m.mu.RLock()
+		s := m.sessions[id]
+		m.mu.RUnlock()
+		if s == nil {
+			continue
+		}
+		s.mu.Lock()
+		if s.isNew || s.invalid {
+			s.mu.Unlock()
+			continue
+		}
+		snap := s.toSnapshot()
+		s.mu.Unlock()
+		batch = append(batch, snap)
+		if size += snapshotSize(snap); size >= m.cfg.TransferBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// handleDigest answers one step of another member's anti-entropy round.
+func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	var req digestRequest
+	if err := decode(msg.Payload, &req); err != nil {
+		return nil, err
+	}
+	peer := msg.From.Name
+	if req.Sums != nil {
+		if len(req.Sums) != aeBuckets {
+			return nil, fmt.Errorf("manager: digest of %d buckets; want %d", len(req.Sums), aeBuckets)
+		}
+		mine := m.digestFor(peer, nil).sums()
+		var rep digestReply
+		for b := range aeBuckets {
+			if mine[b] != req.Sums[b] {
+				rep.Differ = append(rep.Differ, b)
+			}
+		}
+		return marshal(rep)
+	}
+	if len(req.Buckets) > aeBuckets || len(req.Entries)+len(req.Ended) > 4*maxDigestEntries {
+		return nil, errors.New("manager: digest too large")
+	}
+	set := make(map[int]bool, len(req.Buckets))
+	for _, b := range req.Buckets {
+		if b < 0 || b >= aeBuckets {
+			return nil, fmt.Errorf("manager: digest bucket %d out of range", b)
+		}
+		set[b] = true
+	}
+	// The asker's tombstones apply here as if their ends were heard.
+	for _, e := range req.Ended {
+		if set[bucketOf(e.ID)] {
+			m.ended(e, true)
+		}
+	}
+	mine := m.digestFor(peer, set)
+	var rep digestReply
+	size := 0
+	give := func(id string) {
+		if rep.More {
+			return
+		}
+		m.mu.RLock()
+		s := m.sessions[id]
+		m.mu.RUnlock()
+		if s == nil {
+			return
+		}
+		s.mu.Lock()
+		snap := s.toSnapshot()
+		s.mu.Unlock()
+		rep.Sessions = append(rep.Sessions, snap)
+		if size += snapshotSize(snap); size >= m.cfg.TransferBatch {
+			rep.More = true
+		}
+	}
+	seen := make(map[string]bool, len(req.Entries)+len(req.Ended))
+	for _, e := range req.Entries {
+		if !set[bucketOf(e.ID)] || !ValidID(e.ID) {
+			continue
+		}
+		seen[e.ID] = true
+		if own, ok := mine.entries[e.ID]; ok {
+			switch {
+			case own == e:
+			case beats(own, e):
+				give(e.ID)
+			default:
+				rep.Want = append(rep.Want, e.ID)
+			}
+			continue
+		}
+		if t, ok := mine.ended[e.ID]; ok && (tomb{Version: t.Version, Invalidated: t.Invalidated}).wins(e.Version) {
+			rep.Ended = append(rep.Ended, t)
+			continue
+		}
+		rep.Want = append(rep.Want, e.ID)
+	}
+	for _, e := range req.Ended {
+		seen[e.ID] = true
+	}
+	for id := range mine.entries {
+		if !seen[id] {
+			give(id)
+		}
+	}
+	for id, t := range mine.ended {
+		if !seen[id] {
+			rep.Ended = append(rep.Ended, t)
+		}
+	}
+	return marshal(rep)
+}
+
+// runAntiEntropy runs the rounds: at once with a member named on kick,
+// and one member every AntiEntropyInterval, in turn. It also watches for
+// this node's own stalls: a process that did not run for longer than
+// StallAfter (SIGSTOP, a VM or GC pause) missed what the others did, and
+// catches up with every member before it reports itself ready again.
+func (m *Manager) runAntiEntropy() {
+	interval := m.cfg.AntiEntropyInterval
+	period := interval
+	if m.cfg.StallAfter > 0 && (period <= 0 || m.cfg.StallAfter/2 < period) {
+		period = m.cfg.StallAfter / 2
+	}
+	var tick clock.Ticker // nil: no background rounds, no stall watch
+	if period > 0 {
+		tick = m.clock.NewTicker(period)
+		defer tick.Stop()
+	}
+	last := m.clock.Now()
+	lastRound := last
+	next := 0
+	for {
+		var ticks <-chan time.Time
+		if tick != nil {
+			ticks = tick.C() // each time: the fake clock counts a waiter by it
+		}
+		select {
+		case <-m.ctx.Done():
+			return
+		case name := <-m.aeKick:
+			m.syncNamed(name)
+			m.aeBusy.Add(-1) // taken by kickSync
+		case <-ticks:
+			now := m.clock.Now()
+			if gap := now.Sub(last); m.cfg.StallAfter > 0 && gap > m.cfg.StallAfter {
+				m.stats.stalls.Add(1)
+				m.log.WithField("stalled", gap.Round(time.Millisecond)).Warn("this node did not run for a while; catching up with every member")
+				m.catchUp()
+			}
+			last = now
+			if interval > 0 && now.Sub(lastRound) >= interval {
+				lastRound = now
+				if ms := m.members(); len(ms) > 0 {
+					next = (next + 1) % len(ms)
+					m.syncOne(ms[next])
+				}
+			}
+		}
+	}
+}
+
+// catchUp marks the node not ready, runs a round with every member, and
+// marks it ready again.
+func (m *Manager) catchUp() {
+	m.catchingUp.Add(1)
+	defer m.catchingUp.Add(-1)
+	for _, mb := range m.members() {
+		m.syncOne(mb)
+	}
+}
+
+func (m *Manager) syncNamed(name string) {
+	for _, mb := range m.members() {
+		if mb.Name == name {
+			m.syncOne(mb)
+			return
+		}
+	}
+}
+
+func (m *Manager) syncOne(mb membership.Member) {
+	m.aeBusy.Add(1)
+	defer m.aeBusy.Add(-1)
+	n, err := m.syncWith(m.ctx, mb)
+	log := m.log.WithFields(logrus.Fields{"member": mb.Name, "moved": n})
+	switch {
+	case err != nil && m.ctx.Err() == nil:
+		m.stats.aeFailures.Add(1)
+		log.WithError(err).Debug("anti-entropy round failed")
+	case n > 0:
+		log.Info("anti-entropy repaired copies")
+	}
+}
+
+// kickSync asks for a round with the member called name; it never blocks
+// (a full queue drops the ask: the background rounds come anyway).
+func (m *Manager) kickSync(name string) {
+	m.aeBusy.Add(1) // until the round ran: a test waiting for quiet sees it
+	select {
+	case m.aeKick <- name:
+	default:
+		m.aeBusy.Add(-1)
+	}
+}
+
+// CatchingUp reports whether this node is bringing its copies up to date
+// after a stall: a load balancer should send it no users meanwhile.
+func (m *Manager) CatchingUp() bool { return m.catchingUp.Load() > 0 }
