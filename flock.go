@@ -95,7 +95,8 @@ func WithLogger(log logrus.FieldLogger) Option { return func(o *options) { o.log
 func WithCluster(c *cluster.Cluster) Option { return func(o *options) { o.cluster = c } }
 
 // WithMemberEvents has f called with every change of membership (joined,
-// left, failed, rejoined), in order, on the cluster's event goroutine: f must
+// left, failed, rejoined, and conflict: another live process holds this
+// node's name), in order, on the cluster's event goroutine: f must
 // return quickly.
 func WithMemberEvents(f func(membership.Event)) Option {
 	return func(o *options) { o.events = append(o.events, f) }

@@ -31,25 +31,34 @@ type core struct {
 	mu     sync.Mutex
 	table  *table
 	events *eventq.Queue[Event]
+	warned map[string]time.Time // notes logged in the last minute; guarded by mu
+	closed bool                 // shutdown has begun: no more probes; guarded by mu
 
 	ctx    context.Context // cancelled by shutdown: ends probes
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // probes and the event queue
 }
 
+// newCore prepares the shared part of a service. With a prober, a member
+// whose name another process announces is probed before it is kept or
+// replaced, and, if reprobe is above zero, a silent member before it is
+// failed.
 func newCore(local Member, dropTime, reprobe time.Duration, prober Prober, probeTimeout time.Duration, eventBuffer int, log logrus.FieldLogger, component string) *core {
 	log = logx.OrDiscard(log)
 	if prober == nil {
 		reprobe = 0
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	t := newTable(local, dropTime, reprobe)
+	t.probeClashes = prober != nil
 	return &core{
 		local:        local,
 		log:          log.WithField("component", component),
 		prober:       prober,
 		probeTimeout: probeTimeout,
-		table:        newTable(local, dropTime, reprobe),
+		table:        t,
 		events:       eventq.New[Event](eventBuffer),
+		warned:       make(map[string]time.Time),
 		ctx:          ctx,
 		cancel:       cancel,
 	}
@@ -116,18 +125,50 @@ func (c *core) SuspectAddr(addr netip.AddrPort) {
 	}
 }
 
-// observe applies a heartbeat (or its equivalent) received now.
-func (c *core) observe(h Heartbeat) (joined bool, note string) {
+// observe applies a heartbeat (or its equivalent) received now. It reports
+// whether this node should announce itself at once (to a newcomer).
+func (c *core) observe(h Heartbeat) (answer bool) {
 	c.mu.Lock()
-	evs, note := c.table.observe(h, time.Now())
+	now := time.Now()
+	v := c.table.observe(h, now)
 	c.mu.Unlock()
-	c.events.Push(evs...)
-	for _, e := range evs {
-		if e.Type == Joined {
-			joined = true
+	if v.note != "" {
+		c.warnLimited(v.note, now)
+	}
+	c.events.Push(v.events...)
+	for _, m := range v.probes {
+		c.log.WithFields(logrus.Fields{"member": m.Name, "address": m.Addr}).Info("another process announces this member's name; probing it")
+	}
+	c.startProbes(v.probes)
+	return v.answer
+}
+
+// warnLimited logs note as a warning, but the same note at most once a
+// minute: a name clash repeats with every heartbeat. At most maxWarned
+// different notes are remembered; past that, new ones are not logged (the
+// counters still count).
+func (c *core) warnLimited(note string, now time.Time) {
+	const every, maxWarned = time.Minute, 64
+	c.mu.Lock()
+	if at, ok := c.warned[note]; ok && now.Sub(at) < every {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.warned) >= maxWarned {
+		for n, at := range c.warned {
+			if now.Sub(at) >= every {
+				delete(c.warned, n)
+			}
 		}
 	}
-	return joined, note
+	full := len(c.warned) >= maxWarned
+	if !full {
+		c.warned[note] = now
+	}
+	c.mu.Unlock()
+	if !full {
+		c.log.Warn(note)
+	}
 }
 
 // sweep fails silent members, or starts probing them.
@@ -146,6 +187,16 @@ func (c *core) sweep(now time.Time) {
 }
 
 func (c *core) startProbes(ms []Member) {
+	if len(ms) == 0 {
+		return
+	}
+	// The transport may still report a member after the service stopped
+	// (Observe, Suspect): no probe may start once shutdown waits.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
 	for _, m := range ms {
 		c.wg.Add(1)
 		go func() {
@@ -166,6 +217,9 @@ func (c *core) startProbes(ms []Member) {
 
 // shutdown ends probes and the event queue and waits for them.
 func (c *core) shutdown(ctx context.Context) error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	c.cancel()
 	return syncx.Wait(ctx, &c.wg)
 }

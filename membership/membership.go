@@ -28,7 +28,9 @@ type Service interface {
 	Local() Member
 	// Members is a snapshot of the other members, sorted by name.
 	Members() []Status
-	// Events delivers Joined, Left and Failed in the order they happened.
+	// Events delivers Joined, Left, Failed, Rejoined (and Conflict, when
+	// another live process holds this node's name) in the order they
+	// happened.
 	// A consumer that falls far behind loses the oldest events (Members is
 	// always exact), so a slow reader can never stall the heartbeat loop.
 	Events() <-chan Event
@@ -182,7 +184,20 @@ const (
 	// process (a pause, a GC or VM stall, a healed partition). It missed
 	// what happened meanwhile, and what it holds may be stale.
 	Rejoined
+	// Conflict: another process announces this node's name, is alive (it
+	// was just heard) and started before this one (at the same instant,
+	// the one with the smaller id counts as first). This process is the
+	// duplicate: the others keep the first one as the member of that name
+	// and refuse this one, and whoever runs this process should stop it
+	// (flockd exits with ErrNameTaken). Member is the other process, whose
+	// Addr says where it runs; the event comes once per such process.
+	// Nothing else changes: the service goes on until it is stopped.
+	Conflict
 )
+
+// ErrNameTaken is the error of a node that is told, by a Conflict event,
+// that another live process holds its name.
+var ErrNameTaken = errors.New("membership: this node's name is held by another live process")
 
 func (t EventType) String() string {
 	switch t {
@@ -194,6 +209,8 @@ func (t EventType) String() string {
 		return "failed"
 	case Rejoined:
 		return "rejoined"
+	case Conflict:
+		return "conflict"
 	}
 	return fmt.Sprintf("EventType(%d)", int(t))
 }
@@ -206,5 +223,5 @@ type Event struct {
 	Type   EventType
 	Member Member
 	Time   time.Time
-	Reason string // why, for people reading logs: "heartbeat", "leaving", "silent for 3s", "restarted"
+	Reason string // why, for people reading logs: "heartbeat", "leaving", "silent for 3s", "restarted as <id> (...)"
 }

@@ -289,12 +289,7 @@ func (s *Multicast) readLoop() {
 			}
 			continue
 		}
-		joined, note := s.observe(h)
-		if note != "" && now.Sub(lastWarn) >= time.Minute {
-			s.log.Warn(note)
-			lastWarn = now
-		}
-		if joined {
+		if s.observe(h) {
 			select {
 			case s.kick <- struct{}{}:
 			default: // one is pending already

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,13 +142,15 @@ func TestMulticastSilentMemberFails(t *testing.T) {
 	// Sent through a service's socket, which is bound to loopback: a plain
 	// socket would pick the default interface, which flock must never do.
 	b := startNode(t, cfg, "b", "default", 4001)
+	// Taken before the write: a can receive the heartbeat before the
+	// write returns.
+	sent := time.Now()
 	b.mu.Lock()
 	_, err = b.conn.WriteTo(pkt, nil, b.dst)
 	b.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent := time.Now()
 	await(t, a, Joined, "ghost")
 	e := await(t, a, Failed, "ghost")
 	if d := e.Time.Sub(sent); d < cfg.DropTime {
@@ -189,7 +192,10 @@ func TestMulticastRestartIsANewMember(t *testing.T) {
 			t.Fatalf("no failed+joined for the restart; members %v", a.Members())
 		}
 	}
-	if failed.Reason != "restarted as "+shortID(second.Local().ID) {
+	// The reason used to be exactly "restarted as <id>"; it now also says
+	// how the old run was shown gone (here: the new run announces its
+	// address).
+	if !strings.HasPrefix(failed.Reason, "restarted as "+shortID(second.Local().ID)+" (") {
 		t.Errorf("reason %q: want the restart named", failed.Reason)
 	}
 	if m := a.Members(); len(m) != 1 || m[0].ID != second.Local().ID {
@@ -259,4 +265,61 @@ func ExampleMulticast() {
 	}
 	fmt.Println(s.Local().Name)
 	// Output: node1
+}
+
+// TestMulticastDuplicateNameRefused: a second live process with a member's
+// name does not replace it while the first answers its probe; the second
+// is told it is the duplicate (and the first is not); once the first
+// leaves, the second takes the name at once.
+func TestMulticastDuplicateNameRefused(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testGroup(t)
+	prober := &fakeProber{answers: map[netip.AddrPort]Member{}}
+	cfg.Prober, cfg.ProbeTimeout = prober, 200*time.Millisecond
+	a := startNode(t, cfg, "a", "default", 4000)
+	b1 := startNode(t, testGroupLike(cfg), "b", "default", 4001)
+	b1Local := b1.Local()
+	prober.set(b1Local.Addr, &b1Local) // b1 is alive and answers
+	await(t, a, Joined, "b")
+
+	b2 := startNode(t, testGroupLike(cfg), "b", "default", 4002) // started later
+	e := await(t, b2, Conflict, "b")
+	if e.Member.ID != b1Local.ID || e.Member.Addr != b1Local.Addr {
+		t.Errorf("b2 told of %v, want b1 %v", e.Member, b1Local)
+	}
+	// a probes b1, keeps it and refuses b2; b1 hears b2 too and ignores it.
+	for deadline := time.Now().Add(10 * time.Second); a.Stats().NameConflicts == 0 || b1.Stats().NameConflicts == 0 || prober.count() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal counted: a %+v, b1 %+v, probes %d", a.Stats(), b1.Stats(), prober.count())
+		}
+		time.Sleep(10 * time.Millisecond) // a refused heartbeat raises no event
+	}
+	if m := a.Members(); len(m) != 1 || m[0].ID != b1Local.ID {
+		t.Errorf("a lists %v, want b1 alone", m)
+	}
+	for _, n := range []*node{a, b1} {
+		for drained := false; !drained; {
+			select {
+			case e := <-n.Events():
+				n.backlog = append(n.backlog, e)
+			default:
+				drained = true
+			}
+		}
+		for _, e := range n.backlog {
+			if e.Type == Conflict || e.Type == Failed {
+				t.Errorf("%s: unexpected %v %v (%s)", n.Local().Name, e.Type, e.Member, e.Reason)
+			}
+		}
+	}
+
+	// The first leaves: the name is free, and b2 has it at once.
+	if err := b1.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	left := await(t, a, Left, "b")
+	joined := await(t, a, Joined, "b")
+	if left.Member.ID != b1Local.ID || joined.Member.ID != b2.Local().ID {
+		t.Errorf("left %v, joined %v; want b1 left and b2 joined", left.Member, joined.Member)
+	}
 }

@@ -29,6 +29,12 @@ func (f *fakeProber) Probe(ctx context.Context, addr netip.AddrPort) (Member, er
 	return Member{}, errors.New("connection refused")
 }
 
+func (f *fakeProber) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
 func (f *fakeProber) set(addr netip.AddrPort, m *Member) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -190,6 +196,85 @@ func TestStatic(t *testing.T) {
 		}
 	}
 	prober.mu.Unlock()
+}
+
+func startStatic(t *testing.T, local Member, prober Prober, peers ...netip.AddrPort) *Static {
+	t.Helper()
+	cfg := DefaultStaticConfig()
+	cfg.Peers = peers
+	cfg.Frequency, cfg.DropTime, cfg.ProbeTimeout = 20*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+	cfg.Prober = prober
+	s, err := NewStatic(local, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(context.Background()) })
+	return s
+}
+
+// TestStaticNameClash: static membership keeps a live member whose name
+// another process announces (it answers at its address), takes a process
+// whose predecessor's address no longer answers as a restart, and tells a
+// node whose listed peer holds its name that it is the duplicate.
+func TestStaticNameClash(t *testing.T) {
+	leakcheck.Check(t)
+	self := netip.MustParseAddrPort("127.0.0.1:4000")
+	peer := netip.MustParseAddrPort("127.0.0.1:4001")
+	other := at(member("node2", 2, time.Now().Add(-time.Hour)), peer.String())
+	prober := &fakeProber{answers: map[netip.AddrPort]Member{peer: other}}
+	s := startStatic(t, Member{Name: "node1", Domain: "default", Addr: self}, prober, self, peer)
+	var backlog []Event
+	awaitStatic(t, s, &backlog, Joined, "node2")
+
+	// A second live node2 calls: refused, node2 answers at its address.
+	dup := at(member("node2", 9, time.Now()), "127.0.0.1:4002")
+	s.Observe(dup, false)
+	for deadline := time.Now().Add(10 * time.Second); s.Stats().NameConflicts == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the duplicate was not refused")
+		}
+		time.Sleep(10 * time.Millisecond) // a refusal raises no event
+	}
+	if m := s.Members(); len(m) != 1 || m[0].ID != other.ID {
+		t.Fatalf("members %v, want the first node2", m)
+	}
+	s.Observe(dup, true) // told it is the duplicate, it stops
+
+	// node2 restarts elsewhere: its old address stops answering, and the
+	// new run, calling, is node2 at once.
+	restarted := at(member("node2", 10, time.Now()), "127.0.0.1:4003")
+	prober.set(peer, nil)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		s.Observe(restarted, false) // it pings this node every frequency, as static nodes do
+		if m := s.Members(); len(m) == 1 && m[0].ID == restarted.ID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restart never replaced node2: %v", s.Members())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e := awaitStatic(t, s, &backlog, Failed, "node2")
+	if e.Member.ID != other.ID || !strings.HasPrefix(e.Reason, "restarted as "+shortID(restarted.ID)) {
+		t.Errorf("failed %v (%s), want the first node2, restarted", e.Member, e.Reason)
+	}
+
+	// A node whose listed peer answers with the node's own name, as a
+	// process started before it: it is the duplicate.
+	first := at(member("node3", 3, time.Now().Add(-time.Hour)), "127.0.0.1:4005")
+	prober.set(first.Addr, &first)
+	late := startStatic(t, Member{Name: "node3", Domain: "default", Addr: netip.MustParseAddrPort("127.0.0.1:4006")}, prober, first.Addr)
+	var lateBacklog []Event
+	c := awaitStatic(t, late, &lateBacklog, Conflict, "node3")
+	if c.Member.ID != first.ID || c.Member.Addr != first.Addr {
+		t.Errorf("conflict with %v, want %v", c.Member, first)
+	}
+	if m := late.Members(); len(m) != 0 {
+		t.Errorf("the duplicate lists %v", m)
+	}
 }
 
 func TestNewStaticValidates(t *testing.T) {

@@ -81,9 +81,11 @@ func NewStatic(local Member, cfg StaticConfig) (*Static, error) {
 	}
 	cfg.Peers = slices.DeleteFunc(slices.Clone(cfg.Peers), func(a netip.AddrPort) bool { return a == local.Addr })
 	// Pings are the probes: a silent member has already failed to answer
-	// them, so the core fails it without probing again.
+	// them, so the core fails it without probing again (reprobe 0). The
+	// prober still settles name clashes: whether a member whose name
+	// another process announces answers at its address.
 	return &Static{
-		core: newCore(local, cfg.DropTime, 0, nil, cfg.ProbeTimeout, cfg.EventBuffer, cfg.Logger, "membership"),
+		core: newCore(local, cfg.DropTime, 0, cfg.Prober, cfg.ProbeTimeout, cfg.EventBuffer, cfg.Logger, "membership"),
 		cfg:  cfg,
 	}, nil
 }
@@ -154,9 +156,7 @@ func (s *Static) ping(addr netip.AddrPort) {
 		s.log.WithField("address", addr).WithError(err).Debug("ping failed")
 		return
 	}
-	if _, note := s.observe(Heartbeat{Command: CommandAlive, Member: m}); note != "" {
-		s.log.Warn(note)
-	}
+	s.observe(Heartbeat{Command: CommandAlive, Member: m})
 }
 
 // Observe records what the transport heard from a member that called this
@@ -166,9 +166,7 @@ func (s *Static) Observe(m Member, leaving bool) {
 	if leaving {
 		cmd = CommandLeaving
 	}
-	if _, note := s.observe(Heartbeat{Command: cmd, Member: m}); note != "" {
-		s.log.Warn(note)
-	}
+	s.observe(Heartbeat{Command: cmd, Member: m})
 }
 
 // Stats returns counters since the service started.

@@ -12,12 +12,39 @@ import (
 // in, events come out. Keeping it free of sockets and goroutines lets the
 // tests drive every rule (drop, leave, restart, name clash, local stall)
 // with a fake clock.
+//
+// Names are unique among live processes, and the process that had a name
+// first keeps it:
+//
+//   - A process announcing the name of a member that is alive (heard within
+//     the drop time) does not replace it. The newcomer is refused (counted
+//     in NameConflicts, with a warning) until the holder is shown gone: it
+//     leaves, goes silent, or fails a probe of its address (a probe answered
+//     by another process counts as failed). The newcomer then takes the
+//     name at once, as a restart: the holder is reported failed ("restarted
+//     as <id>"), the newcomer joined.
+//   - A newcomer is a restart at once, without a probe, when the holder is
+//     already silent past the drop time (suspect) without having answered a
+//     probe lately, or when the newcomer started later and announces the
+//     holder's very address (only one process can listen there).
+//   - A process that hears another announce its own name and that other
+//     started before it (the same start time: the smaller id is first) is
+//     the duplicate: it reports a Conflict event about the other process,
+//     once per process, and whoever runs it should stop. The first process
+//     ignores the later one, and answers it at once (so it learns soon).
 type table struct {
 	local    Member
 	dropTime time.Duration
 	reprobe  time.Duration // 0: fail silent members without a probe
-	members  map[ID]*entry
-	byName   map[string]ID
+	// probeClashes: a member whose name another process announces is
+	// probed before it is kept or replaced (a prober is configured).
+	probeClashes bool
+	members      map[ID]*entry
+	byName       map[string]ID
+	// claims holds, per name held by a member, the process refused it
+	// last (the one that started first, if several), to take the name at
+	// once when its holder goes. Bounded by the members.
+	claims map[string]*claim
 	// gone remembers members that said they were leaving, until dropTime has
 	// passed, so a heartbeat that was overtaken by the leave does not bring
 	// the member back.
@@ -25,7 +52,10 @@ type table struct {
 	// failed remembers members declared failed, for failedMemory, so that
 	// the same process heard from again is reported as Rejoined: it missed
 	// what happened while it was away. Bounded by maxFailed.
-	failed    map[ID]time.Time
+	failed map[ID]time.Time
+	// conflicts remembers the processes reported as holding this node's
+	// name, so each is reported once. Bounded by maxConflicts.
+	conflicts map[ID]time.Time
 	lastSweep time.Time
 	counters  Stats
 }
@@ -34,76 +64,110 @@ type entry struct {
 	Status
 	seq uint64
 	// probing: a TCP probe of the member is under way; probed: when the
-	// last one was answered.
-	probing bool
-	probed  time.Time
+	// last one was answered; clashProbed: when it was last probed because
+	// another process announced its name.
+	probing     bool
+	probed      time.Time
+	clashProbed time.Time
+}
+
+// claim is a process refused a name because a live member holds it.
+type claim struct {
+	Member
+	seq uint64
+	at  time.Time // last heard
+}
+
+// verdict is what one input to the table leads to.
+type verdict struct {
+	events []Event
+	// probes are members to probe now: holders of a name another process
+	// announces.
+	probes []Member
+	note   string // a warning for the log; "" for none
+	// answer: this node should announce itself at once (to a newcomer, or
+	// to a later process that announces this node's name).
+	answer bool
 }
 
 func newTable(local Member, dropTime, reprobe time.Duration) *table {
 	return &table{
-		local:    local,
-		dropTime: dropTime,
-		reprobe:  reprobe,
-		members:  make(map[ID]*entry),
-		byName:   make(map[string]ID),
-		gone:     make(map[ID]time.Time),
-		failed:   make(map[ID]time.Time),
+		local:     local,
+		dropTime:  dropTime,
+		reprobe:   reprobe,
+		members:   make(map[ID]*entry),
+		byName:    make(map[string]ID),
+		claims:    make(map[string]*claim),
+		gone:      make(map[ID]time.Time),
+		failed:    make(map[ID]time.Time),
+		conflicts: make(map[ID]time.Time),
 	}
 }
 
 // How long and how many failed members are remembered for Rejoined. A
 // process silent for longer than an hour that comes back is still reported,
 // as Joined; what it holds is as stale either way, and consumers treat both
-// as a member to bring up to date.
+// as a member to bring up to date. Processes reported in a Conflict are
+// remembered as long, fewer of them.
 const (
 	failedMemory = time.Hour
 	maxFailed    = 4096
+	maxConflicts = 64
 )
+
+// remember records id at now in m, forgetting the oldest entry when m holds
+// limit already.
+func remember(m map[ID]time.Time, id ID, now time.Time, limit int) {
+	if _, ok := m[id]; !ok && len(m) >= limit {
+		var oldest ID
+		var at time.Time
+		for other, when := range m {
+			if at.IsZero() || when.Before(at) {
+				oldest, at = other, when
+			}
+		}
+		delete(m, oldest)
+	}
+	m[id] = now
+}
 
 // fail removes e as failed and remembers it.
 func (t *table) fail(e *entry, now time.Time) {
 	t.remove(e)
-	if len(t.failed) >= maxFailed {
-		var oldest ID
-		var at time.Time
-		for id, when := range t.failed {
-			if at.IsZero() || when.Before(at) {
-				oldest, at = id, when
-			}
-		}
-		delete(t.failed, oldest)
-	}
-	t.failed[e.ID] = now
+	remember(t.failed, e.ID, now, maxFailed)
 }
 
-// observe applies one heartbeat received at now. It returns the events it
-// caused and, when something deserves a warning, a note for the log.
-func (t *table) observe(h Heartbeat, now time.Time) ([]Event, string) {
+// observe applies one heartbeat (or what the transport heard of a member)
+// received at now.
+func (t *table) observe(h Heartbeat, now time.Time) verdict {
 	m := h.Member
 	if m.ID == t.local.ID {
-		return nil, "" // our own heartbeat, looped back
+		return verdict{} // our own heartbeat, looped back
 	}
 	t.counters.HeartbeatsReceived++
 	switch {
 	case m.Domain != t.local.Domain:
 		t.counters.ForeignDomain++
-		return nil, ""
+		return verdict{}
 	case m.Name == t.local.Name:
-		t.counters.NameConflicts++
-		return nil, fmt.Sprintf("member %s at %s announces this node's name %q; names must be unique, ignoring it", shortID(m.ID), m.Addr, m.Name)
+		return t.ownName(h, now)
 	}
 	if _, left := t.gone[m.ID]; left {
-		return nil, ""
+		return verdict{}
 	}
 
 	if h.Command == CommandLeaving {
 		t.gone[m.ID] = now.Add(t.dropTime)
+		if c := t.claims[m.Name]; c != nil && c.ID == m.ID {
+			delete(t.claims, m.Name)
+		}
 		e, ok := t.members[m.ID]
 		if !ok {
-			return nil, ""
+			return verdict{}
 		}
 		t.remove(e)
-		return []Event{{Type: Left, Member: e.Member, Time: now, Reason: "leaving"}}, ""
+		evs := []Event{{Type: Left, Member: e.Member, Time: now, Reason: "leaving"}}
+		return t.verdict(append(evs, t.handOver(e.Name, now)...))
 	}
 
 	if e, ok := t.members[m.ID]; ok {
@@ -116,33 +180,122 @@ func (t *table) observe(h Heartbeat, now time.Time) ([]Event, string) {
 		e.LastSeen = now
 		e.State = Alive
 		e.probed = time.Time{}
-		return nil, ""
+		return verdict{}
 	}
 
-	var evs []Event
-	if oldID, clash := t.byName[m.Name]; clash {
-		old := t.members[oldID]
-		if !newer(m, old.Member) {
-			t.counters.NameConflicts++
-			return nil, fmt.Sprintf("members %s and %s both announce the name %q; keeping the one that started last", old.Member, m, m.Name)
-		}
-		// Same name, later start: the node was restarted before its old
-		// run was dropped. Report both halves so nothing above keeps a
-		// dead run's state under a live name.
-		t.fail(old, now)
-		evs = append(evs, Event{Type: Failed, Member: old.Member, Time: now, Reason: "restarted as " + shortID(m.ID)})
+	if holder, clash := t.byName[m.Name]; clash {
+		return t.clash(t.members[holder], h, now)
 	}
-	t.members[m.ID] = &entry{Status: Status{Member: m, State: Alive, LastSeen: now}, seq: h.Seq}
+	return t.verdict(t.admit(m, h.Seq, now, now))
+}
+
+// verdict wraps evs, answering a newcomer.
+func (t *table) verdict(evs []Event) verdict {
+	v := verdict{events: evs}
+	for _, e := range evs {
+		if e.Type == Joined {
+			v.answer = true
+		}
+	}
+	return v
+}
+
+// ownName handles a process other than this one that announces this node's
+// name: the one that started first keeps it.
+func (t *table) ownName(h Heartbeat, now time.Time) verdict {
+	m := h.Member
+	if h.Command == CommandLeaving {
+		return verdict{}
+	}
+	t.counters.NameConflicts++
+	if !newer(t.local, m) {
+		return verdict{answer: true, note: fmt.Sprintf(
+			"member %s announces this node's name %q but started after this process: it is the duplicate; ignoring it", m, m.Name)}
+	}
+	if _, told := t.conflicts[m.ID]; told {
+		return verdict{note: fmt.Sprintf("member %s, started before this process, holds this node's name %q: this process is the duplicate and should stop", m, m.Name)}
+	}
+	remember(t.conflicts, m.ID, now, maxConflicts)
+	return verdict{events: []Event{{Type: Conflict, Member: m, Time: now, Reason: fmt.Sprintf(
+		"the name %q is held by %s at %s, alive and started %v before this process", m.Name, shortID(m.ID), m.Addr, t.local.Started.Sub(m.Started))}}}
+}
+
+// clash handles h, from a process that announces the name of member old.
+func (t *table) clash(old *entry, h Heartbeat, now time.Time) verdict {
+	m := h.Member
+	t.claim(m, h.Seq, now)
+	switch silent := now.Sub(old.LastSeen); {
+	case silent > t.dropTime && (old.probed.IsZero() || now.Sub(old.probed) > t.dropTime):
+		// Silent (suspect, if it is being probed), and no probe answered
+		// lately: a member whose heartbeats alone are lost would have.
+		return t.verdict(t.drop(old, now, fmt.Sprintf("silent for %v", silent.Round(time.Millisecond))))
+	case m.Addr == old.Addr && newer(m, old.Member):
+		return t.verdict(t.drop(old, now, "its address is announced by a later run"))
+	}
+	t.counters.NameConflicts++
+	v := verdict{note: fmt.Sprintf("member %s announces the name %q of live member %s; keeping the live one until it leaves, goes silent or fails a probe", m, m.Name, old.Member)}
+	if t.probeClashes && !old.probing && (old.clashProbed.IsZero() || now.Sub(old.clashProbed) >= t.dropTime) {
+		old.probing, old.clashProbed = true, now
+		v.probes = []Member{old.Member}
+	}
+	return v
+}
+
+// claim records that m was refused its name, keeping per name the process
+// that started first among those heard within the drop time.
+func (t *table) claim(m Member, seq uint64, now time.Time) {
+	c := t.claims[m.Name]
+	if c == nil || c.ID == m.ID || now.Sub(c.at) > t.dropTime || newer(c.Member, m) {
+		t.claims[m.Name] = &claim{Member: m, seq: max(seq, claimSeq(c, m.ID)), at: now}
+	}
+}
+
+func claimSeq(c *claim, id ID) uint64 {
+	if c == nil || c.ID != id {
+		return 0
+	}
+	return c.seq
+}
+
+// handOver gives the name a member just gave up to the process refused it
+// within the drop time, if there is one.
+func (t *table) handOver(name string, now time.Time) []Event {
+	c := t.claims[name]
+	delete(t.claims, name)
+	if c == nil || now.Sub(c.at) > t.dropTime {
+		return nil
+	}
+	if _, left := t.gone[c.ID]; left {
+		return nil
+	}
+	return t.admit(c.Member, c.seq, c.at, now)
+}
+
+// drop fails member e for cause and hands its name over; a waiting
+// process makes it a restart.
+func (t *table) drop(e *entry, now time.Time, cause string) []Event {
+	t.fail(e, now)
+	reason := cause
+	if c := t.claims[e.Name]; c != nil && now.Sub(c.at) <= t.dropTime {
+		reason = fmt.Sprintf("restarted as %s (%s)", shortID(c.ID), cause)
+	}
+	return append([]Event{{Type: Failed, Member: e.Member, Time: now, Reason: reason}}, t.handOver(e.Name, now)...)
+}
+
+// admit adds m, last heard at seen, as a member.
+func (t *table) admit(m Member, seq uint64, seen, now time.Time) []Event {
+	t.members[m.ID] = &entry{Status: Status{Member: m, State: Alive, LastSeen: seen}, seq: seq}
 	t.byName[m.Name] = m.ID
+	delete(t.claims, m.Name)
 	if _, back := t.failed[m.ID]; back {
 		delete(t.failed, m.ID)
-		return append(evs, Event{Type: Rejoined, Member: m, Time: now, Reason: "heard from again after it failed"}), ""
+		return []Event{{Type: Rejoined, Member: m, Time: now, Reason: "heard from again after it failed"}}
 	}
-	return append(evs, Event{Type: Joined, Member: m, Time: now, Reason: "heartbeat"}), ""
+	return []Event{{Type: Joined, Member: m, Time: now, Reason: "heartbeat"}}
 }
 
 // newer reports whether a started after b; ties go to the larger id so that
-// every node picks the same winner.
+// every node picks the same order.
 func newer(a, b Member) bool {
 	if !a.Started.Equal(b.Started) {
 		return a.Started.After(b.Started)
@@ -182,8 +335,19 @@ func (t *table) sweep(now time.Time) ([]Event, []Member, string) {
 			delete(t.failed, id)
 		}
 	}
+	for id, at := range t.conflicts {
+		if now.Sub(at) > failedMemory {
+			delete(t.conflicts, id)
+		}
+	}
+	for name, c := range t.claims {
+		if _, held := t.byName[name]; !held || now.Sub(c.at) > t.dropTime {
+			delete(t.claims, name)
+		}
+	}
 	var evs []Event
 	var suspects []Member
+	var dead []*entry
 	for _, e := range t.members {
 		silent := now.Sub(e.LastSeen)
 		switch {
@@ -197,11 +361,14 @@ func (t *table) sweep(now time.Time) ([]Event, []Member, string) {
 				suspects = append(suspects, e.Member)
 			}
 		default:
-			t.fail(e, now)
-			evs = append(evs, Event{Type: Failed, Member: e.Member, Time: now, Reason: "silent for " + silent.Round(time.Millisecond).String()})
+			dead = append(dead, e)
 		}
 	}
-	slices.SortFunc(evs, func(a, b Event) int { return strings.Compare(a.Member.Name, b.Member.Name) })
+	for _, e := range dead {
+		evs = append(evs, t.drop(e, now, "silent for "+now.Sub(e.LastSeen).Round(time.Millisecond).String())...)
+	}
+	// Stable: a failed member stays before the restart that took its name.
+	slices.SortStableFunc(evs, func(a, b Event) int { return strings.Compare(a.Member.Name, b.Member.Name) })
 	return evs, suspects, note
 }
 
@@ -232,8 +399,7 @@ func (t *table) probed(id ID, answer Member, err error, now time.Time) []Event {
 	if err == nil {
 		reason = fmt.Sprintf("its address is answered by another run (%s)", shortID(answer.ID))
 	}
-	t.fail(e, now)
-	return []Event{{Type: Failed, Member: e.Member, Time: now, Reason: reason}}
+	return t.drop(e, now, reason)
 }
 
 func (t *table) remove(e *entry) {
@@ -259,7 +425,7 @@ type Stats struct {
 	HeartbeatsLost     uint64 // gaps in members' sequence numbers
 	Rejected           uint64 // packets that were not valid heartbeats
 	ForeignDomain      uint64 // valid heartbeats of another domain, ignored
-	NameConflicts      uint64 // heartbeats ignored because another member holds the name
+	NameConflicts      uint64 // heartbeats refused because a live process holds the name (this node's, or a member's)
 	LocalStalls        uint64 // times this node found itself frozen past half the drop time
 	EventsDropped      uint64 // events lost because the consumer fell behind
 }

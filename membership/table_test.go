@@ -2,6 +2,7 @@ package membership
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -23,16 +24,35 @@ func leaving(m Member, seq uint64) Heartbeat {
 	return Heartbeat{Command: CommandLeaving, Seq: seq, Member: m}
 }
 
-// step is one input to the table: a heartbeat or a sweep, at an offset from t0.
+func at(m Member, addr string) Member {
+	m.Addr = netip.MustParseAddrPort(addr)
+	return m
+}
+
+// step is one input to the table: a heartbeat, the outcome of a probe or a
+// sweep, at an offset from t0.
 type step struct {
-	at    time.Duration
-	hb    *Heartbeat // nil: sweep
-	want  []string   // events, as "type name"
-	note  string     // substring of the note, "" for none
-	names []string   // members after the step; nil: not checked
+	at     time.Duration
+	hb     *Heartbeat // a heartbeat
+	probed *outcome   // else the outcome of a probe; neither: a sweep
+	want   []string   // events, as "type name"
+	reason string     // substring of the reason of the first event; "" unchecked
+	note   string     // substring of the note, "" for none
+	probes []string   // members the step asks to probe, as "name#id"
+	names  []string   // members after the step; nil: not checked
+	who    []string   // members after the step as "name#id"; nil: not checked
+}
+
+// outcome is the answer to a probe of member of.
+type outcome struct {
+	of     Member
+	answer Member
+	err    error
 }
 
 func hb(h Heartbeat) *Heartbeat { return &h }
+
+func tag(m Member) string { return fmt.Sprintf("%s#%d", m.Name, m.ID[0]) }
 
 func TestTable(t *testing.T) {
 	local := member("node1", 1, t0)
@@ -42,27 +62,48 @@ func TestTable(t *testing.T) {
 	n3 := member("node3", 3, t0)
 	foreign := member("node9", 9, t0)
 	foreign.Domain = "other"
-	impostor := member("node1", 7, t0)
+	impostor := member("node1", 7, t0) // this node's name, same start, larger id: started after
+	// Name clashes where the processes have addresses of their own.
+	n2a := at(n2, "198.51.100.10:4000")
+	n2moved := at(n2restart, "198.51.100.20:4000")                              // a restart elsewhere (a container's new address)
+	n2dup := at(member("node2", 24, t0.Add(time.Minute)), "198.51.100.11:4000") // a second live process, started later
+	first := at(member("node1", 8, t0.Add(-time.Minute)), "198.51.100.12:4000") // this node's name, started before it
+	tie := at(member("node1", 0, t0), "198.51.100.13:4000")                     // this node's name, same start, smaller id
+	tie.ID[1] = 5
+	refused := errors.New("connection refused")
 
 	tests := []struct {
-		name  string
-		steps []step
+		name    string
+		probe   bool          // a prober is configured: name clashes are probed
+		reprobe time.Duration // silent members are probed before they fail
+		steps   []step
 	}{
-		{"join once, repeats are quiet", []step{
+		{name: "join once, repeats are quiet", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}, names: []string{"node2"}},
 			{at: 500 * time.Millisecond, hb: hb(alive(n2, 2)), names: []string{"node2"}},
 			{at: 600 * time.Millisecond, names: []string{"node2"}},
 		}},
-		{"own heartbeat is ignored", []step{
+		{name: "own heartbeat is ignored", steps: []step{
 			{at: 0, hb: hb(alive(local, 1)), names: []string{}},
 		}},
-		{"other domain is ignored", []step{
+		{name: "other domain is ignored", steps: []step{
 			{at: 0, hb: hb(alive(foreign, 1)), names: []string{}},
 		}},
-		{"our name from another process is a conflict", []step{
+		{name: "our name from a process started after this one: it is the duplicate", steps: []step{
 			{at: 0, hb: hb(alive(impostor, 1)), note: "announces this node's name", names: []string{}},
+			{at: 500 * time.Millisecond, hb: hb(alive(at(n2restart, "198.51.100.30:4000"), 1)), want: []string{"joined node2"}},
+			{at: 600 * time.Millisecond, hb: hb(alive(at(member("node1", 9, t0.Add(time.Minute)), "198.51.100.31:4000"), 1)), note: "it is the duplicate", names: []string{"node2"}},
 		}},
-		{"silence past drop time fails the member", []step{
+		{name: "our name from a live process started before this one: this one is the duplicate, told once", steps: []step{
+			{at: 0, hb: hb(alive(first, 1)), want: []string{"conflict node1"}, reason: "198.51.100.12:4000", names: []string{}}, // the event says it: no note
+			{at: 500 * time.Millisecond, hb: hb(alive(first, 2)), note: "this process is the duplicate", names: []string{}},
+			{at: 600 * time.Millisecond, hb: hb(leaving(first, 3)), names: []string{}},
+		}},
+		{name: "our name, same start: the smaller id is first", steps: []step{
+			{at: 0, hb: hb(alive(tie, 1)), want: []string{"conflict node1"}},
+			{at: 0, hb: hb(alive(impostor, 1)), note: "it is the duplicate"}, // larger id than ours: not first
+		}},
+		{name: "silence past drop time fails the member", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 0, hb: hb(alive(n3, 1)), want: []string{"joined node3"}},
 			{at: 1 * time.Second},
@@ -72,35 +113,118 @@ func TestTable(t *testing.T) {
 			{at: 3000 * time.Millisecond, names: []string{"node2", "node3"}}, // exactly drop time: still there
 			{at: 3100 * time.Millisecond, want: []string{"failed node2"}, names: []string{"node3"}},
 		}},
-		{"a failed member that speaks again is back as rejoined", []step{
+		{name: "a failed member that speaks again is back as rejoined", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 1 * time.Second},
 			{at: 2 * time.Second},
 			{at: 3100 * time.Millisecond, want: []string{"failed node2"}},
 			{at: 3200 * time.Millisecond, hb: hb(alive(n2, 8)), want: []string{"rejoined node2"}, names: []string{"node2"}},
 		}},
-		{"a member failed long ago comes back as joined", []step{
+		{name: "a member failed long ago comes back as joined", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 3100 * time.Millisecond, want: []string{"failed node2"}},
 			{at: 3100*time.Millisecond + failedMemory + time.Second, note: "stalled"}, // one sweep an hour later: forgotten
 			{at: 3200*time.Millisecond + failedMemory + time.Second, hb: hb(alive(n2, 9)), want: []string{"joined node2"}, names: []string{"node2"}},
 		}},
-		{"leaving removes at once and late heartbeats stay ignored", []step{
+		{name: "leaving removes at once and late heartbeats stay ignored", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 100 * time.Millisecond, hb: hb(leaving(n2, 2)), want: []string{"left node2"}, names: []string{}},
 			{at: 110 * time.Millisecond, hb: hb(leaving(n2, 3)), names: []string{}},
 			{at: 120 * time.Millisecond, hb: hb(alive(n2, 1)), names: []string{}},
 		}},
-		{"restart under the same name replaces the old run", []step{
+		// A later run at the old run's very address: only one process can
+		// listen there, so the old one is gone. (The old rule replaced the
+		// old run on any later start; the late heartbeat of the old run was
+		// noted as "both announce the name": it is now a process refused a
+		// name a live member holds.)
+		{name: "restart at the same address replaces the old run at once", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
-			{at: 200 * time.Millisecond, hb: hb(alive(n2restart, 1)), want: []string{"failed node2", "joined node2"}, names: []string{"node2"}},
-			{at: 300 * time.Millisecond, hb: hb(alive(n2, 2)), note: "both announce the name", names: []string{"node2"}},
+			{at: 200 * time.Millisecond, hb: hb(alive(n2restart, 1)), want: []string{"failed node2", "joined node2"}, reason: "restarted as 16000000 (its address", who: []string{"node2#22"}},
+			{at: 300 * time.Millisecond, hb: hb(alive(n2, 2)), note: "of live member", who: []string{"node2#22"}},
 		}},
-		{"an older process with a taken name is refused", []step{
+		{name: "restart elsewhere replaces the old run once its probe fails", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 200 * time.Millisecond, hb: hb(alive(n2moved, 1)), note: "of live member", probes: []string{"node2#2"}, who: []string{"node2#2"}},
+			{at: 300 * time.Millisecond, hb: hb(alive(n2moved, 2)), note: "of live member", who: []string{"node2#2"}}, // one probe at a time
+			{at: 1200 * time.Millisecond, probed: &outcome{of: n2a, err: refused}, want: []string{"failed node2", "joined node2"}, reason: "restarted as 16000000 (silent for 1.2s, probe failed: connection refused)", who: []string{"node2#22"}},
+		}},
+		{name: "restart elsewhere, no prober: the old run's silence lets the new one in", steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 1 * time.Second, hb: hb(alive(n2moved, 1)), note: "of live member", who: []string{"node2#2"}},
+			{at: 2 * time.Second},
+			{at: 3 * time.Second, hb: hb(alive(n2moved, 5)), note: "of live member", who: []string{"node2#2"}},
+			{at: 3100 * time.Millisecond, want: []string{"failed node2", "joined node2"}, who: []string{"node2#22"}},
+			{at: 3200 * time.Millisecond, hb: hb(alive(n2moved, 6)), who: []string{"node2#22"}},
+		}},
+		{name: "a holder already silent is replaced at once", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 3500 * time.Millisecond, hb: hb(alive(n2moved, 1)), want: []string{"failed node2", "joined node2"}, who: []string{"node2#22"}}, // before the sweep saw it
+		}},
+		{name: "a live duplicate is refused while the holder answers", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 100 * time.Millisecond, hb: hb(alive(n2dup, 1)), note: "of live member", probes: []string{"node2#2"}},
+			{at: 150 * time.Millisecond, probed: &outcome{of: n2a, answer: n2a}, who: []string{"node2#2"}},
+			{at: 500 * time.Millisecond, hb: hb(alive(n2a, 2))},
+			{at: 600 * time.Millisecond, hb: hb(alive(n2dup, 2)), note: "of live member", who: []string{"node2#2"}}, // probed lately: not again
+			{at: 1 * time.Second},
+			{at: 2 * time.Second},
+			{at: 3 * time.Second, hb: hb(alive(n2a, 7))},
+			{at: 3200 * time.Millisecond, hb: hb(alive(n2dup, 7)), note: "of live member", probes: []string{"node2#2"}}, // a drop time later: again
+			{at: 3300 * time.Millisecond, probed: &outcome{of: n2a, answer: n2a}, who: []string{"node2#2"}},
+			{at: 3400 * time.Millisecond, who: []string{"node2#2"}},
+		}},
+		{name: "a holder answered by another process is replaced", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 100 * time.Millisecond, hb: hb(alive(n2dup, 1)), probes: []string{"node2#2"}, note: "of live member"},
+			{at: 150 * time.Millisecond, probed: &outcome{of: n2a, answer: n3}, want: []string{"failed node2", "joined node2"}, who: []string{"node2#24"}},
+		}},
+		{name: "a suspect holder that answers its probes is kept", probe: true, reprobe: time.Second, steps: []step{
+			// Its heartbeats are lost (multicast cut), the process answers.
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 1 * time.Second},
+			{at: 2 * time.Second},
+			{at: 3100 * time.Millisecond, probes: []string{"node2#2"}},
+			{at: 3200 * time.Millisecond, probed: &outcome{of: n2a, answer: n2a}},
+			{at: 3300 * time.Millisecond, hb: hb(alive(n2dup, 1)), note: "of live member", probes: []string{"node2#2"}},
+			{at: 3400 * time.Millisecond, probed: &outcome{of: n2a, answer: n2a}, who: []string{"node2#2"}},
+			{at: 3500 * time.Millisecond, who: []string{"node2#2"}},
+		}},
+		{name: "a suspect holder whose probe is under way is replaced", probe: true, reprobe: time.Second, steps: []step{
+			// A paused process (SIGSTOP) restarted by its supervisor.
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 1 * time.Second},
+			{at: 2 * time.Second},
+			{at: 3100 * time.Millisecond, probes: []string{"node2#2"}},
+			{at: 3200 * time.Millisecond, hb: hb(alive(n2moved, 1)), want: []string{"failed node2", "joined node2"}, reason: "restarted as 16000000 (silent for 3.2s)", who: []string{"node2#22"}},
+			{at: 3300 * time.Millisecond, probed: &outcome{of: n2a, err: refused}, who: []string{"node2#22"}}, // too late: nothing
+		}},
+		{name: "the leave of the holder frees the name", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 100 * time.Millisecond, hb: hb(alive(n2dup, 1)), note: "of live member", probes: []string{"node2#2"}},
+			{at: 150 * time.Millisecond, probed: &outcome{of: n2a, answer: n2a}},
+			{at: 200 * time.Millisecond, hb: hb(leaving(n2a, 2)), want: []string{"left node2", "joined node2"}, who: []string{"node2#24"}},
+			{at: 210 * time.Millisecond, hb: hb(leaving(n2a, 3)), who: []string{"node2#24"}},
+		}},
+		{name: "a process refused long ago does not take a freed name", steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 100 * time.Millisecond, hb: hb(alive(n2dup, 1)), note: "of live member"},
+			{at: 3 * time.Second, hb: hb(alive(n2a, 7))},
+			{at: 3500 * time.Millisecond, hb: hb(leaving(n2a, 8)), want: []string{"left node2"}, names: []string{}},
+			{at: 3600 * time.Millisecond, hb: hb(alive(n2dup, 9)), want: []string{"joined node2"}, who: []string{"node2#24"}},
+		}},
+		{name: "of two processes refused a name, the one that started first takes it", steps: []step{
+			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
+			{at: 100 * time.Millisecond, hb: hb(alive(n2dup, 1)), note: "of live member"},
+			{at: 200 * time.Millisecond, hb: hb(alive(n2moved, 1)), note: "of live member"}, // n2moved started before n2dup (ids decide: 22 < 24)
+			{at: 300 * time.Millisecond, hb: hb(leaving(n2a, 2)), want: []string{"left node2", "joined node2"}, who: []string{"node2#22"}},
+		}},
+		// An older process announcing a taken name is refused, as before
+		// (the note's words changed).
+		{name: "an older process with a taken name is refused", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
-			{at: 100 * time.Millisecond, hb: hb(alive(n2older, 1)), note: "both announce the name", names: []string{"node2"}},
+			{at: 100 * time.Millisecond, hb: hb(alive(n2older, 1)), note: "of live member", names: []string{"node2"}, who: []string{"node2#2"}},
 		}},
-		{"a local stall does not count against members", []step{
+		{name: "a local stall does not count against members", steps: []step{
 			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
 			{at: 0, hb: hb(alive(n3, 1)), want: []string{"joined node3"}},
 			{at: 1 * time.Second},
@@ -114,34 +238,49 @@ func TestTable(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tb := newTable(local, 3*time.Second, 0)
+			tb := newTable(local, 3*time.Second, tc.reprobe)
+			tb.probeClashes = tc.probe
 			for i, s := range tc.steps {
 				now := t0.Add(s.at)
-				var evs []Event
-				var note string
-				if s.hb != nil {
-					evs, note = tb.observe(*s.hb, now)
-				} else {
-					evs, _, note = tb.sweep(now)
+				var v verdict
+				switch {
+				case s.hb != nil:
+					v = tb.observe(*s.hb, now)
+				case s.probed != nil:
+					v.events = tb.probed(s.probed.of.ID, s.probed.answer, s.probed.err, now)
+				default:
+					v.events, v.probes, v.note = tb.sweep(now)
 				}
 				var got []string
-				for _, e := range evs {
+				for _, e := range v.events {
 					got = append(got, e.Type.String()+" "+e.Member.Name)
 				}
 				if strings.Join(got, ",") != strings.Join(s.want, ",") {
 					t.Errorf("step %d: events %q, want %q", i, got, s.want)
 				}
-				if (s.note == "") != (note == "") || !strings.Contains(note, s.note) {
-					t.Errorf("step %d: note %q, want one containing %q", i, note, s.note)
+				if s.reason != "" && (len(v.events) == 0 || !strings.Contains(v.events[0].Reason, s.reason)) {
+					t.Errorf("step %d: events %+v, want the first one's reason to contain %q", i, v.events, s.reason)
 				}
-				if s.names != nil {
-					var names []string
-					for _, st := range tb.snapshot() {
-						names = append(names, st.Name)
-					}
-					if strings.Join(names, ",") != strings.Join(s.names, ",") {
-						t.Errorf("step %d: members %q, want %q", i, names, s.names)
-					}
+				if (s.note == "") != (v.note == "") || !strings.Contains(v.note, s.note) {
+					t.Errorf("step %d: note %q, want one containing %q", i, v.note, s.note)
+				}
+				var probes []string
+				for _, m := range v.probes {
+					probes = append(probes, tag(m))
+				}
+				if strings.Join(probes, ",") != strings.Join(s.probes, ",") {
+					t.Errorf("step %d: probes %q, want %q", i, probes, s.probes)
+				}
+				var names, who []string
+				for _, st := range tb.snapshot() {
+					names = append(names, st.Name)
+					who = append(who, tag(st.Member))
+				}
+				if s.names != nil && strings.Join(names, ",") != strings.Join(s.names, ",") {
+					t.Errorf("step %d: members %q, want %q", i, names, s.names)
+				}
+				if s.who != nil && strings.Join(who, ",") != strings.Join(s.who, ",") {
+					t.Errorf("step %d: members %q, want %q", i, who, s.who)
 				}
 			}
 		})
@@ -224,5 +363,34 @@ func TestTableProbesBeforeFailing(t *testing.T) {
 				t.Fatalf("state %v after a heartbeat, want alive", s[0].State)
 			}
 		})
+	}
+}
+
+// TestTableAnswersAndCounts: the table asks for an early heartbeat for a
+// newcomer and for a later process that announces this node's name (so it
+// learns at once that it is the duplicate), and counts every refused claim.
+func TestTableAnswersAndCounts(t *testing.T) {
+	local := member("node1", 1, t0)
+	tb := newTable(local, 3*time.Second, 0)
+	n2 := at(member("node2", 2, t0), "198.51.100.10:4000")
+	dup := at(member("node2", 3, t0.Add(time.Second)), "198.51.100.11:4000")
+	later := at(member("node1", 4, t0.Add(time.Second)), "198.51.100.12:4000")
+	earlier := at(member("node1", 5, t0.Add(-time.Second)), "198.51.100.13:4000")
+	for _, tc := range []struct {
+		h      Heartbeat
+		answer bool
+	}{
+		{alive(n2, 1), true},       // joined
+		{alive(n2, 2), false},      // known
+		{alive(dup, 1), false},     // refused
+		{alive(later, 1), true},    // this node's name, started after it
+		{alive(earlier, 1), false}, // this node's name, started before it: a Conflict
+	} {
+		if v := tb.observe(tc.h, t0); v.answer != tc.answer {
+			t.Errorf("%v: answer %v, want %v", tc.h.Member, v.answer, tc.answer)
+		}
+	}
+	if got := tb.counters.NameConflicts; got != 3 {
+		t.Errorf("name conflicts %d, want 3", got)
 	}
 }

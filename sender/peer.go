@@ -53,12 +53,17 @@ type peer struct {
 	progress time.Time // last acknowledgement, or when inflight became non-empty
 	stopErr  error     // set once: why the peer stopped
 	emptied  chan struct{}
-	stats    PeerStats
-	byType   [256]uint64 // messages queued, by type
+	// holds counts callers between looking the peer up and queueing
+	// their message (TCP.peer, enqueue); lastUse is when the last one
+	// queued. A peer with neither is dropped once idle (TCP.reap).
+	holds   int
+	lastUse time.Time
+	stats   PeerStats
+	byType  [256]uint64 // messages queued, by type
 }
 
 func newPeer(s *TCP, addr netip.AddrPort) *peer {
-	return &peer{s: s, addr: addr, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	return &peer{s: s, addr: addr, wake: make(chan struct{}, 1), quit: make(chan struct{}), lastUse: time.Now()}
 }
 
 func (p *peer) log() logrus.FieldLogger { return p.s.log.WithField("peer", p.addr) }
@@ -70,12 +75,15 @@ func (p *peer) signal() {
 	}
 }
 
-// enqueue queues a message. The frame is built under the lock so that
-// sequence numbers follow queue order.
+// enqueue queues a message and releases the caller's hold (see TCP.peer).
+// The frame is built under the lock so that sequence numbers follow queue
+// order.
 func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error) {
 	size := int64(wire.HeaderLen + len(payload) + 64)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.holds--
+	p.lastUse = time.Now()
 	if p.stopErr != nil {
 		return nil, p.stopErr
 	}
@@ -142,9 +150,10 @@ func (p *peer) stop(err error) {
 }
 
 // run is the writer: it connects, writes batches in order and reconnects
-// with backoff, until stop.
+// with backoff, until stop, or until the peer has been idle for
+// IdleTimeout.
 func (p *peer) run() {
-	check := time.NewTicker(max(p.s.cfg.Timeout/4, 10*time.Millisecond))
+	check := time.NewTicker(max(min(p.s.cfg.Timeout, p.s.cfg.IdleTimeout)/4, 10*time.Millisecond))
 	defer check.Stop()
 	var backoff time.Duration
 	for {
@@ -153,8 +162,12 @@ func (p *peer) run() {
 			p.shutdown()
 			return
 		case <-p.wake:
-		case <-check.C:
+		case now := <-check.C:
 			p.checkProgress()
+			if p.idle(now) && p.s.reap(p, now) {
+				p.shutdown()
+				return
+			}
 			continue
 		}
 		for {
@@ -303,6 +316,14 @@ func (p *peer) broken(gen uint64, cause error) {
 	p.log().WithError(cause).WithField("failed", len(failed)).Debug("connection failed")
 	p.s.failure(p.addr, cause)
 	p.signal()
+}
+
+// idle reports whether p has had nothing to do for IdleTimeout at now; the
+// decision is reap's, under the sender's lock.
+func (p *peer) idle(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.holds == 0 && len(p.pending) == 0 && len(p.inflight) == 0 && now.Sub(p.lastUse) >= p.s.cfg.IdleTimeout
 }
 
 // checkProgress fails a connection that has had unacknowledged messages

@@ -110,6 +110,16 @@ type Config struct {
 	// MaxFrame bounds the frames a peer may answer with: an ack with a
 	// larger reply fails its request with ErrReplyTooLarge.
 	MaxFrame int
+	// IdleTimeout is how long the state of a peer (its writer goroutine,
+	// its timer, its connection) is kept once nothing is queued or in
+	// flight for it and nothing was sent to it: then it is dropped, and the
+	// next send to that address starts afresh (continuing the sequence
+	// numbers). It bounds the peers the sender holds to those it sent to
+	// lately, whatever comes late for members that are gone (Forget drops a
+	// peer at once, but a late repair or answer re-creates it). The default
+	// is the receiver's idle timeout, after which the connection would have
+	// been closed anyway.
+	IdleTimeout time.Duration
 	// OnFailure is told each time sending to a peer fails (refused,
 	// broken, stalled), so membership can check whether the peer is dead.
 	// It is called on sender goroutines and must not block.
@@ -120,10 +130,11 @@ type Config struct {
 // DefaultConfig returns the defaults of conf/server.toml (Tomcat's).
 func DefaultConfig() Config {
 	return Config{
-		Timeout:    3 * time.Second,
-		MaxRetries: 1,
-		QueueLimit: 64 << 20,
-		MaxFrame:   wire.DefaultMaxFrame,
+		Timeout:     3 * time.Second,
+		MaxRetries:  1,
+		QueueLimit:  64 << 20,
+		MaxFrame:    wire.DefaultMaxFrame,
+		IdleTimeout: time.Minute,
 	}
 }
 
@@ -181,12 +192,26 @@ type TCP struct {
 	ctx    context.Context // cancelled by Close: ends dials
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	peers  map[netip.AddrPort]*peer
-	seqs   map[netip.AddrPort]uint64 // last sequence number sent to a forgotten peer
-	closed bool
-	wg     sync.WaitGroup
+	mu    sync.Mutex
+	peers map[netip.AddrPort]*peer
+	// seqs is where the sequence of each dropped peer (by Forget, or
+	// idle) stopped, for at most maxForgotten addresses; seqFloor is the
+	// highest number among those it let go. See newPeerSeq.
+	seqs     map[netip.AddrPort]forgotten
+	seqFloor uint64
+	closed   bool
+	wg       sync.WaitGroup
 }
+
+// forgotten is what is kept of a dropped peer: where its sequence stopped.
+type forgotten struct {
+	seq uint64
+	at  time.Time
+}
+
+// maxForgotten bounds the addresses whose sequence numbers are kept after
+// their peer was dropped.
+const maxForgotten = 1024
 
 // New returns a sender; peers are connected on first use.
 func New(cfg Config) *TCP {
@@ -203,9 +228,12 @@ func New(cfg Config) *TCP {
 	if cfg.MaxFrame <= 0 {
 		cfg.MaxFrame = def.MaxFrame
 	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
 	log := logx.OrDiscard(cfg.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
-	return &TCP{cfg: cfg, local: toPeer(cfg.Local), log: log.WithField("component", "sender"), ctx: ctx, cancel: cancel, peers: make(map[netip.AddrPort]*peer), seqs: make(map[netip.AddrPort]uint64)}
+	return &TCP{cfg: cfg, local: toPeer(cfg.Local), log: log.WithField("component", "sender"), ctx: ctx, cancel: cancel, peers: make(map[netip.AddrPort]*peer), seqs: make(map[netip.AddrPort]forgotten)}
 }
 
 // Send delivers payload as a message of type t to every address in to, in
@@ -311,7 +339,9 @@ func (s *TCP) failure(addr netip.AddrPort, err error) {
 	}
 }
 
-// peer returns the connection state of addr, starting its writer.
+// peer returns the connection state of addr, starting its writer. The peer
+// is held for the caller, who must hand it a message (peer.enqueue, which
+// releases the hold), so that it is not dropped as idle in between.
 func (s *TCP) peer(addr netip.AddrPort) (*peer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -319,22 +349,64 @@ func (s *TCP) peer(addr netip.AddrPort) (*peer, error) {
 		return nil, ErrClosed
 	}
 	if p := s.peers[addr]; p != nil {
+		p.mu.Lock()
+		p.holds++
+		p.mu.Unlock()
 		return p, nil
 	}
 	p := newPeer(s, addr)
-	// A peer used again after Forget continues its old stream: its
-	// receiver may still know the old sequence numbers, and would take
-	// new messages that reuse them for copies of old ones.
-	p.seq = s.seqs[addr]
-	delete(s.seqs, addr)
+	p.seq = s.newPeerSeq(addr)
+	p.holds = 1
 	s.peers[addr] = p
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); p.run() }()
 	return p, nil
 }
 
+// newPeerSeq returns the sequence number a new peer for addr continues
+// from; s.mu must be held.
+//
+// A peer used again after it was dropped continues its old stream: its
+// receiver may still know the old sequence numbers (it keeps them per
+// sender id until no connection of this sender has been open for minutes)
+// and would take new messages that reuse them for copies of old ones, and
+// drop them. So the last number sent is kept per address, for at most
+// maxForgotten addresses: where restarted members get new addresses, dead
+// addresses never stop coming. An address whose number was let go (or one
+// never sent to) starts after seqFloor, the highest number let go, so after
+// anything it was ever sent: a receiver that still remembers this sender
+// sees a gap, which it logs and applies (it is what it sees when a
+// sender's retries run out), never a copy; a receiver that does not know
+// this sender takes any first number.
+func (s *TCP) newPeerSeq(addr netip.AddrPort) uint64 {
+	if f, ok := s.seqs[addr]; ok {
+		delete(s.seqs, addr)
+		return f.seq
+	}
+	return s.seqFloor
+}
+
+// dropped records where the sequence of a dropped peer stopped; s.mu must
+// be held. Past maxForgotten addresses, the one dropped longest ago is let
+// go, raising seqFloor.
+func (s *TCP) dropped(addr netip.AddrPort, seq uint64) {
+	if len(s.seqs) >= maxForgotten {
+		var oldest netip.AddrPort
+		var at time.Time
+		for a, f := range s.seqs {
+			if at.IsZero() || f.at.Before(at) {
+				oldest, at = a, f.at
+			}
+		}
+		s.seqFloor = max(s.seqFloor, s.seqs[oldest].seq)
+		delete(s.seqs, oldest)
+	}
+	s.seqs[addr] = forgotten{seq: seq, at: time.Now()}
+}
+
 // Forget closes the connection to addr (a member that left or failed);
-// what is still queued for it fails with ErrForgotten.
+// what is still queued for it fails with ErrForgotten. A later send to
+// addr starts a new peer, dropped again once idle for IdleTimeout.
 func (s *TCP) Forget(addr netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -344,10 +416,41 @@ func (s *TCP) Forget(addr netip.AddrPort) {
 		p.stop(ErrForgotten)
 		// Stopped, p takes no more messages: its sequence is final.
 		p.mu.Lock()
-		s.seqs[addr] = p.seq
+		seq := p.seq
 		p.mu.Unlock()
+		s.dropped(addr, seq)
 	}
 }
+
+// reap drops p if it is still the peer of its address and has been idle
+// for IdleTimeout at now: nothing queued or in flight, nothing sent since,
+// no caller holding it on the way to a send. The check and the removal
+// are made under s.mu, where sends look peers up: a send either finds p
+// first (and holds it, so it is not dropped) or finds it gone and starts a
+// new peer, which continues p's sequence.
+func (s *TCP) reap(p *peer, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.peers[p.addr] != p {
+		return false
+	}
+	p.mu.Lock()
+	idle := p.stopErr == nil && p.holds == 0 && len(p.pending) == 0 && len(p.inflight) == 0 &&
+		now.Sub(p.lastUse) >= s.cfg.IdleTimeout
+	seq := p.seq
+	p.mu.Unlock()
+	if !idle {
+		return false
+	}
+	delete(s.peers, p.addr)
+	p.stop(errIdle)
+	s.dropped(p.addr, seq)
+	return true
+}
+
+// errIdle stops a peer dropped for being idle. No message can get it: the
+// peer had none, and no sender held it.
+var errIdle = errors.New("peer dropped: idle")
 
 // Drain waits until every message queued so far is acknowledged or failed,
 // for a clean shutdown.
@@ -405,7 +508,9 @@ type PeerStats struct {
 	ByType map[uint8]uint64
 }
 
-// Stats describes every peer the sender has a connection state for.
+// Stats describes every peer the sender has a connection state for: its
+// length is the number of peers held, those sent to within IdleTimeout
+// (or with messages still queued).
 func (s *TCP) Stats() []PeerStats {
 	s.mu.Lock()
 	peers := make([]*peer, 0, len(s.peers))

@@ -147,9 +147,18 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 		}
 	}
 	events := admin.NewEventLog(50)
+	// A Conflict: another live process, there first, holds this node's
+	// name. This process is the duplicate and must not serve under it.
+	conflict := make(chan membership.Event, 1)
 	node, err := flock.Start(ctx, cfg, flock.WithLogger(log), flock.WithMemberEvents(func(e membership.Event) {
 		events.Add(e)
 		logEvent(e, log)
+		if e.Type == membership.Conflict {
+			select {
+			case conflict <- e:
+			default: // one is enough to stop
+			}
+		}
 	}))
 	if err != nil {
 		closeAll()
@@ -190,6 +199,9 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	case <-ctx.Done():
 		log.Info("stopping: draining requests and replication")
 	case serveErr = <-httpDone:
+	case e := <-conflict:
+		serveErr = fmt.Errorf("%w: %q is the name of the process at %s (id %s), which started first; stopping this one",
+			membership.ErrNameTaken, e.Member.Name, e.Member.Addr, e.Member.ID)
 	}
 	// Graceful: the load balancer sees 503 on /healthz, requests in flight
 	// finish, what they changed is replicated, then the node leaves.
@@ -249,9 +261,12 @@ func logEvent(e membership.Event, log *logrus.Entry) {
 		"address": e.Member.Addr.String(),
 		"reason":  e.Reason,
 	})
-	if e.Type == membership.Failed {
+	switch e.Type {
+	case membership.Conflict:
+		entry.Error("another live process, started first, holds this node's name")
+	case membership.Failed:
 		entry.Warn("member " + e.Type.String())
-	} else {
+	default:
 		entry.Info("member " + e.Type.String())
 	}
 }

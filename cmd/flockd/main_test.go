@@ -223,6 +223,82 @@ drop_time = "1s"
 	}
 }
 
+// TestDuplicateNameExits: a second flockd started with the name of a live
+// node finds out it is the duplicate and exits 1, naming the first one's
+// address; the first one keeps serving.
+func TestDuplicateNameExits(t *testing.T) {
+	leakcheck.Check(t)
+	file := writeFile(t, fmt.Sprintf(`
+[cluster.membership]
+address = "239.255.%d.%d"
+port = %d
+frequency = "100ms"
+drop_time = "1s"
+[cluster.manager]
+state_transfer_timeout = "1s"
+`, rand.IntN(256), 1+rand.IntN(254), freePort(t, "udp")))
+	type proc struct {
+		http   string
+		rport  int
+		cancel context.CancelFunc
+		done   chan int
+		log    *syncBuffer
+	}
+	start := func() *proc {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := &proc{http: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), rport: freePort(t, "tcp"), cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
+		args := []string{"--config", file, "--name", "dup", "--http", p.http, "--receiver-port", fmt.Sprint(p.rport)}
+		go func() { p.done <- run(ctx, args, io.Discard, p.log) }()
+		t.Cleanup(cancel)
+		return p
+	}
+	first := start()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		resp, err := http.Get("http://" + first.http + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first node never served: %v\n%s", err, first.log)
+		}
+		time.Sleep(20 * time.Millisecond) // the node starts in this process; readiness shows only over HTTP
+	}
+
+	second := start()
+	select {
+	case code := <-second.done:
+		if code != exitFail {
+			t.Errorf("the duplicate exited %d, want %d", code, exitFail)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the duplicate did not exit:\n%s", second.log)
+	}
+	firstAddr := fmt.Sprintf("127.0.0.1:%d", first.rport)
+	for _, want := range []string{"level=error", "event=conflict", `address="` + firstAddr + `"`, "flockd failed", "started first", firstAddr} {
+		if !strings.Contains(second.log.String(), want) {
+			t.Errorf("the duplicate's log lacks %q:\n%s", want, second.log)
+		}
+	}
+	select {
+	case code := <-first.done:
+		t.Fatalf("the first node exited %d:\n%s", code, first.log)
+	default:
+	}
+	if resp, err := http.Get("http://" + first.http + "/counter"); err != nil {
+		t.Errorf("the first node stopped serving: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+	if !strings.Contains(first.log.String(), "it is the duplicate") {
+		t.Errorf("the first node did not warn of the duplicate:\n%s", first.log)
+	}
+	first.cancel()
+	if code := <-first.done; code != exitOK {
+		t.Errorf("the first node exited %d:\n%s", code, first.log)
+	}
+}
+
 // TestAdminListenerPageAndJSONLogs: with [server] admin set, the admin
 // endpoints move off the public address; the HTML page renders; logs are
 // JSON when asked.
