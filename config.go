@@ -102,6 +102,9 @@ func parts(c conf.Config) (partConfigs, error) {
 	m.ExpireInterval = mg.ExpireInterval.Duration
 	m.TouchInterval = mg.TouchInterval.Duration
 	m.AntiEntropyInterval = mg.AntiEntropyInterval.Duration
+	m.SyncMinCopies = mg.SyncMinCopies
+	// A session must fit in one frame, with room for its envelope.
+	m.MaxSessionBytes = int(c.Cluster.Receiver.MaxFrame.Bytes / 2)
 	// A stall the others may have noticed: membership counts the same.
 	m.StallAfter = mc.DropTime.Duration / 2
 	m.RequestTimeout = sn.Timeout.Duration

@@ -45,6 +45,13 @@ const (
 	Sync  = sender.Sync
 )
 
+// SendError is the error of a send that failed for some members: one
+// PeerError each, by address.
+type SendError = sender.Error
+
+// PeerError is the failure of a send to one member.
+type PeerError = sender.PeerError
+
 // ParseMode reads a mode by its name: "async", "ack" or "sync".
 func ParseMode(s string) (Mode, error) { return sender.ParseMode(s) }
 

@@ -158,6 +158,10 @@ type Manager struct {
 	// nodes, in one batch. At most a quarter of SessionTimeout, so that no
 	// copy expires while the session is in use on another node.
 	TouchInterval Duration `toml:"touch_interval"`
+	// SyncMinCopies is how many other members must have applied a change
+	// for a request in replication "sync" to succeed (at most the members
+	// there are); fewer, and the request is answered 503.
+	SyncMinCopies int `toml:"sync_min_copies"`
 	// AntiEntropyInterval is how often the node compares its copies with
 	// one other member, in turn, and exchanges what differs; "0s" turns
 	// the background rounds off (a member that comes back is still
@@ -263,6 +267,7 @@ func Default() Config {
 				NotifyListenersOnReplication: true,
 				ExpireInterval:               Duration{time.Second},
 				TouchInterval:                Duration{5 * time.Second},
+				SyncMinCopies:                1,
 				AntiEntropyInterval:          Duration{5 * time.Second},
 			},
 		},

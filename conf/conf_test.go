@@ -40,8 +40,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 42 {
-		t.Errorf("Default() encodes %d keys, want 42: %v", len(keys), keys)
+	if len(keys) != 43 {
+		t.Errorf("Default() encodes %d keys, want 43: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -1233,6 +1233,7 @@ always_save = true
 notify_listeners_on_replication = false
 expire_interval = "250ms"
 touch_interval = "30m"
+sync_min_copies = 2
 anti_entropy_interval = "0s"
 
 [session]
@@ -1255,6 +1256,7 @@ static_filter = ""
 					NotifyListenersOnReplication: false,
 					ExpireInterval:               Duration{250 * time.Millisecond},
 					TouchInterval:                Duration{30 * time.Minute},
+					SyncMinCopies:                2,
 					AntiEntropyInterval:          Duration{0},
 				}
 				c.Session = Session{

@@ -188,6 +188,7 @@ func (c Config) problems() []problem {
 				ti, manager.TouchesPerTimeout, mg.SessionTimeout.Duration/manager.TouchesPerTimeout))
 	}
 
+	check("cluster.manager.sync_min_copies", checkRange(mg.SyncMinCopies, 1, 64))
 	if d := mg.AntiEntropyInterval.Duration; d != 0 {
 		check("cluster.manager.anti_entropy_interval", checkBetween(d, 100*time.Millisecond, time.Hour))
 	}

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -392,5 +393,71 @@ func TestTransferSourceDies(t *testing.T) {
 		if _, ok := state(d, id); !ok {
 			t.Fatalf("D lacks %s", short(id))
 		}
+	}
+}
+
+// The sync rule: a commit succeeds once min(SyncMinCopies, members) other
+// members applied the change; a shortfall above it is counted, one below
+// it is ErrTooFewCopies.
+func TestSyncRule(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		minCopies int
+		hold      []int // members whose deltas are held
+		wantErr   bool
+	}{
+		{name: "every member", minCopies: 1},
+		{name: "one of two missed it", minCopies: 1, hold: []int{1}},
+		{name: "both missed it", minCopies: 1, hold: []int{1, 2}, wantErr: true},
+		{name: "two required, one missed it", minCopies: 2, hold: []int{2}, wantErr: true},
+		{name: "more required than there are members", minCopies: 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leakcheck.Check(t)
+			cfg := testConfig()
+			cfg.SyncMinCopies = tc.minCopies
+			c := newCluster(t, cfg, "A", "B", "C")
+			a := c.ms[0]
+			s := create(t, a, map[string]any{"n": 1})
+			c.waitConverged(s.ID())
+			held := map[*fakeNode]bool{}
+			for _, i := range tc.hold {
+				held[c.nodes[i]] = true
+			}
+			c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta && held[e.to] })
+			set(t, s, "n", 2)
+			ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
+			err := a.Commit(ctx, s)
+			cancel()
+			if got := errors.Is(err, ErrTooFewCopies); got != tc.wantErr {
+				t.Errorf("Commit = %v; want ErrTooFewCopies %v", err, tc.wantErr)
+			}
+			st := a.Stats()
+			if want := uint64(len(tc.hold)); (st.ShortCommits > 0) != (want > 0) {
+				t.Errorf("short commits %d with %d members missing it", st.ShortCommits, want)
+			}
+			if (st.TooFewCopies > 0) != tc.wantErr {
+				t.Errorf("too few copies counted %d", st.TooFewCopies)
+			}
+			c.net.release()
+		})
+	}
+}
+
+// Set refuses a session that could not be replicated in one frame.
+func TestSetTooLarge(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	cfg.MaxSessionBytes = 1000
+	c := newCluster(t, cfg, "A")
+	s := create(t, c.ms[0], nil)
+	if err := s.Set("a", string(make([]byte, 600))); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Set("b", string(make([]byte, 600))); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Set past the bound = %v, want ErrTooLarge", err)
+	}
+	if err := s.Set("a", string(make([]byte, 900))); err != nil {
+		t.Errorf("replacing a value within the bound: %v", err)
 	}
 }

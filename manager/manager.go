@@ -95,6 +95,15 @@ type Config struct {
 	// owner nor backup of before dropping it: long enough for every node's
 	// membership to agree after a failure (drop_time plus a probe).
 	OrphanGrace time.Duration
+	// SyncMinCopies is how many other members must have applied a change
+	// for a Commit in Sync replication to succeed (at most the members
+	// there are: a node left alone keeps serving). Commit still waits for
+	// every member up to the send timeout; a member that missed the change
+	// is repaired by anti-entropy. Fewer copies: ErrTooFewCopies.
+	SyncMinCopies int
+	// MaxSessionBytes bounds a session's encoded attributes: a larger one
+	// could not be replicated in one frame, so Set refuses it.
+	MaxSessionBytes int
 	// AntiEntropyInterval is how often this node compares its copies with
 	// one other member (in turn) and exchanges what differs; 0 turns the
 	// background rounds off (rounds still run when a member comes back).
@@ -120,6 +129,8 @@ func DefaultConfig() Config {
 		Mode:                 ModeDelta,
 		RebalanceInterval:    250 * time.Millisecond,
 		AntiEntropyInterval:  5 * time.Second,
+		SyncMinCopies:        1,
+		MaxSessionBytes:      8 << 20,
 		StallAfter:           1500 * time.Millisecond,
 		OrphanGrace:          10 * time.Second,
 		SessionTimeout:       30 * time.Minute,
@@ -140,6 +151,11 @@ var (
 	// ErrTooManySessions: max_active is reached; the valve answers 503.
 	ErrTooManySessions = errors.New("too many active sessions")
 	ErrStopped         = errors.New("manager stopped")
+	// ErrTooFewCopies: a Sync commit reached fewer members than
+	// SyncMinCopies; the change is kept here, and the valve answers 503.
+	ErrTooFewCopies = errors.New("change applied by too few members")
+	// ErrTooLarge: the session would be larger than MaxSessionBytes.
+	ErrTooLarge = errors.New("session too large to replicate")
 )
 
 // Manager holds the sessions of one node.
@@ -228,6 +244,12 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	}
 	if cfg.OrphanGrace <= 0 {
 		cfg.OrphanGrace = def.OrphanGrace
+	}
+	if cfg.SyncMinCopies <= 0 {
+		cfg.SyncMinCopies = def.SyncMinCopies
+	}
+	if cfg.MaxSessionBytes <= 0 {
+		cfg.MaxSessionBytes = def.MaxSessionBytes
 	}
 	if err := CheckTouch(cfg.TouchInterval, cfg.SessionTimeout); err != nil {
 		return nil, fmt.Errorf("manager: %w", err)
@@ -510,7 +532,32 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	err := m.broadcastTo(ctx, p.to, typeDelta, d)
 	m.replication.observe(time.Since(start))
 	m.place.committed(ctx, d, p)
-	return err
+	return m.judge(d.ID, len(p.to), err)
+}
+
+// judge applies the sync rule to a commit sent to n members: in Sync
+// replication it succeeds once min(SyncMinCopies, n) of them applied the
+// change; fewer is ErrTooFewCopies. A shortfall above the rule is counted
+// (anti-entropy repairs those members), never an error for the user. In
+// Ack and Async replication a failed send is counted and returned as it is.
+func (m *Manager) judge(id string, n int, err error) error {
+	if err == nil {
+		return nil
+	}
+	failed := n
+	var se *cluster.SendError
+	if errors.As(err, &se) {
+		failed = len(se.Peers)
+	}
+	m.stats.shortCommits.Add(1)
+	if m.cfg.Replication != cluster.Sync {
+		return err
+	}
+	if applied, need := n-failed, min(m.cfg.SyncMinCopies, n); applied < need {
+		m.stats.tooFewCopies.Add(1)
+		return fmt.Errorf("manager: session %s: %w: %d of %d members, %d required: %w", short(id), ErrTooFewCopies, applied, n, need, err)
+	}
+	return nil
 }
 
 func cloneAttrs(a map[string][]byte) map[string][]byte {

@@ -21,6 +21,7 @@ type counters struct {
 	stale, gaps, conflicts, repairs, fetched  atomic.Uint64
 	refusedEnded, stalls                      atomic.Uint64
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
+	shortCommits, tooFewCopies                atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -58,7 +59,11 @@ type Stats struct {
 	SyncMoved    uint64        `json:"sync_moved"`
 	SyncDuration time.Duration `json:"sync_duration"`
 	Stalls       uint64        `json:"stalls"`
-	CatchingUp   bool          `json:"catching_up"`
+	// ShortCommits: commits some member did not apply (repaired later);
+	// TooFewCopies: those that failed the sync rule (the user got 503).
+	ShortCommits uint64 `json:"short_commits"`
+	TooFewCopies uint64 `json:"too_few_copies"`
+	CatchingUp   bool   `json:"catching_up"`
 }
 
 // Stats returns the manager's counters.
@@ -77,6 +82,7 @@ func (m *Manager) Stats() Stats {
 		Tombstones: m.tombs.len(), RefusedEnded: m.stats.refusedEnded.Load(),
 		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
+		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(),
 	}
 	return st
 }

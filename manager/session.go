@@ -127,6 +127,9 @@ func (s *Session) Set(key string, v any) error {
 	if s.invalid {
 		return ErrInvalidated
 	}
+	if size := s.size() - len(s.attrs[key]) + len(key) + len(b); size > s.m.cfg.MaxSessionBytes {
+		return fmt.Errorf("manager: session attribute %q: %w: %d bytes, at most %d", key, ErrTooLarge, size, s.m.cfg.MaxSessionBytes)
+	}
 	s.attrs[key] = b
 	s.hashed = false
 	s.markDirty(key)
@@ -148,10 +151,26 @@ func (s *Session) Delete(key string) error {
 	return nil
 }
 
+// size is the bytes of the attributes; s.mu must be held.
+func (s *Session) size() int {
+	n := 0
+	for k, v := range s.attrs {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 func (s *Session) markDirty(key string) {
 	if !slices.Contains(s.dirty, key) {
 		s.dirty = append(s.dirty, key)
 	}
+}
+
+// Pending reports whether the session has changes not yet committed.
+func (s *Session) Pending() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.isNew || len(s.dirty) > 0 || s.renamedFrom != "" || s.maxChanged
 }
 
 // Keys lists the attribute names, sorted.

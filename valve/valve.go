@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"regexp"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -78,6 +79,31 @@ type Valve struct {
 	store Store
 	cfg   Config
 	log   logrus.FieldLogger
+	// Replication problems are logged at most once per logEvery, with how
+	// many were not: a node with a sick peer must not log per request.
+	warnings limiter
+}
+
+const logEvery = 10 * time.Second
+
+// limiter lets one event through per period and counts the others.
+type limiter struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now, and how many were suppressed since.
+func (l *limiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.last, l.suppressed = now, 0
+	return true, n
 }
 
 // New returns a valve over store.
@@ -104,7 +130,8 @@ func (v *Valve) Wrap(next http.Handler) http.Handler {
 		st.r = r
 		next.ServeHTTP(rw, r)
 		st.commit()
-		if st.refused && !rw.wrote {
+		st.commitLate()
+		if (st.refused || st.unreplicated) && !rw.wrote {
 			rw.refuse()
 		}
 	})
@@ -139,12 +166,15 @@ type state struct {
 	w http.ResponseWriter
 	r *http.Request
 
-	mu        sync.Mutex
-	loaded    bool // the cookie was looked up
-	s         *manager.Session
-	cookieID  string // the id the client sent, if it named s
-	refused   bool   // max_active refused a new session
-	committed bool
+	mu       sync.Mutex
+	loaded   bool // the cookie was looked up
+	s        *manager.Session
+	cookieID string // the id the client sent, if it named s
+	refused  bool   // max_active refused a new session
+	// unreplicated: the change did not reach enough members (the sync
+	// rule); the response is a 503, so the user knows it may be lost.
+	unreplicated bool
+	committed    bool
 }
 
 func (st *state) session(create bool) (*manager.Session, error) {
@@ -216,9 +246,10 @@ func (st *state) commit() {
 		return
 	}
 	if err := st.v.store.Commit(st.r.Context(), s); err != nil {
-		// The session is safe here; peers that missed the change repair
-		// it on the next one. The user is not failed for it.
-		st.v.log.WithError(err).Warn("session not replicated to every member")
+		// Below the sync rule the user is told (503); above it, the
+		// members that missed the change are repaired by anti-entropy.
+		st.unreplicated = errors.Is(err, manager.ErrTooFewCopies)
+		st.v.warn(err)
 	}
 	id := s.ID()
 	switch {
@@ -228,6 +259,27 @@ func (st *state) commit() {
 		}
 	case id != st.cookieID:
 		st.setCookie(id, 0)
+	}
+}
+
+// commitLate replicates what the handler changed after its response had
+// committed (a Set after the first Write): too late for this response, but
+// not lost.
+func (st *state) commitLate() {
+	st.mu.Lock()
+	s := st.s
+	st.mu.Unlock()
+	if s == nil || s.Invalid() || !s.Pending() {
+		return
+	}
+	if err := st.v.store.Commit(context.WithoutCancel(st.r.Context()), s); err != nil {
+		st.v.warn(err)
+	}
+}
+
+func (v *Valve) warn(err error) {
+	if ok, suppressed := v.warnings.allow(time.Now()); ok {
+		v.log.WithError(err).WithField("suppressed", suppressed).Warn("session change not replicated to every member")
 	}
 }
 
@@ -253,11 +305,11 @@ type writer struct {
 
 func (w *writer) begin() bool {
 	if w.wrote {
-		return !w.st.refused
+		return !w.st.refused && !w.st.unreplicated
 	}
 	w.st.commit()
 	w.wrote = true
-	if w.st.refused {
+	if w.st.refused || w.st.unreplicated {
 		w.refuse()
 		return false
 	}
@@ -266,7 +318,11 @@ func (w *writer) begin() bool {
 
 func (w *writer) refuse() {
 	w.wrote = true
-	http.Error(w.ResponseWriter, "503 too many sessions on this node; try again later", http.StatusServiceUnavailable)
+	msg := "503 too many sessions on this node; try again later"
+	if w.st.unreplicated {
+		msg = "503 the change could not be saved on enough nodes; try again"
+	}
+	http.Error(w.ResponseWriter, msg, http.StatusServiceUnavailable)
 }
 
 func (w *writer) WriteHeader(code int) {

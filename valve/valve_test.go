@@ -3,6 +3,8 @@ package valve_test
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -355,5 +357,62 @@ func TestRouteRewrite(t *testing.T) {
 	s, _ := m2.Load(context.Background(), c.Value)
 	if n, _, _ := manager.Get[int](s, "count"); n != 3 {
 		t.Errorf("count %d, want 3: the session went on across the failover", n)
+	}
+}
+
+// failingStore fails every commit as the sync rule does.
+type failingStore struct {
+	valve.Store
+	err error
+}
+
+func (f failingStore) Commit(ctx context.Context, s *manager.Session) error {
+	f.Store.Commit(ctx, s)
+	return f.err
+}
+
+// A change that reached fewer members than the sync rule requires is a 503,
+// whatever the handler wrote; a shortfall above the rule is not the user's
+// problem.
+func TestTooFewCopiesIs503(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"too few copies", fmt.Errorf("commit: %w", manager.ErrTooFewCopies), http.StatusServiceUnavailable},
+		{"some member missed it", errors.New("send failed: one member"), http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _ := newManager(t, nil)
+			h := valve.New(failingStore{m, tc.err}, valve.DefaultConfig()).Wrap(counter)
+			resp := do(t, h, "/counter", "")
+			if resp.StatusCode != tc.want {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+}
+
+// A Set after the response committed is still replicated, when the
+// handler returns.
+func TestLateSetReplicated(t *testing.T) {
+	m, _ := newManager(t, nil)
+	rs := &recordingStore{Store: m}
+	var id string
+	h := valve.New(rs, valve.DefaultConfig()).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := valve.Session(r)
+		s.Set("early", 1)
+		w.Write([]byte("x")) // commits
+		s.Set("late", 2)
+		id = s.ID()
+	}))
+	do(t, h, "/", "")
+	if len(rs.events) != 2 {
+		t.Fatalf("commits %v, want two: the response's and the late change's", rs.events)
+	}
+	s, _ := m.Load(context.Background(), id)
+	if s == nil || s.Pending() || s.Version() != 2 {
+		t.Fatalf("session after the request: %v", s)
 	}
 }

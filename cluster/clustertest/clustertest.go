@@ -644,12 +644,18 @@ func (s *send) Send(ctx context.Context, to []netip.AddrPort, t uint8, payload [
 		default:
 			continue
 		}
+		// What has arrived counts even after ctx ended: the peers are
+		// waited for in parallel, as by the real sender.
+		select {
+		case <-wait:
+		case <-ctx.Done():
+		}
 		select {
 		case <-wait:
 			if lost, err := e.result(s.net); err != nil && (mode == sender.Sync || lost) {
 				errs = append(errs, peerError(e.To.member.Addr, lost, err))
 			}
-		case <-ctx.Done():
+		default:
 			errs = append(errs, sender.PeerError{Addr: e.To.member.Addr, Err: ctx.Err()})
 		}
 	}

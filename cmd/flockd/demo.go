@@ -62,4 +62,12 @@ func demoRoutes(mux *http.ServeMux, wrap func(http.Handler) http.Handler) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, n)
 	})))
+	// GET /logout ends the session on every node (and deletes the cookie).
+	mux.Handle("GET /logout", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s := flock.Existing(r); s != nil {
+			s.Invalidate()
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "logged out")
+	})))
 }
