@@ -168,6 +168,7 @@ type Manager struct {
 	place placement // what the mode decides
 	view  view      // the other members, from membership events
 	tombs tombs     // sessions that ended, so their copies cannot come back
+	alias aliases   // old ids of renamed sessions
 
 	aeKick     chan string  // members to run an anti-entropy round with now
 	aeBusy     atomic.Int32 // anti-entropy rounds under way
@@ -277,6 +278,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	// Long enough for any copy or change of an ended session still on its
 	// way: the session timeout, the touch grace, and a send with its retry.
 	m.tombs.init(cfg.SessionTimeout + 2*cfg.TouchInterval + 2*cfg.RequestTimeout)
+	m.alias.init(cfg.SessionTimeout)
 	var err error
 	if m.place, err = newPlacement(m); err != nil {
 		cancel()
@@ -422,6 +424,10 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 	s := m.sessions[id]
 	m.mu.RUnlock()
 	if s == nil {
+		// An old id of a renamed session finds it under its new id.
+		if to := m.alias.resolve(id, m.clock.Now()); to != "" {
+			return m.Load(ctx, to)
+		}
 		return nil, nil
 	}
 	now := m.clock.Now()
@@ -606,6 +612,7 @@ func (m *Manager) rename(s *Session, newID string) error {
 	delete(m.touched, s.id)
 	m.persist.ended(s.id, s.version)
 	m.place.renamed(s.id, newID, true)
+	m.alias.add(s.id, newID, m.clock.Now())
 	if s.renamedFrom == "" && !s.isNew {
 		s.renamedFrom = s.id // the others know it by its first name
 	}

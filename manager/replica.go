@@ -124,6 +124,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	}
 	if d.Old != "" {
 		m.place.renamed(d.Old, d.ID, false)
+		m.alias.add(d.Old, d.ID, m.clock.Now())
 	}
 	if s == nil {
 		if !d.Full {
