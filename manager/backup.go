@@ -96,6 +96,9 @@ func (r ring) owner(id string) string {
 // backup is where owner copies its sessions; "" when owner is alone.
 func (r ring) backup(owner string) string { return r.next(owner) }
 
+// keeps: the owner keeps its sessions on disk, whoever served the change.
+func (p *backupPlacement) keeps(id string) bool { return p.ring.Load().owner(id) == p.m.local }
+
 // shares: the owner and its backup hold the session.
 func (p *backupPlacement) shares(id, peer string) bool {
 	r := p.ring.Load()
@@ -226,7 +229,15 @@ func (p *backupPlacement) committed(ctx context.Context, d delta, pl plan) {
 func (p *backupPlacement) load(ctx context.Context, id string) {
 	m := p.m
 	if Route(id) == m.local {
-		return // this node is alive, so it owns what its route names
+		// This node is alive, so it owns what its route names. Until its
+		// recovery ends, what it read back from disk may be older than
+		// the backup's copy: wait for it rather than serve (and let a
+		// write build on) the old one.
+		select {
+		case <-m.ready:
+		case <-ctx.Done():
+		}
+		return
 	}
 	r := p.ring.Load()
 	owner := r.owner(id)

@@ -389,3 +389,60 @@ func TestMemberView(t *testing.T) {
 		t.Error("isMember disagrees with the view")
 	}
 }
+
+// With a persist_dir, the owner keeps on disk every change of its
+// sessions, also one served on another node and stored back to it.
+func TestBackupStoreBackPersisted(t *testing.T) {
+	leakcheck.Check(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg1 := backupConfig()
+	cfg1.PersistDir = dir
+	c := &testCluster{t: t, net: newFakeNet(t)}
+	c.add("n1", cfg1)
+	c.add("n2", backupConfig())
+	c.add("n3", backupConfig())
+	for _, nd := range c.nodes {
+		nd.join()
+	}
+	for i := range c.ms {
+		c.start(i)
+		c.ready(c.ms[i])
+	}
+	s, err := c.ms[0].Create(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Set("n", 1)
+	if err := c.ms[0].Commit(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	id := s.ID()
+	// A request on n3, which neither owns nor backs it up: load, change,
+	// store back.
+	r, err := c.ms[2].Load(ctx, id)
+	if err != nil || r == nil {
+		t.Fatalf("n3 Load = %v, %v", r, err)
+	}
+	r.Set("n", 2)
+	if err := c.ms[2].Commit(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ms[0].Stop(ctx); err != nil { // the final flush
+		t.Fatal(err)
+	}
+	cfg := backupConfig()
+	cfg.PersistDir, cfg.Route, cfg.JoinWait = dir, "n1", 0
+	alone, err := New(newFakeNet(t).addNode("n1"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alone.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer alone.Stop(ctx)
+	<-alone.Ready()
+	if n := countOf(t, alone, id); n != 2 {
+		t.Errorf("read back from n1's disk: n=%d, want 2 (the change stored back from n3)", n)
+	}
+}

@@ -62,6 +62,10 @@ type placement interface {
 	// renamedAway lists the ids with this route known to live on under
 	// another id, for a member recovering its sessions.
 	renamedAway(route string) []string
+	// keeps reports whether this node keeps session id on disk (with a
+	// persist_dir) when a change of it arrives from another node: backup
+	// mode's owner does, whichever node served the request.
+	keeps(id string) bool
 	// shares reports whether this node and the member called peer should
 	// both hold session id (anti-entropy compares only those).
 	shares(id, peer string) bool

@@ -140,6 +140,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		s.applyDelta(d)
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
+		m.keep(d.ID)
 		m.fire(true, func(l Listener) {
 			if l.Created != nil {
 				l.Created(d.ID, true)
@@ -165,6 +166,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		s.applyDelta(d)
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
+		m.keep(d.ID)
 		m.fireAttrs(d)
 		return nil
 	}
@@ -283,6 +285,7 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	}
 	s.hashed = false
 	s.mu.Unlock()
+	m.keep(snap.ID)
 	if created {
 		m.fire(remote, func(l Listener) {
 			if l.Created != nil {
@@ -381,6 +384,14 @@ func (m *Manager) forget(id string) {
 	delete(m.sessions, id)
 	delete(m.touched, id)
 	m.place.gone(id)
+}
+
+// keep writes a change that arrived from another node to disk, if this node
+// keeps the session there (backup mode's owner, with a persist_dir).
+func (m *Manager) keep(id string) {
+	if m.persist != nil && m.place.keeps(id) {
+		m.persist.changed(id)
+	}
 }
 
 // holds reports whether this node holds session id.
