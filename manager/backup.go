@@ -25,6 +25,8 @@ type backupPlacement struct {
 	// backupAt: for the sessions this node owns, the member it last copied
 	// each to; rebalance copies again when the ring names another one.
 	backupAt map[string]string
+	// retry: backups whose copies failed, and when to try again.
+	retry map[string]backoff
 	// moved remembers ids renamed away (route rewrites, RenewID) for a
 	// session timeout, so a node recovering from disk learns that its old
 	// copies live on under another id.
@@ -41,6 +43,7 @@ func newBackup(m *Manager) *backupPlacement {
 	p := &backupPlacement{
 		m:        m,
 		backupAt: make(map[string]string),
+		retry:    make(map[string]backoff),
 		moved:    make(map[string]time.Time),
 		orphaned: make(map[string]time.Time),
 	}
@@ -331,15 +334,18 @@ func (p *backupPlacement) step(now time.Time) {
 			delete(p.orphaned, id)
 			b := r.backup(m.local)
 			p.mu.Lock()
-			at, copied := p.backupAt[id]
-			if b != "" && at != b {
+			at, known := p.backupAt[id]
+			due := b != "" && at != b && !now.Before(p.retry[b].at)
+			if due {
 				p.backupAt[id] = b
+			} else if !known {
+				p.backupAt[id] = "" // owned, not copied yet
 			}
 			p.mu.Unlock()
-			if !copied {
+			if !known {
 				m.persist.changed(id) // taken over, or recovered: now this node's to keep
 			}
-			if b != "" && at != b {
+			if due {
 				copies[b] = append(copies[b], s.toSnapshot())
 			}
 		case r.backup(owner) == m.local:
@@ -372,17 +378,30 @@ func (p *backupPlacement) step(now time.Time) {
 	}
 	for b, snaps := range copies {
 		failed := p.copyTo(r.members[b], snaps)
+		p.mu.Lock()
 		if len(failed) == 0 {
+			delete(p.retry, b)
+			p.mu.Unlock()
 			continue
 		}
-		p.mu.Lock()
+		// Copied again later, not at every step: a backup that does not
+		// answer would otherwise get every session re-sent four times a
+		// second.
+		next := min(max(2*p.retry[b].delay, time.Second), 30*time.Second)
+		p.retry[b] = backoff{at: now.Add(next), delay: next}
 		for _, id := range failed {
 			if p.backupAt[id] == b {
-				delete(p.backupAt, id) // copied again at the next step
+				p.backupAt[id] = ""
 			}
 		}
 		p.mu.Unlock()
 	}
+}
+
+// backoff is when copies to a backup that failed are tried again.
+type backoff struct {
+	at    time.Time
+	delay time.Duration
 }
 
 // copyTo sends whole sessions to a member in batches; it returns the ids
@@ -402,7 +421,7 @@ func (p *backupPlacement) copyTo(to membership.Member, snaps []snapshot) (failed
 		err := m.push(ctx, to, snaps[:n])
 		cancel()
 		if err != nil {
-			m.log.WithFields(logrus.Fields{"member": to.Name, "sessions": n}).WithError(err).Warn("copy to the backup failed; retrying at the next change")
+			m.log.WithFields(logrus.Fields{"member": to.Name, "sessions": n}).WithError(err).Warn("copy to the backup failed; retrying later")
 			for _, snap := range snaps[:n] {
 				failed = append(failed, snap.ID)
 			}
