@@ -8,6 +8,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -34,6 +35,8 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	flag.Parse()
+	setParallel()
 	if err := lab.Available(); err != nil {
 		skipReason = "network-namespace lab unavailable: " + err.Error()
 		return m.Run()
@@ -77,6 +80,8 @@ type cluster struct {
 	lab   *lab.Lab
 	nodes []*node
 	dir   string
+
+	setUp func() // ends the start-up (see startGate); called by waitViews
 }
 
 type node struct {
@@ -88,18 +93,43 @@ type node struct {
 	client *http.Client
 }
 
+// startGate orders the start-up of the parallel scenarios' clusters, from
+// creating the lab until the nodes first list each other. A scenario that
+// measures from the start of its nodes (convergence) starts up alone;
+// the others start up together. Without it, the measurement would be of a
+// burst of labs being set up at once (a hundred ip commands, a dozen
+// race-enabled flockd processes starting), not of flock.
+var startGate sync.RWMutex
+
+// newCluster creates the scenario's lab; call scenario first.
 func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	return newClusterGated(t, startGate.RLock, startGate.RUnlock)
+}
+
+// newQuietCluster is newCluster for a scenario that measures from the
+// start of its nodes: no other cluster starts up until its nodes first
+// list each other.
+func newQuietCluster(t *testing.T) *cluster {
+	t.Helper()
+	return newClusterGated(t, startGate.Lock, startGate.Unlock)
+}
+
+func newClusterGated(t *testing.T, lock, unlock func()) *cluster {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
+	lock()
+	setUp := sync.OnceFunc(unlock)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	l, err := lab.New(ctx, lab.Options{Logf: t.Logf})
 	if err != nil {
+		setUp()
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, lab: l, dir: t.TempDir()}
+	c := &cluster{t: t, lab: l, dir: t.TempDir(), setUp: setUp}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, n := range c.nodes {
@@ -112,6 +142,10 @@ func newCluster(t *testing.T) *cluster {
 			t.Errorf("lab close: %v", err)
 		}
 	})
+	// Registered last, so run first: a scenario that fails before its
+	// nodes list each other does not hold up the others' start-up while its
+	// lab is torn down.
+	t.Cleanup(setUp)
 	return c
 }
 
@@ -202,6 +236,7 @@ func (n *node) members(ctx context.Context) ([]string, error) {
 
 // waitViews polls the nodes until each lists exactly the names want(n)
 // gives, and returns how long that took; it fails the test after timeout.
+// The first time it succeeds, the cluster's start-up is over (startGate).
 func (c *cluster) waitViews(timeout time.Duration, nodes []*node, want func(*node) []string) time.Duration {
 	c.t.Helper()
 	start := time.Now()
@@ -223,7 +258,9 @@ func (c *cluster) waitViews(timeout time.Duration, nodes []*node, want func(*nod
 			}
 		}
 		if ok {
-			return time.Since(start)
+			took := time.Since(start)
+			c.setUp()
+			return took
 		}
 		select {
 		case <-ctx.Done():
@@ -281,10 +318,18 @@ func (n *node) logged(fields ...string) bool {
 }
 
 // report collects measured figures and prints them as one table at the end
-// of the run (go test -v shows it), so a run is also a measurement.
+// of the run (go test -v shows it), so a run is also a measurement. The
+// scenarios run in parallel: the rows are printed in the order of the
+// scenarios' declaration (each scenario's rows in the order it added them),
+// as a serial run would have them, whatever order they finished in.
 type report struct {
 	mu   sync.Mutex
-	rows []string
+	rows []row
+}
+
+type row struct {
+	order int // the scenario's position (scheduler.orderOf)
+	text  string
 }
 
 var figures report
@@ -292,8 +337,13 @@ var figures report
 func (r *report) add(t *testing.T, what string, d time.Duration, bound time.Duration) {
 	t.Helper()
 	t.Logf("%s: %v (bound %v)", what, d.Round(time.Millisecond), bound)
+	r.addRow(t, fmt.Sprintf("| %s | %v | %v |", what, d.Round(time.Millisecond), bound))
+}
+
+func (r *report) addRow(t *testing.T, text string) {
+	order := sched.orderOf(t)
 	r.mu.Lock()
-	r.rows = append(r.rows, fmt.Sprintf("| %s | %v | %v |", what, d.Round(time.Millisecond), bound))
+	r.rows = append(r.rows, row{order: order, text: text})
 	r.mu.Unlock()
 }
 
@@ -303,8 +353,11 @@ func (r *report) print() {
 	if len(r.rows) == 0 {
 		return
 	}
+	rows := slices.Clone(r.rows)
+	slices.SortStableFunc(rows, func(a, b row) int { return a.order - b.order })
 	fmt.Println("\n| measured | time | bound |\n| --- | --- | --- |")
-	for _, row := range r.rows {
-		fmt.Println(row)
+	for _, row := range rows {
+		fmt.Println(row.text)
 	}
+	fmt.Printf("\nscenarios ran in parallel (-parallel %d), at most %d applying load at once (FLOCK_LOAD_PARALLEL)\n", parallelLimit(), maxLoad)
 }

@@ -87,8 +87,10 @@ func (b *backend) markDown() {
 }
 
 // newBalancer starts a balancer over nodes; it stops when the test ends.
+// Load is about to start: it calls loadBegins first.
 func newBalancer(t *testing.T, policy lbPolicy, nodes ...*node) *balancer {
 	t.Helper()
+	loadBegins(t)
 	lb := &balancer{t: t, policy: policy, byName: map[string]*backend{}}
 	for _, n := range nodes {
 		b := &backend{

@@ -23,7 +23,8 @@ func (c *cluster) three() []*node {
 
 // Scenario 1: three nodes list each other within 2 s of the last start.
 func TestConverge(t *testing.T) {
-	c := newCluster(t)
+	scenario(t, alone, 0)
+	c := newQuietCluster(t)
 	nodes := c.three()
 	last := c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
@@ -37,6 +38,7 @@ func TestConverge(t *testing.T) {
 // Scenario 2: kill -9 of a node; the others report it failed within
 // drop_time + 2 heartbeats.
 func TestKillDetected(t *testing.T) {
+	scenario(t, timed, 0)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startAll(nodes...)
@@ -63,6 +65,7 @@ func TestKillDetected(t *testing.T) {
 
 // Scenario 3: SIGTERM; the others drop the node within 1 s, as a leave.
 func TestGracefulLeave(t *testing.T) {
+	scenario(t, timed, 0)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startAll(nodes...)
@@ -99,6 +102,7 @@ func TestGracefulLeave(t *testing.T) {
 // Scenario 4: SIGSTOP makes a node failed; SIGCONT brings it back, as the
 // same process, on every node, and the paused node sees the others again.
 func TestPauseAndResume(t *testing.T) {
+	scenario(t, timed, 0)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startAll(nodes...)
@@ -149,6 +153,7 @@ func TestPauseAndResume(t *testing.T) {
 
 // Scenario 5: two domains on the same group and port do not see each other.
 func TestDomainsAreIsolated(t *testing.T) {
+	scenario(t, idle, 0)
 	c := newCluster(t)
 	nodes := []*node{c.add("a1", "alpha"), c.add("a2", "alpha"), c.add("b1", "beta"), c.add("b2", "beta")}
 	c.startAll(nodes...)
@@ -171,6 +176,7 @@ func TestDomainsAreIsolated(t *testing.T) {
 // Scenario 6: 10% packet loss on every host's link, default timings: no
 // member is reported failed over 20 s.
 func TestPacketLossNoFalseFailure(t *testing.T) {
+	scenario(t, idle, 0)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startAll(nodes...)

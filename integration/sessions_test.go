@@ -136,9 +136,7 @@ func (c *cluster) startReady(nodes ...*node) {
 func (r *report) addValue(t *testing.T, what, value, bound string) {
 	t.Helper()
 	t.Logf("%s: %s (bound %s)", what, value, bound)
-	r.mu.Lock()
-	r.rows = append(r.rows, fmt.Sprintf("| %s | %s | %s |", what, value, bound))
-	r.mu.Unlock()
+	r.addRow(t, fmt.Sprintf("| %s | %s | %s |", what, value, bound))
 }
 
 // scale stretches a bound when the race detector slows everything down.
@@ -354,6 +352,7 @@ func checkPeeks(t *testing.T, users []*stepper, nodes []*node) {
 // request of a user lands on another node than the one before, and still
 // each user counts 1..100, and every node holds every count.
 func TestSessionsRoundRobin(t *testing.T) {
+	scenario(t, load, 3*time.Second)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startReady(nodes...)
@@ -440,6 +439,7 @@ func TestSessionsRoundRobin(t *testing.T) {
 // where they were on another node, and the route in their cookies is
 // rewritten to the node that serves them now.
 func TestSessionsStickyFailover(t *testing.T) {
+	scenario(t, load, 5*time.Second)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startReady(nodes...)
@@ -578,6 +578,7 @@ func TestSessionsStickyFailover(t *testing.T) {
 // gets them all by state transfer and is healthy within
 // state_transfer_timeout.
 func TestSessionsStateTransfer(t *testing.T) {
+	scenario(t, load, 15*time.Second)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startReady(nodes...)
@@ -742,6 +743,7 @@ func TestSessionsStateTransfer(t *testing.T) {
 // idle sessions, untouched while the nodes restart, must survive too: a
 // restarted node gets those only by state transfer.
 func TestSessionsRollingRestart(t *testing.T) {
+	scenario(t, load, 6*time.Second)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startReady(nodes...)

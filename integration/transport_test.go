@@ -27,7 +27,8 @@ func (c *cluster) staticThree() []*node {
 // Static membership: three nodes converge, and kill -9 and SIGSTOP are
 // detected, with the same bounds as multicast.
 func TestStaticMembership(t *testing.T) {
-	c := newCluster(t)
+	scenario(t, timed, 0)
+	c := newQuietCluster(t)
 	nodes := c.staticThree()
 	last := c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
@@ -71,6 +72,7 @@ func TestStaticMembership(t *testing.T) {
 // contrast, fails it: the kernel still accepts the probe's connection, but
 // the paused process does not answer.
 func TestMulticastCutTCPOpenStays(t *testing.T) {
+	scenario(t, idle, 0)
 	c := newCluster(t)
 	nodes := c.three()
 	c.startAll(nodes...)

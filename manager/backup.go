@@ -99,6 +99,25 @@ func (r ring) owner(id string) string {
 // backup is where owner copies its sessions; "" when owner is alone.
 func (r ring) backup(owner string) string { return r.next(owner) }
 
+// standIns: for each failed holder, the next member on the ring after it
+// that is neither this node nor a holder already: the backup-to-be.
+func (p *backupPlacement) standIns(id string, failed []membership.Member) []membership.Member {
+	r := p.ring.Load()
+	owner := r.owner(id)
+	skip := map[string]bool{p.m.local: true, owner: true, r.backup(owner): true}
+	var out []membership.Member
+	for _, f := range failed {
+		for n := r.next(f.Name); n != "" && n != f.Name; n = r.next(n) {
+			if !skip[n] {
+				skip[n] = true
+				out = append(out, r.members[n])
+				break
+			}
+		}
+	}
+	return out
+}
+
 // keeps: the owner keeps its sessions on disk, whoever served the change.
 func (p *backupPlacement) keeps(id string) bool { return p.ring.Load().owner(id) == p.m.local }
 

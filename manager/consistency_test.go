@@ -461,3 +461,31 @@ func TestSetTooLarge(t *testing.T) {
 		t.Errorf("replacing a value within the bound: %v", err)
 	}
 }
+
+// Backup mode: a backup that does not take a change (dead, not yet dropped)
+// is stood in for by the member after it on the ring, so the commit
+// succeeds with the change on two nodes, not on the owner alone.
+func TestBackupStandIn(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := backupConfig()
+	c := newCluster(t, cfg, "n1", "n2", "n3")
+	n3 := c.ms[2]
+	s := create(t, n3, map[string]any{"n": 1}) // owned by n3, backed up on n1 (the ring wraps)
+	id := s.ID()
+	c.waitFor("n1 backs it up", func() bool { _, ok := state(c.ms[0], id); return ok })
+	c.net.holdTo(c.nodes[0])
+	set(t, s, "n", 2)
+	ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
+	err := n3.Commit(ctx, s)
+	cancel()
+	if err != nil {
+		t.Fatalf("Commit with the backup silent = %v; want the stand-in to take it", err)
+	}
+	if got, ok := state(c.ms[1], id); !ok || got.Version != 2 {
+		t.Fatalf("n2 holds %v v%d; want the change as stand-in", ok, got.Version)
+	}
+	if st := n3.Stats(); st.ShortCommits != 1 || st.TooFewCopies != 0 {
+		t.Errorf("short %d, too few %d", st.ShortCommits, st.TooFewCopies)
+	}
+	c.net.release()
+}

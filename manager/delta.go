@@ -149,7 +149,10 @@ func (p *deltaPlacement) renamedAway(string) []string            { return nil }
 func (p *deltaPlacement) period() time.Duration                  { return 0 }
 func (p *deltaPlacement) shares(string, string) bool             { return true }
 func (p *deltaPlacement) keeps(string) bool                      { return false }
-func (p *deltaPlacement) step(time.Time)                         {}
+func (p *deltaPlacement) standIns(string, []membership.Member) []membership.Member {
+	return nil
+}
+func (p *deltaPlacement) step(time.Time) {}
 func (p *deltaPlacement) repairFrom(_ string, sender membership.Member) membership.Member {
 	return sender // it had the version this node lacks
 }

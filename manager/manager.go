@@ -536,9 +536,64 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	m.place.committing(d.ID, p)
 	start := time.Now() // the histogram times real work, whatever the clock
 	err := m.broadcastTo(ctx, p.to, typeDelta, d)
+	n := len(p.to)
+	if failed := failedOf(err, p.to); len(failed) > 0 {
+		// A holder that failed (dead, not yet dropped by membership) is
+		// stood in for by the member that takes its place once it is
+		// dropped, so the change is not left on this node alone.
+		if alt := m.place.standIns(d.ID, failed); len(alt) > 0 {
+			if snap, ok := m.snapshotOf(s); ok {
+				// Its own bound: the holder may have used up ctx timing out.
+				actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.RequestTimeout)
+				altErr := m.sendTo(actx, alt, typeSessions, sessions{Sessions: []snapshot{snap}, Last: true}, cluster.Sync)
+				cancel()
+				n += len(alt)
+				if altErr == nil || len(peersOf(altErr)) > 0 {
+					// judge counts the members that failed: the stand-ins
+					// that took the change offset the holders that did not.
+					err = &cluster.SendError{Peers: append(peersOf(err), peersOf(altErr)...)}
+					m.stats.standIns.Add(uint64(len(alt) - len(peersOf(altErr))))
+				} else {
+					err = errors.Join(err, altErr)
+				}
+			}
+		}
+	}
 	m.replication.observe(time.Since(start))
 	m.place.committed(ctx, d, p)
-	return m.judge(d.ID, len(p.to), err)
+	return m.judge(d.ID, n, err)
+}
+
+// failedOf lists the members of to that a send's error names.
+func failedOf(err error, to []membership.Member) []membership.Member {
+	var out []membership.Member
+	for _, pe := range peersOf(err) {
+		for _, mb := range to {
+			if mb.Addr == pe.Addr {
+				out = append(out, mb)
+			}
+		}
+	}
+	return out
+}
+
+// peersOf returns the per-member failures of a send's error.
+func peersOf(err error) []cluster.PeerError {
+	var se *cluster.SendError
+	if errors.As(err, &se) {
+		return se.Peers
+	}
+	return nil
+}
+
+// snapshotOf copies s whole, unless it ended.
+func (m *Manager) snapshotOf(s *Session) (snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid {
+		return snapshot{}, false
+	}
+	return s.toSnapshot(), true
 }
 
 // judge applies the sync rule to a commit sent to n members: in Sync
@@ -581,6 +636,11 @@ func (m *Manager) broadcast(ctx context.Context, t cluster.MessageType, v any) e
 
 // broadcastTo sends v to the members to in the configured replication mode.
 func (m *Manager) broadcastTo(ctx context.Context, to []membership.Member, t cluster.MessageType, v any) error {
+	return m.sendTo(ctx, to, t, v, m.cfg.Replication)
+}
+
+// sendTo sends v to the members to, waiting as mode says.
+func (m *Manager) sendTo(ctx context.Context, to []membership.Member, t cluster.MessageType, v any, mode cluster.Mode) error {
 	if len(to) == 0 {
 		return nil // alone: nothing to encode or send
 	}
@@ -589,7 +649,7 @@ func (m *Manager) broadcastTo(ctx context.Context, to []membership.Member, t clu
 		return fmt.Errorf("manager: encode: %w", err)
 	}
 	m.stats.sent.Add(1)
-	if err := m.c.Send(ctx, to, t, b, m.cfg.Replication); err != nil {
+	if err := m.c.Send(ctx, to, t, b, mode); err != nil {
 		m.stats.sendFailures.Add(1)
 		return fmt.Errorf("manager: replicate: %w", err)
 	}

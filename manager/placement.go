@@ -62,6 +62,12 @@ type placement interface {
 	// renamedAway lists the ids with this route known to live on under
 	// another id, for a member recovering its sessions.
 	renamedAway(route string) []string
+	// standIns are the members to send a change of session id to, whole,
+	// in place of the holders in failed that did not take it (backup
+	// mode: the member after a failed backup on the ring, which becomes
+	// the backup once membership drops the failed one). None in delta
+	// mode, where every member is a holder already.
+	standIns(id string, failed []membership.Member) []membership.Member
 	// keeps reports whether this node keeps session id on disk (with a
 	// persist_dir) when a change of it arrives from another node: backup
 	// mode's owner does, whichever node served the request.

@@ -21,7 +21,7 @@ type counters struct {
 	stale, gaps, conflicts, repairs, fetched  atomic.Uint64
 	refusedEnded, stalls                      atomic.Uint64
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
-	shortCommits, tooFewCopies                atomic.Uint64
+	shortCommits, tooFewCopies, standIns      atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }

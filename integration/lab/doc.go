@@ -11,6 +11,13 @@
 // host has a route 224.0.0.0/4 dev eth0, so multicast heartbeats sent or joined
 // on the default interface reach every other host whose link is up.
 //
+// Labs are independent of each other: every lab has its own bridge
+// namespace, and namespace names carry the process id and a per-process lab
+// counter, so several labs can exist at once (parallel tests, one lab
+// each). Their hosts reuse the same addresses, which never meet: the labs'
+// bridges are not connected, so neither unicast nor multicast crosses from
+// one lab to another.
+//
 // The package needs Linux, root, and the iproute2 tools ip and tc; call
 // Available and skip when it reports an error. All functionality lives in files
 // built only on Linux.

@@ -385,6 +385,7 @@ func TestNetwork(t *testing.T) {
 }
 
 func TestLinkDownUp(t *testing.T) {
+	t.Parallel() // a lab of its own, mostly waiting: see TestConcurrentLabsIsolated
 	l := newLab(t, Options{})
 	hosts := addHosts(t, l, "a", "b", "c")
 	a, b, c := hosts[0], hosts[1], hosts[2]
@@ -417,6 +418,7 @@ func TestLinkDownUp(t *testing.T) {
 }
 
 func TestLoss(t *testing.T) {
+	t.Parallel() // a lab of its own, mostly waiting: see TestConcurrentLabsIsolated
 	l := newLab(t, Options{})
 	hosts := addHosts(t, l, "a", "b")
 	a, b := hosts[0], hosts[1]
@@ -1117,6 +1119,7 @@ func checkPrefs(t *testing.T, h *Host, wantIngress, wantEgress []int) {
 }
 
 func TestBlockMulticast(t *testing.T) {
+	t.Parallel() // a lab of its own, mostly waiting: see TestConcurrentLabsIsolated
 	l := newLab(t, Options{})
 	hosts := addHosts(t, l, "a", "b", "c")
 	a, b, c := hosts[0], hosts[1], hosts[2]
@@ -1163,6 +1166,7 @@ func TestBlockMulticast(t *testing.T) {
 }
 
 func TestBlockMulticastWithLoss(t *testing.T) {
+	t.Parallel() // a lab of its own, mostly waiting: see TestConcurrentLabsIsolated
 	l := newLab(t, Options{})
 	hosts := addHosts(t, l, "a", "b")
 	a, b := hosts[0], hosts[1]
@@ -1249,4 +1253,100 @@ func TestMcastBytecode(t *testing.T) {
 	if mcastBytecode != want {
 		t.Errorf("mcastBytecode = %s", mcastBytecode)
 	}
+}
+
+// Labs that exist at the same time (the integration scenarios run in
+// parallel, one lab each) use the same addresses but never meet: each has
+// its own namespaces and bridge, so unicast to an address reaches the host
+// of the sender's own lab, and multicast stays in the lab it was sent in.
+func TestConcurrentLabsIsolated(t *testing.T) {
+	t.Parallel()
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	labs := make([]*Lab, 2)
+	hosts := make([][]*Host, 2)
+	var wg sync.WaitGroup
+	for i := range labs {
+		wg.Go(func() {
+			l, err := New(testCtx(t), Options{Logf: t.Logf})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			t.Cleanup(func() {
+				if err := l.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+			labs[i] = l
+			for _, name := range []string{"a", "b"} {
+				h, err := l.AddHost(testCtx(t), name)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				hosts[i] = append(hosts[i], h)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	a1, b1, a2, b2 := hosts[0][0], hosts[0][1], hosts[1][0], hosts[1][1]
+	if labs[0].BridgeNS() == labs[1].BridgeNS() || a1.NS == a2.NS || b1.NS == b2.NS {
+		t.Fatalf("labs share namespaces: bridges %s and %s, hosts %s %s and %s %s",
+			labs[0].BridgeNS(), labs[1].BridgeNS(), a1.NS, b1.NS, a2.NS, b2.NS)
+	}
+	if a1.IP != a2.IP || b1.IP != b2.IP {
+		t.Fatalf("addresses differ between labs: %v %v and %v %v", a1.IP, b1.IP, a2.IP, b2.IP)
+	}
+
+	// The same address and port in both labs, each answering with its lab.
+	port := 0
+	for i, a := range []*Host{a1, a2} {
+		var ln net.Listener
+		if err := a.Do(func() (err error) {
+			ln, err = net.Listen("tcp4", netip.AddrPortFrom(a.IP, uint16(port)).String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		port = ln.Addr().(*net.TCPAddr).Port
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(conn, "lab %d", i)
+				conn.Close()
+			}
+		}()
+	}
+	for i, b := range []*Host{b1, b2} {
+		ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+		conn, err := b.DialContext(ctx, "tcp", netip.AddrPortFrom(a1.IP, uint16(port)).String()) // a1.IP == a2.IP
+		cancel()
+		if err != nil {
+			t.Fatalf("%s of lab %d: %v", b, i, err)
+		}
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(conn)
+		conn.Close()
+		if want := fmt.Sprintf("lab %d", i); err != nil || string(got) != want {
+			t.Errorf("%s of lab %d reached %q (%v), want %q", b, i, got, err, want)
+		}
+	}
+
+	// Multicast from lab 0 reaches lab 0's other host, not lab 1's hosts
+	// (joined to the same group), and the other way round.
+	r := [][]*net.UDPConn{
+		{groupReceiver(t, a1), groupReceiver(t, b1)},
+		{groupReceiver(t, a2), groupReceiver(t, b2)},
+	}
+	multicastRound(t, a1, groupSender(t, a1), r[0][1:], r[1])
+	multicastRound(t, a2, groupSender(t, a2), r[1][1:], r[0])
 }
