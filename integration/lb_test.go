@@ -63,6 +63,7 @@ type backend struct {
 
 	mu        sync.Mutex
 	downUntil time.Time
+	excluded  bool // taken out of the balancer by the scenario (exclude)
 }
 
 // downFor is how long a node that failed a request is skipped by
@@ -77,7 +78,18 @@ const lbTimeout = 30 * time.Second
 func (b *backend) down(now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return now.Before(b.downUntil)
+	return b.excluded || now.Before(b.downUntil)
+}
+
+// exclude takes the named node out of the balancer (out: true) or puts it
+// back: while out, it is down for round-robin and for its sticky users, as
+// a balancer that health-checks its backends, or that sits on the other
+// side of a cut link, would have it.
+func (lb *balancer) exclude(name string, out bool) {
+	b := lb.byName[name]
+	b.mu.Lock()
+	b.excluded = out
+	b.mu.Unlock()
 }
 
 func (b *backend) markDown() {

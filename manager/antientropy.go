@@ -161,14 +161,25 @@ func (m *Manager) syncWith(ctx context.Context, peer membership.Member) (int, er
 	if err := m.askDigest(ctx, peer, digestRequest{Sums: mine.sums()}, &first); err != nil {
 		return 0, err
 	}
+	perBucket := make([]int, aeBuckets)
+	for id := range mine.entries {
+		perBucket[bucketOf(id)]++
+	}
+	for id := range mine.ended {
+		perBucket[bucketOf(id)]++
+	}
 	moved := 0
 	for len(first.Differ) > 0 {
-		// As many differing buckets per request as fit.
+		// As many differing buckets per request as fit (one at least).
 		var req digestRequest
-		n := 0
-		for n < len(first.Differ) && (n == 0 || len(req.Entries)+len(req.Ended) < maxDigestEntries) {
+		n, entries := 0, 0
+		for n < len(first.Differ) && (n == 0 || entries+perBucket[first.Differ[n]] <= maxDigestEntries) {
 			b := first.Differ[n]
+			if b < 0 || b >= aeBuckets {
+				return moved, fmt.Errorf("manager: anti-entropy with %s: bucket %d out of range", peer.Name, b)
+			}
 			req.Buckets = append(req.Buckets, b)
+			entries += perBucket[b]
 			n++
 		}
 		first.Differ = first.Differ[n:]
@@ -176,14 +187,21 @@ func (m *Manager) syncWith(ctx context.Context, peer membership.Member) (int, er
 		for _, b := range req.Buckets {
 			set[b] = true
 		}
+		d := mine // the first pass sends what the round began with
 		for round := 0; round < 64; round++ {
-			d := m.digestFor(peer.Name, set)
+			if round > 0 {
+				d = m.digestFor(peer.Name, set) // changed by the last answer
+			}
 			req.Entries, req.Ended = req.Entries[:0], req.Ended[:0]
 			for _, e := range d.entries {
-				req.Entries = append(req.Entries, e)
+				if set[bucketOf(e.ID)] {
+					req.Entries = append(req.Entries, e)
+				}
 			}
 			for _, e := range d.ended {
-				req.Ended = append(req.Ended, e)
+				if set[bucketOf(e.ID)] {
+					req.Ended = append(req.Ended, e)
+				}
 			}
 			var rep digestReply
 			if err := m.askDigest(ctx, peer, req, &rep); err != nil {
