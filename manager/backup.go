@@ -118,6 +118,9 @@ func (p *backupPlacement) standIns(id string, failed []membership.Member) []memb
 	return out
 }
 
+// takeover: the owner the ring names now.
+func (p *backupPlacement) takeover(id string) string { return p.ring.Load().owner(id) }
+
 // keeps: the owner keeps its sessions on disk, whoever served the change.
 func (p *backupPlacement) keeps(id string) bool { return p.ring.Load().owner(id) == p.m.local }
 

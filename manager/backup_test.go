@@ -176,22 +176,23 @@ func TestBackupFailover(t *testing.T) {
 	c.nodes[0].setUp(false) // the owner dies
 	// n2 (its backup) now owns it and copies it to n3.
 	c.waitFor("copied to n3", func() bool { return slices.Equal(c.holders(id), []string{"n2", "n3"}) })
-	// A request naming dead n1 lands on n4: served from n2; n4 rewrites the
-	// route to itself and becomes the owner, n2 (next on the ring after n4)
-	// the backup.
+	// A request naming dead n1 lands on n4: served from n2 and stored back
+	// there; n4, neither owner nor backup, does not take the session over:
+	// the route is rewritten to its owner now, n2, so a sticky balancer
+	// sends the user there.
 	newID, n := increment(t, c.ms[3], id)
-	if n != 6 || Route(newID) != "n4" || newID[:24] != id[:24] {
-		t.Fatalf("after failover: id %s n=%d, want %s routed to n4 and 6", newID, n, id[:24])
+	if n != 6 || Route(newID) != "n2" || newID[:24] != id[:24] {
+		t.Fatalf("after failover: id %s n=%d, want %s routed to n2 and 6", newID, n, id[:24])
 	}
-	c.waitFor("pair n4+n2", func() bool { return slices.Equal(c.holders(newID), []string{"n2", "n4"}) })
+	c.waitFor("pair n2+n3", func() bool { return slices.Equal(c.holders(newID), []string{"n2", "n3"}) })
 	if got := c.holders(id); len(got) != 0 {
 		t.Errorf("the old id is still held by %v", got)
 	}
 
-	c.nodes[1].setUp(false) // the backup dies: n4 copies to the next, n3
-	c.waitFor("copied to n3", func() bool { return slices.Equal(c.holders(newID), []string{"n3", "n4"}) })
-	if n := countOf(t, c.ms[2], newID); n != 6 {
-		t.Errorf("n3 holds n=%d, want 6", n)
+	c.nodes[2].setUp(false) // the backup dies: n2 copies to the next, n4
+	c.waitFor("copied to n4", func() bool { return slices.Equal(c.holders(newID), []string{"n2", "n4"}) })
+	if n := countOf(t, c.ms[3], newID); n != 6 {
+		t.Errorf("n4 holds n=%d, want 6", n)
 	}
 }
 
@@ -234,8 +235,8 @@ func TestBackupRestartRecovers(t *testing.T) {
 	for _, id := range ids {
 		c.waitFor("taken over", func() bool { return slices.Equal(c.holders(id), []string{"n2", "n3"}) })
 	}
-	moved, n := increment(t, c.ms[2], ids[1]) // used while n1 is down: now n3's
-	if n != 2 || Route(moved) != "n3" {
+	moved, n := increment(t, c.ms[2], ids[1]) // used on n3 while n1 is down: now n2's, the owner
+	if n != 2 || Route(moved) != "n2" {
 		t.Fatalf("moved %s n=%d", moved, n)
 	}
 

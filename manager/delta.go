@@ -149,6 +149,7 @@ func (p *deltaPlacement) renamedAway(string) []string            { return nil }
 func (p *deltaPlacement) period() time.Duration                  { return 0 }
 func (p *deltaPlacement) shares(string, string) bool             { return true }
 func (p *deltaPlacement) keeps(string) bool                      { return false }
+func (p *deltaPlacement) takeover(string) string                 { return p.m.local }
 func (p *deltaPlacement) standIns(string, []membership.Member) []membership.Member {
 	return nil
 }

@@ -693,7 +693,11 @@ func (m *Manager) Rebind(s *Session) (bool, error) {
 	if route == m.local || m.isMember(route) {
 		return false, nil
 	}
-	if err := m.rename(s, withRoute(id, m.local)); err != nil {
+	to := m.place.takeover(id)
+	if to == "" || to == route {
+		return false, nil
+	}
+	if err := m.rename(s, withRoute(id, to)); err != nil {
 		return false, err
 	}
 	m.stats.rebinds.Add(1)

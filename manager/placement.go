@@ -68,6 +68,11 @@ type placement interface {
 	// the backup once membership drops the failed one). None in delta
 	// mode, where every member is a holder already.
 	standIns(id string, failed []membership.Member) []membership.Member
+	// takeover is the route a session whose route names a node that is no
+	// longer a member takes: delta mode, the node serving it; backup mode,
+	// the session's owner now (the dead node's backup), so that a node that
+	// is neither owner nor backup never takes a session over.
+	takeover(id string) string
 	// keeps reports whether this node keeps session id on disk (with a
 	// persist_dir) when a change of it arrives from another node: backup
 	// mode's owner does, whichever node served the request.
