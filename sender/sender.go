@@ -72,17 +72,7 @@ const (
 	Sync = Mode(wire.Sync)
 )
 
-func (m Mode) String() string {
-	switch m {
-	case Async:
-		return "async"
-	case Ack:
-		return "ack"
-	case Sync:
-		return "sync"
-	}
-	return fmt.Sprintf("Mode(%d)", uint8(m))
-}
+func (m Mode) String() string { return wire.Mode(m).String() }
 
 // ParseMode reads a mode by its name, as configuration writes it.
 func ParseMode(s string) (Mode, error) {

@@ -104,16 +104,6 @@ func (m Mode) String() string {
 	return fmt.Sprintf("Mode(%d)", uint8(m))
 }
 
-// ParseMode reads a mode by its name, as configuration writes it.
-func ParseMode(s string) (Mode, error) {
-	for _, m := range []Mode{Async, Ack, Sync} {
-		if s == m.String() {
-			return m, nil
-		}
-	}
-	return 0, fmt.Errorf("unknown send mode %q; allowed: async, ack, sync", s)
-}
-
 // ID is a member id: random per process start.
 type ID [16]byte
 
