@@ -489,3 +489,45 @@ func TestBackupStandIn(t *testing.T) {
 	}
 	c.net.release()
 }
+
+// A member that keeps missing sync commits (slow but alive) is not waited
+// for after lagAfter misses: writes stop paying the timeout for it, while
+// the sync rule is still met by the others; after lagFor it is waited for
+// again.
+func TestLaggingMemberNotWaitedFor(t *testing.T) {
+	leakcheck.Check(t)
+	clk := clock.NewFake(epoch)
+	cfg := clockConfig(clk)
+	c := newCluster(t, cfg, "A", "B", "C")
+	a := c.ms[0]
+	s := create(t, a, map[string]any{"n": 0})
+	c.waitConverged(s.ID())
+	c.net.holdTo(c.nodes[1]) // B answers nothing in time
+	commitWithin := func(d time.Duration) (time.Duration, error) {
+		ctx, cancel := context.WithTimeout(bg, d)
+		defer cancel()
+		start := time.Now()
+		set(t, s, "n", time.Now().UnixNano())
+		err := a.Commit(ctx, s)
+		return time.Since(start), err
+	}
+	for i := range lagAfter {
+		took, err := commitWithin(100 * time.Millisecond)
+		if err != nil || took < 100*time.Millisecond {
+			t.Fatalf("commit %d: %v after %v; want it to wait for B and succeed with C", i, err, took)
+		}
+	}
+	if st := a.Stats(); st.Lagging != 1 {
+		t.Fatalf("lagging %d after %d misses", st.Lagging, lagAfter)
+	}
+	took, err := commitWithin(5 * time.Second)
+	if err != nil || took > time.Second {
+		t.Fatalf("commit with B lagging: %v after %v; want it not to wait for B", err, took)
+	}
+	t.Logf("commit with B set aside: %v", took)
+	clk.Advance(lagFor + time.Second)
+	if took, _ := commitWithin(100 * time.Millisecond); took < 100*time.Millisecond {
+		t.Errorf("after lagFor the commit did not wait for B again (%v)", took)
+	}
+	c.net.release()
+}

@@ -169,6 +169,7 @@ type Manager struct {
 	view  view      // the other members, from membership events
 	tombs tombs     // sessions that ended, so their copies cannot come back
 	alias aliases   // old ids of renamed sessions
+	lag   lag       // members that keep missing sync commits
 
 	aeKick     chan string  // members to run an anti-entropy round with now
 	aeBusy     atomic.Int32 // anti-entropy rounds under way
@@ -279,6 +280,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	// way: the session timeout, the touch grace, and a send with its retry.
 	m.tombs.init(cfg.SessionTimeout + 2*cfg.TouchInterval + 2*cfg.RequestTimeout)
 	m.alias.init(cfg.SessionTimeout)
+	m.lag.init()
 	var err error
 	if m.place, err = newPlacement(m); err != nil {
 		cancel()
@@ -535,9 +537,26 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	}
 	m.place.committing(d.ID, p)
 	start := time.Now() // the histogram times real work, whatever the clock
-	err := m.broadcastTo(ctx, p.to, typeDelta, d)
-	n := len(p.to)
-	if failed := failedOf(err, p.to); len(failed) > 0 {
+	to := p.to
+	if m.cfg.Replication == cluster.Sync {
+		var lagging []membership.Member
+		to, lagging = m.lag.split(p.to, min(m.cfg.SyncMinCopies, len(p.to)), m.clock.Now())
+		if len(lagging) > 0 {
+			// Sent every change, not waited for; repaired by anti-entropy.
+			if err := m.sendTo(ctx, lagging, typeDelta, d, cluster.Async); err != nil {
+				m.log.WithError(err).Debug("change not queued for a lagging member")
+			}
+		}
+	}
+	err := m.broadcastTo(ctx, to, typeDelta, d)
+	n := len(to)
+	if m.cfg.Replication == cluster.Sync {
+		for _, name := range m.lag.record(to, failedOf(err, to), m.clock.Now()) {
+			m.stats.lagging.Add(1)
+			m.log.WithField("member", name).Warn("member keeps missing sync commits; not waiting for it for a while (anti-entropy repairs it)")
+		}
+	}
+	if failed := failedOf(err, to); len(failed) > 0 {
 		// A holder that failed (dead, not yet dropped by membership) is
 		// stood in for by the member that takes its place once it is
 		// dropped, so the change is not left on this node alone.

@@ -22,6 +22,7 @@ type counters struct {
 	refusedEnded, stalls                      atomic.Uint64
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
+	lagging                                   atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -63,7 +64,10 @@ type Stats struct {
 	// TooFewCopies: those that failed the sync rule (the user got 503).
 	ShortCommits uint64 `json:"short_commits"`
 	TooFewCopies uint64 `json:"too_few_copies"`
-	CatchingUp   bool   `json:"catching_up"`
+	// Lagging: times a member that kept missing sync commits was set
+	// aside (not waited for) for a while.
+	Lagging    uint64 `json:"lagging"`
+	CatchingUp bool   `json:"catching_up"`
 }
 
 // Stats returns the manager's counters.
@@ -83,6 +87,7 @@ func (m *Manager) Stats() Stats {
 		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
 		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(),
+		Lagging: m.stats.lagging.Load(),
 	}
 	return st
 }

@@ -72,6 +72,7 @@ func (m *Manager) onEvent(e membership.Event) {
 		}
 		delete(v.members, name)
 		delete(v.rejoined, name)
+		m.lag.forget(name)
 	default:
 		return
 	}
