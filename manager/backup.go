@@ -107,7 +107,13 @@ func (p *backupPlacement) standIns(id string, failed []membership.Member) []memb
 	skip := map[string]bool{p.m.local: true, owner: true, r.backup(owner): true}
 	var out []membership.Member
 	for _, f := range failed {
-		for n := r.next(f.Name); n != "" && n != f.Name; n = r.next(n) {
+		// At most once round the ring: the failed member may already be off
+		// it, and every other name may be skipped.
+		n := f.Name
+		for range len(r.names) {
+			if n = r.next(n); n == "" || n == f.Name {
+				break
+			}
 			if !skip[n] {
 				skip[n] = true
 				out = append(out, r.members[n])

@@ -11,6 +11,7 @@ import (
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/clock"
 	"github.com/flockhq/flock/internal/leakcheck"
+	"github.com/flockhq/flock/membership"
 )
 
 // lone builds a manager on a node of its own and a peer node whose messages
@@ -530,4 +531,25 @@ func TestLaggingMemberNotWaitedFor(t *testing.T) {
 		t.Errorf("after lagFor the commit did not wait for B again (%v)", took)
 	}
 	c.net.release()
+}
+
+// The stand-in search ends when no member can stand in: the failed member
+// already off the ring, every name left skipped (it looped for ever).
+func TestStandInsEnd(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
+	p := c.ms[0].place.(*backupPlacement)
+	// n3 has just been dropped: the ring is n1 (owner) and n2 (backup).
+	p.ring.Store(newRing("n1", []membership.Member{c.nodes[1].Local()}))
+	id := newID("n1")
+	done := make(chan []membership.Member, 1)
+	go func() {
+		done <- p.standIns(id, []membership.Member{c.nodes[2].Local()})
+	}()
+	select {
+	case got := <-done:
+		t.Logf("stand-ins: %v", got)
+	case <-time.After(5 * time.Second):
+		t.Fatal("standIns did not return")
+	}
 }
