@@ -81,6 +81,12 @@ func (b *backend) down(now time.Time) bool {
 	return b.excluded || now.Before(b.downUntil)
 }
 
+func (b *backend) isExcluded() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.excluded
+}
+
 // exclude takes the named node out of the balancer (out: true) or puts it
 // back: while out, it is down for round-robin and for its sticky users, as
 // a balancer that health-checks its backends, or that sits on the other
@@ -140,7 +146,8 @@ func newBalancer(t *testing.T, policy lbPolicy, nodes ...*node) *balancer {
 }
 
 // roundRobin returns the next backend that is not down, skipping skip; if
-// every one is down it returns the next one anyway.
+// every one is down it returns the next one anyway, but never one the
+// scenario excluded (unless skip is the only other choice).
 func (lb *balancer) roundRobin(skip *backend) *backend {
 	now := time.Now()
 	var fallback *backend
@@ -152,12 +159,15 @@ func (lb *balancer) roundRobin(skip *backend) *backend {
 		if !b.down(now) {
 			return b
 		}
-		if fallback == nil {
+		if fallback == nil && !b.isExcluded() {
 			fallback = b
 		}
 	}
 	if fallback == nil {
 		fallback = skip
+	}
+	if fallback == nil {
+		fallback = lb.backends[0] // every node excluded: the scenario's mistake
 	}
 	return fallback
 }
