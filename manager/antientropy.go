@@ -252,19 +252,10 @@ func (m *Manager) pushIDs(ctx context.Context, peer membership.Member, ids []str
 		return err
 	}
 	for _, id := range ids {
-		m.mu.RLock()
-		s := m.sessions[id]
-		m.mu.RUnlock()
-		if s == nil {
+		snap, ok := m.copyOf(id)
+		if !ok {
 			continue
 		}
-		s.mu.Lock()
-		if s.isNew || s.invalid {
-			s.mu.Unlock()
-			continue
-		}
-		snap := s.toSnapshot()
-		s.mu.Unlock()
 		batch = append(batch, snap)
 		if size += snapshotSize(snap); size >= m.cfg.TransferBatch {
 			if err := flush(); err != nil {
@@ -318,15 +309,10 @@ func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte
 		if rep.More {
 			return
 		}
-		m.mu.RLock()
-		s := m.sessions[id]
-		m.mu.RUnlock()
-		if s == nil {
+		snap, ok := m.copyOf(id)
+		if !ok {
 			return
 		}
-		s.mu.Lock()
-		snap := s.toSnapshot()
-		s.mu.Unlock()
 		rep.Sessions = append(rep.Sessions, snap)
 		if size += snapshotSize(snap); size >= m.cfg.TransferBatch {
 			rep.More = true

@@ -140,8 +140,13 @@ func (p *backupPlacement) shares(id, peer string) bool {
 }
 
 // members rebuilds the ring: once per change of the view, not per commit.
-func (p *backupPlacement) members(_ membership.Event, view []membership.Member) {
+func (p *backupPlacement) members(e membership.Event, view []membership.Member) {
 	p.ring.Store(newRing(p.m.local, view))
+	if e.Type == membership.Left || e.Type == membership.Failed {
+		p.mu.Lock()
+		delete(p.retry, e.Member.Name) // the backoff of a member gone
+		p.mu.Unlock()
+	}
 }
 
 // start is the recovery: a node holds only what it owns, so it asks every

@@ -265,17 +265,7 @@ func TestBackupPersistence(t *testing.T) {
 	dir := t.TempDir()
 	cfg1 := backupConfig()
 	cfg1.PersistDir = dir
-	c := &testCluster{t: t, net: newFakeNet(t)}
-	c.add("n1", cfg1)
-	c.add("n2", backupConfig())
-	c.add("n3", backupConfig())
-	for _, nd := range c.nodes {
-		nd.join()
-	}
-	for i := range c.ms {
-		c.start(i)
-		c.ready(c.ms[i])
-	}
+	c := persistCluster(t, cfg1)
 	ctx := context.Background()
 	mk := func() string {
 		s, _ := c.ms[0].Create(ctx)
@@ -322,6 +312,24 @@ func TestBackupPersistence(t *testing.T) {
 	c.waitFor("only-on-disk session copied to n2", func() bool {
 		return slices.Equal(c.holders(onlyOnDisk), []string{"n1", "n2"})
 	})
+}
+
+// persistCluster starts n1 with cfg1 (a persist_dir) and n2, n3 in backup
+// mode, all ready.
+func persistCluster(t *testing.T, cfg1 Config) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, net: newFakeNet(t)}
+	c.add("n1", cfg1)
+	c.add("n2", backupConfig())
+	c.add("n3", backupConfig())
+	for _, nd := range c.nodes {
+		nd.join()
+	}
+	for i := range c.ms {
+		c.start(i)
+		c.ready(c.ms[i])
+	}
+	return c
 }
 
 // TestMemberView: the manager's member view and backup mode's ring follow
@@ -399,17 +407,7 @@ func TestBackupStoreBackPersisted(t *testing.T) {
 	dir := t.TempDir()
 	cfg1 := backupConfig()
 	cfg1.PersistDir = dir
-	c := &testCluster{t: t, net: newFakeNet(t)}
-	c.add("n1", cfg1)
-	c.add("n2", backupConfig())
-	c.add("n3", backupConfig())
-	for _, nd := range c.nodes {
-		nd.join()
-	}
-	for i := range c.ms {
-		c.start(i)
-		c.ready(c.ms[i])
-	}
+	c := persistCluster(t, cfg1)
 	s, err := c.ms[0].Create(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -561,7 +561,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		// stood in for by the member that takes its place once it is
 		// dropped, so the change is not left on this node alone.
 		if alt := m.place.standIns(d.ID, failed); len(alt) > 0 {
-			if snap, ok := m.snapshotOf(s); ok {
+			if snap, ok := s.shared(); ok {
 				// Its own bound: the holder may have used up ctx timing out.
 				actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.RequestTimeout)
 				altErr := m.sendTo(actx, alt, typeSessions, sessions{Sessions: []snapshot{snap}, Last: true}, cluster.Sync)
@@ -603,16 +603,6 @@ func peersOf(err error) []cluster.PeerError {
 		return se.Peers
 	}
 	return nil
-}
-
-// snapshotOf copies s whole, unless it ended.
-func (m *Manager) snapshotOf(s *Session) (snapshot, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.invalid {
-		return snapshot{}, false
-	}
-	return s.toSnapshot(), true
 }
 
 // judge applies the sync rule to a commit sent to n members: in Sync

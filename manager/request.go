@@ -183,19 +183,10 @@ func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte,
 			page.Ended = append(page.Ended, e)
 			size += 32 + len(id)
 		}
-		m.mu.RLock()
-		s := m.sessions[id]
-		m.mu.RUnlock()
-		if s == nil {
-			continue // ended, or gone since the ids were taken
+		snap, ok := m.copyOf(id)
+		if !ok {
+			continue // ended or gone since the ids were taken, or not replicated yet
 		}
-		s.mu.Lock()
-		if s.invalid || s.isNew {
-			s.mu.Unlock()
-			continue // new sessions reach the member by their first commit
-		}
-		snap := s.toSnapshot()
-		s.mu.Unlock()
 		page.Sessions = append(page.Sessions, snap)
 		size += snapshotSize(snap)
 	}
@@ -204,6 +195,29 @@ func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte,
 		page.Moved = m.place.renamedAway(r.Route)
 	}
 	return encodeReply(page)
+}
+
+// copyOf is a whole copy of session id to send another member, unless
+// this node does not hold it, it ended, or it is new (a new session reaches
+// the others by its first commit).
+func (m *Manager) copyOf(id string) (snapshot, bool) {
+	m.mu.RLock()
+	s := m.sessions[id]
+	m.mu.RUnlock()
+	if s == nil {
+		return snapshot{}, false
+	}
+	return s.shared()
+}
+
+// shared is a whole copy of s, unless it ended or was never replicated.
+func (s *Session) shared() (snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid || s.isNew {
+		return snapshot{}, false
+	}
+	return s.toSnapshot(), true
 }
 
 // snapshotSize estimates a snapshot's encoded bytes.
