@@ -52,6 +52,9 @@ type SendError = sender.Error
 // PeerError is the failure of a send to one member.
 type PeerError = sender.PeerError
 
+// RemoteError is a member handler's error for a sync message.
+type RemoteError = sender.RemoteError
+
 // ParseMode reads a mode by its name: "async", "ack" or "sync".
 func ParseMode(s string) (Mode, error) { return sender.ParseMode(s) }
 

@@ -884,6 +884,24 @@ func TestChaosShort(t *testing.T) {
 	}
 }
 
+// chaosFaults returns the faults FLOCK_CHAOS_FAULTS names ("kill,pause"),
+// every kind by default: one kind alone reproduces its failures faster.
+func chaosFaults(t *testing.T) []fault {
+	s := os.Getenv("FLOCK_CHAOS_FAULTS")
+	if s == "" {
+		return []fault{faultPause, faultLink, faultKill}
+	}
+	var out []fault
+	for _, name := range strings.Split(s, ",") {
+		i := slices.Index([]string{"pause", "link", "kill"}, strings.TrimSpace(name))
+		if i < 0 {
+			t.Fatalf("FLOCK_CHAOS_FAULTS=%q: unknown fault %q (pause, link, kill)", s, name)
+		}
+		out = append(out, fault(i))
+	}
+	return out
+}
+
 func chaos(t *testing.T, mode, conf string, length time.Duration) {
 	label := "chaos " + mode
 	c := newCluster(t)
@@ -932,11 +950,12 @@ func chaos(t *testing.T, mode, conf string, length time.Duration) {
 	}()
 
 	faults := map[fault]int{}
+	kinds := chaosFaults(t)
 	end := time.Now().Add(length)
 	for time.Now().Before(end) {
 		time.Sleep(time.Duration(1000+rand.IntN(2000)) * time.Millisecond)
 		n := nodes[rand.IntN(len(nodes))]
-		f := fault(rand.IntN(3))
+		f := kinds[rand.IntN(len(kinds))]
 		hold := time.Duration(500+rand.IntN(int((dropTime+probeTimeout+2*time.Second)/time.Millisecond))) * time.Millisecond
 		t.Logf("chaos: %s %s for %v", f, n.name, hold)
 		heal := inject(t, c, lb, nodes, n, f)

@@ -116,7 +116,7 @@ func (m *Manager) digestFor(peer string, buckets map[int]bool) digest {
 	m.mu.RUnlock()
 	for _, s := range all {
 		s.mu.Lock()
-		if !s.isNew && !s.invalid {
+		if !s.isNew && !s.invalid && !s.unsure { // a copy in doubt takes any member's
 			d.entries[s.id] = digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash()}
 		}
 		s.mu.Unlock()

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -280,7 +281,13 @@ func (p *backupPlacement) load(ctx context.Context, id string) {
 	if owner == m.local || owner == "" {
 		return
 	}
-	if _, err := m.fetch(ctx, r.members[owner], []string{id}); err != nil {
+	in, err := m.fetch(ctx, r.members[owner], []string{id})
+	if err == nil && !in.answers(id) {
+		// An owner that restarted (and lost it) or never got it: the
+		// backup may still hold the session.
+		err = fmt.Errorf("%s holds no copy", owner)
+	}
+	if err != nil {
 		m.log.WithFields(logrus.Fields{"session": short(id), "member": owner}).WithError(err).Debug("load from owner failed")
 		b := r.backup(owner)
 		if b == "" || b == m.local {

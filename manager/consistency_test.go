@@ -553,3 +553,60 @@ func TestStandInsEnd(t *testing.T) {
 		t.Fatal("standIns did not return")
 	}
 }
+
+// A member that missed an acknowledged change (here C, whose copy of the
+// delta was lost) and then serves a write builds on its stale copy. Before
+// the refusal rule, C's version 2 won the tie against A's (C > A) and
+// erased, on every node, a change A and B had applied and A's user had
+// been answered for. Now A and B refuse it (it is not on their copy), C's
+// user is told too few copies took it, and C's next Load serves A's change;
+// the user's retry there lands everywhere.
+func TestStaleWriterRefused(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, testConfig(), "A", "B", "C")
+	a, cm := c.ms[0], c.ms[2]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitConverged(id)
+
+	c.net.dropNext(c.nodes[2], typeDelta, 1) // C misses version 2
+	w := load(t, a, id)
+	set(t, w, "n", 2)
+	commit(t, a, w) // applied by B: acknowledged
+
+	stale := load(t, cm, id)
+	if n := mustGet[int](t, stale, "n"); n != 1 {
+		t.Fatalf("C serves n = %d; the test wants it stale", n)
+	}
+	set(t, stale, "n", 2) // the user's increment, on the stale copy
+	set(t, stale, "by", "C")
+	err := cm.Commit(bg, stale)
+	if !errors.Is(err, ErrTooFewCopies) {
+		t.Fatalf("commit on C's stale copy: %v, want ErrTooFewCopies", err)
+	}
+	for i, m := range c.ms[:2] {
+		got, _ := state(m, id)
+		if got.Version != 2 || got.Origin != "A" {
+			t.Errorf("%s holds v%d of %s, want A's v2", c.nodes[i].Name(), got.Version, got.Origin)
+		}
+	}
+	// C's copy, in doubt, is neither handed out nor listed.
+	if _, ok := cm.copyOf(id); ok {
+		t.Error("C hands out its refused copy")
+	}
+	retry := load(t, cm, id)
+	if _, ok, _ := Get[string](retry, "by"); ok {
+		t.Fatal("C still serves its refused change after Load")
+	}
+	if n := mustGet[int](t, retry, "n"); n != 2 {
+		t.Fatalf("C serves n = %d after Load, want A's 2", n)
+	}
+	set(t, retry, "n", 3)
+	commit(t, cm, retry)
+	c.waitConverged(id)
+	for i, m := range c.ms {
+		if got, _ := state(m, id); got.Version != 3 || got.Origin != "C" {
+			t.Errorf("%s holds v%d of %s, want C's v3", c.nodes[i].Name(), got.Version, got.Origin)
+		}
+	}
+}

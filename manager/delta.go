@@ -125,17 +125,36 @@ func (p *deltaPlacement) fetchOne(ctx context.Context, id string) error {
 	if len(ms) == 0 {
 		return nil
 	}
-	from := oldest(ms)
-	for _, mb := range ms {
-		if mb.Name == Route(id) {
-			from = mb
+	// The node its route names first (it made the session), then the
+	// others oldest first; one that is itself catching up refuses.
+	order := slices.Clone(ms)
+	slices.SortFunc(order, func(a, b membership.Member) int {
+		switch {
+		case a.Name == Route(id) && b.Name != Route(id):
+			return -1
+		case b.Name == Route(id) && a.Name != Route(id):
+			return 1
+		case !a.Started.Equal(b.Started):
+			return a.Started.Compare(b.Started)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	var errs []error
+	for _, from := range order {
+		in, err := m.fetch(ctx, from, []string{id})
+		if err == nil {
+			if in.answers(id) {
+				m.stats.fetched.Add(1)
+				return nil
+			}
+			continue
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
 		}
 	}
-	if _, err := m.fetch(ctx, from, []string{id}); err != nil {
-		return err
-	}
-	m.stats.fetched.Add(1)
-	return nil
+	return errors.Join(errs...)
 }
 
 // targets: every member.

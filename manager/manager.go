@@ -438,6 +438,15 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 		s.mu.Unlock()
 		return nil, nil
 	}
+	if s.unsure {
+		s.mu.Unlock()
+		m.settle(ctx, s)
+		s.mu.Lock()
+		if s.invalid {
+			s.mu.Unlock()
+			return nil, nil
+		}
+	}
 	s.lastAccess, s.accessedBy = now, m.local
 	s.mu.Unlock()
 	m.mu.RLock()
@@ -449,6 +458,34 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 		m.mu.Unlock()
 	}
 	return s, nil
+}
+
+// settle replaces a copy in doubt (its last change reached too few members,
+// and the user was answered 503) with the best copy its holders have, so
+// that a change nobody acknowledged is neither served nor built on. When
+// every holder answered and none has a copy, this one stands (it was never
+// replicated); when some did not answer, it stays in doubt and is served
+// as it is, this node being cut off from them.
+func (m *Manager) settle(ctx context.Context, s *Session) {
+	id := s.ID()
+	holders := m.place.targets(id).to
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for _, mb := range holders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := m.fetch(ctx, mb, []string{id}); err != nil {
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unsure && failed.Load() == 0 {
+		s.unsure = false
+	}
 }
 
 // expiredAt: unused for longer than its max inactive interval. A copy that
@@ -548,8 +585,14 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 			}
 		}
 	}
+	d.Sync = m.cfg.Replication == cluster.Sync
 	err := m.broadcastTo(ctx, to, typeDelta, d)
 	n := len(to)
+	if behind := refusedAs(err, to, refusedBehind); len(behind) > 0 {
+		// Members that lack the change's base (they missed earlier ones)
+		// get the whole copy; applied there, they count.
+		err = m.pushWhole(ctx, s, behind, err)
+	}
 	if m.cfg.Replication == cluster.Sync {
 		for _, name := range m.lag.record(to, failedOf(err, to), m.clock.Now()) {
 			m.stats.lagging.Add(1)
@@ -580,7 +623,45 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	}
 	m.replication.observe(time.Since(start))
 	m.place.committed(ctx, d, p)
-	return m.judge(d.ID, n, err)
+	err = m.judge(d.ID, n, err)
+	if errors.Is(err, ErrTooFewCopies) {
+		// Nobody (or too few) acknowledged this version: it must not beat
+		// the members' copy, which may hold a change that was.
+		s.mu.Lock()
+		if s.version == d.Version && s.origin == m.local {
+			s.unsure = true
+		}
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// pushWhole sends s whole to members that refused a change to it for
+// lacking its base, and returns the commit's error (sent) with those
+// members' failures replaced by the push's.
+func (m *Manager) pushWhole(ctx context.Context, s *Session, to []membership.Member, sent error) error {
+	snap, ok := s.shared()
+	if !ok {
+		return sent
+	}
+	// Its own bound: the first send may have used up ctx.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.RequestTimeout)
+	err := m.sendTo(pctx, to, typeSessions, sessions{Sessions: []snapshot{snap}, Last: true, Must: true}, cluster.Sync)
+	cancel()
+	if err != nil && len(peersOf(err)) == 0 {
+		return errors.Join(sent, err)
+	}
+	var peers []cluster.PeerError
+	for _, pe := range peersOf(sent) {
+		if !slices.ContainsFunc(to, func(mb membership.Member) bool { return mb.Addr == pe.Addr }) {
+			peers = append(peers, pe)
+		}
+	}
+	peers = append(peers, peersOf(err)...)
+	if len(peers) == 0 {
+		return nil
+	}
+	return &cluster.SendError{Peers: peers}
 }
 
 // failedOf lists the members of to that a send's error names.

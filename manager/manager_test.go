@@ -158,60 +158,85 @@ func TestDeleteReplicates(t *testing.T) {
 	}
 }
 
+// A member that missed changes is repaired at the next one: in async
+// replication it fetches the session from the writer; in sync replication
+// it refuses the change (it lacks its base) and the writer, which waits for
+// its answer, pushes it the whole copy, which then counts as applied. (A
+// sync receiver never fetches: the writer's copy may yet turn out to be one
+// nobody acknowledged.)
 func TestGapRepairedByFetch(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		dropAt  int // the commit (1 = the one that creates) whose delta B misses
-		commits int
-	}{
-		{"missed create", 1, 2},
-		{"missed change", 2, 3},
-		{"missed two", 2, 4}, // drops 2 and 3
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			leakcheck.Check(t)
-			c := newCluster(t, testConfig(), "A", "B", "C")
-			a, b := c.ms[0], c.ms[1]
-			drops := 1
-			if tc.name == "missed two" {
-				drops = 2
-			}
-			s, err := a.Create(bg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := 1; i <= tc.commits; i++ {
-				if i == tc.dropAt {
-					c.net.dropNext(c.nodes[1], typeDelta, drops)
+	for _, mode := range []cluster.Mode{cluster.Async, cluster.Sync} {
+		for _, tc := range []struct {
+			name    string
+			dropAt  int // the commit (1 = the one that creates) whose delta B misses
+			commits int
+		}{
+			{"missed create", 1, 2},
+			{"missed change", 2, 3},
+			{"missed two", 2, 4}, // drops 2 and 3
+		} {
+			t.Run(mode.String()+"/"+tc.name, func(t *testing.T) {
+				leakcheck.Check(t)
+				cfg := testConfig()
+				cfg.Replication = mode
+				c := newCluster(t, cfg, "A", "B", "C")
+				a, b := c.ms[0], c.ms[1]
+				drops := 1
+				if tc.name == "missed two" {
+					drops = 2
 				}
-				set(t, s, "n", i)
-				commit(t, a, s)
-				if i >= tc.dropAt && i < tc.dropAt+drops {
-					if st, ok := state(b, s.ID()); ok && st.Version >= uint64(i) {
-						t.Fatalf("B got the dropped delta %d", i)
+				s, err := a.Create(bg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := 1; i <= tc.commits; i++ {
+					if i == tc.dropAt {
+						c.net.dropNext(c.nodes[1], typeDelta, drops)
+					}
+					set(t, s, "n", i)
+					commit(t, a, s)
+					if i >= tc.dropAt && i < tc.dropAt+drops {
+						if st, ok := state(b, s.ID()); ok && st.Version >= uint64(i) {
+							t.Fatalf("B got the dropped delta %d", i)
+						}
 					}
 				}
-			}
-			id := s.ID()
-			c.waitConverged(id)
-			got, _ := state(b, id)
-			if got.Version != uint64(tc.commits) {
-				t.Fatalf("B version %d, want %d", got.Version, tc.commits)
-			}
-			if n := mustGet[int](t, load(t, b, id), "n"); n != tc.commits {
-				t.Fatalf("B n = %d", n)
-			}
-			c.waitFor("repair counted", func() bool { return b.Stats().Repairs == 1 })
-			if st := b.Stats(); st.Gaps != 1 || st.Repairs != 1 {
-				t.Errorf("B stats: gaps %d repairs %d, want 1, 1", st.Gaps, st.Repairs)
-			}
-			if st := c.ms[2].Stats(); st.Gaps != 0 || st.Repairs != 0 || st.Applied != uint64(tc.commits) {
-				t.Errorf("C stats: gaps %d repairs %d applied %d", st.Gaps, st.Repairs, st.Applied)
-			}
-			if n := c.net.count(c.nodes[1], c.nodes[0], typeFetch); n != 1 {
-				t.Errorf("B sent %d fetches to A, want 1", n)
-			}
-		})
+				id := s.ID()
+				c.waitConverged(id)
+				got, _ := state(b, id)
+				if got.Version != uint64(tc.commits) {
+					t.Fatalf("B version %d, want %d", got.Version, tc.commits)
+				}
+				if n := mustGet[int](t, load(t, b, id), "n"); n != tc.commits {
+					t.Fatalf("B n = %d", n)
+				}
+				if st := c.ms[2].Stats(); st.Gaps != 0 || st.Repairs != 0 || st.Applied != uint64(tc.commits) {
+					t.Errorf("C stats: gaps %d repairs %d applied %d", st.Gaps, st.Repairs, st.Applied)
+				}
+				if mode == cluster.Sync {
+					if st := b.Stats(); st.Gaps != 1 || st.Repairs != 0 {
+						t.Errorf("B stats: gaps %d repairs %d, want 1, 0", st.Gaps, st.Repairs)
+					}
+					if n := c.net.count(c.nodes[0], c.nodes[1], typeSessions); n != 1 {
+						t.Errorf("A pushed %d whole copies to B, want 1", n)
+					}
+					if n := c.net.count(c.nodes[1], c.nodes[0], typeFetch); n != 0 {
+						t.Errorf("B sent %d fetches to A, want 0", n)
+					}
+					if st := a.Stats(); st.ShortCommits != 0 {
+						t.Errorf("A: %d short commits; the pushed copy counts as applied", st.ShortCommits)
+					}
+					return
+				}
+				c.waitFor("repair counted", func() bool { return b.Stats().Repairs == 1 })
+				if st := b.Stats(); st.Gaps != 1 || st.Repairs != 1 {
+					t.Errorf("B stats: gaps %d repairs %d, want 1, 1", st.Gaps, st.Repairs)
+				}
+				if n := c.net.count(c.nodes[1], c.nodes[0], typeFetch); n != 1 {
+					t.Errorf("B sent %d fetches to A, want 1", n)
+				}
+			})
+		}
 	}
 }
 
@@ -296,19 +321,27 @@ func TestReorderedBurst(t *testing.T) {
 	}
 }
 
+// Two nodes change one session at once. In async replication the tie rule
+// picks the same winner everywhere (the higher version, then the greater
+// node name). In sync replication each member applies whichever change
+// reaches it first and refuses the other (it is not on that member's copy):
+// exactly one writer gets its change applied by a member and succeeds; the
+// other is told too few copies took it (its user gets 503), and its next
+// Load replaces its copy, which nobody acknowledged, with the members'.
+// The acknowledged change is never lost to a greater node name.
 func TestConcurrentWriters(t *testing.T) {
 	for _, tc := range []struct {
 		writers    [2]int // indexes into A, B, C
-		winner     string
+		winner     string // async only: sync's is the writer that succeeded
 		mode       cluster.Mode
 		alwaysSave bool
 	}{
 		{[2]int{0, 1}, "B", cluster.Async, false},
-		{[2]int{0, 1}, "B", cluster.Sync, false},
+		{[2]int{0, 1}, "", cluster.Sync, false},
 		{[2]int{2, 1}, "C", cluster.Async, false},
-		{[2]int{0, 2}, "C", cluster.Sync, false},
+		{[2]int{0, 2}, "", cluster.Sync, false},
 		{[2]int{0, 1}, "B", cluster.Async, true},
-		{[2]int{2, 0}, "C", cluster.Sync, true},
+		{[2]int{2, 0}, "", cluster.Sync, true},
 	} {
 		name := fmt.Sprintf("%c%c/%v/always_save=%v", 'A'+tc.writers[0], 'A'+tc.writers[1], tc.mode, tc.alwaysSave)
 		t.Run(name, func(t *testing.T) {
@@ -323,42 +356,66 @@ func TestConcurrentWriters(t *testing.T) {
 
 			c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta })
 			var wg sync.WaitGroup
-			errs := make(chan error, 2)
-			for _, w := range tc.writers {
+			errs := make([]error, 2)
+			for i, w := range tc.writers {
 				m := c.ms[w]
 				r := load(t, m, id)
 				set(t, r, "who", m.local)
 				wg.Add(1)
 				go func() { // a Sync commit waits for the held messages
 					defer wg.Done()
-					errs <- m.Commit(bg, r)
+					errs[i] = m.Commit(bg, r)
 				}()
 			}
 			c.waitFor("both writers' deltas held", func() bool { return c.net.heldCount() == 4 })
 			c.net.release()
 			wg.Wait()
-			close(errs)
-			for err := range errs {
-				if err != nil {
-					t.Fatalf("Commit: %v", err)
+			winner := tc.winner
+			if tc.mode == cluster.Sync {
+				var ok []int
+				for i, err := range errs {
+					switch {
+					case err == nil:
+						ok = append(ok, i)
+					case !errors.Is(err, ErrTooFewCopies):
+						t.Fatalf("Commit on %s: %v, want nil or ErrTooFewCopies", c.ms[tc.writers[i]].local, err)
+					}
+				}
+				if len(ok) != 1 {
+					t.Fatalf("%d commits succeeded (%v), want exactly 1", len(ok), errs)
+				}
+				winner = c.ms[tc.writers[ok[0]]].local
+				loser := c.ms[tc.writers[1-ok[0]]]
+				t.Logf("%s's change acknowledged; %s's refused: %v", winner, loser.local, errs[1-ok[0]])
+				// The loser's user retries there: its copy is settled first.
+				if who := mustGet[string](t, load(t, loser, id), "who"); who != winner {
+					t.Errorf("%s serves who = %q after its refused change, want %q", loser.local, who, winner)
+				}
+			} else {
+				for _, err := range errs {
+					if err != nil {
+						t.Fatalf("Commit: %v", err)
+					}
 				}
 			}
 			c.waitConverged(id)
 			for i, m := range c.ms {
 				got, _ := state(m, id)
-				if got.Version != 2 || got.Origin != tc.winner {
-					t.Errorf("%s: version %d origin %s; want 2, %s", c.nodes[i].Name(), got.Version, got.Origin, tc.winner)
+				if got.Version != 2 || got.Origin != winner {
+					t.Errorf("%s: version %d origin %s; want 2, %s", c.nodes[i].Name(), got.Version, got.Origin, winner)
 				}
 				r := load(t, m, id)
-				if who := mustGet[string](t, r, "who"); who != tc.winner {
-					t.Errorf("%s: who = %q, want %q", c.nodes[i].Name(), who, tc.winner)
+				if who := mustGet[string](t, r, "who"); who != winner {
+					t.Errorf("%s: who = %q, want %q", c.nodes[i].Name(), who, winner)
 				}
 				if keep := mustGet[string](t, r, "keep"); keep != "me" {
 					t.Errorf("%s: keep = %q", c.nodes[i].Name(), keep)
 				}
-				// Each node saw one of the two version 2 after the other.
-				if n := m.Stats().Conflicts; n != 1 {
-					t.Errorf("%s: conflicts %d, want 1", c.nodes[i].Name(), n)
+				if tc.mode == cluster.Async {
+					// Each node saw one of the two version 2 after the other.
+					if n := m.Stats().Conflicts; n != 1 {
+						t.Errorf("%s: conflicts %d, want 1", c.nodes[i].Name(), n)
+					}
 				}
 			}
 		})

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"fmt"
+	"slices"
 
 	"strconv"
 	"time"
@@ -75,6 +76,12 @@ type delta struct {
 	Set         map[string][]byte `msgpack:"s,omitempty"`
 	Del         []string          `msgpack:"d,omitempty"`
 	Full        bool              `msgpack:"f,omitempty"`
+	// Sync: the writer counts this member's answer (sync replication). A
+	// change that does not apply on exactly its base is refused, and the
+	// writer settles it (a push of its copy to a member behind, its own
+	// copy put in doubt when too few applied it); the receiver fetches
+	// nothing of a copy that may never be acknowledged.
+	Sync bool `msgpack:"y,omitempty"`
 }
 
 type expire struct {
@@ -108,6 +115,15 @@ type sessions struct {
 	Last     bool       `msgpack:"l"`
 	// Next is where the next page of a pull starts (after this id).
 	Next string `msgpack:"n,omitempty"`
+	// Must: the sender counts these copies as applied, so one not
+	// installed (this node holds another copy that beats it) is an error.
+	Must bool `msgpack:"u,omitempty"`
+}
+
+// answers reports whether in holds session id or its tombstone.
+func (in sessions) answers(id string) bool {
+	return slices.ContainsFunc(in.Sessions, func(s snapshot) bool { return s.ID == id }) ||
+		slices.ContainsFunc(in.Ended, func(e ended) bool { return e.ID == id })
 }
 
 // stateRequest asks for one page of a pull: the sessions after After in id

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -135,6 +136,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		if !d.Full {
 			m.mu.Unlock()
 			m.stats.gaps.Add(1)
+			if d.Sync {
+				return fmt.Errorf("%s: session %s is not held here", refusedBehind, short(d.ID))
+			}
 			m.scheduleRepair(d.ID, m.place.repairFrom(d.ID, msg.From))
 			return nil
 		}
@@ -156,41 +160,84 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	m.mu.Unlock()
 
 	s.mu.Lock()
+	// A change applies only on exactly the copy it was made from: the
+	// same version made by the same node. A base of the same number made
+	// elsewhere is a concurrent writer's, and the change would land on
+	// different contents. A whole copy newer than this node's replaces it
+	// (a sync writer's only when this node is behind it, not a fork).
+	behind := d.Base > s.version
+	exact := d.Base == s.version && d.BaseOrigin == s.origin
 	switch {
-	case d.Version < s.version || (d.Version == s.version && d.Origin == s.origin):
+	case d.Version == s.version && d.Origin == s.origin && !s.unsure:
 		s.mu.Unlock()
-		m.stats.stale.Add(1)
+		m.stats.stale.Add(1) // a duplicate
 		return nil
-	case (d.Base == s.version && d.BaseOrigin == s.origin) || (d.Full && d.Version > s.version):
-		// A change applies only on exactly the copy it was made from: the
-		// same version made by the same node. A base of the same number
-		// made elsewhere is a concurrent writer's, and the change would
-		// land on different contents: the tie rule below decides. A whole
-		// session of the same version from another origin is a concurrent
-		// writer too, not a newer copy.
+	case exact || (d.Full && (behind || s.unsure || (!d.Sync && d.Version > s.version))):
 		s.applyDelta(d)
+		s.unsure = false // a member built on this copy, or replaced it whole
 		s.mu.Unlock()
 		m.stats.applied.Add(1)
 		m.keep(d.ID)
 		m.fireAttrs(d)
 		return nil
+	case d.Sync:
+		// The writer waits for this answer and settles the refusal: it
+		// pushes its whole copy to a member behind it, and puts its own
+		// copy in doubt when too few members applied the change. Fetching
+		// the writer's copy from here could spread a change nobody will
+		// acknowledge over one that was.
+		held := fmt.Sprintf("holds v%d of %s, the change is v%d of %s on v%d of %s",
+			s.version, s.origin, d.Version, d.Origin, d.Base, d.BaseOrigin)
+		s.mu.Unlock()
+		if behind || s.unsure {
+			m.stats.gaps.Add(1)
+			return fmt.Errorf("%s: session %s %s", refusedBehind, short(d.ID), held)
+		}
+		m.stats.conflicts.Add(1)
+		return fmt.Errorf("%s: session %s %s", refusedConflict, short(d.ID), held)
+	case d.Version < s.version:
+		s.mu.Unlock()
+		m.stats.stale.Add(1)
+		return nil
 	}
-	// A version this node cannot build on: a gap (d.Base > s.version) or a
-	// concurrent change on two nodes (both made version s.version). The
-	// higher version wins, a tie goes to the greater node name; if the
-	// sender's copy wins, fetch it whole.
-	conflict := d.Base < s.version || (d.Base == s.version && d.BaseOrigin != s.origin)
+	// Async: a version this node cannot build on: a gap (behind) or a
+	// concurrent change on two nodes. The higher version wins, a tie goes
+	// to the greater node name; if the sender's copy wins, fetch it whole.
 	wins := d.Version > s.version || (d.Version == s.version && d.Origin > s.origin)
 	s.mu.Unlock()
-	if conflict {
-		m.stats.conflicts.Add(1)
-	} else {
+	if behind {
 		m.stats.gaps.Add(1)
+	} else {
+		m.stats.conflicts.Add(1)
 	}
 	if wins {
 		m.scheduleRepair(d.ID, m.place.repairFrom(d.ID, msg.From))
 	}
 	return nil
+}
+
+// Refusals of a sync change, the start of the member's error as the
+// writer reads it.
+const (
+	refusedBehind   = "manager: refused: behind"   // the member lacks the change's base: send it the whole copy
+	refusedConflict = "manager: refused: conflict" // the member holds another copy than the change's base
+)
+
+// refusedAs lists the members of to whose error for a send starts with why.
+func refusedAs(err error, to []membership.Member, why string) []membership.Member {
+	var out []membership.Member
+	for _, pe := range peersOf(err) {
+		var re *cluster.RemoteError
+		if !errors.As(pe.Err, &re) || !strings.HasPrefix(re.Msg, why) {
+			continue
+		}
+		for _, mb := range to {
+			if mb.Addr == pe.Addr {
+				out = append(out, mb)
+			}
+		}
+	}
+	return out
 }
 
 func (m *Manager) fireAttrs(d delta) {
@@ -275,10 +322,11 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	if !created {
 		s.mu.Lock()
 	}
-	if !created && !newer(snap, s) {
+	if !created && !s.unsure && !newer(snap, s) {
 		s.mu.Unlock()
 		return s, false
 	}
+	s.unsure = false // any member's copy beats one nobody acknowledged
 	s.version, s.origin = snap.Version, snap.Origin
 	s.created, s.maxInactive = fromNano(snap.Created), time.Duration(snap.MaxInactive)
 	if a := fromNano(snap.Access); a.After(s.lastAccess) {

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -16,6 +17,9 @@ import (
 // (the answer rides the acknowledgement), so an answer can only ever arrive
 // for a question asked, and a member that dies mid-answer fails the request
 // within its deadline.
+
+// errNotReady answers a fetch on a node that has not caught up yet.
+var errNotReady = errors.New("manager: not ready: still catching up with the members")
 
 // maxFetch bounds the ids of one fetch.
 const maxFetch = 1024
@@ -82,15 +86,24 @@ func (m *Manager) ask(ctx context.Context, to membership.Member, t cluster.Messa
 }
 
 // receive applies the tombstones, installs whole sessions and forgets the
-// ids renamed away.
-func (m *Manager) receive(in sessions) {
+// ids renamed away. It returns the sessions not installed because this
+// node holds another copy that beats them.
+func (m *Manager) receive(in sessions) (beaten []string) {
 	for _, e := range in.Ended {
 		m.ended(e, true)
 	}
 	for _, snap := range in.Sessions {
-		m.install(snap, true)
+		if s, ok := m.install(snap, true); !ok && s != nil {
+			s.mu.Lock()
+			same := s.version == snap.Version && s.origin == snap.Origin
+			s.mu.Unlock()
+			if !same {
+				beaten = append(beaten, snap.ID)
+			}
+		}
 	}
 	m.dropRenamed(in.Moved)
+	return beaten
 }
 
 // push sends whole sessions to a member, which installs those newer than
@@ -111,7 +124,9 @@ func (m *Manager) handleSessions(ctx context.Context, msg cluster.Message) ([]by
 		return nil, err
 	}
 	m.stats.received.Add(1)
-	m.receive(in)
+	if beaten := m.receive(in); in.Must && len(beaten) > 0 {
+		return nil, fmt.Errorf("%s: %d sessions not installed, a copy here beats them (first %s)", refusedConflict, len(beaten), short(beaten[0]))
+	}
 	return nil, nil
 }
 
@@ -124,12 +139,20 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 	if len(f.IDs) > maxFetch {
 		return nil, fmt.Errorf("manager: fetch of %d sessions; at most %d", len(f.IDs), maxFetch)
 	}
+	if !m.transferred() {
+		// A node still catching up (state transfer, an owner's recovery)
+		// would answer "not held" for sessions it is about to get: the
+		// asker is sent to another member instead of creating afresh.
+		return nil, errNotReady
+	}
 	out := sessions{Last: true}
 	m.mu.RLock()
 	for _, id := range f.IDs {
 		if s := m.sessions[id]; s != nil {
 			s.mu.Lock()
-			out.Sessions = append(out.Sessions, s.toSnapshot())
+			if !s.unsure { // nobody acknowledged it: it is not handed out
+				out.Sessions = append(out.Sessions, s.toSnapshot())
+			}
 			s.mu.Unlock()
 		} else if tb, ok := m.tombs.get(id); ok {
 			out.Ended = append(out.Ended, ended{ID: id, Version: tb.Version, Invalidated: tb.Invalidated})
@@ -210,11 +233,12 @@ func (m *Manager) copyOf(id string) (snapshot, bool) {
 	return s.shared()
 }
 
-// shared is a whole copy of s, unless it ended or was never replicated.
+// shared is a whole copy of s, unless it ended, was never replicated, or
+// holds a change nobody acknowledged.
 func (s *Session) shared() (snapshot, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.invalid || s.isNew {
+	if s.invalid || s.isNew || s.unsure {
 		return snapshot{}, false
 	}
 	return s.toSnapshot(), true

@@ -45,6 +45,12 @@ type Session struct {
 	renamedFrom string   // id before RenewID, not yet replicated
 	maxChanged  bool
 	invalid     bool
+	// unsure: this copy's last change, made here, reached fewer members
+	// than the sync rule requires (the user was answered 503). Nobody
+	// acknowledged it, so it is neither handed out nor built on: the next
+	// Load replaces it with the members' copy, and any copy a member sends
+	// replaces it.
+	unsure bool
 }
 
 // ErrInvalidated is returned by operations on a session after Invalidate.
