@@ -2,10 +2,8 @@ package manager
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -63,35 +61,55 @@ type digestReply struct {
 	More bool `msgpack:"m,omitempty"`
 }
 
+// FNV-1a, inline: a round hashes every session held, and the hash.Hash
+// of hash/fnv allocates per call.
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+	fnvOffset32 = 2166136261
+	fnvPrime32  = 16777619
+)
+
+func fnvString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * fnvPrime64
+	}
+	return h
+}
+
+func fnvUint64(h, v uint64) uint64 {
+	for i := 0; i < 8; i++ {
+		h = (h ^ (v & 0xff)) * fnvPrime64
+		v >>= 8
+	}
+	return h
+}
+
 func bucketOf(id string) int {
-	h := fnv.New32a()
-	h.Write([]byte(id))
-	return int(h.Sum32() % aeBuckets)
+	h := uint32(fnvOffset32)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * fnvPrime32
+	}
+	return int(h % aeBuckets)
 }
 
 func entryHash(e digestEntry) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(e.ID))
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], e.Version)
-	h.Write(b[:])
-	h.Write([]byte(e.Origin))
-	binary.LittleEndian.PutUint64(b[:], e.Hash)
-	h.Write(b[:])
-	return h.Sum64()
+	h := fnvString(fnvOffset64, e.ID)
+	h = fnvUint64(h, e.Version)
+	h = fnvString(h, e.Origin)
+	return fnvUint64(h, e.Hash)
 }
 
 func tombHash(e ended) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte{0})
-	h.Write([]byte(e.ID))
-	var b [9]byte
-	binary.LittleEndian.PutUint64(b[:8], e.Version)
+	h := uint64(fnvOffset64)
+	h *= fnvPrime64 // a 0 byte first: tombstones never sum like sessions
+	h = fnvString(h, e.ID)
+	h = fnvUint64(h, e.Version)
+	var x uint64
 	if e.Invalidated {
-		b[8] = 1
+		x = 1
 	}
-	h.Write(b[:])
-	return h.Sum64()
+	return (h ^ x) * fnvPrime64
 }
 
 // digest is what this node holds of the sessions it shares with peer, in
@@ -116,7 +134,7 @@ func (m *Manager) digestFor(peer string, buckets map[int]bool) digest {
 	m.mu.RUnlock()
 	for _, s := range all {
 		s.mu.Lock()
-		if !s.isNew && !s.invalid && !s.unsure { // a copy in doubt takes any member's
+		if !s.isNew && !s.invalid && !s.private() { // a copy in doubt takes any member's
 			d.entries[s.id] = digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash()}
 		}
 		s.mu.Unlock()
@@ -133,6 +151,32 @@ func (d digest) sums() []uint64 {
 		sums[bucketOf(e.ID)] += entryHash(e)
 	}
 	for _, e := range d.ended {
+		sums[bucketOf(e.ID)] += tombHash(e)
+	}
+	return sums
+}
+
+// sumsFor is digestFor(peer, nil).sums() without the digest: the first step
+// of every round, the whole cost of a round between equal replicas.
+func (m *Manager) sumsFor(peer string) []uint64 {
+	sums := make([]uint64, aeBuckets)
+	m.mu.RLock()
+	all := make([]*Session, 0, len(m.sessions))
+	for id, s := range m.sessions {
+		if m.place.shares(id, peer) {
+			all = append(all, s)
+		}
+	}
+	m.mu.RUnlock()
+	for _, s := range all {
+		s.mu.Lock()
+		if !s.isNew && !s.invalid && !s.private() {
+			e := digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash()}
+			sums[bucketOf(e.ID)] += entryHash(e)
+		}
+		s.mu.Unlock()
+	}
+	for _, e := range m.tombs.entries(func(id string) bool { return m.place.shares(id, peer) }) {
 		sums[bucketOf(e.ID)] += tombHash(e)
 	}
 	return sums
@@ -156,11 +200,16 @@ func (m *Manager) syncWith(ctx context.Context, peer membership.Member) (int, er
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.StateTransferTimeout)
 	defer cancel()
 	start := time.Now()
-	mine := m.digestFor(peer.Name, nil)
 	var first digestReply
-	if err := m.askDigest(ctx, peer, digestRequest{Sums: mine.sums()}, &first); err != nil {
+	if err := m.askDigest(ctx, peer, digestRequest{Sums: m.sumsFor(peer.Name)}, &first); err != nil {
 		return 0, err
 	}
+	if len(first.Differ) == 0 {
+		m.stats.aeRounds.Add(1)
+		m.stats.aeNanos.Add(uint64(time.Since(start)))
+		return 0, nil
+	}
+	mine := m.digestFor(peer.Name, nil)
 	perBucket := make([]int, aeBuckets)
 	for id := range mine.entries {
 		perBucket[bucketOf(id)]++
@@ -277,7 +326,7 @@ func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte
 		if len(req.Sums) != aeBuckets {
 			return nil, fmt.Errorf("manager: digest of %d buckets; want %d", len(req.Sums), aeBuckets)
 		}
-		mine := m.digestFor(peer, nil).sums()
+		mine := m.sumsFor(peer)
 		var rep digestReply
 		for b := range aeBuckets {
 			if mine[b] != req.Sums[b] {

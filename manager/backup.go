@@ -185,6 +185,21 @@ func (p *backupPlacement) start([]membership.Member) {
 			failed++
 		}
 	}
+	// Then the copies this node is the backup of: a node restarted empty
+	// would otherwise hold them only when the owners' rebalance gets to
+	// it, and report itself ready while each of those sessions lives on
+	// one node. An anti-entropy round with each member exchanges exactly
+	// the sessions the two share, in both directions.
+	if failed == 0 {
+		for _, mb := range ms {
+			k, err := m.syncWith(ctx, mb)
+			n += k
+			if err != nil {
+				failed++
+				m.log.WithField("member", mb.Name).WithError(err).Warn("recovery: anti-entropy round failed")
+			}
+		}
+	}
 	d := m.clock.Now().Sub(start)
 	m.stats.transferSessions.Add(uint64(n))
 	m.stats.transferNanos.Store(uint64(d))

@@ -161,7 +161,10 @@ func TestClockTouches(t *testing.T) {
 }
 
 // TestClockRebalance: when the ring changes, the session's new backup (or
-// new owner) gets its copy at the owner's next rebalance step, not before.
+// new owner) gets its copy at the owner's next rebalance step, not before;
+// except a node that joins, which fetches the copies it is the backup of
+// before it reports itself ready (its start runs an anti-entropy round with
+// each member).
 func TestClockRebalance(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -169,7 +172,7 @@ func TestClockRebalance(t *testing.T) {
 		change      func(c *testCluster) // the change of the ring
 		before      []string             // the holders up to the next step
 		after       []string             // from the next step
-		copiedBy    int                  // the node that copies
+		copiedBy    int                  // the node that copies (-1: the joiner fetched them)
 		orphanedFor time.Duration        // how long a node that lost its role keeps its copy (0: none does)
 	}{
 		{
@@ -180,7 +183,7 @@ func TestClockRebalance(t *testing.T) {
 				c.settle(1)
 				c.ready(c.ms[i])
 			},
-			before: []string{"n1", "n3"}, after: []string{"n1", "n2", "n3"}, copiedBy: 0,
+			before: []string{"n1", "n2", "n3"}, after: []string{"n1", "n2", "n3"}, copiedBy: -1,
 			orphanedFor: 5 * time.Second,
 		},
 		{
@@ -229,6 +232,13 @@ func TestClockRebalance(t *testing.T) {
 				end := 1 + int(tc.orphanedFor/time.Second)
 				c.seconds(end, func(int) { holders(tc.after, "within the grace") })
 				c.seconds(end+1, func(int) { holders([]string{"n1", "n2"}, "after the grace") })
+			}
+			if tc.copiedBy < 0 {
+				joiner := c.ms[len(c.ms)-1]
+				if got := joiner.Stats().SyncMoved; got != uint64(len(ids)) {
+					t.Errorf("%s fetched %d copies at its start, want %d", joiner.local, got, len(ids))
+				}
+				return
 			}
 			if got := c.ms[tc.copiedBy].Stats().Copied; got != uint64(len(ids)) {
 				t.Errorf("%s copied %d sessions, want %d", c.nodes[tc.copiedBy].Name(), got, len(ids))

@@ -548,7 +548,16 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	}
 	dirty := s.dirty
 	s.dirty, s.isNew, s.renamedFrom, s.maxChanged = nil, false, "", false
+	waits := m.cfg.Replication == cluster.Sync && len(m.place.targets(d.ID).to) > 0
+	s.inFlight = waits
 	s.mu.Unlock()
+	if waits {
+		defer func() {
+			s.mu.Lock()
+			s.inFlight = false
+			s.mu.Unlock()
+		}()
+	}
 
 	for _, k := range dirty {
 		_, set := d.Set[k]
@@ -575,6 +584,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	m.place.committing(d.ID, p)
 	start := time.Now() // the histogram times real work, whatever the clock
 	to := p.to
+	d.Sync = m.cfg.Replication == cluster.Sync // lagging members too: none may fetch a copy not yet acknowledged
 	if m.cfg.Replication == cluster.Sync {
 		var lagging []membership.Member
 		to, lagging = m.lag.split(p.to, min(m.cfg.SyncMinCopies, len(p.to)), m.clock.Now())
@@ -585,7 +595,6 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 			}
 		}
 	}
-	d.Sync = m.cfg.Replication == cluster.Sync
 	err := m.broadcastTo(ctx, to, typeDelta, d)
 	n := len(to)
 	if behind := refusedAs(err, to, refusedBehind); len(behind) > 0 {
@@ -604,7 +613,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		// stood in for by the member that takes its place once it is
 		// dropped, so the change is not left on this node alone.
 		if alt := m.place.standIns(d.ID, failed); len(alt) > 0 {
-			if snap, ok := s.shared(); ok {
+			if snap, ok := s.committing(); ok {
 				// Its own bound: the holder may have used up ctx timing out.
 				actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.RequestTimeout)
 				altErr := m.sendTo(actx, alt, typeSessions, sessions{Sessions: []snapshot{snap}, Last: true}, cluster.Sync)
@@ -640,7 +649,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 // lacking its base, and returns the commit's error (sent) with those
 // members' failures replaced by the push's.
 func (m *Manager) pushWhole(ctx context.Context, s *Session, to []membership.Member, sent error) error {
-	snap, ok := s.shared()
+	snap, ok := s.committing()
 	if !ok {
 		return sent
 	}

@@ -150,7 +150,7 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 	for _, id := range f.IDs {
 		if s := m.sessions[id]; s != nil {
 			s.mu.Lock()
-			if !s.unsure { // nobody acknowledged it: it is not handed out
+			if !s.private() { // nobody acknowledged it (yet): it is not handed out
 				out.Sessions = append(out.Sessions, s.toSnapshot())
 			}
 			s.mu.Unlock()
@@ -234,11 +234,22 @@ func (m *Manager) copyOf(id string) (snapshot, bool) {
 }
 
 // shared is a whole copy of s, unless it ended, was never replicated, or
-// holds a change nobody acknowledged.
+// holds a change nobody acknowledged (yet).
 func (s *Session) shared() (snapshot, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.invalid || s.isNew || s.unsure {
+	if s.invalid || s.isNew || s.private() {
+		return snapshot{}, false
+	}
+	return s.toSnapshot(), true
+}
+
+// committing is a whole copy of s for its own commit to send (in flight,
+// so not shared), unless it ended meanwhile.
+func (s *Session) committing() (snapshot, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid {
 		return snapshot{}, false
 	}
 	return s.toSnapshot(), true

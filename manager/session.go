@@ -51,7 +51,15 @@ type Session struct {
 	// Load replaces it with the members' copy, and any copy a member sends
 	// replaces it.
 	unsure bool
+	// inFlight: a sync commit of this copy's version is on its way and not
+	// yet acknowledged: until it is, the copy is not handed out either
+	// (an anti-entropy round or a fetch meanwhile could spread it).
+	inFlight bool
 }
+
+// private reports whether this copy holds a change not acknowledged (yet),
+// which must not reach another member except by its own commit; s.mu held.
+func (s *Session) private() bool { return s.unsure || s.inFlight }
 
 // ErrInvalidated is returned by operations on a session after Invalidate.
 var ErrInvalidated = errors.New("session invalidated")

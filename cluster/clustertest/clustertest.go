@@ -56,6 +56,7 @@ type Network struct {
 	hold      func(Envelope) bool
 	held      []*envelope
 	delivered map[countKey]int // messages handed to a handler, by (from, to, type)
+	bytes     map[countKey]int // their payload and reply bytes
 	inflight  int              // queued or being handled
 	event     chan struct{}    // closed and replaced on every event
 }
@@ -105,6 +106,7 @@ func New() *Network {
 		ctx: ctx, cancel: cancel, base: time.Now(),
 		pairs:     make(map[[2]*Node]*pair),
 		delivered: make(map[countKey]int),
+		bytes:     make(map[countKey]int),
 		event:     make(chan struct{}),
 	}
 }
@@ -260,6 +262,7 @@ func (n *Network) deliver(p *pair) {
 		}
 		close(e.taken)
 		n.delivered[countKey{e.From.Name(), e.To.Name(), e.Type}]++
+		n.bytes[countKey{e.From.Name(), e.To.Name(), e.Type}] += len(e.payload)
 		n.mu.Unlock()
 
 		h := e.To.handler(uint8(e.Type))
@@ -280,6 +283,7 @@ func (n *Network) deliver(p *pair) {
 		}
 
 		n.mu.Lock()
+		n.bytes[countKey{e.From.Name(), e.To.Name(), e.Type}] += len(reply)
 		n.finalize(e, reply, err)
 		n.notify()
 		n.mu.Unlock()
@@ -350,6 +354,15 @@ func (n *Network) Count(from, to *Node, t cluster.MessageType) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.delivered[countKey{from.Name(), to.Name(), t}]
+}
+
+// Bytes is the payload bytes of the messages of type t from one node to
+// another handed to the receiver's handler, plus those of the replies
+// (answers to requests) their handler returned.
+func (n *Network) Bytes(from, to *Node, t cluster.MessageType) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bytes[countKey{from.Name(), to.Name(), t}]
 }
 
 // WaitFor waits until cond is true, checking it after every event of the
