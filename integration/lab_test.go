@@ -91,6 +91,7 @@ type node struct {
 	host   *lab.Host
 	proc   *lab.Proc
 	client *http.Client
+	past   []string // the output of the node's earlier processes (restarts)
 }
 
 // startGate orders the start-up of the parallel scenarios' clusters, from
@@ -132,10 +133,22 @@ func newClusterGated(t *testing.T, lock, unlock func()) *cluster {
 	c := &cluster{t: t, lab: l, dir: t.TempDir(), setUp: setUp}
 	t.Cleanup(func() {
 		if t.Failed() {
+			// FLOCK_LAB_LOGS=dir keeps every process's whole output there
+			// (a chaos run restarts nodes); the log gets the last one's.
+			dir := os.Getenv("FLOCK_LAB_LOGS")
 			for _, n := range c.nodes {
-				if n.proc != nil {
-					t.Logf("--- %s output ---\n%s", n.name, n.proc.Output())
+				if n.proc == nil {
+					continue
 				}
+				if dir != "" {
+					name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+"-"+n.name+".log")
+					all := strings.Join(append(slices.Clone(n.past), n.proc.Output()), "\n--- restarted ---\n")
+					if err := os.WriteFile(name, []byte(all), 0o644); err != nil {
+						t.Errorf("keeping the log: %v", err)
+					}
+					continue
+				}
+				t.Logf("--- %s output ---\n%s", n.name, n.proc.Output())
 			}
 		}
 		if err := l.Close(); err != nil {
@@ -180,6 +193,9 @@ func (c *cluster) start(n *node) {
 	})
 	if err != nil {
 		c.t.Fatal(err)
+	}
+	if n.proc != nil {
+		n.past = append(n.past, n.proc.Output())
 	}
 	n.proc = p
 }

@@ -65,7 +65,14 @@ func (p *deltaPlacement) start(ms []membership.Member) {
 	case err != nil:
 		m.stats.timeouts.Add(1)
 		m.transfer.set("failed")
-		log.WithError(err).Warn("state transfer failed with every member; serving what arrives by replication and anti-entropy")
+		log.WithError(err).Warn("state transfer failed with every member; comparing copies with each instead")
+		// Still not ready: a round of anti-entropy with each member brings
+		// what the pull did not, before this node takes users.
+		for _, mb := range m.members() {
+			if _, err := m.syncWith(m.ctx, mb); err != nil {
+				m.log.WithField("member", mb.Name).WithError(err).Warn("anti-entropy after a failed state transfer failed")
+			}
+		}
 	default:
 		d := m.clock.Now().Sub(start)
 		m.stats.transferSessions.Add(uint64(total))

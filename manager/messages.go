@@ -56,6 +56,10 @@ type snapshot struct {
 	AccessedBy  string            `msgpack:"ab"`
 	MaxInactive int64             `msgpack:"m"`
 	Attrs       map[string][]byte `msgpack:"at"`
+	// Unsure: the sender's copy holds a change not acknowledged (yet); the
+	// receiver keeps it in doubt too (see Session.unsure), so a joiner
+	// holds every session but serves such a one only once settled.
+	Unsure bool `msgpack:"u,omitempty"`
 }
 
 // delta is one committed change: it turns version Base into Version. Base

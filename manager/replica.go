@@ -322,11 +322,11 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	if !created {
 		s.mu.Lock()
 	}
-	if !created && !s.unsure && !newer(snap, s) {
+	if !created && !(s.unsure && !snap.Unsure) && !newer(snap, s) {
 		s.mu.Unlock()
 		return s, false
 	}
-	s.unsure = false // any member's copy beats one nobody acknowledged
+	s.unsure = snap.Unsure // any member's copy beats one nobody acknowledged, unless in doubt too
 	s.version, s.origin = snap.Version, snap.Origin
 	s.created, s.maxInactive = fromNano(snap.Created), time.Duration(snap.MaxInactive)
 	if a := fromNano(snap.Access); a.After(s.lastAccess) {

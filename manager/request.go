@@ -206,7 +206,7 @@ func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte,
 			page.Ended = append(page.Ended, e)
 			size += 32 + len(id)
 		}
-		snap, ok := m.copyOf(id)
+		snap, ok := m.transferCopyOf(id)
 		if !ok {
 			continue // ended or gone since the ids were taken, or not replicated yet
 		}
@@ -231,6 +231,26 @@ func (m *Manager) copyOf(id string) (snapshot, bool) {
 		return snapshot{}, false
 	}
 	return s.shared()
+}
+
+// transferCopyOf is copyOf for a state transfer: a copy not acknowledged
+// (yet) goes too, marked Unsure, since a joiner that lacked the session
+// would answer its user's next request with a new one.
+func (m *Manager) transferCopyOf(id string) (snapshot, bool) {
+	m.mu.RLock()
+	s := m.sessions[id]
+	m.mu.RUnlock()
+	if s == nil {
+		return snapshot{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.invalid || s.isNew {
+		return snapshot{}, false
+	}
+	snap := s.toSnapshot()
+	snap.Unsure = s.private()
+	return snap, true
 }
 
 // shared is a whole copy of s, unless it ended, was never replicated, or
