@@ -125,7 +125,18 @@ func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string,
 		}
 		c.s.mu.Unlock()
 	}
-	return resp.StatusCode, string(body), resp.Header.Get(hdrBackend), err
+	backend := resp.Header.Get(hdrBackend)
+	if b := resp.Header.Get("X-Flock-Base"); b != "" {
+		backend += " (id " + shortID(id) + ", base v" + b + ")"
+	}
+	return resp.StatusCode, string(body), backend, err
+}
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8] + "…"
+	}
+	return id
 }
 
 // increment sends one GET /counter and records the answer.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flockhq/flock/membership"
@@ -14,7 +15,41 @@ import (
 // deltaPlacement is delta mode (Tomcat's DeltaManager): every node holds
 // every session, so a change goes to every member and any node can serve
 // any session. It keeps no state of its own.
-type deltaPlacement struct{ m *Manager }
+type deltaPlacement struct {
+	m *Manager
+	// misses bounds the fetches of ids this node does not hold (see load):
+	// each costs a request to a member, and ids come from clients.
+	misses bucket
+}
+
+// missRate and missBurst bound the fetches of unknown ids, per node.
+const (
+	missRate  = 50 // per second
+	missBurst = 50
+)
+
+// bucket is a token bucket on the manager's clock.
+type bucket struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+func (b *bucket) take(now time.Time, rate, burst float64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last.IsZero() {
+		b.tokens = burst
+	} else {
+		b.tokens = min(burst, b.tokens+rate*now.Sub(b.last).Seconds())
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
 
 var _ placement = (*deltaPlacement)(nil)
 
@@ -111,14 +146,40 @@ func (m *Manager) pullWhileMember(ctx context.Context, from membership.Member) (
 func (p *deltaPlacement) members(membership.Event, []membership.Member) {}
 
 // load: while the state transfer runs, a session this node lacks is
-// fetched instead of being reported missing.
+// fetched instead of being reported missing. After it, an id this node
+// does not know but whose route names another member is asked of that
+// member (at most missRate a second): the member may have made it (a route
+// rewrite, a new session) while this node was out of its view for a
+// moment, and a user must not get a new, empty session for it.
 func (p *deltaPlacement) load(ctx context.Context, id string) {
 	m := p.m
-	if m.transferred() || m.holds(id) {
+	if m.holds(id) {
 		return
 	}
-	if err := p.fetchOne(ctx, id); err != nil {
-		m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
+	if !m.transferred() {
+		if err := p.fetchOne(ctx, id); err != nil {
+			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
+		}
+		return
+	}
+	route := Route(id)
+	if route == m.local {
+		return
+	}
+	if _, ok := m.tombs.get(id); ok {
+		return
+	}
+	for _, mb := range m.members() {
+		if mb.Name != route {
+			continue
+		}
+		if !p.misses.take(m.clock.Now(), missRate, missBurst) {
+			return
+		}
+		if _, err := m.fetch(ctx, mb, []string{id}); err != nil {
+			m.log.WithField("session", short(id)).WithError(err).Debug("fetch of an unknown id failed")
+		}
+		return
 	}
 }
 

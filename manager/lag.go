@@ -63,6 +63,9 @@ func (l *lag) record(waited, failed []membership.Member, now time.Time) (started
 			delete(l.until, mb.Name)
 			continue
 		}
+		if now.Before(l.until[mb.Name]) {
+			continue // lagging already (commits that were on their way when it began)
+		}
 		l.misses[mb.Name]++
 		if l.misses[mb.Name] >= lagAfter {
 			l.until[mb.Name] = now.Add(lagFor)

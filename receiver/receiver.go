@@ -104,6 +104,15 @@ type TCP struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 
+	// failLog rate-limits "message failed" (one a second, with the count
+	// of those not logged): a member sent changes it is behind on, or a
+	// peer floods bad messages, must not flood the log.
+	failLog struct {
+		sync.Mutex
+		last       time.Time
+		suppressed int
+	}
+
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
 	senders map[wire.ID]*senderState
@@ -465,7 +474,9 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 	}
 	if e.Mode != wire.Sync {
 		if herr != nil {
-			r.log.WithFields(logrus.Fields{"member": cs.from.Name, "type": t, "seq": e.Seq}).WithError(herr).Warn("message failed")
+			if ok, n := r.allowFailLog(); ok {
+				r.log.WithFields(logrus.Fields{"member": cs.from.Name, "type": t, "seq": e.Seq, "suppressed": n}).WithError(herr).Warn("message failed")
+			}
 		}
 		if e.Mode == wire.Async {
 			return nil
@@ -493,6 +504,21 @@ func (cs *connServer) message(t wire.Type, e wire.Envelope) error {
 // maxErrorText bounds the handler error an ack carries: the ack must fit in
 // a frame, and the receiver remembers recent failures per sender.
 const maxErrorText = 16 << 10
+
+// allowFailLog reports whether to log a failed message now, and how many
+// were not logged since the last one.
+func (r *TCP) allowFailLog() (bool, int) {
+	r.failLog.Lock()
+	defer r.failLog.Unlock()
+	now := time.Now()
+	if !r.failLog.last.IsZero() && now.Sub(r.failLog.last) < time.Second {
+		r.failLog.suppressed++
+		return false, 0
+	}
+	n := r.failLog.suppressed
+	r.failLog.last, r.failLog.suppressed = now, 0
+	return true, n
+}
 
 func errorText(err error) string {
 	msg := err.Error()
