@@ -179,7 +179,11 @@ func (c *cluster) add(name, domain string) *node {
 func (c *cluster) start(n *node) {
 	c.t.Helper()
 	cfg := filepath.Join(c.dir, n.name+".toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[cluster]\ndomain = %q\n%s", n.domain, n.conf)), 0o644); err != nil {
+	server := ""
+	if l := os.Getenv("FLOCK_LAB_LOG_LEVEL"); l != "" { // "debug" to trace a failing scenario
+		server = fmt.Sprintf("[server]\nlog_level = %q\n", l)
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("%s[cluster]\ndomain = %q\n%s", server, n.domain, n.conf)), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
 	ip := n.host.IP.String()

@@ -322,7 +322,9 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	if !created {
 		s.mu.Lock()
 	}
-	if !created && !(s.unsure && !snap.Unsure) && !newer(snap, s) {
+	// A copy in doubt never replaces one that is not; one that is not
+	// always replaces one in doubt; otherwise the newer wins.
+	if !created && (snap.Unsure && !s.unsure || !(s.unsure && !snap.Unsure) && !newer(snap, s)) {
 		s.mu.Unlock()
 		return s, false
 	}

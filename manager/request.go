@@ -150,10 +150,12 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 	for _, id := range f.IDs {
 		if s := m.sessions[id]; s != nil {
 			s.mu.Lock()
-			if !s.private() { // nobody acknowledged it (yet): it is not handed out
-				out.Sessions = append(out.Sessions, s.toSnapshot())
-			}
+			snap := s.toSnapshot()
+			// Nobody acknowledged it (yet): it goes marked so, and the
+			// asker settles it with the other holders before serving it.
+			snap.Unsure = s.private()
 			s.mu.Unlock()
+			out.Sessions = append(out.Sessions, snap)
 		} else if tb, ok := m.tombs.get(id); ok {
 			out.Ended = append(out.Ended, ended{ID: id, Version: tb.Version, Invalidated: tb.Invalidated})
 		} else {

@@ -222,6 +222,7 @@ func (st *state) load() {
 			continue
 		}
 		if s == nil {
+			st.v.log.WithField("session", shortID(c.Value)).Debug("cookie names no session this node holds")
 			continue
 		}
 		st.s, st.cookieID = s, c.Value
@@ -275,6 +276,13 @@ func (st *state) commitLate() {
 	if err := st.v.store.Commit(context.WithoutCancel(st.r.Context()), s); err != nil {
 		st.v.warn(err)
 	}
+}
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8] + "…"
+	}
+	return id
 }
 
 func (v *Valve) warn(err error) {
