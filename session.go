@@ -16,6 +16,16 @@ type Session = manager.Session
 // the handler writes.
 var ErrTooManySessions = manager.ErrTooManySessions
 
+// Errors of Session's methods.
+var (
+	// ErrCommitted: Set or Delete after the handler wrote its response.
+	ErrCommitted = manager.ErrCommitted
+	// ErrTooLarge: the session would be too large to replicate.
+	ErrTooLarge = manager.ErrTooLarge
+	// ErrInvalidated: the session was invalidated (logout).
+	ErrInvalidated = manager.ErrInvalidated
+)
+
 // SessionOf returns the request's session, creating one if the request has
 // none (or an unknown, expired or malformed id). The request must have
 // passed through Node.Wrap.

@@ -55,11 +55,53 @@ type Session struct {
 	// yet acknowledged: until it is, the copy is not handed out either
 	// (an anti-entropy round or a fetch meanwhile could spread it).
 	inFlight bool
+
+	// Requests using the session through the valve: open ones (their
+	// response has not committed) and late ones (it has, their handler
+	// still runs). A change while some are late and none is open would be
+	// in no response: Set and Delete refuse it (ErrCommitted).
+	open, late int
 }
 
 // private reports whether this copy holds a change not acknowledged (yet),
 // which must not reach another member except by its own commit; s.mu held.
 func (s *Session) private() bool { return s.unsure || s.inFlight }
+
+// ErrCommitted is returned by Set and Delete when the response of the
+// request that changes the session has already committed (the handler
+// wrote its body): the change could be in no response and no commit.
+// Change the session before writing.
+var ErrCommitted = errors.New("session: the response has already committed; change the session before writing")
+
+// RequestStarted, ResponseCommitted and RequestEnded tell the session where
+// a request using it stands; the valve calls them (see ErrCommitted).
+func (s *Session) RequestStarted() {
+	s.mu.Lock()
+	s.open++
+	s.mu.Unlock()
+}
+
+// ResponseCommitted: the request's response is being committed.
+func (s *Session) ResponseCommitted() {
+	s.mu.Lock()
+	if s.open > 0 {
+		s.open--
+		s.late++
+	}
+	s.mu.Unlock()
+}
+
+// RequestEnded: the request's handler returned.
+func (s *Session) RequestEnded() {
+	s.mu.Lock()
+	if s.late > 0 {
+		s.late--
+	}
+	s.mu.Unlock()
+}
+
+// tooLate reports whether a change now would be in no response; s.mu held.
+func (s *Session) tooLate() bool { return s.late > 0 && s.open == 0 }
 
 // ErrInvalidated is returned by operations on a session after Invalidate.
 var ErrInvalidated = errors.New("session invalidated")
@@ -141,6 +183,9 @@ func (s *Session) Set(key string, v any) error {
 	if s.invalid {
 		return ErrInvalidated
 	}
+	if s.tooLate() {
+		return fmt.Errorf("manager: session attribute %q: %w", key, ErrCommitted)
+	}
 	if size := s.size() - len(s.attrs[key]) + len(key) + len(b); size > s.m.cfg.MaxSessionBytes {
 		return fmt.Errorf("manager: session attribute %q: %w: %d bytes, at most %d", key, ErrTooLarge, size, s.m.cfg.MaxSessionBytes)
 	}
@@ -156,6 +201,9 @@ func (s *Session) Delete(key string) error {
 	defer s.mu.Unlock()
 	if s.invalid {
 		return ErrInvalidated
+	}
+	if s.tooLate() {
+		return fmt.Errorf("manager: session attribute %q: %w", key, ErrCommitted)
 	}
 	if _, ok := s.attrs[key]; ok {
 		delete(s.attrs, key)

@@ -130,7 +130,7 @@ func (v *Valve) Wrap(next http.Handler) http.Handler {
 		st.r = r
 		next.ServeHTTP(rw, r)
 		st.commit()
-		st.commitLate()
+		st.end()
 		if (st.refused || st.unreplicated) && !rw.wrote {
 			rw.refuse()
 		}
@@ -193,7 +193,7 @@ func (st *state) session(create bool) (*manager.Session, error) {
 		st.load()
 	}
 	if st.s != nil && st.s.Invalid() {
-		st.s = nil
+		st.use(nil)
 	}
 	if st.s == nil && create {
 		s, err := st.v.store.Create(st.r.Context())
@@ -203,7 +203,7 @@ func (st *state) session(create bool) (*manager.Session, error) {
 			}
 			return nil, err
 		}
-		st.s = s
+		st.use(s)
 	}
 	return st.s, nil
 }
@@ -225,7 +225,8 @@ func (st *state) load() {
 			st.v.log.WithField("session", shortID(c.Value)).Debug("cookie names no session this node holds")
 			continue
 		}
-		st.s, st.cookieID = s, c.Value
+		st.use(s)
+		st.cookieID = c.Value
 		if _, err := st.v.store.Rebind(s); err != nil {
 			st.v.log.WithError(err).Warn("route rewrite failed")
 		}
@@ -246,6 +247,7 @@ func (st *state) commit() {
 	if s == nil {
 		return
 	}
+	s.ResponseCommitted() // from now on, a Set of this request's is refused
 	if err := st.v.store.Commit(st.r.Context(), s); err != nil {
 		// Below the sync rule the user is told (503); above it, the
 		// members that missed the change are repaired by anti-entropy.
@@ -263,18 +265,26 @@ func (st *state) commit() {
 	}
 }
 
-// commitLate replicates what the handler changed after its response had
-// committed (a Set after the first Write): too late for this response, but
-// not lost.
-func (st *state) commitLate() {
-	st.mu.Lock()
-	s := st.s
-	st.mu.Unlock()
-	if s == nil || s.Invalid() || !s.Pending() {
-		return
+// use makes s the request's session, telling it a request uses it (and
+// the one it replaces, that this one no longer does); st.mu held.
+func (st *state) use(s *manager.Session) {
+	if st.s != nil && st.s != s && !st.committed {
+		st.s.ResponseCommitted()
+		st.s.RequestEnded()
 	}
-	if err := st.v.store.Commit(context.WithoutCancel(st.r.Context()), s); err != nil {
-		st.v.warn(err)
+	st.s = s
+	if s != nil {
+		s.RequestStarted()
+	}
+}
+
+// end tells the session the handler returned: from then on a change to it
+// is an ordinary one again (a background job's).
+func (st *state) end() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.s != nil {
+		st.s.RequestEnded()
 	}
 }
 

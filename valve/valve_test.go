@@ -394,25 +394,40 @@ func TestTooFewCopiesIs503(t *testing.T) {
 	}
 }
 
-// A Set after the response committed is still replicated, when the
-// handler returns.
-func TestLateSetReplicated(t *testing.T) {
+// A Set or Delete after the response committed (the handler wrote first)
+// is refused with ErrCommitted: the change would be in no response and no
+// commit. A change made before the write is replicated, once; after the
+// handler returns, the session takes changes again (a background job's).
+func TestSetAfterCommitRefused(t *testing.T) {
 	m, _ := newManager(t, nil)
 	rs := &recordingStore{Store: m}
 	var id string
+	var lateSet, lateDel error
 	h := valve.New(rs, valve.DefaultConfig()).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s, _ := valve.Session(r)
 		s.Set("early", 1)
 		w.Write([]byte("x")) // commits
-		s.Set("late", 2)
+		lateSet = s.Set("late", 2)
+		lateDel = s.Delete("early")
 		id = s.ID()
 	}))
 	do(t, h, "/", "")
-	if len(rs.events) != 2 {
-		t.Fatalf("commits %v, want two: the response's and the late change's", rs.events)
+	for name, err := range map[string]error{"Set": lateSet, "Delete": lateDel} {
+		if !errors.Is(err, manager.ErrCommitted) {
+			t.Errorf("%s after the response committed = %v, want ErrCommitted", name, err)
+		}
+	}
+	if len(rs.events) != 1 {
+		t.Fatalf("commits %v, want the response's only", rs.events)
 	}
 	s, _ := m.Load(context.Background(), id)
-	if s == nil || s.Pending() || s.Version() != 2 {
+	if s == nil || s.Pending() || s.Version() != 1 {
 		t.Fatalf("session after the request: %v", s)
+	}
+	if _, ok, _ := manager.Get[int](s, "late"); ok {
+		t.Error("the refused Set was kept")
+	}
+	if err := s.Set("job", 1); err != nil {
+		t.Errorf("Set outside any request = %v, want nil", err)
 	}
 }
