@@ -608,7 +608,14 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 			m.log.WithField("member", name).Warn("member keeps missing sync commits; not waiting for it for a while (anti-entropy repairs it)")
 		}
 	}
-	if failed := failedOf(err, to); len(failed) > 0 {
+	// Stand-ins take the place of holders that did not answer, never of
+	// one that refused the change: it holds another copy, and a whole copy
+	// pushed around it would fork the session.
+	refused := refusedAs(err, to, refusedPrefix)
+	failed := slices.DeleteFunc(failedOf(err, to), func(mb membership.Member) bool {
+		return slices.ContainsFunc(refused, func(r membership.Member) bool { return r.Addr == mb.Addr })
+	})
+	if len(failed) > 0 {
 		// A holder that failed (dead, not yet dropped by membership) is
 		// stood in for by the member that takes its place once it is
 		// dropped, so the change is not left on this node alone.

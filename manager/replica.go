@@ -219,8 +219,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 // Refusals of a sync change, the start of the member's error as the
 // writer reads it.
 const (
-	refusedBehind   = "manager: refused: behind"   // the member lacks the change's base: send it the whole copy
-	refusedConflict = "manager: refused: conflict" // the member holds another copy than the change's base
+	refusedPrefix   = "manager: refused: "
+	refusedBehind   = refusedPrefix + "behind"   // the member lacks the change's base: send it the whole copy
+	refusedConflict = refusedPrefix + "conflict" // the member holds another copy than the change's base
 )
 
 // refusedAs lists the members of to whose error for a send starts with why.
