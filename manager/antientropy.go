@@ -109,6 +109,9 @@ func tombHash(e ended) uint64 {
 	if e.Invalidated {
 		x = 1
 	}
+	if e.Moved {
+		x |= 2 // nodes of the previous release never send it: their sums stay equal
+	}
 	return (h ^ x) * fnvPrime64
 }
 
@@ -383,7 +386,7 @@ func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte
 			}
 			continue
 		}
-		if t, ok := mine.ended[e.ID]; ok && (tomb{Version: t.Version, Invalidated: t.Invalidated}).wins(e.Version) {
+		if t, ok := mine.ended[e.ID]; ok && (tomb{Version: t.Version, Invalidated: t.Invalidated, Moved: t.Moved}).wins(e.Version) {
 			rep.Ended = append(rep.Ended, t)
 			continue
 		}

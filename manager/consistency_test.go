@@ -610,3 +610,49 @@ func TestStaleWriterRefused(t *testing.T) {
 		}
 	}
 }
+
+// A replica that was away when a session was renamed (RenewID after a
+// login; a route rewrite after a failover) comes back holding the old id.
+// Anti-entropy must not hand that copy back to the others, which no longer
+// hold the old id: the rename leaves a "moved" tombstone, exchanged like
+// the others, and the returning replica drops its copy instead.
+func TestRenamedNotResurrected(t *testing.T) {
+	for _, mode := range []string{ModeDelta, ModeBackup} {
+		t.Run(mode, func(t *testing.T) {
+			leakcheck.Check(t)
+			cfg := testConfig()
+			cfg.Mode = mode
+			c := newCluster(t, cfg, "A", "B", "C")
+			b, cm := c.ms[1], c.ms[2]
+			// Owned by B (backed up by C in backup mode).
+			s := create(t, b, map[string]any{"n": 1})
+			old := s.ID()
+			c.waitFor("C holds it", func() bool { _, ok := state(cm, old); return ok })
+
+			c.nodes[2].setUp(false) // C misses the rename
+			w := load(t, b, old)
+			if err := w.RenewID(); err != nil {
+				t.Fatal(err)
+			}
+			set(t, w, "n", 2)
+			commit(t, b, w)
+			renamed := w.ID()
+			c.nodes[2].setUp(true)
+			c.waitFor("settled after C came back", func() bool {
+				_, stale := state(cm, old)
+				return !stale && c.settled()
+			})
+			for i, m := range c.ms {
+				if _, ok := state(m, old); ok {
+					t.Errorf("%s holds the old id again", c.nodes[i].Name())
+				}
+			}
+			if got, ok := state(b, renamed); !ok || mustGet[int](t, load(t, b, renamed), "n") != 2 || got.Version != 2 {
+				t.Errorf("B lost the renamed session: %+v %v", got, ok)
+			}
+			if s, err := b.Load(bg, old); err != nil || s != nil {
+				t.Errorf("Load(old id) after RenewID = %v, %v; want nothing (a planted id stays worthless)", s, err)
+			}
+		})
+	}
+}

@@ -51,7 +51,7 @@ func (m *Manager) expire(now time.Time, ids []string) {
 		m.forget(id)
 		m.mu.Unlock()
 		m.stats.expired.Add(1)
-		m.tombs.add(id, version, false, now)
+		m.tombs.add(id, ended{Version: version}, now)
 		m.persist.ended(id, version)
 		m.fire(false, func(l Listener) {
 			if l.Destroyed != nil {

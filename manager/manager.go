@@ -548,6 +548,10 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	}
 	dirty := s.dirty
 	s.dirty, s.isNew, s.renamedFrom, s.maxChanged = nil, false, "", false
+	if d.Old != "" {
+		// The old id must not come back from a replica that misses this.
+		m.tombs.add(d.Old, ended{Version: d.Version, Moved: true}, m.clock.Now())
+	}
 	waits := m.cfg.Replication == cluster.Sync && len(m.place.targets(d.ID).to) > 0
 	s.inFlight = waits
 	s.mu.Unlock()
@@ -826,9 +830,9 @@ func (m *Manager) invalidated(s *Session, id string) {
 		known = id
 	} // else renamed since the last commit: the others know the old id only
 	now := m.clock.Now()
-	m.tombs.add(id, version, true, now)
+	m.tombs.add(id, ended{Version: version, Invalidated: true}, now)
 	if known != id {
-		m.tombs.add(known, version, true, now)
+		m.tombs.add(known, ended{Version: version, Invalidated: true}, now)
 	}
 	m.fire(false, func(l Listener) {
 		if l.Destroyed != nil {

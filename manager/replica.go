@@ -113,7 +113,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	if !ValidID(d.ID) || (d.Old != "" && !ValidID(d.Old)) {
 		return fmt.Errorf("manager: delta for malformed session id %q", d.ID)
 	}
-	if m.refused(d.ID, d.Version) || (d.Old != "" && m.refused(d.Old, d.Version)) {
+	if m.refused(d.ID, d.Version) || (d.Old != "" && m.refusedEnded(d.Old, d.Version)) {
 		return nil // the session ended: a change still on its way must not bring it back
 	}
 	m.mu.Lock()
@@ -131,6 +131,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	if d.Old != "" {
 		m.place.renamed(d.Old, d.ID, false)
 		m.alias.add(d.Old, d.ID, m.clock.Now())
+		m.tombs.add(d.Old, ended{Version: d.Version, Moved: true}, m.clock.Now())
 	}
 	if s == nil {
 		if !d.Full {
@@ -358,30 +359,9 @@ func (m *Manager) handleExpire(ctx context.Context, msg cluster.Message) error {
 		return err
 	}
 	m.stats.received.Add(1)
-	if e.Reason != "moved" {
-		m.ended(ended{ID: e.ID, Version: e.Version, Invalidated: e.Reason == "invalidated"}, true)
-		return nil
-	}
-	// Renamed away: the session lives on under another id, so this is not
-	// an end and leaves no tombstone.
-	m.mu.Lock()
-	s := m.sessions[e.ID]
-	if s == nil {
-		m.mu.Unlock()
-		return nil
-	}
-	s.mu.Lock()
-	if s.version > e.Version {
-		s.mu.Unlock()
-		m.mu.Unlock()
-		m.stats.stale.Add(1)
-		return nil
-	}
-	s.invalid = true
-	s.mu.Unlock()
-	m.forget(e.ID)
-	m.mu.Unlock()
-	m.persist.ended(e.ID, e.Version)
+	// Renamed away ("moved"): the session lives on under another id, and
+	// the old one must not come back from a replica that missed it.
+	m.ended(ended{ID: e.ID, Version: e.Version, Invalidated: e.Reason == "invalidated", Moved: e.Reason == "moved"}, true)
 	return nil
 }
 

@@ -157,7 +157,7 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 			s.mu.Unlock()
 			out.Sessions = append(out.Sessions, snap)
 		} else if tb, ok := m.tombs.get(id); ok {
-			out.Ended = append(out.Ended, ended{ID: id, Version: tb.Version, Invalidated: tb.Invalidated})
+			out.Ended = append(out.Ended, tb.ended(id))
 		} else {
 			out.Missing = append(out.Missing, id)
 		}

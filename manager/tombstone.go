@@ -22,11 +22,20 @@ const maxTombs = 1 << 20
 type tomb struct {
 	Version     uint64
 	Invalidated bool
-	until       time.Time
+	// Moved: the session lives on under another id (a route rewrite,
+	// RenewID); a copy under this one must not come back either (a
+	// replica that missed the rename would hand it out again).
+	Moved bool
+	until time.Time
 }
 
 // wins reports whether the end it records beats a copy at version.
-func (t tomb) wins(version uint64) bool { return t.Invalidated || version <= t.Version }
+func (t tomb) wins(version uint64) bool { return t.Invalidated || t.Moved || version <= t.Version }
+
+// ended is the tombstone on the wire.
+func (t tomb) ended(id string) ended {
+	return ended{ID: id, Version: t.Version, Invalidated: t.Invalidated, Moved: t.Moved}
+}
 
 type tombs struct {
 	mu    sync.Mutex
@@ -45,13 +54,15 @@ func (t *tombs) init(keep time.Duration) {
 	t.byID = make(map[string]tomb)
 }
 
-// add records that id ended at version; a later end of the same id keeps
-// the greater version, and an invalidation stays one.
-func (t *tombs) add(id string, version uint64, invalidated bool, now time.Time) {
+// add records that id ended at version (e.Version; e.ID is ignored); a
+// later end of the same id keeps the greater version, and an invalidation
+// or a move stays one.
+func (t *tombs) add(id string, e ended, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old, had := t.byID[id]
-	nt := tomb{Version: max(version, old.Version), Invalidated: invalidated || old.Invalidated, until: now.Add(t.keep)}
+	nt := tomb{Version: max(e.Version, old.Version), Invalidated: e.Invalidated || old.Invalidated,
+		Moved: e.Moved || old.Moved, until: now.Add(t.keep)}
 	t.byID[id] = nt
 	if !had || !old.until.Equal(nt.until) {
 		t.order = append(t.order, tombRef{id, nt.until})
@@ -115,7 +126,7 @@ func (t *tombs) entries(keep func(id string) bool) []ended {
 	var out []ended
 	for id, tb := range t.byID {
 		if keep(id) {
-			out = append(out, ended{ID: id, Version: tb.Version, Invalidated: tb.Invalidated})
+			out = append(out, tb.ended(id))
 		}
 	}
 	return out
@@ -126,6 +137,7 @@ type ended struct {
 	ID          string `msgpack:"i"`
 	Version     uint64 `msgpack:"v"`
 	Invalidated bool   `msgpack:"x,omitempty"`
+	Moved       bool   `msgpack:"mv,omitempty"` // renamed away, not ended
 }
 
 // ended records that a session ended here (or was told it ended) and drops
@@ -134,7 +146,7 @@ func (m *Manager) ended(e ended, remote bool) bool {
 	if !ValidID(e.ID) {
 		return false
 	}
-	m.tombs.add(e.ID, e.Version, e.Invalidated, m.clock.Now())
+	m.tombs.add(e.ID, e, m.clock.Now())
 	m.mu.Lock()
 	s := m.sessions[e.ID]
 	if s == nil {
@@ -142,7 +154,7 @@ func (m *Manager) ended(e ended, remote bool) bool {
 		return false
 	}
 	s.mu.Lock()
-	if !(tomb{Version: e.Version, Invalidated: e.Invalidated}).wins(s.version) {
+	if !(tomb{Version: e.Version, Invalidated: e.Invalidated, Moved: e.Moved}).wins(s.version) {
 		// Written after the version that expired: the session lives on.
 		s.mu.Unlock()
 		m.mu.Unlock()
@@ -155,6 +167,9 @@ func (m *Manager) ended(e ended, remote bool) bool {
 	m.forget(e.ID)
 	m.mu.Unlock()
 	m.persist.ended(e.ID, version)
+	if e.Moved {
+		return true // it lives on under its new id: nothing was destroyed
+	}
 	reason := "expired"
 	if e.Invalidated {
 		reason = "invalidated"
@@ -180,6 +195,15 @@ func (m *Manager) refused(id string, version uint64) bool {
 	}
 	m.tombs.remove(id)
 	return false
+}
+
+// refusedEnded is refused for a session that ended, not one renamed away:
+// a rename's own change still applies to a copy under the old id.
+func (m *Manager) refusedEnded(id string, version uint64) bool {
+	if tb, ok := m.tombs.get(id); ok && tb.Moved && !tb.Invalidated {
+		return false
+	}
+	return m.refused(id, version)
 }
 
 // contentHash is the hash of a session's attributes, the same on every node

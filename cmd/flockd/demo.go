@@ -65,6 +65,32 @@ func demoRoutes(mux *http.ServeMux, wrap func(http.Handler) http.Handler) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, n)
 	})))
+	// GET /attr?key=K&value=V stores V under K (K: 1 to 64 letters, digits,
+	// '-' or '_'; V: at most 1 KiB) and deletes K when value is absent:
+	// many writers of many keys, for checking that replicas converge.
+	mux.Handle("GET /attr", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		key, value := q.Get("key"), q.Get("value")
+		if !validKey(key) || len(value) > 1<<10 {
+			http.Error(w, "key: 1 to 64 of [A-Za-z0-9_-]; value: at most 1 KiB", http.StatusBadRequest)
+			return
+		}
+		s, err := flock.SessionOf(r)
+		if err != nil {
+			return
+		}
+		if q.Has("value") {
+			err = s.Set(key, value)
+		} else {
+			err = s.Delete(key)
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})))
 	// GET /logout ends the session on every node (and deletes the cookie).
 	mux.Handle("GET /logout", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s := flock.Existing(r); s != nil {
@@ -73,4 +99,16 @@ func demoRoutes(mux *http.ServeMux, wrap func(http.Handler) http.Handler) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "logged out")
 	})))
+}
+
+func validKey(k string) bool {
+	if len(k) == 0 || len(k) > 64 {
+		return false
+	}
+	for _, c := range k {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
