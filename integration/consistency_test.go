@@ -71,6 +71,7 @@ func (s *tsess) unknown() bool {
 // loadStats counts the answers of all clients of a scenario.
 type loadStats struct {
 	requests, oks, n503, errs, regress atomic.Uint64
+	unknownAtLogout                     atomic.Uint64 // logouts answered by a node that knew no such session
 }
 
 // cclient is one client of a session, talking to the balancer.
@@ -181,11 +182,17 @@ func (c *cclient) logout(ctx context.Context) (int, error) {
 	c.s.mu.Lock()
 	c.s.loggedOut = true
 	c.s.mu.Unlock()
-	code, _, backend, err := c.doFrom(ctx, "/logout")
+	code, body, backend, err := c.doFrom(ctx, "/logout")
 	if err == nil && code == http.StatusOK {
 		c.s.mu.Lock()
 		c.s.logoutAck = true
 		c.s.logoutBy = backend + " at " + time.Now().Format("15:04:05.000")
+		if strings.TrimSpace(body) == "no session" {
+			// The node did not know the session: nothing was ended, and
+			// the user's session was lost to that node.
+			c.s.logoutBy += " (which knew no such session)"
+			c.st.unknownAtLogout.Add(1)
+		}
 		c.s.mu.Unlock()
 	}
 	return code, err
@@ -561,6 +568,9 @@ func addLoadFigures(t *testing.T, label string, st *loadStats) {
 	t.Helper()
 	figures.addValue(t, label+": requests / 200 / 503 / other errors / 200 not above an acknowledged count",
 		fmt.Sprintf("%d / %d / %d / %d / %d", st.requests.Load(), st.oks.Load(), st.n503.Load(), st.errs.Load(), st.regress.Load()), "report only")
+	if n := st.unknownAtLogout.Load(); n > 0 {
+		t.Errorf("%s: %d logouts answered by a node that knew no such session", label, n)
+	}
 }
 
 // Scenario: one node of three is frozen (SIGSTOP) or cut off (link down)

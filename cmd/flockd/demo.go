@@ -93,10 +93,13 @@ func demoRoutes(mux *http.ServeMux, wrap func(http.Handler) http.Handler) {
 	})))
 	// GET /logout ends the session on every node (and deletes the cookie).
 	mux.Handle("GET /logout", wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s := flock.Existing(r); s != nil {
-			s.Invalidate()
-		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		s := flock.Existing(r)
+		if s == nil {
+			fmt.Fprintln(w, "no session") // nothing to end (a checker tells the two apart)
+			return
+		}
+		s.Invalidate()
 		fmt.Fprintln(w, "logged out")
 	})))
 }
