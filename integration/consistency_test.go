@@ -71,7 +71,7 @@ func (s *tsess) unknown() bool {
 // loadStats counts the answers of all clients of a scenario.
 type loadStats struct {
 	requests, oks, n503, errs, regress atomic.Uint64
-	unknownAtLogout                     atomic.Uint64 // logouts answered by a node that knew no such session
+	unknownAtLogout                    atomic.Uint64 // logouts answered by a node that knew no such session
 }
 
 // cclient is one client of a session, talking to the balancer.
