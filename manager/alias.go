@@ -31,11 +31,11 @@ func (a *aliases) init(keep time.Duration) {
 	a.to = make(map[string]alias)
 }
 
-// add records that old is now called id, if id is old with another route
-// (a failover rewrite). A new random part (RenewID after a login) gets no
+// add records that old is now called id, if id is old's rebindID (a
+// failover rewrite). A new random part (RenewID after a login) gets no
 // alias: an id planted before the login must stay worthless.
 func (a *aliases) add(old, id string, now time.Time) {
-	if old == "" || old == id || withRoute(old, Route(id)) != id {
+	if old == "" || old == id || rebindID(old, Route(id)) != id {
 		return
 	}
 	a.mu.Lock()

@@ -181,8 +181,8 @@ func TestBackupFailover(t *testing.T) {
 	// the route is rewritten to its owner now, n2, so a sticky balancer
 	// sends the user there.
 	newID, n := increment(t, c.ms[3], id)
-	if n != 6 || Route(newID) != "n2" || newID[:24] != id[:24] {
-		t.Fatalf("after failover: id %s n=%d, want %s routed to n2 and 6", newID, n, id[:24])
+	if n != 6 || newID != rebindID(id, "n2") {
+		t.Fatalf("after failover: id %s n=%d, want %s and 6", newID, n, rebindID(id, "n2"))
 	}
 	c.waitFor("pair n2+n3", func() bool { return slices.Equal(c.holders(newID), []string{"n2", "n3"}) })
 	if got := c.holders(id); len(got) != 0 {

@@ -807,7 +807,7 @@ func (m *Manager) Rebind(s *Session) (bool, error) {
 	if to == "" || to == route {
 		return false, nil
 	}
-	if err := m.rename(s, withRoute(id, to)); err != nil {
+	if err := m.rename(s, rebindID(id, to)); err != nil {
 		return false, err
 	}
 	m.stats.rebinds.Add(1)

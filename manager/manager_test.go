@@ -731,7 +731,7 @@ func TestRebind(t *testing.T) {
 		t.Fatalf("Rebind on B = %v, %v", ok, err)
 	}
 	id := r.ID()
-	if !strings.HasSuffix(id, ".B") || id[:24] != old[:24] || !ValidID(id) || Route(id) != "B" {
+	if id != rebindID(old, "B") || !ValidID(id) || Route(id) != "B" {
 		t.Fatalf("rebound %s -> %s", old, id)
 	}
 	if ok, _ := b.Rebind(r); ok {
@@ -973,8 +973,30 @@ func TestValidIDAndRoute(t *testing.T) {
 			t.Errorf("Route(%q) = %q, want %q", tc.id, got, tc.route)
 		}
 	}
-	if got := withRoute("abc.A", "B"); got != "abc.B" {
-		t.Errorf("withRoute = %q", got)
+}
+
+// TestRebindIDNeverReused: a failover rewrite's id is the same on every
+// node, valid, on the new route, and never an id the session had before,
+// even when it is rewritten back to its first route (the old id's
+// tombstone "moved" would refuse the session's changes there).
+func TestRebindIDNeverReused(t *testing.T) {
+	first := newID("A")
+	b := rebindID(first, "B")
+	if b != rebindID(first, "B") || !ValidID(b) || Route(b) != "B" {
+		t.Fatalf("rebindID(%s, B) = %s", first, b)
+	}
+	back := rebindID(b, "A")
+	if back == first || !ValidID(back) || Route(back) != "A" {
+		t.Fatalf("rewritten back to A: %s, first %s", back, first)
+	}
+	var a aliases
+	a.init(time.Minute)
+	now := time.Unix(1, 0)
+	a.add(first, b, now)
+	a.add(b, back, now)
+	a.add(back, newID("A"), now) // RenewID: no alias
+	if got := a.resolve(first, now); got != back {
+		t.Errorf("alias of the first id = %q, want %q", got, back)
 	}
 }
 

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -310,10 +311,14 @@ func ValidID(id string) bool {
 	return true
 }
 
-// withRoute returns id with its route replaced.
-func withRoute(id, route string) string {
-	if i := strings.LastIndexByte(id, '.'); i >= 0 {
-		return id[:i+1] + route
-	}
-	return id + "." + route
+// rebindID is the id a failover rewrite gives session id on route. It is
+// derived from id, so every node that rewrites the same session picks the
+// same one, and it is never an id the session had before: with the random
+// part kept, a session rewritten back to its first route would meet its
+// own tombstone "moved" under that id, and a node holding it would refuse
+// the change. Knowing it takes the old id, which finds the session anyway
+// (aliases).
+func rebindID(id, route string) string {
+	h := sha256.Sum256([]byte("flock-rebind\x00" + id + "\x00" + route))
+	return base64.RawURLEncoding.EncodeToString(h[:18]) + "." + route
 }
