@@ -278,7 +278,7 @@ func (p *backupPlacement) committed(ctx context.Context, d delta, pl plan) {
 // owner cannot be reached (it died and membership has not noticed yet),
 // the owner's backup is asked, and if this node is the backup, its copy is
 // served rather than nothing.
-func (p *backupPlacement) load(ctx context.Context, id string) {
+func (p *backupPlacement) load(ctx context.Context, id string) bool {
 	m := p.m
 	if Route(id) == m.local {
 		// This node is alive, so it owns what its route names. Until its
@@ -289,12 +289,12 @@ func (p *backupPlacement) load(ctx context.Context, id string) {
 		case <-m.ready:
 		case <-ctx.Done():
 		}
-		return
+		return false
 	}
 	r := p.ring.Load()
 	owner := r.owner(id)
 	if owner == m.local || owner == "" {
-		return
+		return false
 	}
 	in, err := m.fetch(ctx, r.members[owner], []string{id})
 	if err == nil && !in.answers(id) {
@@ -306,14 +306,15 @@ func (p *backupPlacement) load(ctx context.Context, id string) {
 		m.log.WithFields(logrus.Fields{"session": short(id), "member": owner}).WithError(err).Debug("load from owner failed")
 		b := r.backup(owner)
 		if b == "" || b == m.local {
-			return
+			return false
 		}
-		if _, err := m.fetch(ctx, r.members[b], []string{id}); err != nil {
+		if in, err = m.fetch(ctx, r.members[b], []string{id}); err != nil {
 			m.log.WithFields(logrus.Fields{"session": short(id), "member": b}).WithError(err).Debug("load from the owner's backup failed")
-			return
+			return false
 		}
 	}
 	m.stats.fetched.Add(1)
+	return in.answers(id)
 }
 
 // repairFrom: the owner, since the sender may have served one request for

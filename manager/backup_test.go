@@ -160,6 +160,50 @@ func TestBackupLoadStore(t *testing.T) {
 	}
 }
 
+// TestBorrowedCopyKeptWhileInUse: two requests of one user served on a
+// node that neither owns nor backs up the session share the borrowed copy;
+// the first one's end must not drop it under the second, which would then
+// find no session (the user got a new, empty one) or write to a copy the
+// node no longer holds. The last one drops it.
+func TestBorrowedCopyKeptWhileInUse(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
+	ctx := context.Background()
+	s := create(t, c.ms[0], map[string]any{"n": 1})
+	id := s.ID()
+	m := c.ms[2] // neither owner (n1) nor backup (n2)
+	first, err := m.Load(ctx, id)
+	if err != nil || first == nil {
+		t.Fatalf("Load on n3 = %v, %v", first, err)
+	}
+	first.RequestStarted()
+	second, err := m.Load(ctx, id)
+	if err != nil || second != first {
+		t.Fatalf("second Load on n3 = %p, %v; want the first's copy %p", second, err, first)
+	}
+	second.RequestStarted()
+	first.ResponseCommitted()
+	if err := m.Commit(ctx, first); err != nil { // a read: nothing changed
+		t.Fatal(err)
+	}
+	first.RequestEnded()
+	if got := c.holders(id); !slices.Contains(got, "n3") {
+		t.Fatalf("held by %v after the first request: the second's copy was dropped", got)
+	}
+	if err := second.Set("n", 2); err != nil {
+		t.Fatal(err)
+	}
+	second.ResponseCommitted()
+	commit(t, m, second)
+	second.RequestEnded()
+	if got := c.holders(id); !slices.Equal(got, []string{"n1", "n2"}) {
+		t.Errorf("held by %v after the last request, want [n1 n2]", got)
+	}
+	if n := countOf(t, c.ms[0], id); n != 2 {
+		t.Errorf("owner n=%d, want 2", n)
+	}
+}
+
 // Owner gone: its backup serves the session (route rewritten on the next
 // request) and copies it to a new backup; backup gone: the owner copies to
 // the next one.

@@ -151,36 +151,40 @@ func (p *deltaPlacement) members(membership.Event, []membership.Member) {}
 // member (at most missRate a second): the member may have made it (a route
 // rewrite, a new session) while this node was out of its view for a
 // moment, and a user must not get a new, empty session for it.
-func (p *deltaPlacement) load(ctx context.Context, id string) {
+func (p *deltaPlacement) load(ctx context.Context, id string) bool {
 	m := p.m
 	if m.holds(id) {
-		return
+		return false
 	}
 	if !m.transferred() {
 		if err := p.fetchOne(ctx, id); err != nil {
 			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
+			return false
 		}
-		return
+		return true
 	}
 	route := Route(id)
 	if route == m.local {
-		return
+		return false
 	}
 	if _, ok := m.tombs.get(id); ok {
-		return
+		return false
 	}
 	for _, mb := range m.members() {
 		if mb.Name != route {
 			continue
 		}
 		if !p.misses.take(m.clock.Now(), missRate, missBurst) {
-			return
+			return false
 		}
-		if _, err := m.fetch(ctx, mb, []string{id}); err != nil {
+		in, err := m.fetch(ctx, mb, []string{id})
+		if err != nil {
 			m.log.WithField("session", short(id)).WithError(err).Debug("fetch of an unknown id failed")
+			return false
 		}
-		return
+		return in.answers(id)
 	}
+	return false
 }
 
 // fetchOne fetches one session during state transfer: from the node its

@@ -410,6 +410,9 @@ func (m *Manager) Create(ctx context.Context) (*Session, error) {
 	return s, nil
 }
 
+// maxLoadTries bounds Load's fetches of one id (see Load).
+const maxLoadTries = 3
+
 // Load returns the session with this id and marks it accessed, or nil if
 // the node has no such session (unknown, expired, or a malformed id). A
 // copy the node should serve but lacks is fetched first, as the mode says:
@@ -419,12 +422,18 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 	if !ValidID(id) {
 		return nil, nil
 	}
-	if m.started.Load() {
-		m.place.load(ctx, id)
+	var s *Session
+	for range maxLoadTries {
+		fetched := m.started.Load() && m.place.load(ctx, id)
+		m.mu.RLock()
+		s = m.sessions[id]
+		m.mu.RUnlock()
+		// A copy fetched for this request can be gone already: another
+		// request served by it for its owner ended and dropped it.
+		if s != nil || !fetched || ctx.Err() != nil {
+			break
+		}
 	}
-	m.mu.RLock()
-	s := m.sessions[id]
-	m.mu.RUnlock()
 	if s == nil {
 		// An old id of a renamed session finds it under its new id.
 		if to := m.alias.resolve(id, m.clock.Now()); to != "" {

@@ -42,8 +42,9 @@ type placement interface {
 	// load is Load's first step, once the manager has started: it brings
 	// in a copy of id that this node should serve but lacks or may hold
 	// stale (delta mode during the state transfer, backup mode from the
-	// owner).
-	load(ctx context.Context, id string)
+	// owner). It reports whether it installed a copy fetched from another
+	// member.
+	load(ctx context.Context, id string) bool
 	// targets is where a change of session id goes, and whether this node
 	// keeps a copy.
 	targets(id string) plan

@@ -439,11 +439,14 @@ func (m *Manager) holds(id string) bool {
 }
 
 // dropBorrowed forgets a session this node served for its owner.
+// A copy other requests still use stays: the last of them drops it.
 func (m *Manager) dropBorrowed(s *Session) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	id := s.ID()
-	if m.sessions[id] == s {
+	s.mu.Lock()
+	id, users := s.id, s.open+s.late // the caller's own request counts, if the valve runs it
+	s.mu.Unlock()
+	if users <= 1 && m.sessions[id] == s {
 		m.forget(id)
 	}
 }
