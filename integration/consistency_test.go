@@ -496,20 +496,24 @@ const (
 	faultPause fault = iota // SIGSTOP, then SIGCONT
 	faultLink               // link down, then up
 	faultKill               // kill -9, then start again under the same name
+	faultLoss               // 20% of packets lost both ways on its link, then none
 )
 
-func (f fault) String() string { return [...]string{"pause", "link", "kill"}[f] }
+func (f fault) String() string { return [...]string{"pause", "link", "kill", "loss"}[f] }
 
-// inject takes n away (and out of the balancer); the returned heal brings
-// it back and waits until it is healthy and listed by every node, and
-// puts it back in the balancer.
+// inject takes n away (and out of the balancer; a lossy node stays in it,
+// its users see the loss); the returned heal brings it back and waits
+// until it is healthy and listed by every node, and puts it back in the
+// balancer.
 func inject(t *testing.T, c *cluster, lb *balancer, nodes []*node, n *node, f fault) (heal func()) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	lb.exclude(n.name, true)
+	lb.exclude(n.name, f != faultLoss)
 	var err error
 	switch f {
+	case faultLoss:
+		err = n.host.SetLoss(ctx, 20)
 	case faultPause:
 		err = n.proc.Pause()
 	case faultLink:
@@ -532,6 +536,8 @@ func inject(t *testing.T, c *cluster, lb *balancer, nodes []*node, n *node, f fa
 			err = n.host.LinkUp(ctx)
 		case faultKill:
 			c.start(n)
+		case faultLoss:
+			err = n.host.ClearLoss(ctx)
 		}
 		if err != nil {
 			t.Fatalf("healing %s of %s: %v", f, n.name, err)
@@ -863,8 +869,8 @@ func longRun() bool { return os.Getenv("FLOCK_LONG") == "1" }
 
 // Scenario: chaos. Under steady load (one client per session, round-robin,
 // sync replication, some sessions logging out), a random node of three is
-// killed -9 and restarted, frozen and resumed, or cut off and reconnected,
-// one at a time. After healing and quiescence: no acknowledged increment
+// killed -9 and restarted, frozen and resumed, cut off and reconnected, or
+// given a lossy link (20%), one at a time. After healing and quiescence: no acknowledged increment
 // lost, no logout undone, no replica diverged. FLOCK_CHAOS=10m sets the
 // length of the fault loop (45 s by default).
 func TestChaosShort(t *testing.T) {
@@ -892,13 +898,13 @@ func TestChaosShort(t *testing.T) {
 func chaosFaults(t *testing.T) []fault {
 	s := os.Getenv("FLOCK_CHAOS_FAULTS")
 	if s == "" {
-		return []fault{faultPause, faultLink, faultKill}
+		return []fault{faultPause, faultLink, faultKill, faultLoss}
 	}
 	var out []fault
 	for _, name := range strings.Split(s, ",") {
-		i := slices.Index([]string{"pause", "link", "kill"}, strings.TrimSpace(name))
+		i := slices.Index([]string{"pause", "link", "kill", "loss"}, strings.TrimSpace(name))
 		if i < 0 {
-			t.Fatalf("FLOCK_CHAOS_FAULTS=%q: unknown fault %q (pause, link, kill)", s, name)
+			t.Fatalf("FLOCK_CHAOS_FAULTS=%q: unknown fault %q (pause, link, kill, loss)", s, name)
 		}
 		out = append(out, fault(i))
 	}
@@ -979,8 +985,8 @@ func chaos(t *testing.T, mode, conf string, length time.Duration) {
 	regress := checkRegressions(t, sessions)
 	dumpOnFailure(t, nodes)
 	addLoadFigures(t, label, &st)
-	figures.addValue(t, label+": faults injected (kill / pause / link)",
-		fmt.Sprintf("%d / %d / %d in %v", faults[faultKill], faults[faultPause], faults[faultLink], length), "report only")
+	figures.addValue(t, label+": faults injected (kill / pause / link / loss)",
+		fmt.Sprintf("%d / %d / %d / %d in %v", faults[faultKill], faults[faultPause], faults[faultLink], faults[faultLoss], length), "report only")
 	figures.addValue(t, label+": sessions / logouts / lost / answers below an acknowledged count / resurrected (held, peek) / diverged / peeks unanswered",
 		fmt.Sprintf("%d / %d / %d / %d / %d, %d / %d / %d", len(sessions), logouts.Load(), lost, regress, held, resurrected, diverged, unanswered), "- / - / 0 / 0 / 0, 0 / 0 / 0")
 }
