@@ -5,6 +5,7 @@ import (
 
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/valve"
@@ -46,6 +47,18 @@ func parts(c conf.Config) (partConfigs, error) {
 	cc.Receiver.MaxFrame = int(c.Cluster.Receiver.MaxFrame.Bytes)
 	cc.Receiver.IdleTimeout = c.Cluster.Receiver.IdleTimeout.Duration
 
+	sec := c.Cluster.Security
+	keys, err := sec.LoadKeys()
+	if err != nil {
+		return partConfigs{}, err
+	}
+	if keys != nil {
+		if cc.Keyring, err = keyring.New(keys...); err != nil {
+			return partConfigs{}, fmt.Errorf("cluster.security: %w", err)
+		}
+	}
+	cc.Insecure = sec.Insecure
+
 	mc := c.Cluster.Membership
 	switch mc.Type {
 	case "multicast":
@@ -61,6 +74,7 @@ func parts(c conf.Config) (partConfigs, error) {
 		m.Group, m.Interface, m.TTL = group, bind, mc.TTL
 		m.Frequency, m.DropTime = mc.Frequency.Duration, mc.DropTime.Duration
 		m.ProbeTimeout = mc.ProbeTimeout.Duration // 0: no probe
+		m.MaxClockSkew = sec.MaxClockSkew.Duration // the keyring comes from the cluster
 		p.multicast = &m
 		cc.Membership = cluster.Multicast(m)
 	case "static":

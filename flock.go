@@ -60,6 +60,7 @@ import (
 	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
@@ -74,6 +75,7 @@ type Node struct {
 	manager *manager.Manager
 	valve   *valve.Valve
 	mtype   string
+	keys    *keyring.Keyring // nil without a key
 }
 
 // Option changes how Start builds a Node.
@@ -138,7 +140,29 @@ func Start(ctx context.Context, cfg conf.Config, opts ...Option) (*Node, error) 
 		c.Stop(context.Background())
 		return nil, fmt.Errorf("flock: %w", err)
 	}
-	return &Node{cluster: c, manager: m, valve: valve.New(m, p.valve), mtype: cfg.Cluster.Membership.Type}, nil
+	return &Node{cluster: c, manager: m, valve: valve.New(m, p.valve), mtype: cfg.Cluster.Membership.Type, keys: p.cluster.Keyring}, nil
+}
+
+// ErrNoKeyring: keys cannot be set on a node started without a key.
+var ErrNoKeyring = errors.New("this node started without a cluster key; restart it with one")
+
+// SetKeys replaces the node's cluster keys, the first of which seals from
+// now on (see package keyring for rotation). Connections opened with a key
+// that is gone are closed and reopened with the new one.
+func (n *Node) SetKeys(keys ...[]byte) error {
+	if n.keys == nil {
+		return ErrNoKeyring
+	}
+	return n.keys.Set(keys...)
+}
+
+// KeyIDs are the public ids of the node's keys, the sealing one first; nil
+// without a keyring.
+func (n *Node) KeyIDs() []keyring.ID {
+	if n.keys == nil {
+		return nil
+	}
+	return n.keys.IDs()
 }
 
 // Wrap gives the requests of h their sessions: inside h, Session and

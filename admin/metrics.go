@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/internal/refuse"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/sender"
@@ -76,13 +77,14 @@ var (
 
 	descDuplicates  = desc("receiver_duplicates_total", "Messages received again after a reconnect, recognised and not applied twice.")
 	descRejectConns = desc("receiver_rejected_connections_total", "Incoming connections closed for a protocol error.")
+	descRefused     = desc("refused_total", "Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed.", "component", "reason")
 
 	allDescs = []*prometheus.Desc{
 		descMembers, descSessions, descCreated, descExpired, descRejected,
 		descMsgSent, descMsgRecv, descBytesSent, descBytesRecv, descFailures, descRetries, descQBytes, descQMsgs,
 		descReplication, descTransferSec, descTransferN,
 		descHBSent, descHBRecv, descHBLost, descHBRejected,
-		descDuplicates, descRejectConns,
+		descDuplicates, descRejectConns, descRefused,
 	}
 )
 
@@ -163,6 +165,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descHBRecv, st.HeartbeatsReceived)
 	counter(descHBLost, st.HeartbeatsLost)
 	counter(descHBRejected, st.Rejected)
+	// Every reason, zeros included, so that an alert on a rate has a
+	// series to watch before the first attack.
+	for _, r := range refuse.Reasons() {
+		counter(descRefused, st.Refused[r.String()], "membership", r.String())
+		counter(descRefused, rs.Refused[r.String()], "receiver", r.String())
+	}
 }
 
 // sendTotals are the sender's counters of one peer, or a sum of them.

@@ -54,14 +54,14 @@ func (f *fakeNode) Members() []membership.Status {
 }
 
 func (f *fakeNode) MembershipStats() membership.Stats {
-	return membership.Stats{HeartbeatsSent: 100, HeartbeatsReceived: 200, HeartbeatsLost: 3, Rejected: 4, ForeignDomain: 99}
+	return membership.Stats{HeartbeatsSent: 100, HeartbeatsReceived: 200, HeartbeatsLost: 3, Rejected: 4, ForeignDomain: 99, Refused: map[string]uint64{"forged": 2}}
 }
 
 func (f *fakeNode) TransportStats() ([]sender.PeerStats, receiver.Stats) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]sender.PeerStats(nil), f.peers...), receiver.Stats{
-		Connections: 9, Frames: 40, Bytes: 2048, Messages: 11, Duplicates: 3, Rejected: 1,
+		Connections: 9, Frames: 40, Bytes: 2048, Messages: 11, Duplicates: 3, Rejected: 1, Refused: map[string]uint64{"unauthenticated": 5},
 		ByType: map[uint8]uint64{typeDelta: 9, typeExpire: 2},
 	}
 }
@@ -110,7 +110,7 @@ var flockNames = []string{
 	"flock_send_failures_total", "flock_send_retries_total", "flock_send_queue_bytes", "flock_send_queue_messages",
 	"flock_replication_seconds", "flock_state_transfer_seconds", "flock_state_transfer_sessions",
 	"flock_heartbeats_sent_total", "flock_heartbeats_received_total", "flock_heartbeats_lost_total", "flock_heartbeats_rejected_total",
-	"flock_receiver_duplicates_total", "flock_receiver_rejected_connections_total",
+	"flock_receiver_duplicates_total", "flock_receiver_rejected_connections_total", "flock_refused_total",
 }
 
 const fakeExposition = `
@@ -204,6 +204,22 @@ flock_receiver_duplicates_total 3
 # HELP flock_receiver_rejected_connections_total Incoming connections closed for a protocol error.
 # TYPE flock_receiver_rejected_connections_total counter
 flock_receiver_rejected_connections_total 1
+# HELP flock_refused_total Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed.
+# TYPE flock_refused_total counter
+flock_refused_total{component="membership",reason="forged"} 2
+flock_refused_total{component="membership",reason="malformed"} 0
+flock_refused_total{component="membership",reason="not_member"} 0
+flock_refused_total{component="membership",reason="replayed"} 0
+flock_refused_total{component="membership",reason="stale"} 0
+flock_refused_total{component="membership",reason="unauthenticated"} 0
+flock_refused_total{component="membership",reason="unknown_key"} 0
+flock_refused_total{component="receiver",reason="forged"} 0
+flock_refused_total{component="receiver",reason="malformed"} 0
+flock_refused_total{component="receiver",reason="not_member"} 0
+flock_refused_total{component="receiver",reason="replayed"} 0
+flock_refused_total{component="receiver",reason="stale"} 0
+flock_refused_total{component="receiver",reason="unauthenticated"} 5
+flock_refused_total{component="receiver",reason="unknown_key"} 0
 `
 
 func scrape(t *testing.T, url string) string {
@@ -261,8 +277,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	if a, b := strings.Join(flockLines(first), "\n"), strings.Join(flockLines(second), "\n"); a != b {
 		t.Errorf("two scrapes differ:\n%s\n---\n%s", a, b)
 	}
-	if n := len(flockLines(first)); n != 46 {
-		t.Errorf("%d flock_ samples, want 46:\n%s", n, strings.Join(flockLines(first), "\n"))
+	if n := len(flockLines(first)); n != 60 {
+		t.Errorf("%d flock_ samples, want 60:\n%s", n, strings.Join(flockLines(first), "\n"))
 	}
 
 	resp, err := http.Post(srv.URL+"/metrics", "text/plain", nil)

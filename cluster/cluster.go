@@ -130,15 +130,20 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	sc.Local = local
 	sc.OnFailure = c.sendFailed
 	sc.Logger = log
+	sc.Keyring = cfg.Keyring
 	send := sender.New(sc)
 
 	rc := cfg.Receiver
 	rc.Local = local
 	rc.Observer = observer{c}
 	rc.Logger = log
+	rc.Keyring = cfg.Keyring
 	recv := receiver.New(ln, rc)
 
-	members, err := cfg.Membership(local, transport{send}, log)
+	if cfg.Keyring == nil && !cfg.Host.IsLoopback() {
+		log.WithField("address", cfg.Host).Warn("insecure: no cluster key; any host that reaches this network can read and change every session")
+	}
+	members, err := cfg.Membership(local, transport{send}, Env{Logger: log, Keyring: cfg.Keyring})
 	if err != nil {
 		ln.Close()
 		send.Close(context.Background())

@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/leakcheck"
@@ -71,7 +70,7 @@ func TestOwnMembership(t *testing.T) {
 	leakcheck.Check(t)
 	var fake *fakeMembership
 	cfg := cluster.DefaultConfig()
-	cfg.Membership = func(local membership.Member, _ cluster.Transport, _ logrus.FieldLogger) (membership.Service, error) {
+	cfg.Membership = func(local membership.Member, _ cluster.Transport, _ cluster.Env) (membership.Service, error) {
 		fake = &fakeMembership{local: local, events: make(chan membership.Event)}
 		return fake, nil
 	}
@@ -88,7 +87,7 @@ func TestOwnMembership(t *testing.T) {
 	if err := c.Stop(context.Background()); err != nil || !fake.stopped {
 		t.Errorf("Stop = %v, stopped %v", err, fake.stopped)
 	}
-	if (c.Stats().Membership != membership.Stats{}) {
+	if !reflect.DeepEqual(c.Stats().Membership, membership.Stats{}) {
 		t.Error("stats from a service that keeps none")
 	}
 }

@@ -2,10 +2,12 @@ package cluster
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
@@ -31,7 +33,14 @@ type Config struct {
 	Receiver receiver.Config
 	// Membership builds the membership service: Multicast or Static.
 	Membership MembershipFunc
-	Logger     logrus.FieldLogger
+	// Keyring, if set, authenticates and encrypts everything the node
+	// sends to or accepts from other nodes: heartbeats and connections.
+	// Every member needs a key of the same ring.
+	Keyring *keyring.Keyring
+	// Insecure allows a receiver on a non-loopback address without a
+	// Keyring: the network is trusted. Without it such a node is refused.
+	Insecure bool
+	Logger   logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml: node1 of domain
@@ -63,6 +72,10 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("a receiver host address is required"))
 	}
 	errs = append(errs, receiver.CheckPorts(c.Port, c.AutoBind))
+	if c.Host.IsValid() && !c.Host.IsLoopback() && c.Keyring == nil && !c.Insecure {
+		errs = append(errs, fmt.Errorf("the receiver host %v is not loopback, and there is no keyring: "+
+			"anyone who reaches that network could read and change every session (set Keyring, or Insecure if the network is trusted)", c.Host))
+	}
 	if c.Membership == nil {
 		errs = append(errs, errors.New("a membership is required (cluster.Multicast or cluster.Static)"))
 	}
@@ -77,16 +90,27 @@ type Transport interface {
 }
 
 // MembershipFunc builds the membership service that announces local; tr
-// reaches the other members over the cluster's transport, and log is the
-// cluster's logger.
-type MembershipFunc func(local membership.Member, tr Transport, log logrus.FieldLogger) (membership.Service, error)
+// reaches the other members over the cluster's transport, and env holds
+// what the cluster shares with it.
+type MembershipFunc func(local membership.Member, tr Transport, env Env) (membership.Service, error)
+
+// Env is what a cluster hands the membership service it builds.
+type Env struct {
+	Logger logrus.FieldLogger
+	// Keyring seals what membership sends on its own (multicast
+	// heartbeats); nil when the cluster has none.
+	Keyring *keyring.Keyring
+}
 
 // Multicast is membership by multicast heartbeats. A ProbeTimeout above
 // zero has a silent member probed over the transport before it is failed.
 func Multicast(cfg membership.MulticastConfig) MembershipFunc {
-	return func(local membership.Member, tr Transport, log logrus.FieldLogger) (membership.Service, error) {
+	return func(local membership.Member, tr Transport, env Env) (membership.Service, error) {
 		if cfg.Logger == nil {
-			cfg.Logger = log
+			cfg.Logger = env.Logger
+		}
+		if cfg.Keyring == nil {
+			cfg.Keyring = env.Keyring
 		}
 		if cfg.ProbeTimeout > 0 && cfg.Prober == nil {
 			cfg.Prober = tr
@@ -97,9 +121,11 @@ func Multicast(cfg membership.MulticastConfig) MembershipFunc {
 
 // Static is membership by a fixed list of peers pinged over the transport.
 func Static(cfg membership.StaticConfig) MembershipFunc {
-	return func(local membership.Member, tr Transport, log logrus.FieldLogger) (membership.Service, error) {
+	return func(local membership.Member, tr Transport, env Env) (membership.Service, error) {
+		// Static membership speaks over the transport only, which the
+		// cluster keys.
 		if cfg.Logger == nil {
-			cfg.Logger = log
+			cfg.Logger = env.Logger
 		}
 		if cfg.Prober == nil {
 			cfg.Prober = tr

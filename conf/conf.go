@@ -65,6 +65,30 @@ type Cluster struct {
 	Receiver   Receiver   `toml:"receiver"`
 	Sender     Sender     `toml:"sender"`
 	Manager    Manager    `toml:"manager"`
+	Security   Security   `toml:"security"`
+}
+
+// Security configures the cluster keyring: with a key, every heartbeat and
+// every connection between nodes is authenticated and encrypted, and a host
+// without the key can neither read nor change anything.
+type Security struct {
+	// Keys are the cluster's keys, base64, 32 bytes each (flockctl keygen
+	// prints one). The first seals; every one opens, so keys rotate with
+	// no downtime: add the new key everywhere, make it first everywhere,
+	// remove the old one (flockd rereads them on SIGHUP).
+	Keys []string `toml:"keys" example:"<base64 key from flockctl keygen>"`
+	// KeyFile, instead of Keys, names a file with one base64 key a line
+	// (blank lines and lines starting with # are skipped), so the keys stay
+	// out of the configuration. Use [Security.LoadKeys] to read it.
+	KeyFile string `toml:"key_file"`
+	// Insecure declares the network trusted: a node whose receiver or
+	// heartbeats use a non-loopback address starts without a key only
+	// when it is set, and warns at start.
+	Insecure bool `toml:"insecure"`
+	// MaxClockSkew is how far apart the nodes' clocks may be: a sealed
+	// heartbeat sent longer ago (or later) than this is refused as a
+	// replay.
+	MaxClockSkew Duration `toml:"max_clock_skew"`
 }
 
 // Membership configures how members discover each other and notice when one
@@ -256,6 +280,10 @@ func Default() Config {
 				Timeout:    Duration{3 * time.Second},
 				MaxRetries: 1,
 				QueueLimit: Size{64 * mib},
+			},
+			Security: Security{
+				Keys:         []string{}, // written as keys = [], as the shipped file does
+				MaxClockSkew: Duration{30 * time.Second},
 			},
 			Manager: Manager{
 				Mode:                         "delta",

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -30,6 +31,9 @@ func TestShippedFileIsDefault(t *testing.T) {
 
 // TestShippedFileDocumentsEveryKey fails when a field is added to Config
 // without a documented line in server.toml.
+// testKey is a valid key, for configurations that need one.
+const testKey = "qUoA0M5Kj9cYvDq8Gf0wS0o3x3gG7b0kz8mB1xg7b5A="
+
 func TestShippedFileDocumentsEveryKey(t *testing.T) {
 	var buf bytes.Buffer
 	if err := toml.NewEncoder(&buf).Encode(Default()); err != nil {
@@ -40,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 43 {
-		t.Errorf("Default() encodes %d keys, want 43: %v", len(keys), keys)
+	if len(keys) != 47 {
+		t.Errorf("Default() encodes %d keys, want 47: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -795,6 +799,41 @@ static.members = [
 			want: []string{`server.toml:2: cluster.manager.anti_entropy_interval: 10ms is out of range; allowed 100ms..1h0m0s`},
 		},
 		{
+			name: "receiver on a network without a key",
+			in:   "[cluster.receiver]\nhost = \"198.51.100.10\"\n",
+			want: []string{`server.toml:2: cluster.receiver.host: 198.51.100.10 is not loopback, and [cluster.security] sets no key`},
+		},
+		{
+			name: "heartbeats on a network without a key",
+			in:   "[cluster.membership]\nbind = \"198.51.100.10\"\n",
+			want: []string{`server.toml:2: cluster.membership.bind: 198.51.100.10 is not loopback, and [cluster.security] sets no key`},
+		},
+		{
+			name: "key not base64",
+			in:   "[cluster.security]\nkeys = [\"not a key\"]\n",
+			want: []string{`server.toml:2: cluster.security.keys: invalid key: key 1 is not base64`},
+		},
+		{
+			name: "key too short",
+			in:   "[cluster.security]\nkeys = [\"" + testKey + "\", \"AAAA\"]\n",
+			want: []string{`server.toml:2: cluster.security.keys: invalid key: key 2 has 3 bytes, need 32`},
+		},
+		{
+			name: "keys and key_file",
+			in:   "[cluster.security]\nkeys = [\"" + testKey + "\"]\nkey_file = \"keys\"\n",
+			want: []string{`server.toml:3: cluster.security.key_file: set keys or key_file, not both`},
+		},
+		{
+			name: "insecure with a key",
+			in:   "[cluster.security]\nkey_file = \"keys\"\ninsecure = true\n",
+			want: []string{`server.toml:3: cluster.security.insecure: insecure = true with a key`},
+		},
+		{
+			name: "clock skew below the heartbeat frequency",
+			in:   "[cluster.membership]\nfrequency = \"2s\"\ndrop_time = \"6s\"\n[cluster.security]\nkey_file = \"keys\"\nmax_clock_skew = \"1s\"\n",
+			want: []string{`server.toml:6: cluster.security.max_clock_skew: 1s must be at least frequency (2s)`},
+		},
+		{
 			name: "touch_interval too short",
 			in:   "[cluster.manager]\ntouch_interval = \"99ms\"\n",
 			want: []string{`server.toml:2: cluster.manager.touch_interval: 99ms is too short; allowed at least 100ms`},
@@ -1078,20 +1117,29 @@ func TestParseValid(t *testing.T) {
 		},
 		{
 			name: "inline table",
-			in:   "[cluster]\nreceiver = { host = \"10.0.0.5\", auto_bind = 1 }\n",
-			want: func(c *Config) { c.Cluster.Receiver.Host = "10.0.0.5"; c.Cluster.Receiver.AutoBind = 1 },
+			in:   "[cluster]\nreceiver = { host = \"10.0.0.5\", auto_bind = 1 }\nsecurity = { insecure = true }\n",
+			want: func(c *Config) {
+				c.Cluster.Receiver.Host = "10.0.0.5"
+				c.Cluster.Receiver.AutoBind = 1
+				c.Cluster.Security.Insecure = true
+			},
 		},
 		{
 			name: "real cluster",
-			in:   "[cluster.membership]\nbind = \"10.0.0.5\"\n[cluster.receiver]\nhost = \"10.0.0.5\"\n",
-			want: func(c *Config) { c.Cluster.Membership.Bind = "10.0.0.5"; c.Cluster.Receiver.Host = "10.0.0.5" },
+			in:   "[cluster.membership]\nbind = \"10.0.0.5\"\n[cluster.receiver]\nhost = \"10.0.0.5\"\n[cluster.security]\nkeys = [\"" + testKey + "\"]\n",
+			want: func(c *Config) {
+				c.Cluster.Membership.Bind = "10.0.0.5"
+				c.Cluster.Receiver.Host = "10.0.0.5"
+				c.Cluster.Security.Keys = []string{testKey}
+			},
 		},
 		{
 			name: "IPv6",
-			in:   "[server]\nhttp = \"[::1]:8080\"\n[cluster.receiver]\nhost = \"fe80::1%eth0\"\n",
+			in:   "[server]\nhttp = \"[::1]:8080\"\n[cluster.receiver]\nhost = \"fe80::1%eth0\"\n[cluster.security]\nkey_file = \"/etc/flock/keys\"\n",
 			want: func(c *Config) {
 				c.Server.HTTP = "[::1]:8080"
 				c.Cluster.Receiver.Host = "fe80::1%eth0"
+				c.Cluster.Security.KeyFile = "/etc/flock/keys"
 			},
 		},
 		{
@@ -1146,8 +1194,12 @@ members = [
 
 [cluster.receiver]
 host = "198.51.100.10"
+
+[cluster.security]
+insecure = true
 `,
 			want: func(c *Config) {
+				c.Cluster.Security.Insecure = true
 				c.Cluster.Membership.Type = "static"
 				c.Cluster.Membership.ProbeTimeout = Duration{3 * time.Second}
 				c.Cluster.Membership.Static.Members = []string{
@@ -1878,4 +1930,45 @@ func FuzzKeyLines(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestLoadKeys(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name    string
+		sec     Security
+		want    int
+		wantErr string
+	}{
+		{"none", Security{}, 0, ""},
+		{"inline", Security{Keys: []string{testKey}}, 1, ""},
+		{"file with comments", Security{KeyFile: write("two", "# rotation step 1\n"+testKey+"\n\n  "+strings.Replace(testKey, "q", "r", 1)+"  \n")}, 2, ""},
+		{"missing file", Security{KeyFile: filepath.Join(dir, "nope")}, 0, "cluster.security.key_file: open"},
+		{"empty file", Security{KeyFile: write("empty", "# nothing\n")}, 0, "holds no key"},
+		{"bad line", Security{KeyFile: write("bad", testKey+"\nAAAA\n")}, 0, "key 2 has 3 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			keys, err := tt.sec.LoadKeys()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), testKey) {
+					t.Fatal("the error shows a key")
+				}
+				return
+			}
+			if err != nil || len(keys) != tt.want {
+				t.Fatalf("%d keys, %v", len(keys), err)
+			}
+		})
+	}
 }

@@ -14,6 +14,9 @@ name = "node2"
 bind = "10.0.0.5"
 frequncy = "1s"
 ttl = 300
+
+[cluster.security]
+insecure = true
 `)
 	_, err := conf.Parse(data, "server.toml")
 	fmt.Println(err)

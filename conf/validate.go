@@ -6,12 +6,14 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
@@ -191,6 +193,28 @@ func (c Config) problems() []problem {
 	check("cluster.manager.sync_min_copies", checkRange(mg.SyncMinCopies, 1, 64))
 	if d := mg.AntiEntropyInterval.Duration; d != 0 {
 		check("cluster.manager.anti_entropy_interval", checkBetween(d, 100*time.Millisecond, time.Hour))
+	}
+
+	sec := c.Cluster.Security
+	_, keysErr := keyring.Decode(sec.Keys...)
+	check("cluster.security.keys", keysErr)
+	keyed := len(sec.Keys) > 0 || sec.KeyFile != ""
+	if len(sec.Keys) > 0 && sec.KeyFile != "" {
+		checkPair("cluster.security.key_file", "cluster.security.keys", errors.New("set keys or key_file, not both"))
+	}
+	if keyed && sec.Insecure {
+		checkPair("cluster.security.insecure", "cluster.security.keys", errors.New("insecure = true with a key: remove one of them (a keyed cluster is not insecure)"))
+	}
+	if key, addr := c.exposed(); !keyed && !sec.Insecure && key != "" {
+		check(key, fmt.Errorf(
+			"%v is not loopback, and [cluster.security] sets no key: anyone who reaches that network could read and change every session. "+
+				"Set cluster.security.keys or key_file (flockctl keygen prints a key), or cluster.security.insecure = true if the network is trusted", addr))
+	}
+	if d := sec.MaxClockSkew.Duration; checkBetween(d, time.Second, time.Hour) != nil {
+		check("cluster.security.max_clock_skew", checkBetween(d, time.Second, time.Hour))
+	} else if keyed && freqErr == nil && d < m.Frequency.Duration {
+		checkPair("cluster.security.max_clock_skew", "cluster.membership.frequency",
+			fmt.Errorf("%v must be at least frequency (%v)", d, m.Frequency))
 	}
 
 	se := c.Session
@@ -582,4 +606,52 @@ func checkRange(n, lo, hi int) error {
 		return fmt.Errorf("%d is out of range; allowed %d..%d", n, lo, hi)
 	}
 	return nil
+}
+
+// exposed names the key of the first address this node binds beyond this
+// host (the receiver, the heartbeat interface), and the address; "" if
+// both are loopback. Addresses that do not parse are reported elsewhere.
+func (c Config) exposed() (string, netip.Addr) {
+	if a, err := c.Cluster.Receiver.hostAddr(); err == nil && !a.IsLoopback() {
+		return "cluster.receiver.host", a
+	}
+	if m := c.Cluster.Membership; m.Type == "multicast" {
+		if a, err := m.bindAddr(); err == nil && !a.IsLoopback() {
+			return "cluster.membership.bind", a
+		}
+	}
+	return "", netip.Addr{}
+}
+
+// LoadKeys returns the keys, decoded: from keys, or read from key_file.
+// It returns nil when neither is set.
+func (s Security) LoadKeys() ([][]byte, error) {
+	if s.KeyFile == "" {
+		if len(s.Keys) == 0 {
+			return nil, nil
+		}
+		keys, err := keyring.Decode(s.Keys...)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.security.keys: %w", err)
+		}
+		return keys, nil
+	}
+	data, err := os.ReadFile(s.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.security.key_file: %w", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return nil, fmt.Errorf("cluster.security.key_file: %s holds no key", s.KeyFile)
+	}
+	keys, err := keyring.Decode(lines...)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.security.key_file %s: %w", s.KeyFile, err)
+	}
+	return keys, nil
 }

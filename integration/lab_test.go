@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/integration/lab"
+	"github.com/flockhq/flock/keyring"
 )
 
 // flockdPath is the flockd binary built once for all tests; skipReason is
@@ -80,6 +81,9 @@ type cluster struct {
 	lab   *lab.Lab
 	nodes []*node
 	dir   string
+	// keyFile holds the cluster's key: every node is keyed unless its
+	// conf has a [cluster.security] table of its own.
+	keyFile string
 
 	setUp func() // ends the start-up (see startGate); called by waitViews
 }
@@ -131,6 +135,11 @@ func newClusterGated(t *testing.T, lock, unlock func()) *cluster {
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, lab: l, dir: t.TempDir(), setUp: setUp}
+	c.keyFile = filepath.Join(c.dir, "cluster.keys")
+	if err := os.WriteFile(c.keyFile, []byte(keyring.Generate()+"\n"), 0o600); err != nil {
+		setUp()
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			// FLOCK_LAB_LOGS=dir keeps every process's whole output there
@@ -183,7 +192,11 @@ func (c *cluster) start(n *node) {
 	if l := os.Getenv("FLOCK_LAB_LOG_LEVEL"); l != "" { // "debug" to trace a failing scenario
 		server = fmt.Sprintf("[server]\nlog_level = %q\n", l)
 	}
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("%s[cluster]\ndomain = %q\n%s", server, n.domain, n.conf)), 0o644); err != nil {
+	security := ""
+	if !strings.Contains(n.conf, "[cluster.security]") {
+		security = fmt.Sprintf("\n[cluster.security]\nkey_file = %q\n", c.keyFile)
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("%s[cluster]\ndomain = %q\n%s%s", server, n.domain, n.conf, security)), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
 	ip := n.host.IP.String()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/flockhq/flock/internal/eventq"
 	"github.com/flockhq/flock/internal/logx"
+	"github.com/flockhq/flock/internal/refuse"
 	"github.com/flockhq/flock/internal/syncx"
 )
 
@@ -28,11 +29,12 @@ type core struct {
 	prober       Prober
 	probeTimeout time.Duration
 
-	mu     sync.Mutex
-	table  *table
-	events *eventq.Queue[Event]
-	warned map[string]time.Time // notes logged in the last minute; guarded by mu
-	closed bool                 // shutdown has begun: no more probes; guarded by mu
+	mu      sync.Mutex
+	table   *table
+	events  *eventq.Queue[Event]
+	warned  map[string]time.Time // notes logged in the last minute; guarded by mu
+	closed  bool                 // shutdown has begun: no more probes; guarded by mu
+	refused *refuse.Counter
 
 	ctx    context.Context // cancelled by shutdown: ends probes
 	cancel context.CancelFunc
@@ -59,6 +61,7 @@ func newCore(local Member, dropTime, reprobe time.Duration, prober Prober, probe
 		table:        t,
 		events:       eventq.New[Event](eventBuffer),
 		warned:       make(map[string]time.Time),
+		refused:      refuse.New(log.WithField("component", component)),
 		ctx:          ctx,
 		cancel:       cancel,
 	}
@@ -230,5 +233,6 @@ func (c *core) stats() Stats {
 	st := c.table.counters
 	c.mu.Unlock()
 	st.EventsDropped = c.events.Dropped()
+	st.Refused = c.refused.Snapshot()
 	return st
 }

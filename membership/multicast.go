@@ -10,6 +10,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/net/ipv4"
+
+	"github.com/flockhq/flock/keyring"
 )
 
 // MulticastConfig configures a Multicast membership service.
@@ -30,7 +32,13 @@ type MulticastConfig struct {
 	ProbeTimeout time.Duration
 	// EventBuffer bounds the events waiting for a slow consumer.
 	EventBuffer int
-	Logger      logrus.FieldLogger
+	// Keyring, if set, seals every heartbeat this node sends and is
+	// required of every heartbeat it accepts (see sealed.go).
+	Keyring *keyring.Keyring
+	// MaxClockSkew is how far a sealed heartbeat's send time may be from
+	// this node's clock; older (or newer) ones are refused as replays.
+	MaxClockSkew time.Duration
+	Logger       logrus.FieldLogger
 }
 
 // DefaultMulticastConfig returns Tomcat's defaults, bound to loopback so
@@ -44,6 +52,7 @@ func DefaultMulticastConfig() MulticastConfig {
 		DropTime:     3 * time.Second,
 		ProbeTimeout: time.Second,
 		EventBuffer:  1024,
+		MaxClockSkew: 30 * time.Second,
 	}
 }
 
@@ -64,6 +73,9 @@ func (c MulticastConfig) validate() error {
 	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event buffer %d: need at least 1", c.EventBuffer))
+	}
+	if c.Keyring != nil && c.MaxClockSkew < c.Frequency {
+		errs = append(errs, fmt.Errorf("max clock skew %v: need at least the heartbeat frequency %v", c.MaxClockSkew, c.Frequency))
 	}
 	return errors.Join(errs...)
 }
@@ -244,7 +256,14 @@ func (s *Multicast) tickLoop() {
 // send-error state).
 func (s *Multicast) sendLocked(cmd Command) {
 	s.seq++
-	b, err := Heartbeat{Command: cmd, Seq: s.seq, Member: s.local}.MarshalBinary()
+	h := Heartbeat{Command: cmd, Seq: s.seq, Member: s.local}
+	var b []byte
+	var err error
+	if s.cfg.Keyring != nil {
+		b, err = SealHeartbeat(s.cfg.Keyring, h, time.Now())
+	} else {
+		b, err = h.MarshalBinary()
+	}
 	if err == nil {
 		_, err = s.conn.WriteTo(b, nil, s.dst)
 	}
@@ -257,9 +276,8 @@ func (s *Multicast) sendLocked(cmd Command) {
 }
 
 func (s *Multicast) readLoop() {
-	buf := make([]byte, MaxHeartbeatLen+1)
-	var lastWarn time.Time
-	var quiet uint64 // rejected packets not yet logged
+	buf := make([]byte, MaxSealedHeartbeatLen+1)
+	guard := newReplayGuard(s.cfg.MaxClockSkew)
 	for {
 		n, _, src, err := s.conn.ReadFrom(buf)
 		if err != nil {
@@ -274,19 +292,17 @@ func (s *Multicast) readLoop() {
 			}
 			continue
 		}
-		now := time.Now()
-		h, err := DecodeHeartbeat(buf[:n])
+		h, sent, err := OpenHeartbeat(s.cfg.Keyring, buf[:n])
+		if err == nil && s.cfg.Keyring != nil {
+			err = guard.check(h, sent, time.Now())
+		}
 		if err != nil {
 			s.mu.Lock()
 			s.table.counters.Rejected++
 			s.mu.Unlock()
-			quiet++
-			// A foreign sender on the group can send thousands of packets a
-			// second; say so once a minute, with the count.
-			if now.Sub(lastWarn) >= time.Minute {
-				s.log.WithFields(logrus.Fields{"source": src, "rejected": quiet}).WithError(err).Warn("ignoring packets that are not flock heartbeats")
-				lastWarn, quiet = now, 0
-			}
+			// The refusal log is rate-limited: a foreign sender on the
+			// group can send thousands of packets a second.
+			s.refused.Refuse(refusal(err), src.String(), err)
 			continue
 		}
 		if s.observe(h) {

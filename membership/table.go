@@ -229,7 +229,11 @@ func (t *table) clash(old *entry, h Heartbeat, now time.Time) verdict {
 		// Silent (suspect, if it is being probed), and no probe answered
 		// lately: a member whose heartbeats alone are lost would have.
 		return t.verdict(t.drop(old, now, fmt.Sprintf("silent for %v", silent.Round(time.Millisecond))))
-	case m.Addr == old.Addr && newer(m, old.Member):
+	case m.Addr == old.Addr && newer(m, old.Member) && !t.probeClashes:
+		// Without a prober, a later run at the same address is taken for
+		// a restart. With one, the probe below decides: whoever answers at
+		// that address is the live process, so a forged heartbeat does not
+		// evict a member that still answers.
 		return t.verdict(t.drop(old, now, "its address is announced by a later run"))
 	}
 	t.counters.NameConflicts++
@@ -428,4 +432,7 @@ type Stats struct {
 	NameConflicts      uint64 // heartbeats refused because a live process holds the name (this node's, or a member's)
 	LocalStalls        uint64 // times this node found itself frozen past half the drop time
 	EventsDropped      uint64 // events lost because the consumer fell behind
+	// Refused counts the packets refused, by reason (package refuse);
+	// reasons never seen are absent.
+	Refused map[string]uint64
 }

@@ -142,6 +142,19 @@ func TestTable(t *testing.T) {
 			{at: 200 * time.Millisecond, hb: hb(alive(n2restart, 1)), want: []string{"failed node2", "joined node2"}, reason: "restarted as 16000000 (its address", who: []string{"node2#22"}},
 			{at: 300 * time.Millisecond, hb: hb(alive(n2, 2)), note: "of live member", who: []string{"node2#22"}},
 		}},
+		// With a prober, the same address is not proof: a forged heartbeat
+		// can claim it. Whoever answers there decides.
+		{name: "restart at the same address, with a prober: replaced when the new run answers there", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
+			{at: 200 * time.Millisecond, hb: hb(alive(n2restart, 1)), note: "of live member", probes: []string{"node2#2"}, who: []string{"node2#2"}},
+			{at: 210 * time.Millisecond, probed: &outcome{of: n2, answer: n2restart}, want: []string{"failed node2", "joined node2"}, reason: "restarted as 16000000 (its address is answered by another run", who: []string{"node2#22"}},
+		}},
+		{name: "a later run forged at a member's address does not evict it while it answers", probe: true, steps: []step{
+			{at: 0, hb: hb(alive(n2, 1)), want: []string{"joined node2"}},
+			{at: 200 * time.Millisecond, hb: hb(alive(n2restart, 1)), note: "of live member", probes: []string{"node2#2"}, who: []string{"node2#2"}},
+			{at: 210 * time.Millisecond, probed: &outcome{of: n2, answer: n2}, who: []string{"node2#2"}},
+			{at: 500 * time.Millisecond, hb: hb(alive(n2, 2)), who: []string{"node2#2"}},
+		}},
 		{name: "restart elsewhere replaces the old run once its probe fails", probe: true, steps: []step{
 			{at: 0, hb: hb(alive(n2a, 1)), want: []string{"joined node2"}},
 			{at: 200 * time.Millisecond, hb: hb(alive(n2moved, 1)), note: "of live member", probes: []string{"node2#2"}, who: []string{"node2#2"}},

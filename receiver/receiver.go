@@ -17,8 +17,10 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/flockhq/flock/internal/logx"
+	"github.com/flockhq/flock/internal/refuse"
 	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -82,7 +84,12 @@ type Config struct {
 	// so a peer that trickles bytes (slow loris) cannot hold a reader.
 	FrameTimeout time.Duration
 	Observer     Observer
-	Logger       logrus.FieldLogger
+	// Keyring, if set, is required of every caller: a connection must
+	// open with the handshake that proves the caller holds a key of the
+	// cluster, and every frame after it must be sealed. Anything else is
+	// refused and counted (Stats.Refused).
+	Keyring *keyring.Keyring
+	Logger  logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml.
@@ -119,7 +126,8 @@ type TCP struct {
 	stopped bool
 	wg      sync.WaitGroup
 
-	stats counters
+	stats   counters
+	refused *refuse.Counter
 }
 
 // senderState is what survives a sender's reconnect: the last sequence
@@ -156,6 +164,9 @@ type Stats struct {
 	// ByType counts the application messages read, duplicates included,
 	// by type; types never received are absent.
 	ByType map[uint8]uint64
+	// Refused counts the connections closed for what they sent, by
+	// reason (see package refuse); reasons never seen are absent.
+	Refused map[string]uint64
 }
 
 // New prepares a receiver on ln; register handlers, then call Start.
@@ -182,6 +193,7 @@ func New(ln net.Listener, cfg Config) *TCP {
 		cancel:   cancel,
 		conns:    make(map[net.Conn]struct{}),
 		senders:  make(map[wire.ID]*senderState),
+		refused:  refuse.New(log.WithField("component", "receiver")),
 	}
 }
 
@@ -237,6 +249,7 @@ func (r *TCP) Stats() Stats {
 		Messages: r.stats.Messages.Load(), Duplicates: r.stats.Duplicates.Load(),
 		Rejected: r.stats.Rejected.Load(), HandlerErrors: r.stats.HandlerErrors.Load(),
 		NoHandler: r.stats.NoHandler.Load(), ByType: byType(&r.stats.ByType),
+		Refused: r.refused.Snapshot(),
 	}
 }
 
@@ -295,6 +308,9 @@ func (r *TCP) serve(c net.Conn) {
 		c.Close()
 	}()
 	cs := &connServer{r: r, c: c, rd: wire.NewReader(c, r.cfg.MaxFrame), w: bufio.NewWriterSize(c, 16<<10)}
+	if r.cfg.Keyring != nil {
+		cs.rd.SetMax(wire.MaxAuthFrame) // nothing large from a caller not yet authenticated
+	}
 	err := cs.run()
 	if cs.sender != nil {
 		r.release(wire.ID(cs.from.ID))
@@ -303,7 +319,16 @@ func (r *TCP) serve(c net.Conn) {
 	case err == nil, errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, errIdle):
 	case errors.Is(err, errProtocol):
 		r.stats.Rejected.Add(1)
-		r.log.WithFields(logrus.Fields{"remote": c.RemoteAddr(), "member": cs.from.Name}).WithError(err).Warn("closing connection")
+		reason := refuse.Malformed
+		switch {
+		case errors.Is(err, keyring.ErrUnknownKey):
+			reason = refuse.UnknownKey
+		case errors.Is(err, wire.ErrUnauthenticated) && cs.rd.Sealed():
+			reason = refuse.Forged
+		case errors.Is(err, wire.ErrUnauthenticated), errors.Is(err, wire.ErrFlags), errors.Is(err, errNoKey):
+			reason = refuse.Unauthenticated
+		}
+		r.refused.Refuse(reason, c.RemoteAddr().String(), err)
 	default:
 		r.log.WithFields(logrus.Fields{"remote": c.RemoteAddr(), "member": cs.from.Name}).WithError(err).Debug("connection ended")
 	}
@@ -312,6 +337,7 @@ func (r *TCP) serve(c net.Conn) {
 var (
 	errProtocol = errors.New("protocol error")
 	errIdle     = errors.New("idle connection closed")
+	errNoKey    = errors.New("the caller offers a key, and this node holds no keyring")
 )
 
 // connServer is the state of one connection's reader.
@@ -321,6 +347,8 @@ type connServer struct {
 	rd     *wire.Reader
 	w      *bufio.Writer
 	wbuf   []byte
+	seal   *wire.Sealer // seals what this side writes, once keyed
+	sbuf   []byte       // sealed copy of wbuf
 	from   membership.Member
 	sender *senderState
 	// acked is the highest sequence number acknowledged on this connection;
@@ -347,7 +375,7 @@ func (cs *connServer) run() error {
 		})
 		if err != nil {
 			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||
-				errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) {
+				errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrUnauthenticated) {
 				return fmt.Errorf("%w: %w", errProtocol, err)
 			}
 			var ne net.Error
@@ -370,6 +398,24 @@ func (cs *connServer) run() error {
 
 func (cs *connServer) frame(f wire.Frame) error {
 	r := cs.r
+	if ring := r.cfg.Keyring; ring != nil && !cs.rd.Sealed() {
+		// Nothing but the handshake is read from a caller not yet keyed.
+		answer, seal, err := wire.ServerHandshake(f, cs.rd, ring)
+		if err != nil {
+			return fmt.Errorf("%w: %w", errProtocol, err)
+		}
+		cs.seal = seal
+		if _, err := cs.w.Write(answer); err != nil {
+			return err
+		}
+		return cs.flushWriter()
+	}
+	if f.Type == wire.TypeAuth {
+		if r.cfg.Keyring == nil {
+			return fmt.Errorf("%w: %w", errProtocol, errNoKey)
+		}
+		return fmt.Errorf("%w: second handshake", errProtocol)
+	}
 	if cs.sender == nil && f.Type != wire.TypeHello {
 		return fmt.Errorf("%w: %v before hello", errProtocol, f.Type)
 	}
@@ -387,6 +433,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 		}
 		cs.from = toMember(p)
 		cs.sender = r.acquire(p.ID)
+		cs.rd.SetMax(r.cfg.MaxFrame) // the hello opened: the caller holds the key
 		if o := r.cfg.Observer; o != nil {
 			o.Seen(cs.from)
 		}
@@ -404,8 +451,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 			}
 		}
 		cs.wbuf = wire.AppendPong(cs.wbuf[:0], nonce, r.local)
-		_, err = cs.w.Write(cs.wbuf)
-		return err
+		return cs.write(cs.wbuf)
 	case wire.TypeAck, wire.TypePong:
 		return fmt.Errorf("%w: unexpected %v", errProtocol, f.Type)
 	}
@@ -620,11 +666,7 @@ func (c *replyCache) lookup(seq uint64) (reply []byte, lost bool) {
 
 func (cs *connServer) ack(a wire.AckBody) error {
 	cs.wbuf = wire.AppendAck(cs.wbuf[:0], a)
-	if cs.w.Available() < len(cs.wbuf) {
-		// This write flushes the buffer: give it a fresh deadline.
-		cs.c.SetWriteDeadline(time.Now().Add(cs.r.cfg.FrameTimeout))
-	}
-	_, err := cs.w.Write(cs.wbuf)
+	err := cs.write(cs.wbuf)
 	if cap(cs.wbuf) > 64<<10 {
 		cs.wbuf = nil // a large reply's buffer is not worth keeping per connection
 	}
@@ -633,6 +675,25 @@ func (cs *connServer) ack(a wire.AckBody) error {
 	}
 	cs.acked = max(cs.acked, a.Seq)
 	return nil
+}
+
+// write buffers one whole frame, sealed if the connection is keyed.
+func (cs *connServer) write(frame []byte) error {
+	if cs.seal != nil {
+		cs.sbuf = cs.seal.Seal(cs.sbuf[:0], frame)
+		frame = cs.sbuf
+		defer func() {
+			if cap(cs.sbuf) > 64<<10 {
+				cs.sbuf = nil
+			}
+		}()
+	}
+	if cs.w.Available() < len(frame) {
+		// This write flushes the buffer: give it a fresh deadline.
+		cs.c.SetWriteDeadline(time.Now().Add(cs.r.cfg.FrameTimeout))
+	}
+	_, err := cs.w.Write(frame)
+	return err
 }
 
 // flush writes the acks owed: a cumulative one for async messages read

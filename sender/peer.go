@@ -49,9 +49,11 @@ type peer struct {
 	bytes    int64
 	seq      uint64
 	conn     net.Conn
-	gen      uint64    // increments per connection, so a stale reader's failure is ignored
-	progress time.Time // last acknowledgement, or when inflight became non-empty
-	stopErr  error     // set once: why the peer stopped
+	seal     *wire.Sealer // seals what is written to conn, when keyed
+	sealBuf  []byte       // the writer's: sealed frames of one batch
+	gen      uint64       // increments per connection, so a stale reader's failure is ignored
+	progress time.Time    // last acknowledgement, or when inflight became non-empty
+	stopErr  error        // set once: why the peer stopped
 	emptied  chan struct{}
 	// holds counts callers between looking the peer up and queueing
 	// their message (TCP.peer, enqueue); lastUse is when the last one
@@ -171,7 +173,7 @@ func (p *peer) run() {
 			continue
 		}
 		for {
-			frames, conn, gen := p.takeBatch()
+			frames, conn, gen, seal := p.takeBatch()
 			if len(frames) == 0 {
 				break
 			}
@@ -190,8 +192,21 @@ func (p *peer) run() {
 				continue
 			}
 			conn.SetWriteDeadline(time.Now().Add(p.s.cfg.Timeout))
-			bufs := net.Buffers(frames)
-			if _, err := bufs.WriteTo(conn); err != nil {
+			var err error
+			if seal != nil {
+				b := p.sealBuf[:0]
+				for _, f := range frames {
+					b = seal.Seal(b, f)
+				}
+				_, err = conn.Write(b)
+				if p.sealBuf = b; cap(b) > 4*maxBatch {
+					p.sealBuf = nil // a huge frame's buffer is not worth keeping
+				}
+			} else {
+				bufs := net.Buffers(frames)
+				_, err = bufs.WriteTo(conn)
+			}
+			if err != nil {
 				p.broken(gen, fmt.Errorf("write: %w", err))
 				break
 			}
@@ -203,14 +218,23 @@ func (p *peer) run() {
 // returns their frames with the connection to write them to. When there is
 // no connection it moves nothing and returns a nil conn with one frame, the
 // sign to connect first.
-func (p *peer) takeBatch() ([][]byte, net.Conn, uint64) {
+func (p *peer) takeBatch() ([][]byte, net.Conn, uint64, *wire.Sealer) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.pending) == 0 {
-		return nil, nil, 0
+		return nil, nil, 0, nil
+	}
+	if p.conn != nil && p.seal != nil && p.seal.Key().Removed() {
+		// A rotation took the connection's key out of the ring: open a
+		// new connection with the current key. What is in flight on this
+		// one is acknowledged there or re-sent, as after any reconnect.
+		p.conn.Close()
+		p.conn, p.seal = nil, nil
+		p.gen++
+		p.requeueInflight()
 	}
 	if p.conn == nil {
-		return [][]byte{p.pending[0].frame}, nil, 0
+		return [][]byte{p.pending[0].frame}, nil, 0, nil
 	}
 	var frames [][]byte
 	n, size := 0, 0
@@ -231,7 +255,18 @@ func (p *peer) takeBatch() ([][]byte, net.Conn, uint64) {
 	p.pending = append(p.pending[:0], p.pending[n:]...)
 	p.stats.Sent += uint64(n)
 	p.stats.SentBytes += uint64(size)
-	return frames, p.conn, p.gen
+	return frames, p.conn, p.gen, p.seal
+}
+
+// requeueInflight puts what was written to a connection given up on back at
+// the front of the queue, untouched: it was not failed, only not answered
+// yet. p.mu must be held.
+func (p *peer) requeueInflight() {
+	if len(p.inflight) == 0 {
+		return
+	}
+	p.pending = append(p.inflight, p.pending...)
+	p.inflight = nil
 }
 
 // connect dials the peer, sends the hello and starts the connection's ack
@@ -245,12 +280,22 @@ func (p *peer) connect() error {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	rd := wire.NewReader(conn, p.s.cfg.MaxFrame)
 	hello := wire.AppendHello(nil, p.s.local)
-	conn.SetWriteDeadline(time.Now().Add(p.s.cfg.Timeout))
+	conn.SetDeadline(time.Now().Add(p.s.cfg.Timeout))
+	var seal *wire.Sealer
+	if ring := p.s.cfg.Keyring; ring != nil {
+		if seal, err = wire.ClientHandshake(conn, rd, ring); err != nil {
+			conn.Close()
+			return err
+		}
+		hello = seal.Seal(nil, hello)
+	}
 	if _, err := conn.Write(hello); err != nil {
 		conn.Close()
 		return err
 	}
+	conn.SetDeadline(time.Time{})
 	p.mu.Lock()
 	if p.stopErr != nil {
 		p.mu.Unlock()
@@ -258,14 +303,14 @@ func (p *peer) connect() error {
 		return p.stopErr
 	}
 	p.gen++
-	p.conn = conn
+	p.conn, p.seal = conn, seal
 	gen := p.gen
 	if p.gen > 1 {
 		p.stats.Reconnects++
 	}
 	p.mu.Unlock()
 	p.s.wg.Add(1)
-	go func() { defer p.s.wg.Done(); p.readAcks(conn, gen) }()
+	go func() { defer p.s.wg.Done(); p.readAcks(conn, rd, gen) }()
 	return nil
 }
 
@@ -280,7 +325,7 @@ func (p *peer) broken(gen uint64, cause error) {
 	}
 	if p.conn != nil {
 		p.conn.Close()
-		p.conn = nil
+		p.conn, p.seal = nil, nil
 	}
 	if p.stopErr != nil {
 		// Stopping: shutdown fails what is queued, with the reason.
@@ -340,8 +385,7 @@ func (p *peer) checkProgress() {
 }
 
 // readAcks reads the acknowledgements of one connection until it fails.
-func (p *peer) readAcks(conn net.Conn, gen uint64) {
-	rd := wire.NewReader(conn, p.s.cfg.MaxFrame)
+func (p *peer) readAcks(conn net.Conn, rd *wire.Reader, gen uint64) {
 	for {
 		f, err := rd.Next(nil)
 		if errors.Is(err, wire.ErrTooLarge) {

@@ -55,24 +55,25 @@ func (s *TCP) call(ctx context.Context, addr netip.AddrPort, t wire.Type) (wire.
 	var nb [8]byte
 	rand.Read(nb[:])
 	nonce := binary.BigEndian.Uint64(nb[:])
+	rd := wire.NewReader(conn, s.cfg.MaxFrame)
 	b := wire.AppendHello(nil, s.local)
 	b = wire.AppendPing(b, t, nonce)
+	if ring := s.cfg.Keyring; ring != nil {
+		seal, err := wire.ClientHandshake(conn, rd, ring)
+		if err != nil {
+			return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, timedOut(ctx, err))
+		}
+		hello := wire.FrameLen(b)
+		sealed := seal.Seal(nil, b[:hello])
+		b = seal.Seal(sealed, b[hello:])
+	}
 	if _, err := conn.Write(b); err != nil {
 		return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
 	}
-	rd := wire.NewReader(conn, s.cfg.MaxFrame)
 	for range 16 { // a pong is the first frame a receiver writes; allow a few strays, not a stream
 		f, err := rd.Next(nil)
 		if err != nil {
-			// The connection's deadline is the context's: the read can
-			// time out a moment before the context reports it.
-			var ne net.Error
-			if ctx.Err() != nil {
-				err = fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
-			} else if errors.As(err, &ne) && ne.Timeout() {
-				err = fmt.Errorf("%w: %w", ErrTimeout, err)
-			}
-			return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, err)
+			return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, timedOut(ctx, err))
 		}
 		if f.Type != wire.TypePong {
 			continue
@@ -86,4 +87,17 @@ func (s *TCP) call(ctx context.Context, addr netip.AddrPort, t wire.Type) (wire.
 		}
 	}
 	return wire.Peer{}, fmt.Errorf("%v %v: no answer among the frames it sent", t, addr)
+}
+
+// timedOut marks err as ErrTimeout when it is one. The connection's deadline
+// is the context's: a read can time out a moment before the context
+// reports it.
+func timedOut(ctx context.Context, err error) error {
+	var ne net.Error
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
+	} else if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%w: %w", ErrTimeout, err)
+	}
+	return err
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/flockhq/flock/internal/logx"
 	"github.com/flockhq/flock/internal/syncx"
 	"github.com/flockhq/flock/internal/wire"
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -114,7 +115,11 @@ type Config struct {
 	// broken, stalled), so membership can check whether the peer is dead.
 	// It is called on sender goroutines and must not block.
 	OnFailure func(addr netip.AddrPort, err error)
-	Logger    logrus.FieldLogger
+	// Keyring, if set, authenticates and encrypts every connection: a
+	// handshake proves both sides hold a key of the cluster, then every
+	// frame is sealed. Peers must hold a keyring too.
+	Keyring *keyring.Keyring
+	Logger  logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml (Tomcat's).

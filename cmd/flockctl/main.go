@@ -6,6 +6,7 @@
 //	flockctl members  [--node URL] [--json]
 //	flockctl sessions [--node URL] [--json]
 //	flockctl listen   --bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION]
+//	flockctl keygen
 package main
 
 import (
@@ -20,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/flockhq/flock/keyring"
 )
 
 // Exit codes.
@@ -83,6 +86,17 @@ var commands = []command{
 			"ADDR, without joining the cluster (nothing is sent), and show every sender.\n" +
 			"Runs until interrupted, or for DURATION; then prints the final table.",
 		listenCmd},
+	{"keygen", "",
+		"Print a fresh random cluster key (base64, 32 bytes) for [cluster.security]\n" +
+			"keys or a key_file. Every node of a cluster needs the same keys.",
+		keygenCmd},
+}
+
+func keygenCmd(fl *flag.FlagSet) func(ctx context.Context, a *app) error {
+	return func(ctx context.Context, a *app) error {
+		_, err := fmt.Fprintln(a.stdout, keyring.Generate())
+		return err
+	}
 }
 
 func (a *app) run(ctx context.Context, args []string) int {

@@ -77,7 +77,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	log.SetLevel(level)
 	entry := log.WithField("node", cfg.Server.Name)
 
-	if err := serve(ctx, cfg, entry); err != nil {
+	// SIGHUP rereads the configuration for what can change while the node
+	// runs: the cluster keys.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := func() (conf.Config, error) { return configure(args, io.Discard) }
+	if err := serve(ctx, cfg, entry, hup, reload); err != nil {
 		entry.WithError(err).Error("flockd failed")
 		return exitFail
 	}
@@ -136,7 +142,7 @@ func flagSet(fl *flag.FlagSet, name string) bool {
 }
 
 // serve runs the node until ctx ends, then leaves the cluster cleanly.
-func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
+func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry, hup <-chan os.Signal, reload func() (conf.Config, error)) error {
 	lns, err := listen(cfg)
 	if err != nil {
 		return err
@@ -169,6 +175,9 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	if len(lns) > 1 {
 		fields["admin"] = lns[1].Addr()
 	}
+	if ids := node.KeyIDs(); ids != nil {
+		fields["keys"] = ids // public ids, never the keys
+	}
 	log.WithFields(fields).Info("node started")
 
 	var draining atomic.Bool
@@ -195,13 +204,21 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	}
 
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info("stopping: draining requests and replication")
-	case serveErr = <-httpDone:
-	case e := <-conflict:
-		serveErr = fmt.Errorf("%w: %q is the name of the process at %s (id %s), which started first; stopping this one",
-			membership.ErrNameTaken, e.Member.Name, e.Member.Addr, e.Member.ID)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("stopping: draining requests and replication")
+			break wait
+		case serveErr = <-httpDone:
+			break wait
+		case e := <-conflict:
+			serveErr = fmt.Errorf("%w: %q is the name of the process at %s (id %s), which started first; stopping this one",
+				membership.ErrNameTaken, e.Member.Name, e.Member.Addr, e.Member.ID)
+			break wait
+		case <-hup:
+			reloadKeys(node, reload, log)
+		}
 	}
 	// Graceful: the load balancer sees 503 on /healthz, requests in flight
 	// finish, what they changed is replicated, then the node leaves.
@@ -221,6 +238,27 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// reloadKeys rereads the configuration and gives the node its keys: a
+// step of a key rotation. A bad file changes nothing.
+func reloadKeys(node *flock.Node, reload func() (conf.Config, error), log *logrus.Entry) {
+	cfg, err := reload()
+	var keys [][]byte
+	if err == nil {
+		keys, err = cfg.Cluster.Security.LoadKeys()
+	}
+	if err == nil && keys == nil {
+		err = errors.New("the configuration sets no key; a running node cannot drop its keyring")
+	}
+	if err == nil {
+		err = node.SetKeys(keys...)
+	}
+	if err != nil {
+		log.WithError(err).Error("SIGHUP: keys not reloaded; the node keeps its keys")
+		return
+	}
+	log.WithField("keys", node.KeyIDs()).Info("SIGHUP: cluster keys reloaded (the first seals)")
 }
 
 // listen opens the HTTP listener and, when [server] admin is set, the

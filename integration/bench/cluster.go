@@ -63,6 +63,9 @@ type cluster struct {
 	lab   *lab.Lab
 	lb    *lab.Host
 	nodes []*node
+	// keyFile, once set, keys the flockd started from then on; without it
+	// they run insecure (the lab's bridge is the trusted network).
+	keyFile string
 }
 
 // node is a server (flockd or bare) in its own host namespace.
@@ -137,6 +140,11 @@ func (c *cluster) startFlockdMode(ctx context.Context, n *node, mode, replicatio
 	text := fmt.Sprintf("[cluster]\ndomain = %q\n\n[cluster.manager]\nreplication = %q\n", domain, replication)
 	if mode != "" {
 		text += fmt.Sprintf("mode = %q\n", mode)
+	}
+	if c.keyFile != "" {
+		text += fmt.Sprintf("\n[cluster.security]\nkey_file = %q\n", c.keyFile)
+	} else {
+		text += "\n[cluster.security]\ninsecure = true\n"
 	}
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		return err

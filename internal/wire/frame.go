@@ -7,8 +7,8 @@
 //	0   4    magic "FLKT"
 //	4   1    protocol version (1)
 //	5   1    type: 1..15 control frames of the transport, 16..255 application messages
-//	6   1    flags: bit 0 marks an authentication tag after the body (reserved
-//	         for shared-key authentication; refused until then); other bits must be 0
+//	6   1    flags: bit 0 marks a sealed frame (see seal.go): the body is
+//	         encrypted and ends with its authentication tag; other bits must be 0
 //	7   1    reserved, 0
 //	8   4    body length, big-endian
 //	12  n    body: a msgpack array, whose layout depends on the type
@@ -26,6 +26,8 @@ import (
 	"io"
 	"net/netip"
 	"time"
+
+	"github.com/flockhq/flock/keyring"
 )
 
 const (
@@ -46,6 +48,7 @@ const (
 	TypePing  Type = 3 // "are you there?", answered by the process, not the kernel
 	TypePong  Type = 4 // the answer to a ping, naming the member that answered
 	TypeLeave Type = 5 // the caller is leaving the cluster; answered with a pong
+	TypeAuth  Type = 6 // the handshake of a keyed connection (seal.go)
 
 	// FirstApp is the first type free for application messages.
 	FirstApp Type = 16
@@ -63,12 +66,14 @@ func (t Type) String() string {
 		return "pong"
 	case TypeLeave:
 		return "leave"
+	case TypeAuth:
+		return "auth"
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }
 
-// FlagAuth marks a frame followed by an authentication tag. No tag scheme is
-// defined yet, so a frame with it set is refused rather than trusted.
+// FlagAuth marks a sealed frame: its body is encrypted and authenticated
+// with the keys of its connection.
 const FlagAuth = 1 << 0
 
 // Errors of the codec; each is wrapped with the detail.
@@ -126,6 +131,10 @@ func finish(b []byte, start int) []byte {
 	return b
 }
 
+// FrameLen is the length of the whole frame at the start of b, as its
+// header says; b must hold at least a header.
+func FrameLen(b []byte) int { return HeaderLen + int(binary.BigEndian.Uint32(b[8:12])) }
+
 // ParseHeader checks a frame header and returns the type, flags and body
 // length. max bounds the length before anything is allocated for it.
 func ParseHeader(h []byte, max int) (Type, uint8, int, error) {
@@ -139,13 +148,13 @@ func ParseHeader(h []byte, max int) (Type, uint8, int, error) {
 		return 0, 0, 0, fmt.Errorf("%w: %d (this node speaks %d)", ErrVersion, h[4], Version)
 	}
 	t, flags := Type(h[5]), h[6]
-	if flags != 0 {
-		return 0, 0, 0, fmt.Errorf("%w: %#x (authenticated frames are not supported yet)", ErrFlags, flags)
+	if flags&^FlagAuth != 0 {
+		return 0, 0, 0, fmt.Errorf("%w: %#x", ErrFlags, flags)
 	}
 	if h[7] != 0 {
 		return 0, 0, 0, fmt.Errorf("%w: reserved header byte %#x", ErrMalformed, h[7])
 	}
-	if t == 0 || (t > TypeLeave && t < FirstApp) {
+	if t == 0 || (t > TypeAuth && t < FirstApp) {
 		return 0, 0, 0, fmt.Errorf("%w: unknown type %d", ErrMalformed, t)
 	}
 	n := binary.BigEndian.Uint32(h[8:12])
@@ -163,7 +172,21 @@ type Reader struct {
 	// refused is the body length of the frame Next just refused as too
 	// large, still to be read from the stream; -1 when there is none.
 	refused int64
+	// open, once a handshake has set it, opens every frame; a frame that
+	// is not sealed is refused.
+	open *opener
 }
+
+// SetMax changes the bound on frame bodies: a node that requires a
+// handshake reads an unauthenticated caller's first frame with a small one.
+func (r *Reader) SetMax(max int) { r.max = max }
+
+// MaxAuthFrame bounds the bodies of the frames a keyed node reads before
+// the caller is authenticated: the handshake and the hello.
+const MaxAuthFrame = 2 << 10
+
+// Sealed reports whether a handshake has keyed the reader.
+func (r *Reader) Sealed() bool { return r.open != nil }
 
 // NewReader reads frames of at most max body bytes from r.
 func NewReader(r io.Reader, max int) *Reader {
@@ -188,16 +211,34 @@ func (r *Reader) Next(started func()) (Frame, error) {
 	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
 		return Frame{}, unexpected(err)
 	}
-	t, flags, n, err := ParseHeader(r.hdr[:], r.max)
+	limit := r.max
+	if r.open != nil {
+		limit += keyring.TagSize
+	}
+	t, flags, n, err := ParseHeader(r.hdr[:], limit)
 	if err != nil {
-		if errors.Is(err, ErrTooLarge) {
+		if errors.Is(err, ErrTooLarge) && r.open == nil {
 			r.refused = int64(binary.BigEndian.Uint32(r.hdr[8:12]))
 		}
 		return Frame{}, err
 	}
+	switch sealed := flags&FlagAuth != 0; {
+	case r.open != nil && !sealed:
+		return Frame{}, fmt.Errorf("%w: %v frame in the clear on a keyed connection", ErrUnauthenticated, t)
+	case r.open == nil && sealed:
+		return Frame{}, fmt.Errorf("%w: sealed %v frame on a connection without keys", ErrFlags, t)
+	case sealed && n < keyring.TagSize:
+		return Frame{}, fmt.Errorf("%w: sealed frame of %d bytes", ErrUnauthenticated, n)
+	}
 	body, err := readBody(r.r, n)
 	if err != nil {
 		return Frame{}, unexpected(err)
+	}
+	if r.open != nil {
+		if body, err = r.open.open(r.hdr[:], body); err != nil {
+			return Frame{}, err
+		}
+		flags &^= FlagAuth
 	}
 	return Frame{Type: t, Flags: flags, Body: body}, nil
 }

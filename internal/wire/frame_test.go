@@ -371,7 +371,7 @@ func TestParseHeaderTypes(t *testing.T) {
 	for typ := 0; typ < 256; typ++ {
 		h := AppendPing(nil, Type(typ), 1)[:HeaderLen]
 		got, _, n, err := ParseHeader(h, DefaultMaxFrame)
-		valid := typ >= 1 && typ <= 5 || typ >= 16
+		valid := typ >= 1 && typ <= 6 || typ >= 16
 		switch {
 		case valid && (err != nil || got != Type(typ) || n != 2):
 			t.Errorf("type %d: %v %d %v, want it accepted", typ, got, n, err)
@@ -430,11 +430,11 @@ func TestHeaderRejections(t *testing.T) {
 		{"version 0", edit(func(b []byte) { b[4] = 0 }), ErrVersion},
 		{"version 2", edit(func(b []byte) { b[4] = 2 }), ErrVersion},
 		{"version 255", edit(func(b []byte) { b[4] = 255 }), ErrVersion},
-		{"auth flag", edit(func(b []byte) { b[6] = FlagAuth }), ErrFlags},
+		{"unknown flag", edit(func(b []byte) { b[6] = 2 }), ErrFlags},
 		{"unknown flag", edit(func(b []byte) { b[6] = 0x80 }), ErrFlags},
 		{"reserved byte", edit(func(b []byte) { b[7] = 1 }), ErrMalformed},
 		{"type 0", edit(func(b []byte) { b[5] = 0 }), ErrMalformed},
-		{"type 6", edit(func(b []byte) { b[5] = 6 }), ErrMalformed},
+		{"type 7", edit(func(b []byte) { b[5] = 7 }), ErrMalformed},
 		{"type 15", edit(func(b []byte) { b[5] = 15 }), ErrMalformed},
 		{"too large", edit(func(b []byte) { binary.BigEndian.PutUint32(b[8:], DefaultMaxFrame+1) }), ErrTooLarge},
 	}

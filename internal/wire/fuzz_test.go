@@ -26,6 +26,8 @@ func parseBody(t Type, body []byte) error {
 		_, err = ParsePing(body)
 	case TypePong:
 		_, _, err = ParsePong(body)
+	case TypeAuth:
+		_, err = ParseAuth(body)
 	default:
 		_, err = ParseEnvelope(body)
 	}
@@ -103,7 +105,7 @@ func readAll(t *testing.T, data []byte, max int) {
 		if calls != 1 {
 			t.Fatalf("started called %d times for a frame", calls)
 		}
-		if len(f.Body) > max || f.Flags != 0 || f.Type == 0 || (f.Type > TypeLeave && f.Type < FirstApp) {
+		if len(f.Body) > max || f.Flags != 0 || f.Type == 0 || (f.Type > TypeAuth && f.Type < FirstApp) {
 			t.Fatalf("Next returned type %d flags %#x body of %d bytes", f.Type, f.Flags, len(f.Body))
 		}
 		if err := parseBody(f.Type, f.Body); err != nil && !errors.Is(err, ErrMalformed) {
@@ -122,7 +124,7 @@ func checkRefusal(t *testing.T, err error) {
 }
 
 // bodyOf checks the header of a re-encoded frame and returns its body.
-func bodyOf(t *testing.T, frame []byte, want Type) []byte {
+func bodyOf(t testing.TB, frame []byte, want Type) []byte {
 	t.Helper()
 	typ, _, n, err := ParseHeader(frame, DefaultMaxFrame)
 	if err != nil || typ != want || n != len(frame)-HeaderLen {
