@@ -73,7 +73,7 @@ func parts(c conf.Config) (partConfigs, error) {
 		m := membership.DefaultMulticastConfig()
 		m.Group, m.Interface, m.TTL = group, bind, mc.TTL
 		m.Frequency, m.DropTime = mc.Frequency.Duration, mc.DropTime.Duration
-		m.ProbeTimeout = mc.ProbeTimeout.Duration // 0: no probe
+		m.ProbeTimeout = mc.ProbeTimeout.Duration  // 0: no probe
 		m.MaxClockSkew = sec.MaxClockSkew.Duration // the keyring comes from the cluster
 		p.multicast = &m
 		cc.Membership = cluster.Multicast(m)

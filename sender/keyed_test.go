@@ -112,9 +112,9 @@ func copyPayloadSum(p []byte) {
 // never exchange a message, and the receiver counts why.
 func TestKeyMismatch(t *testing.T) {
 	tests := []struct {
-		name         string
-		send, recv   []byte // keys; nil: none
-		refusedAs    string // the receiver's count
+		name       string
+		send, recv []byte // keys; nil: none
+		refusedAs  string // the receiver's count
 	}{
 		{"unkeyed caller, keyed receiver", nil, []byte{1}, "unauthenticated"},
 		{"keyed caller, unkeyed receiver", []byte{1}, nil, "unauthenticated"},
