@@ -656,3 +656,58 @@ func TestRenamedNotResurrected(t *testing.T) {
 		})
 	}
 }
+
+// A change from another node lands while a request here has the session
+// open: the request read the count before it, and its increment, built on
+// that, would overwrite the other unseen (chaos run of 2026-12-02: count
+// 7192 answered 200 twice, on two nodes, 13 ms apart). The commit is
+// refused, the copy mixing both is not handed out, and the next Load
+// serves the other node's change.
+func TestChangeLandedDuringRequestRefused(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, testConfig(), "A", "B")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitConverged(id)
+
+	req := load(t, b, id)
+	req.RequestStarted()
+	n := mustGet[int](t, req, "n") // reads 1
+
+	other := load(t, a, id)
+	set(t, other, "n", 2)
+	commit(t, a, other) // sync: B applied it before this returns
+
+	set(t, req, "n", n+1) // the increment on what it read: 2 again
+	req.ResponseCommitted()
+	err := b.Commit(bg, req)
+	req.RequestEnded()
+	if !errors.Is(err, ErrChangedUnder) {
+		t.Fatalf("commit of a change built on what was read before another node's change: %v, want ErrChangedUnder", err)
+	}
+	if got, _ := state(a, id); got.Version != 2 || got.Origin != "A" {
+		t.Errorf("A holds v%d of %s, want its own v2", got.Version, got.Origin)
+	}
+	if _, ok := b.copyOf(id); ok {
+		t.Error("B hands out the refused copy")
+	}
+	again := load(t, b, id)
+	again.RequestStarted()
+	if n := mustGet[int](t, again, "n"); n != 2 {
+		t.Fatalf("B serves n = %d after the refusal, want A's 2", n)
+	}
+	set(t, again, "n", 3)
+	again.ResponseCommitted()
+	if err := b.Commit(bg, again); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	again.RequestEnded()
+	c.waitConverged(id)
+	if got, _ := state(a, id); got.Version != 3 {
+		t.Errorf("A holds v%d after the retry, want 3", got.Version)
+	}
+	if st := b.Stats(); st.ChangedUnder != 1 {
+		t.Errorf("ChangedUnder = %d, want 1", st.ChangedUnder)
+	}
+}

@@ -520,6 +520,18 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		return nil
 	}
 	changed := s.isNew || len(s.dirty) > 0 || s.renamedFrom != "" || s.maxChanged
+	if changed && s.changedUnder && !s.isNew && s.renamedFrom == "" && m.cfg.Replication == cluster.Sync {
+		// The request may have read the session before the other node's
+		// change landed: its change is dropped, and this copy, which mixes
+		// both, is in doubt until the next Load takes the members' copy.
+		id := s.id
+		s.changedUnder = false
+		s.dirty, s.maxChanged = nil, false
+		s.unsure, s.hashed = true, false
+		s.mu.Unlock()
+		m.stats.changedUnder.Add(1)
+		return fmt.Errorf("manager: session %s: %w; not replicated, retry the request", short(id), ErrChangedUnder)
+	}
 	if !changed && !m.cfg.AlwaysSave {
 		id := s.id
 		s.mu.Unlock()

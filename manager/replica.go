@@ -23,7 +23,7 @@ type counters struct {
 	refusedEnded, stalls                      atomic.Uint64
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
-	lagging                                   atomic.Uint64
+	lagging, changedUnder                     atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -65,6 +65,9 @@ type Stats struct {
 	// TooFewCopies: those that failed the sync rule (the user got 503).
 	ShortCommits uint64 `json:"short_commits"`
 	TooFewCopies uint64 `json:"too_few_copies"`
+	// ChangedUnder: commits refused because another node's change landed
+	// during the request (ErrChangedUnder; the user got 503).
+	ChangedUnder uint64 `json:"changed_under"`
 	// Lagging: times a member that kept missing sync commits was set
 	// aside (not waited for) for a while.
 	Lagging    uint64 `json:"lagging"`
@@ -87,7 +90,7 @@ func (m *Manager) Stats() Stats {
 		Tombstones: m.tombs.len(), RefusedEnded: m.stats.refusedEnded.Load(),
 		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
-		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(),
+		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(),
 		Lagging: m.stats.lagging.Load(),
 	}
 	return st
@@ -281,6 +284,7 @@ func (s *Session) applyDelta(d delta) {
 		s.lastAccess, s.accessedBy = a, d.Origin
 	}
 	s.version, s.origin = d.Version, d.Origin
+	s.landed()
 }
 
 func (s *Session) toSnapshot() snapshot {
@@ -341,6 +345,9 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 		s.attrs = make(map[string][]byte)
 	}
 	s.hashed = false
+	if remote {
+		s.landed()
+	}
 	s.mu.Unlock()
 	m.keep(snap.ID)
 	if created {

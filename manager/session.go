@@ -62,6 +62,26 @@ type Session struct {
 	// still runs). A change while some are late and none is open would be
 	// in no response: Set and Delete refuse it (ErrCommitted).
 	open, late int
+	// changedUnder: a change made on another node landed while requests
+	// here used the session. What they read may predate it, so a change
+	// of theirs, built on what they read, would overwrite it unseen (an
+	// increment on a stale count): in sync replication their commit is
+	// refused (ErrChangedUnder) instead.
+	changedUnder bool
+}
+
+// ErrChangedUnder is Commit's error when, in sync replication, a change
+// made on another node landed while the request ran: the request's change
+// may be built on what it read before, and would overwrite the other
+// unseen. The change is not replicated; the valve answers 503, and the
+// next request reads the session afresh.
+var ErrChangedUnder = errors.New("the session changed on another node during the request")
+
+// landed notes a change from another node applied to s; s.mu held.
+func (s *Session) landed() {
+	if s.open+s.late > 0 {
+		s.changedUnder = true
+	}
 }
 
 // private reports whether this copy holds a change not acknowledged (yet),
@@ -78,6 +98,9 @@ var ErrCommitted = errors.New("session: the response has already committed; chan
 // a request using it stands; the valve calls them (see ErrCommitted).
 func (s *Session) RequestStarted() {
 	s.mu.Lock()
+	if s.open+s.late == 0 {
+		s.changedUnder = false // what landed before this request, it reads
+	}
 	s.open++
 	s.mu.Unlock()
 }

@@ -251,7 +251,7 @@ func (st *state) commit() {
 	if err := st.v.store.Commit(st.r.Context(), s); err != nil {
 		// Below the sync rule the user is told (503); above it, the
 		// members that missed the change are repaired by anti-entropy.
-		st.unreplicated = errors.Is(err, manager.ErrTooFewCopies)
+		st.unreplicated = errors.Is(err, manager.ErrTooFewCopies) || errors.Is(err, manager.ErrChangedUnder)
 		st.v.warn(err)
 	}
 	id := s.ID()
