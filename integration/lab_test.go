@@ -62,6 +62,13 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "building flockd:", err)
 		return 1
 	}
+	attackerPath = filepath.Join(dir, "attacker")
+	build = exec.Command("go", "build", "-o", attackerPath, "github.com/flockhq/flock/integration/attacker")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the attacker:", err)
+		return 1
+	}
 	code := m.Run()
 	figures.print()
 	return code

@@ -23,7 +23,7 @@ type counters struct {
 	refusedEnded, stalls                      atomic.Uint64
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
-	lagging, changedUnder                     atomic.Uint64
+	lagging, changedUnder, implausible        atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -68,6 +68,9 @@ type Stats struct {
 	// ChangedUnder: commits refused because another node's change landed
 	// during the request (ErrChangedUnder; the user got 503).
 	ChangedUnder uint64 `json:"changed_under"`
+	// Implausible: changes, copies and ends from other nodes refused for
+	// a version that jumps absurdly far (forged or corrupt).
+	Implausible uint64 `json:"implausible"`
 	// Lagging: times a member that kept missing sync commits was set
 	// aside (not waited for) for a while.
 	Lagging    uint64 `json:"lagging"`
@@ -90,7 +93,7 @@ func (m *Manager) Stats() Stats {
 		Tombstones: m.tombs.len(), RefusedEnded: m.stats.refusedEnded.Load(),
 		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
-		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(),
+		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(),
 		Lagging: m.stats.lagging.Load(),
 	}
 	return st
@@ -115,6 +118,13 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	m.stats.received.Add(1)
 	if !ValidID(d.ID) || (d.Old != "" && !ValidID(d.Old)) {
 		return fmt.Errorf("manager: delta for malformed session id %q", d.ID)
+	}
+	if why := m.implausible(d.ID, d.Version); why != "" || d.Base >= d.Version {
+		m.stats.implausible.Add(1)
+		if why == "" {
+			why = fmt.Sprintf("v%d of session %s does not follow its base v%d", d.Version, short(d.ID), d.Base)
+		}
+		return fmt.Errorf("manager: delta refused: %s", why)
 	}
 	if m.refused(d.ID, d.Version) || (d.Old != "" && m.refusedEnded(d.Old, d.Version)) {
 		return nil // the session ended: a change still on its way must not bring it back
@@ -316,6 +326,10 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	if !ValidID(snap.ID) || m.refused(snap.ID, snap.Version) {
 		return nil, false
 	}
+	if remote && m.implausible(snap.ID, snap.Version) != "" {
+		m.stats.implausible.Add(1)
+		return nil, false
+	}
 	m.mu.Lock()
 	s := m.sessions[snap.ID]
 	created := s == nil
@@ -366,6 +380,11 @@ func (m *Manager) handleExpire(ctx context.Context, msg cluster.Message) error {
 		return err
 	}
 	m.stats.received.Add(1)
+	if why := m.implausible(e.ID, e.Version); why != "" {
+		m.stats.implausible.Add(1)
+		return fmt.Errorf("manager: expire refused: %s", why)
+	}
+	// (ended checks again for the copies that arrive in batches.)
 	// Renamed away ("moved"): the session lives on under another id, and
 	// the old one must not come back from a replica that missed it.
 	m.ended(ended{ID: e.ID, Version: e.Version, Invalidated: e.Reason == "invalidated", Moved: e.Reason == "moved"}, true)

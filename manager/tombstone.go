@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"fmt"
 	"hash/fnv"
 	"slices"
 	"sync"
@@ -146,6 +147,10 @@ func (m *Manager) ended(e ended, remote bool) bool {
 	if !ValidID(e.ID) {
 		return false
 	}
+	if remote && m.implausible(e.ID, e.Version) != "" {
+		m.stats.implausible.Add(1)
+		return false
+	}
 	m.tombs.add(e.ID, e, m.clock.Now())
 	m.mu.Lock()
 	s := m.sessions[e.ID]
@@ -195,6 +200,37 @@ func (m *Manager) refused(id string, version uint64) bool {
 	}
 	m.tombs.remove(id)
 	return false
+}
+
+// Versions count a session's changes, one at a time. A change from another
+// node that moves a version further than maxVersionJump past this node's
+// copy, or any version above maxVersion, is forged or corrupt: applied, it
+// would pin the session (every real change "stale" until it expires) or
+// end it for good.
+const (
+	maxVersionJump = 1 << 20
+	maxVersion     = 1 << 40
+)
+
+// implausible says why version v of session id, from another node, is
+// refused, or returns "".
+func (m *Manager) implausible(id string, v uint64) string {
+	if v > maxVersion {
+		return fmt.Sprintf("version %d of session %s is implausible (at most %d)", v, short(id), uint64(maxVersion))
+	}
+	m.mu.RLock()
+	s := m.sessions[id]
+	m.mu.RUnlock()
+	if s == nil {
+		return ""
+	}
+	s.mu.Lock()
+	local := s.version
+	s.mu.Unlock()
+	if v > local+maxVersionJump {
+		return fmt.Sprintf("version %d of session %s jumps %d past this node's v%d (at most %d)", v, short(id), v-local, local, maxVersionJump)
+	}
+	return ""
 }
 
 // refusedEnded is refused for a session that ended, not one renamed away:

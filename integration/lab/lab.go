@@ -191,6 +191,20 @@ func (l *Lab) setupBridge(ctx context.Context) error {
 	return nil
 }
 
+// Flood makes the bridge a hub: it forwards every frame to every port, as
+// if it had learned no address, so a host can capture the traffic between
+// two others (an attacker on a shared segment).
+func (l *Lab) Flood(ctx context.Context) error {
+	if err := l.begin(); err != nil {
+		return err
+	}
+	defer l.end()
+	ctx, cancel := l.opCtx(ctx)
+	defer cancel()
+	_, err := runCmd(ctx, "ip", "-n", l.brNS, "link", "set", BridgeName, "type", "bridge", "ageing_time", "0")
+	return err
+}
+
 // BridgeNS returns the name of the namespace holding br0 and the bridge-side
 // veth ends (v<index>), e.g. for `ip netns exec NS tcpdump -i br0`.
 func (l *Lab) BridgeNS() string { return l.brNS }
