@@ -202,8 +202,9 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		// acknowledge over one that was.
 		held := fmt.Sprintf("holds v%d of %s, the change is v%d of %s on v%d of %s",
 			s.version, s.origin, d.Version, d.Origin, d.Base, d.BaseOrigin)
+		unsure := s.unsure
 		s.mu.Unlock()
-		if behind || s.unsure {
+		if behind || unsure {
 			m.stats.gaps.Add(1)
 			return fmt.Errorf("%s: session %s %s", refusedBehind, short(d.ID), held)
 		}
