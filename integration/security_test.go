@@ -55,12 +55,23 @@ func attack(ctx context.Context, t *testing.T, h *lab.Host, args ...string) atta
 func TestAttackerKeyedCluster(t *testing.T) {
 	scenario(t, load, 3*time.Minute)
 	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) { attackKeyed(t, m.name, m.conf) })
+		t.Run(m.name, func(t *testing.T) { attackCluster(t, m.name, m.conf, true) })
 	}
 }
 
-func attackKeyed(t *testing.T, mode, conf string) {
+// Scenario: the same attacks against a cluster without a key (insecure =
+// true), to show that the attacker does speak the protocol: there it reads
+// every session and changes the one it aims at.
+func TestAttackerInsecureCluster(t *testing.T) {
+	scenario(t, load, time.Minute)
+	attackCluster(t, "delta", replicationConf+"\n[cluster.security]\ninsecure = true\n", false)
+}
+
+func attackCluster(t *testing.T, mode, conf string, keyed bool) {
 	label := "attacker vs keyed cluster, " + mode
+	if !keyed {
+		label = "attacker vs cluster without a key, " + mode
+	}
 	c := newCluster(t)
 	nodes := c.three()
 	c.startWith(conf, nodes...)
@@ -171,9 +182,22 @@ func attackKeyed(t *testing.T, mode, conf string) {
 
 	for _, r := range results {
 		t.Logf("attack %v", r)
-		if r.Applied || r.Leaked > 0 || (r.Answered && r.Attack != "replay-frames") {
+		if keyed && (r.Applied || r.Leaked > 0 || (r.Answered && r.Attack != "replay-frames")) {
 			t.Errorf("attack %s worked: %v", r.Attack, r)
 		}
+	}
+	if !keyed {
+		worked := map[string]bool{}
+		for _, r := range results {
+			worked[r.Attack] = worked[r.Attack] || r.Applied || r.Leaked > 0
+		}
+		for _, a := range []string{"read-state", "read-fetch", "write-delta", "forge-session"} {
+			if !worked[a] {
+				t.Errorf("%s did not work without a key: is the attacker speaking the protocol?", a)
+			}
+		}
+		figures.addValue(t, label+": attacks that worked", fmt.Sprintf("%d of %d", countWorked(results), len(results)), "report only")
+		return
 	}
 
 	// No member evicted, impersonated or added.
