@@ -1,6 +1,7 @@
 package sender_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -8,9 +9,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
 )
@@ -24,8 +27,8 @@ import (
 const benchPayload = 1 << 10
 
 // benchCluster starts two counting receivers and a sender with the default
-// configuration.
-func benchCluster(b *testing.B) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
+// configuration, all holding a cluster key if keyed.
+func benchCluster(b *testing.B, keyed bool) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 	b.Helper()
 	var applied atomic.Int64
 	var to []netip.AddrPort
@@ -37,6 +40,9 @@ func benchCluster(b *testing.B) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 		addr := ln.Addr().(*net.TCPAddr).AddrPort()
 		cfg := receiver.DefaultConfig()
 		cfg.Local = peerInfo(name, addr)
+		if keyed {
+			cfg.Keyring = benchRing(b)
+		}
 		r := receiver.New(ln, cfg)
 		r.Handle(typeData, func(context.Context, receiver.Message) ([]byte, error) { applied.Add(1); return nil, nil })
 		r.Start()
@@ -45,6 +51,9 @@ func benchCluster(b *testing.B) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 	}
 	cfg := sender.DefaultConfig()
 	cfg.Local = peerInfo("sender", netip.MustParseAddrPort("127.0.0.1:1"))
+	if keyed {
+		cfg.Keyring = benchRing(b)
+	}
 	s := sender.New(cfg)
 	b.Cleanup(func() { s.Close(context.Background()) })
 	// Connect before timing.
@@ -79,16 +88,35 @@ func send(s *sender.TCP, to []netip.AddrPort, p []byte, mode sender.Mode) error 
 	return nil
 }
 
-func reportRate(b *testing.B) {
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+func benchRing(b *testing.B) *keyring.Keyring {
+	r, err := keyring.New(bytes.Repeat([]byte{7}, keyring.Size))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r
 }
 
-func benchSerial(b *testing.B, mode sender.Mode) {
-	s, to, _ := benchCluster(b)
+// cpuTime is the CPU time the process has used, user and system: the
+// sender's and both receivers' work, which is what one replicated message
+// costs the machine.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func reportRate(b *testing.B, cpu time.Duration) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/msg")
+}
+
+func benchSerial(b *testing.B, mode sender.Mode, keyed bool) {
+	s, to, _ := benchCluster(b, keyed)
 	p := make([]byte, benchPayload)
 	b.SetBytes(benchPayload)
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu := cpuTime()
 	for range b.N {
 		if err := send(s, to, p, mode); err != nil {
 			b.Fatal(err)
@@ -102,15 +130,16 @@ func benchSerial(b *testing.B, mode sender.Mode) {
 		}
 	}
 	b.StopTimer()
-	reportRate(b)
+	reportRate(b, cpuTime()-cpu)
 }
 
-func benchParallel(b *testing.B, mode sender.Mode) {
-	s, to, _ := benchCluster(b)
+func benchParallel(b *testing.B, mode sender.Mode, keyed bool) {
+	s, to, _ := benchCluster(b, keyed)
 	b.SetBytes(benchPayload)
 	b.ReportAllocs()
 	b.SetParallelism(8) // 16 senders on 2 cores: one sync caller is latency-bound
 	b.ResetTimer()
+	cpu := cpuTime()
 	b.RunParallel(func(pb *testing.PB) {
 		p := make([]byte, benchPayload)
 		for pb.Next() {
@@ -121,14 +150,19 @@ func benchParallel(b *testing.B, mode sender.Mode) {
 		}
 	})
 	b.StopTimer()
-	reportRate(b)
+	reportRate(b, cpuTime()-cpu)
 }
 
-func BenchmarkSendAsync(b *testing.B)        { benchSerial(b, sender.Async) }
-func BenchmarkSendAck(b *testing.B)          { benchSerial(b, sender.Ack) }
-func BenchmarkSendSync(b *testing.B)         { benchSerial(b, sender.Sync) }
-func BenchmarkSendAckParallel(b *testing.B)  { benchParallel(b, sender.Ack) }
-func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, sender.Sync) }
+func BenchmarkSendAsync(b *testing.B)        { benchSerial(b, sender.Async, false) }
+func BenchmarkSendAck(b *testing.B)          { benchSerial(b, sender.Ack, false) }
+func BenchmarkSendSync(b *testing.B)         { benchSerial(b, sender.Sync, false) }
+func BenchmarkSendAckParallel(b *testing.B)  { benchParallel(b, sender.Ack, false) }
+func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, sender.Sync, false) }
+
+// The same with a cluster key: every frame sealed and opened (AES-256-GCM).
+func BenchmarkSendAsyncKeyed(b *testing.B)        { benchSerial(b, sender.Async, true) }
+func BenchmarkSendSyncKeyed(b *testing.B)         { benchSerial(b, sender.Sync, true) }
+func BenchmarkSendSyncParallelKeyed(b *testing.B) { benchParallel(b, sender.Sync, true) }
 
 // BenchmarkSyncLatency sends b.N sync messages at a steady 5,000 a second
 // (a pacer hands the sends to a few goroutines, so that a slow send does
@@ -137,7 +171,7 @@ func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, sender.Sync) }
 // time it was due ("p99-due-µs", which includes any lag in starting it).
 func BenchmarkSyncLatency(b *testing.B) {
 	const rate = 5000
-	s, to, _ := benchCluster(b)
+	s, to, _ := benchCluster(b, false)
 	p := make([]byte, benchPayload)
 	lat := make([]time.Duration, b.N)
 	due := make([]time.Duration, b.N)

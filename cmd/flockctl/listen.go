@@ -16,6 +16,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 
+	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -24,6 +26,7 @@ type listenOpts struct {
 	address string
 	port    int
 	dur     time.Duration
+	keyFile string
 }
 
 func listenCmd(fl *flag.FlagSet) func(context.Context, *app) error {
@@ -32,6 +35,7 @@ func listenCmd(fl *flag.FlagSet) func(context.Context, *app) error {
 	fl.StringVar(&o.address, "address", "228.0.0.4", "multicast `GROUP` address")
 	fl.IntVar(&o.port, "port", 45564, "multicast `PORT`")
 	fl.DurationVar(&o.dur, "for", 0, "stop after `DURATION` (default: until interrupted)")
+	fl.StringVar(&o.keyFile, "key-file", "", "open the sealed heartbeats of a keyed cluster with the keys in `FILE` (one base64 key a line)")
 	return func(ctx context.Context, a *app) error { return a.listen(ctx, *o) }
 }
 
@@ -86,7 +90,7 @@ type packet struct {
 // readPackets forwards the packets of conn to out until conn is closed or
 // done is.
 func readPackets(conn *ipv4.PacketConn, out chan<- packet, done <-chan struct{}) error {
-	buf := make([]byte, membership.MaxHeartbeatLen+1) // one more: longer packets are rejected, not cut
+	buf := make([]byte, membership.MaxSealedHeartbeatLen+1) // one more: longer packets are rejected, not cut
 	for {
 		n, cm, src, err := conn.ReadFrom(buf)
 		if err != nil {
@@ -140,6 +144,16 @@ func (a *app) listen(ctx context.Context, o listenOpts) error {
 	}
 
 	w := newWatch(ifi.Index)
+	if o.keyFile != "" {
+		keys, err := (conf.Security{KeyFile: o.keyFile}).LoadKeys()
+		if err == nil {
+			w.ring, err = keyring.New(keys...)
+		}
+		if err != nil {
+			stop()
+			return usageErr("listen: --key-file: %v", err)
+		}
+	}
 	v := &view{w: a.stdout, live: a.terminal}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -177,17 +191,21 @@ const (
 	ignForeign   = "not flock heartbeats"
 	ignVersion   = "heartbeats of another version"
 	ignMalformed = "malformed heartbeats"
+	ignSealed    = "sealed heartbeats (give --key-file to open them)"
+	ignUnsealed  = "heartbeats in the clear (refused by a keyed cluster)"
+	ignKey       = "sealed heartbeats that do not open with --key-file"
 	ignInterface = "received on another interface"
 	ignTooMany   = "from too many members to show"
 )
 
-var ignoreOrder = []string{ignForeign, ignVersion, ignMalformed, ignInterface, ignTooMany}
+var ignoreOrder = []string{ignForeign, ignVersion, ignSealed, ignUnsealed, ignKey, ignMalformed, ignInterface, ignTooMany}
 
 // maxSources bounds the table, against a sender of random member ids.
 const maxSources = 1024
 
 // watch is the state of listen: who was heard, what was ignored.
 type watch struct {
+	ring       *keyring.Keyring // opens sealed heartbeats; nil without --key-file
 	ifIndex    int
 	sources    map[membership.ID]*source
 	heartbeats int
@@ -205,7 +223,7 @@ func (w *watch) observe(p packet, now time.Time) string {
 		w.ignored[ignInterface]++
 		return ""
 	}
-	h, err := membership.DecodeHeartbeat(p.data)
+	h, _, err := membership.OpenHeartbeat(w.ring, p.data)
 	if err != nil {
 		w.ignored[ignoreReason(p.data, err)]++
 		return ""
@@ -244,6 +262,12 @@ func ignoreReason(data []byte, err error) string {
 		return ignForeign
 	case errors.Is(err, membership.ErrVersion):
 		return ignVersion
+	case errors.Is(err, membership.ErrSealed):
+		return ignSealed
+	case errors.Is(err, membership.ErrUnsealed):
+		return ignUnsealed
+	case errors.Is(err, keyring.ErrUnknownKey), errors.Is(err, keyring.ErrForged):
+		return ignKey
 	}
 	return ignMalformed
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/flockhq/flock/internal/leakcheck"
+	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -232,5 +233,47 @@ func TestViewLive(t *testing.T) {
 	want := "no heartbeats yet\n" + "\x1b[1A\x1b[J" + "news\n" + "no heartbeats yet\n" + "\x1b[1A\x1b[J" + "no heartbeats yet\n"
 	if b.String() != want {
 		t.Errorf("got %q\nwant %q", b.String(), want)
+	}
+}
+
+// With --key-file the sealed heartbeats of a keyed cluster are opened;
+// without, or with another key, they are counted, not shown.
+func TestWatchSealed(t *testing.T) {
+	ring, err := keyring.New(bytes.Repeat([]byte{1}, keyring.Size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := keyring.New(bytes.Repeat([]byte{2}, keyring.Size))
+	m := membership.Member{ID: membership.ID{9}, Name: "k", Domain: "shop", Addr: netip.MustParseAddrPort("10.0.0.5:4000")}
+	sealed, err := membership.SealHeartbeat(ring, membership.Heartbeat{Command: membership.CommandAlive, Seq: 1, Member: m}, fixedNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear, _ := membership.Heartbeat{Command: membership.CommandAlive, Seq: 1, Member: m}.MarshalBinary()
+	tests := []struct {
+		name string
+		ring *keyring.Keyring
+		p    []byte
+		news string
+		foot string
+	}{
+		{"opened", ring, sealed, "new      k  domain shop  address 10.0.0.5:4000  id 09000000  from invalid AddrPort  alive", "1 heartbeat from 1 member"},
+		{"no key", nil, sealed, "", "1 packet ignored: sealed heartbeats (give --key-file to open them)"},
+		{"other key", other, sealed, "", "1 packet ignored: sealed heartbeats that do not open with --key-file"},
+		{"clear, keyed", ring, clear, "", "1 packet ignored: heartbeats in the clear (refused by a keyed cluster)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWatch(0)
+			w.ring = tt.ring
+			if got := w.observe(packet{data: tt.p}, fixedNow); got != tt.news {
+				t.Errorf("news %q, want %q", got, tt.news)
+			}
+			var b bytes.Buffer
+			w.render(&b, fixedNow)
+			if !strings.Contains(b.String(), tt.foot) {
+				t.Errorf("render:\n%s\nwant a line %q", b.String(), tt.foot)
+			}
+		})
 	}
 }

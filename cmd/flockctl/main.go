@@ -5,7 +5,7 @@
 //	flockctl status   [--node URL] [--json]
 //	flockctl members  [--node URL] [--json]
 //	flockctl sessions [--node URL] [--json]
-//	flockctl listen   --bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION]
+//	flockctl listen   --bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION] [--key-file FILE]
 //	flockctl keygen
 package main
 
@@ -81,7 +81,7 @@ var commands = []command{
 		"The sessions the node holds, most recently used first (ids, sizes and\n" +
 			"versions; never attribute values).",
 		sessionsCmd},
-	{"listen", "--bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION]",
+	{"listen", "--bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION] [--key-file FILE]",
 		"Listen to the membership heartbeats on the interface whose IPv4 address is\n" +
 			"ADDR, without joining the cluster (nothing is sent), and show every sender.\n" +
 			"Runs until interrupted, or for DURATION; then prints the final table.",

@@ -82,11 +82,15 @@ type loadSpec struct {
 	clients  int
 	warmup   time.Duration // load before the timed part, not counted
 	duration time.Duration // the timed part
+	// cpu, if set, reads the servers' CPU time, so that the result holds
+	// what the timed part cost them.
+	cpu func() (time.Duration, error)
 }
 
 type loadResult struct {
 	rps      float64
-	requests int64 // completed in the timed part
+	requests int64         // completed in the timed part
+	cpu      time.Duration // the servers' CPU time in the timed part, if asked
 	errors   int64 // failed requests, in the whole run
 	firstErr error
 }
@@ -172,12 +176,23 @@ func runLoad(ctx context.Context, via *lab.Host, s loadSpec) (loadResult, error)
 	if err := sleep(ctx, s.warmup); err != nil {
 		return loadResult{}, err
 	}
+	var cpu0, cpu1 time.Duration
+	if s.cpu != nil {
+		if cpu0, err = s.cpu(); err != nil {
+			return loadResult{}, err
+		}
+	}
 	n0, t0 := lc.done.Load(), time.Now()
 	if err := sleep(ctx, s.duration); err != nil {
 		return loadResult{}, err
 	}
 	n1, t1 := lc.done.Load(), time.Now()
-	res := loadResult{requests: n1 - n0, rps: float64(n1-n0) / t1.Sub(t0).Seconds()}
+	if s.cpu != nil {
+		if cpu1, err = s.cpu(); err != nil {
+			return loadResult{}, err
+		}
+	}
+	res := loadResult{requests: n1 - n0, rps: float64(n1-n0) / t1.Sub(t0).Seconds(), cpu: cpu1 - cpu0}
 	lc.stop.Store(true)
 	wg.Wait()
 	res.errors = lc.failed.Load()

@@ -56,6 +56,7 @@ type options struct {
 	Workers       int           // concurrent clients creating sessions
 	Verbose       bool          // the lab's log lines too
 	Command       string        // how the run was started, for the header
+	Only          []string      // the steps to run (all when empty)
 }
 
 func defaults(quick bool) options {
@@ -80,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	mem := fs.Int("sessions-memory", full.MemSessions, "1 KiB sessions of the memory measurement")
 	workers := fs.Int("workers", full.Workers, "concurrent clients creating sessions")
 	verbose := fs.Bool("v", false, "also print the lab's log lines")
+	only := fs.String("only", "", "run only these steps, comma-separated: "+strings.Join(stepNames, ", "))
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -106,6 +108,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		}
 	})
 	o.Verbose = *verbose
+	if *only != "" {
+		o.Only = strings.Split(*only, ",")
+		for _, s := range o.Only {
+			if !slices.Contains(stepNames, s) {
+				return options{}, fmt.Errorf("-only: unknown step %q; steps: %s", s, strings.Join(stepNames, ", "))
+			}
+		}
+	}
 	o.Command = strings.Join(append([]string{"go run ./integration/bench"}, args...), " ")
 	return o, o.validate()
 }
@@ -211,14 +221,21 @@ func (e *env) measureAll(ctx context.Context, t *table) error {
 		e.stepConvergence,
 		e.stepTransfer,
 		e.stepMemory,
+		e.stepKeyed,
 	}
-	for _, step := range steps {
+	for i, step := range steps {
+		if len(e.opts.Only) > 0 && !slices.Contains(e.opts.Only, stepNames[i]) {
+			continue
+		}
 		if err := step(ctx, t); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// stepNames name measureAll's steps, in order, for -only.
+var stepNames = []string{"throughput", "modes", "failure", "convergence", "transfer", "memory", "keyed"}
 
 func (e *env) stepThroughput(ctx context.Context, t *table) error {
 	bare, err := e.measureBare(ctx)
