@@ -5,14 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flockhq/flock/integration/lab"
+	"github.com/flockhq/flock/keyring"
 )
 
 // attackerPath is the attacker binary (integration/attacker), built by
@@ -299,4 +302,85 @@ func between(s, from, to string) string {
 	_, rest, _ := strings.Cut(s, from)
 	v, _, _ := strings.Cut(rest, to)
 	return v
+}
+
+// Scenario: the cluster key rotates in the three steps (add the new key,
+// make it first, remove the old), node by node with SIGHUP, while users
+// write: no member is lost, no acknowledged write is lost, no write is
+// refused, and the replicas agree. Every connection ends up on the new key
+// (a connection of the old one would be refused by now).
+func TestKeyRotationUnderLoad(t *testing.T) {
+	scenario(t, load, 90*time.Second)
+	c := newCluster(t)
+	nodes := c.three()
+	c.startWith(replicationConf, nodes...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ids := map[string]string{}
+	for _, n := range nodes {
+		s, err := n.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[n.name] = s.Local.ID
+	}
+	old, err := os.ReadFile(c.keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey, newKey := strings.TrimSpace(string(old)), keyring.Generate()
+
+	lb := newBalancer(t, roundRobin, nodes...)
+	var st loadStats
+	clients := newSessions(t, lb, &st, "user", 8)
+	stop := runClients(t, clients, 10*time.Millisecond)
+	defer stop()
+	waitAcks(t, clients, 3, scale(time.Minute))
+
+	start := time.Now()
+	for i, keys := range [][]string{{oldKey, newKey}, {newKey, oldKey}, {newKey}} {
+		if err := os.WriteFile(c.keyFile, []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if err := n.proc.Signal(syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond) // node by node, as an operator would
+		}
+		t.Logf("step %d done: %d keys", i+1, len(keys))
+		time.Sleep(time.Second)
+	}
+	took := time.Since(start)
+	time.Sleep(2 * time.Second) // writes on the new key only
+	stop()
+
+	for _, n := range nodes {
+		s, err := n.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.Members) != 2 {
+			t.Errorf("%s lists %d members after the rotation", n.name, len(s.Members))
+		}
+		for _, m := range s.Members {
+			if m.ID != ids[m.Name] || m.State != "alive" {
+				t.Errorf("%s lists %s as %s %s, want %s alive", n.name, m.Name, m.ID, m.State, ids[m.Name])
+			}
+		}
+		if !strings.Contains(n.proc.Output(), "SIGHUP: cluster keys reloaded") {
+			t.Errorf("%s did not log the reload", n.name)
+		}
+	}
+	sessions := sessionsOf(clients)
+	bound := scale(3*antiEntropyInterval + 5*time.Second)
+	diverged, _ := checkQuiet(t, "key rotation", nodes, "delta", sessions, bound)
+	lost, _, _ := checkFinal(t, nodes, sessions)
+	regress := checkRegressions(t, sessions)
+	if n := st.n503.Load() + st.errs.Load(); n > 0 {
+		t.Errorf("%d writes refused or failed during the rotation", n)
+	}
+	figures.add(t, "key rotation, 3 steps x 3 nodes under load", took, scale(30*time.Second))
+	figures.addValue(t, "key rotation: writes / 503 or failed / lost / diverged / members lost",
+		fmt.Sprintf("%d / %d / %d / %d / 0", st.oks.Load(), st.n503.Load()+st.errs.Load(), lost+regress, diverged), "- / 0 / 0 / 0 / 0")
 }
