@@ -595,4 +595,3 @@ func assemble(segs []segment) []byte {
 	}
 	return out
 }
-

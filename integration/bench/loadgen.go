@@ -91,7 +91,7 @@ type loadResult struct {
 	rps      float64
 	requests int64         // completed in the timed part
 	cpu      time.Duration // the servers' CPU time in the timed part, if asked
-	errors   int64 // failed requests, in the whole run
+	errors   int64         // failed requests, in the whole run
 	firstErr error
 }
 
