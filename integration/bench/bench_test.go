@@ -94,7 +94,10 @@ func expectedRows(o options) []string {
 	}
 	return append(rows,
 		fmt.Sprintf("memory per session: 1 node, %d sessions of 1 KiB", o.MemSessions),
-		fmt.Sprintf("memory per session: replica of a 2-node sync cluster, %d sessions of 1 KiB", o.MemSessions))
+		fmt.Sprintf("memory per session: replica of a 2-node sync cluster, %d sessions of 1 KiB", o.MemSessions),
+		"CPU per replicated write, 3 nodes sync, no key",
+		"CPU per replicated write, 3 nodes sync, with a cluster key",
+		"throughput, 3 nodes sync, with a cluster key / without")
 }
 
 // parseTable returns the value column by the measurement column, and
