@@ -530,6 +530,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		s.unsure, s.hashed = true, false
 		s.mu.Unlock()
 		m.stats.changedUnder.Add(1)
+		// Take the members' copy now, so that this node does not hold
+		// contents nobody else has under their version until its next Load.
+		m.settle(ctx, s)
 		return fmt.Errorf("manager: session %s: %w; not replicated, retry the request", short(id), ErrChangedUnder)
 	}
 	if !changed && !m.cfg.AlwaysSave {

@@ -360,9 +360,6 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 		s.attrs = make(map[string][]byte)
 	}
 	s.hashed = false
-	if remote {
-		s.landed()
-	}
 	s.mu.Unlock()
 	m.keep(snap.ID)
 	if created {

@@ -62,8 +62,8 @@ type Session struct {
 	// still runs). A change while some are late and none is open would be
 	// in no response: Set and Delete refuse it (ErrCommitted).
 	open, late int
-	// changedUnder: a change made on another node landed while requests
-	// here used the session. What they read may predate it, so a change
+	// changedUnder: a change made on another node (a delta it sent)
+	// landed while requests here used the session. What they read may predate it, so a change
 	// of theirs, built on what they read, would overwrite it unseen (an
 	// increment on a stale count): in sync replication their commit is
 	// refused (ErrChangedUnder) instead.
