@@ -531,8 +531,13 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		s.mu.Unlock()
 		m.stats.changedUnder.Add(1)
 		// Take the members' copy now, so that this node does not hold
-		// contents nobody else has under their version until its next Load.
-		m.settle(ctx, s)
+		// contents nobody else has under their version until its next
+		// Load; a copy borrowed for the request goes (the owner keeps it).
+		if m.place.targets(id).borrowed {
+			m.dropBorrowed(s)
+		} else {
+			m.settle(ctx, s)
+		}
 		return fmt.Errorf("manager: session %s: %w; not replicated, retry the request", short(id), ErrChangedUnder)
 	}
 	if !changed && !m.cfg.AlwaysSave {
