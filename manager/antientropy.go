@@ -320,6 +320,9 @@ func (m *Manager) pushIDs(ctx context.Context, peer membership.Member, ids []str
 
 // handleDigest answers one step of another member's anti-entropy round.
 func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	if err := m.fromMember(ctx, msg.From); err != nil {
+		return nil, err
+	}
 	var req digestRequest
 	if err := decode(msg.Payload, &req); err != nil {
 		return nil, err

@@ -26,6 +26,8 @@ func lone(t *testing.T) (*Manager, *fakeNode) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The peer is a member: only members' sessions are taken.
+	m.onEvent(membership.Event{Type: membership.Joined, Member: peer.Local()})
 	return m, peer
 }
 
@@ -710,5 +712,52 @@ func TestChangeLandedDuringRequestRefused(t *testing.T) {
 	}
 	if st := b.Stats(); st.ChangedUnder != 1 {
 		t.Errorf("ChangedUnder = %d, want 1", st.ChangedUnder)
+	}
+}
+
+// A node that is not a member of the view gets no session: not by a
+// state-transfer page, a fetch or an anti-entropy digest, and none it
+// pushes is taken. A member that joins while its request waits is
+// answered.
+func TestSessionsOnlyBetweenMembers(t *testing.T) {
+	leakcheck.Check(t)
+	m, peer := lone(t)
+	s, err := m.Create(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.memberWait = 100 * time.Millisecond
+	stranger := peer.Local()
+	stranger.Name, stranger.ID = "X", membership.ID{9}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		call func(cluster.Message) error
+		msg  any
+	}{
+		{"state", func(msg cluster.Message) error { _, err := m.handleState(ctx, msg); return err }, stateRequest{}},
+		{"fetch", func(msg cluster.Message) error { _, err := m.handleFetch(ctx, msg); return err }, fetch{IDs: []string{s.ID()}}},
+		{"digest", func(msg cluster.Message) error { _, err := m.handleDigest(ctx, msg); return err }, digestRequest{Sums: make([]uint64, aeBuckets)}},
+		{"push", func(msg cluster.Message) error { _, err := m.handleSessions(ctx, msg); return err },
+			sessions{Sessions: []snapshot{{ID: newID("X"), Version: 1, Origin: "X", Attrs: attrs("user", "admin")}}, Last: true}},
+	} {
+		b, _ := msgpack.Marshal(tc.msg)
+		start := time.Now()
+		if err := tc.call(cluster.Message{From: stranger, Payload: b}); !errors.Is(err, errNotMember) {
+			t.Errorf("%s from a stranger: %v, want errNotMember", tc.name, err)
+		}
+		t.Logf("%s refused after %v", tc.name, time.Since(start).Round(time.Millisecond))
+	}
+	if st := m.Stats(); st.NotMember != 4 || st.Sessions != 1 {
+		t.Errorf("not_member %d, sessions %d; want 4 and 1", st.NotMember, st.Sessions)
+	}
+	// A joiner's first request may come before its Joined event.
+	b, _ := msgpack.Marshal(stateRequest{})
+	done := make(chan error, 1)
+	go func() { _, err := m.handleState(ctx, cluster.Message{From: stranger, Payload: b}); done <- err }()
+	time.Sleep(50 * time.Millisecond) // the request is waiting (nothing to await from outside)
+	m.onEvent(membership.Event{Type: membership.Joined, Member: stranger})
+	if err := <-done; err != nil {
+		t.Fatalf("a member that joined while its request waited: %v", err)
 	}
 }

@@ -166,10 +166,13 @@ type Manager struct {
 	local string
 	clock clock.Clock
 	place placement // what the mode decides
-	view  view      // the other members, from membership events
-	tombs tombs     // sessions that ended, so their copies cannot come back
-	alias aliases   // old ids of renamed sessions
-	lag   lag       // members that keep missing sync commits
+	// memberWait: how long a request of a node not in the view waits for
+	// it to join (memberWaitDefault; tests shorten it).
+	memberWait time.Duration
+	view       view    // the other members, from membership events
+	tombs      tombs   // sessions that ended, so their copies cannot come back
+	alias      aliases // old ids of renamed sessions
+	lag        lag     // members that keep missing sync commits
 
 	aeKick     chan string  // members to run an anti-entropy round with now
 	aeBusy     atomic.Int32 // anti-entropy rounds under way
@@ -259,18 +262,19 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	log := logx.OrDiscard(cfg.Logger)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
-		cfg:      cfg,
-		c:        c,
-		log:      log.WithField("component", "manager"),
-		local:    cfg.Route,
-		clock:    cfg.Clock,
-		sessions: make(map[string]*Session),
-		touched:  make(map[string]bool),
-		repairs:  make(chan repair, 1024),
-		aeKick:   make(chan string, 64),
-		ready:    make(chan struct{}),
-		ctx:      ctx,
-		cancel:   cancel,
+		memberWait: memberWaitDefault,
+		cfg:        cfg,
+		c:          c,
+		log:        log.WithField("component", "manager"),
+		local:      cfg.Route,
+		clock:      cfg.Clock,
+		sessions:   make(map[string]*Session),
+		touched:    make(map[string]bool),
+		repairs:    make(chan repair, 1024),
+		aeKick:     make(chan string, 64),
+		ready:      make(chan struct{}),
+		ctx:        ctx,
+		cancel:     cancel,
 	}
 	if m.clock == nil {
 		m.clock = clock.Real()

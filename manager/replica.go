@@ -24,6 +24,7 @@ type counters struct {
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
 	lagging, changedUnder, implausible        atomic.Uint64
+	notMember                                 atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -71,6 +72,9 @@ type Stats struct {
 	// Implausible: changes, copies and ends from other nodes refused for
 	// a version that jumps absurdly far (forged or corrupt).
 	Implausible uint64 `json:"implausible"`
+	// NotMember: requests for sessions (state, fetch, digest, pushes)
+	// refused because the caller was not a member of this node's view.
+	NotMember uint64 `json:"not_member"`
 	// Lagging: times a member that kept missing sync commits was set
 	// aside (not waited for) for a while.
 	Lagging    uint64 `json:"lagging"`
@@ -93,7 +97,7 @@ func (m *Manager) Stats() Stats {
 		Tombstones: m.tombs.len(), RefusedEnded: m.stats.refusedEnded.Load(),
 		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
-		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(),
+		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(), NotMember: m.stats.notMember.Load(),
 		Lagging: m.stats.lagging.Load(),
 	}
 	return st

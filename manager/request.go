@@ -119,6 +119,9 @@ func (m *Manager) push(ctx context.Context, to membership.Member, snaps []snapsh
 // handleSessions receives whole sessions pushed by an owner (backup mode's
 // copies).
 func (m *Manager) handleSessions(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	if err := m.fromMember(ctx, msg.From); err != nil {
+		return nil, err
+	}
 	var in sessions
 	if err := decode(msg.Payload, &in); err != nil {
 		return nil, err
@@ -132,6 +135,9 @@ func (m *Manager) handleSessions(ctx context.Context, msg cluster.Message) ([]by
 
 // handleFetch answers a request for sessions by id.
 func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	if err := m.fromMember(ctx, msg.From); err != nil {
+		return nil, err
+	}
 	var f fetch
 	if err := decode(msg.Payload, &f); err != nil {
 		return nil, err
@@ -170,6 +176,9 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 // order, up to r.Limit bytes (and never more than this node's own
 // TransferBatch, so a page always fits in a frame).
 func (m *Manager) handleState(ctx context.Context, msg cluster.Message) ([]byte, error) {
+	if err := m.fromMember(ctx, msg.From); err != nil {
+		return nil, err
+	}
 	var r stateRequest
 	if err := decode(msg.Payload, &r); err != nil {
 		return nil, err

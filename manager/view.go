@@ -2,6 +2,8 @@ package manager
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -117,6 +119,40 @@ func (v *view) snapshot() ([]membership.Member, <-chan struct{}) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.list, v.changed
+}
+
+// memberWait bounds how long a request from a node not (yet) in the view
+// waits for it to appear there: a joiner's first heartbeat and its first
+// request race, and the request must not lose.
+const memberWaitDefault = 2 * time.Second
+
+// errNotMember refuses a request of a node that is not a member: sessions
+// are answered, and taken, only between members.
+var errNotMember = errors.New("manager: refused: the caller is not a member of this node's view")
+
+// fromMember checks that the sender of a request is a member (same name and
+// id), waiting up to m.memberWait for the membership event that makes it one.
+func (m *Manager) fromMember(ctx context.Context, from membership.Member) error {
+	var wait <-chan time.Time
+	for {
+		ms, changed := m.view.snapshot()
+		if slices.ContainsFunc(ms, func(mb membership.Member) bool { return mb.ID == from.ID && mb.Name == from.Name }) {
+			return nil
+		}
+		if wait == nil {
+			t := time.NewTimer(m.memberWait)
+			defer t.Stop()
+			wait = t.C
+		}
+		select {
+		case <-changed:
+		case <-wait:
+			m.stats.notMember.Add(1)
+			return fmt.Errorf("%w (%s, id %s)", errNotMember, from.Name, from.ID)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // members returns the other members, sorted by name (not to be modified).
