@@ -260,7 +260,10 @@ func (st *state) commit() {
 		if st.cookieID != "" {
 			st.setCookie("", -1)
 		}
-	case id != st.cookieID:
+	case id != st.cookieID && !(st.unreplicated && st.cookieID != ""):
+		// A rename (a failover's route rewrite, RenewID) that reached too
+		// few members is not announced: the others know the session only
+		// under the id the client sent, which it keeps.
 		st.setCookie(id, 0)
 	}
 }

@@ -431,3 +431,33 @@ func TestSetAfterCommitRefused(t *testing.T) {
 		t.Errorf("Set outside any request = %v, want nil", err)
 	}
 }
+
+// A rename whose commit reached too few members (503) does not hand the
+// client the new id: only this node knows it, and the client's next
+// request on another node would find nothing under it (chaos run of
+// 2026-12-02: a user whose session was rewritten on a cut-off node got a
+// new, empty session next).
+func TestUnreplicatedRenameKeepsCookie(t *testing.T) {
+	m, _ := newManager(t, nil)
+	first := sessionCookie(do(t, valve.New(m, valve.DefaultConfig()).Wrap(counter), "/", "")).Value
+	renew := valve.New(failingStore{m, fmt.Errorf("commit: %w", manager.ErrTooFewCopies)}, valve.DefaultConfig()).
+		Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s, _ := valve.Session(r)
+			if err := s.RenewID(); err != nil {
+				t.Error(err)
+			}
+		}))
+	resp := do(t, renew, "/login", "FLOCKSESSIONID="+first)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("status %d, want 503", resp.StatusCode)
+	}
+	if c := sessionCookie(resp); c != nil {
+		t.Fatalf("cookie %v handed out for a rename nobody else holds", c)
+	}
+	// A new session whose first commit fell short still gets its cookie:
+	// this node holds it, and nobody else knows any id of it.
+	fresh := valve.New(failingStore{m, fmt.Errorf("commit: %w", manager.ErrTooFewCopies)}, valve.DefaultConfig()).Wrap(counter)
+	if c := sessionCookie(do(t, fresh, "/", "")); c == nil {
+		t.Fatal("no cookie for a new session")
+	}
+}
