@@ -820,10 +820,16 @@ type diskUser struct {
 }
 
 // increment sends GET /counter to n for u, times times, expecting u's count
-// to go up by one each time.
+// to go up by one each time. A 503 (the change reached too few members: a
+// node just killed is still listed for a moment) is retried, as a user
+// would, a few times: it was not acknowledged, so it did not count.
 func (u *diskUser) increment(ctx context.Context, n *node, times int) error {
 	for range times {
 		v, cookie, err := n.counterOn(ctx, "/counter", u.cookie)
+		for try := 0; err != nil && strings.Contains(err.Error(), "503") && try < 5; try++ {
+			time.Sleep(200 * time.Millisecond)
+			v, cookie, err = n.counterOn(ctx, "/counter", u.cookie)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: count %d: %w", u.name, u.count, err)
 		}
