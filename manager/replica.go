@@ -123,12 +123,19 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	if !ValidID(d.ID) || (d.Old != "" && !ValidID(d.Old)) {
 		return fmt.Errorf("manager: delta for malformed session id %q", d.ID)
 	}
-	if why := m.implausible(d.ID, d.Version); why != "" || d.Base >= d.Version {
+	// The jump past the local copy is checked below, where its version is
+	// read anyway: deltas are the hot path.
+	if d.Version > maxVersion || d.Base >= d.Version {
 		m.stats.implausible.Add(1)
-		if why == "" {
-			why = fmt.Sprintf("v%d of session %s does not follow its base v%d", d.Version, short(d.ID), d.Base)
+		return fmt.Errorf("manager: delta refused: v%d of session %s on base v%d is implausible (versions follow their base, at most %d)",
+			d.Version, short(d.ID), d.Base, uint64(maxVersion))
+	}
+	if d.Old != "" {
+		// A rename moves the copy before the check below could stop it.
+		if why := m.implausible(d.Old, d.Version); why != "" {
+			m.stats.implausible.Add(1)
+			return fmt.Errorf("manager: delta refused: %s", why)
 		}
-		return fmt.Errorf("manager: delta refused: %s", why)
 	}
 	if m.refused(d.ID, d.Version) || (d.Old != "" && m.refusedEnded(d.Old, d.Version)) {
 		return nil // the session ended: a change still on its way must not bring it back
@@ -178,6 +185,11 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	m.mu.Unlock()
 
 	s.mu.Lock()
+	if why := jumpTooFar(d.ID, d.Version, s.version); why != "" {
+		s.mu.Unlock()
+		m.stats.implausible.Add(1)
+		return fmt.Errorf("manager: delta refused: %s", why)
+	}
 	// A change applies only on exactly the copy it was made from: the
 	// same version made by the same node. A base of the same number made
 	// elsewhere is a concurrent writer's, and the change would land on
