@@ -412,23 +412,20 @@ func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte
 }
 
 // runAntiEntropy runs the rounds: at once with a member named on kick,
-// and one member every AntiEntropyInterval, in turn. It also watches for
-// this node's own stalls: a process that did not run for longer than
-// StallAfter (SIGSTOP, a VM or GC pause) missed what the others did, and
-// catches up with every member before it reports itself ready again.
+// with the members marked behind until a round with each succeeded, and
+// one member every AntiEntropyInterval, in turn.
 func (m *Manager) runAntiEntropy() {
 	interval := m.cfg.AntiEntropyInterval
 	period := interval
 	if m.cfg.StallAfter > 0 && (period <= 0 || m.cfg.StallAfter/2 < period) {
-		period = m.cfg.StallAfter / 2
+		period = m.cfg.StallAfter / 2 // how soon a failed catch-up is tried again
 	}
-	var tick clock.Ticker // nil: no background rounds, no stall watch
+	var tick clock.Ticker // nil: no background rounds
 	if period > 0 {
 		tick = m.clock.NewTicker(period)
 		defer tick.Stop()
 	}
-	last := m.clock.Now()
-	lastRound := last
+	lastRound := m.clock.Now()
 	next := 0
 	for {
 		var ticks <-chan time.Time
@@ -441,14 +438,12 @@ func (m *Manager) runAntiEntropy() {
 		case name := <-m.aeKick:
 			m.syncNamed(name)
 			m.aeBusy.Add(-1) // taken by kickSync
+		case <-m.aeWake:
+			m.catchUp()
+			m.aeBusy.Add(-1) // taken by wakeCatchUp
 		case <-ticks:
+			m.catchUp()
 			now := m.clock.Now()
-			if gap := now.Sub(last); m.cfg.StallAfter > 0 && gap > m.cfg.StallAfter {
-				m.stats.stalls.Add(1)
-				m.log.WithField("stalled", gap.Round(time.Millisecond)).Warn("this node did not run for a while; catching up with every member")
-				m.catchUp()
-			}
-			last = now
 			if interval > 0 && now.Sub(lastRound) >= interval {
 				lastRound = now
 				if ms := m.members(); len(ms) > 0 {
@@ -460,12 +455,46 @@ func (m *Manager) runAntiEntropy() {
 	}
 }
 
-// catchUp marks the node not ready, runs a round with every member, and
-// marks it ready again.
+// runStallWatch watches for this node's own stalls: a process that did not
+// run for longer than StallAfter (SIGSTOP, a VM or GC pause) missed what
+// the others did, and catches up with every member before it trusts its
+// copies again. It does nothing else, so that time spent on work (a long
+// anti-entropy round) is never taken for a stall.
+func (m *Manager) runStallWatch() {
+	tick := m.clock.NewTicker(m.cfg.StallAfter / 2)
+	defer tick.Stop()
+	last := m.clock.Now()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-tick.C():
+			// Now, not the tick's time: a tick taken late is the stall.
+			now := m.clock.Now()
+			if gap := now.Sub(last); gap > m.cfg.StallAfter {
+				m.stats.stalls.Add(1)
+				m.log.WithField("stalled", gap.Round(time.Millisecond)).Warn("this node did not run for a while; catching up with every member before serving from its copies")
+				m.markAllBehind()
+				m.wakeCatchUp()
+			}
+			last = now
+		}
+	}
+}
+
+// wakeCatchUp asks the anti-entropy loop for a catch-up; it never blocks.
+func (m *Manager) wakeCatchUp() {
+	m.aeBusy.Add(1)
+	select {
+	case m.aeWake <- struct{}{}:
+	default:
+		m.aeBusy.Add(-1) // one is pending already
+	}
+}
+
+// catchUp runs a round with each member marked behind.
 func (m *Manager) catchUp() {
-	m.catchingUp.Add(1)
-	defer m.catchingUp.Add(-1)
-	for _, mb := range m.members() {
+	for _, mb := range m.behindMembers() {
 		m.syncOne(mb)
 	}
 }
@@ -482,14 +511,23 @@ func (m *Manager) syncNamed(name string) {
 func (m *Manager) syncOne(mb membership.Member) {
 	m.aeBusy.Add(1)
 	defer m.aeBusy.Add(-1)
+	gen, marked := m.behindMark(mb.Name)
 	n, err := m.syncWith(m.ctx, mb)
 	log := m.log.WithFields(logrus.Fields{"member": mb.Name, "moved": n})
 	switch {
 	case err != nil && m.ctx.Err() == nil:
 		m.stats.aeFailures.Add(1)
-		log.WithError(err).Debug("anti-entropy round failed")
+		if marked {
+			log.WithError(err).Info("catching up with a member failed; trying again")
+		} else {
+			log.WithError(err).Debug("anti-entropy round failed")
+		}
+		return
 	case n > 0:
 		log.Info("anti-entropy repaired copies")
+	}
+	if marked && err == nil && m.caughtUp(mb.Name, gen) {
+		log.Info("caught up with member")
 	}
 }
 
@@ -505,5 +543,7 @@ func (m *Manager) kickSync(name string) {
 }
 
 // CatchingUp reports whether this node is bringing its copies up to date
-// after a stall: a load balancer should send it no users meanwhile.
-func (m *Manager) CatchingUp() bool { return m.catchingUp.Load() > 0 }
+// with every member (after a stall, or a partition that cut it off): a
+// load balancer should send it no users meanwhile. Behind some members
+// only, it still serves, checking each session with them first (Load).
+func (m *Manager) CatchingUp() bool { return m.behindAll.Load() }

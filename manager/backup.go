@@ -314,6 +314,16 @@ func (p *backupPlacement) load(ctx context.Context, id string) bool {
 		}
 	}
 	m.stats.fetched.Add(1)
+	if b := r.backup(owner); b != "" && b != m.local && (in.Behind || m.lag.lagging(owner, m.clock.Now())) {
+		// The owner is catching up (it, or a member, was cut off or
+		// stopped), or keeps missing changes acknowledged without it (its
+		// backup took them): the backup is asked too, the newest copy wins.
+		if bin, err := m.fetch(ctx, r.members[b], []string{id}); err != nil {
+			m.log.WithFields(logrus.Fields{"session": short(id), "member": b}).WithError(err).Debug("check with the owner's backup failed")
+		} else if !in.answers(id) {
+			in = bin
+		}
+	}
 	return in.answers(id)
 }
 

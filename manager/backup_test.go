@@ -433,7 +433,7 @@ func TestMemberView(t *testing.T) {
 		}
 	}
 	m.view.mu.Lock()
-	_, noted := m.view.rejoined["n3"]
+	_, noted := m.view.behind["n3"]
 	m.view.mu.Unlock()
 	if !noted {
 		t.Error("the rejoined member is not noted for a resync")

@@ -761,3 +761,74 @@ func TestSessionsOnlyBetweenMembers(t *testing.T) {
 		t.Fatalf("a member that joined while its request waited: %v", err)
 	}
 }
+
+// A node cut off for longer than the drop time, and the members that took
+// writes meanwhile, come back to one another: until an anti-entropy round
+// with each has run, every one of them checks a session with the others
+// before serving it, so the cut-off node never serves (nor builds on) the
+// copy it held; one that cannot check answers ErrCatchingUp, never the old
+// copy. The node behind every member reports itself catching up.
+func TestCutOffNodeServesNewest(t *testing.T) {
+	for _, mode := range []string{ModeDelta, ModeBackup} {
+		t.Run(mode, func(t *testing.T) {
+			leakcheck.Check(t)
+			cfg := testConfig()
+			cfg.Mode = mode
+			c := newCluster(t, cfg, "A", "B", "C")
+			a, b, cm := c.ms[0], c.ms[1], c.ms[2]
+			// Owned by B; C holds it in both modes (B's backup).
+			s := create(t, b, map[string]any{"n": 1})
+			id := s.ID()
+			c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
+
+			c.nodes[2].isolate(true)
+			for n := 2; n <= 4; n++ {
+				w := load(t, b, id)
+				set(t, w, "n", n)
+				commit(t, b, w)
+			}
+			// No anti-entropy round may end: what is served now is what
+			// the loads themselves check.
+			c.net.holdIf(func(e *envelope) bool { return e.typ == typeDigest })
+			c.nodes[2].isolate(false)
+			if !cm.CatchingUp() || cm.Stats().Behind != 2 {
+				t.Errorf("C: catching up %v, behind %d; want true, 2", cm.CatchingUp(), cm.Stats().Behind)
+			}
+			if a.CatchingUp() || a.Stats().Behind != 1 {
+				t.Errorf("A: catching up %v, behind %d; want false, 1 (only C)", a.CatchingUp(), a.Stats().Behind)
+			}
+			if n := mustGet[int](t, load(t, cm, id), "n"); n != 4 {
+				t.Fatalf("C serves n = %d before any round with the others, want 4", n)
+			}
+			w := load(t, cm, id)
+			set(t, w, "n", 5)
+			commit(t, cm, w)
+			if n := mustGet[int](t, load(t, b, id), "n"); n != 5 {
+				t.Fatalf("B serves n = %d after C's write, want 5", n)
+			}
+
+			if mode == ModeDelta {
+				// A member C must check with does not answer: no copy.
+				c.net.holdIf(func(e *envelope) bool {
+					return e.typ == typeDigest || (e.typ == typeFetch && e.to == c.nodes[0])
+				})
+				ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
+				got, err := cm.Load(ctx, id)
+				cancel()
+				if !errors.Is(err, ErrCatchingUp) || got != nil {
+					t.Errorf("Load with A silent = %v, %v; want ErrCatchingUp", got, err)
+				}
+				if cm.Stats().CatchUpRefused == 0 {
+					t.Error("the refused load is not counted")
+				}
+			}
+			c.net.release()
+			c.waitFor("every node caught up", func() bool {
+				return c.settled() && a.Stats().Behind+b.Stats().Behind+cm.Stats().Behind == 0
+			})
+			if cm.CatchingUp() {
+				t.Error("C still catching up after the rounds")
+			}
+		})
+	}
+}

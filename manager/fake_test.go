@@ -113,6 +113,10 @@ func (nd *fakeNode) join() { nd.node.Join() }
 // from it fail) or back up (the others see it rejoin).
 func (nd *fakeNode) setUp(up bool) { nd.node.SetUp(up) }
 
+// isolate cuts the node off (true) or heals the cut: the others see it
+// fail and rejoin, and it sees each of them fail and rejoin.
+func (nd *fakeNode) isolate(cut bool) { nd.node.Isolate(cut) }
+
 // leave takes the node out as a goodbye would.
 func (nd *fakeNode) leave() { nd.node.Leave() }
 
@@ -214,6 +218,9 @@ func (c *testCluster) loops() int {
 		n += 2
 		if m.cfg.AntiEntropyInterval > 0 || m.cfg.StallAfter > 0 {
 			n++ // anti-entropy's ticker
+		}
+		if m.cfg.StallAfter > 0 {
+			n++ // the stall watch's ticker
 		}
 		if m.place.period() > 0 {
 			n++

@@ -83,3 +83,11 @@ func (l *lag) forget(name string) {
 	delete(l.misses, name)
 	delete(l.until, name)
 }
+
+// lagging reports whether name is set aside now: it may lack changes that
+// were acknowledged without it.
+func (l *lag) lagging(name string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return now.Before(l.until[name])
+}

@@ -154,6 +154,11 @@ var (
 	// ErrTooFewCopies: a Sync commit reached fewer members than
 	// SyncMinCopies; the change is kept here, and the valve answers 503.
 	ErrTooFewCopies = errors.New("change applied by too few members")
+	// ErrCatchingUp: this node is catching up with a member (it, or this
+	// node, was cut off or stopped) that may hold a newer copy of the
+	// session, and that member did not answer for it; the valve answers
+	// 503 and the user's next request is served once it did.
+	ErrCatchingUp = errors.New("catching up with a member that may hold a newer copy")
 	// ErrTooLarge: the session would be larger than MaxSessionBytes.
 	ErrTooLarge = errors.New("session too large to replicate")
 )
@@ -174,9 +179,15 @@ type Manager struct {
 	alias      aliases // old ids of renamed sessions
 	lag        lag     // members that keep missing sync commits
 
-	aeKick     chan string  // members to run an anti-entropy round with now
-	aeBusy     atomic.Int32 // anti-entropy rounds under way
-	catchingUp atomic.Int32 // catching up after a stall: not ready
+	aeKick chan string  // members to run an anti-entropy round with now
+	aeBusy atomic.Int32 // anti-entropy rounds under way
+	// behindN, behindAll: how many members the view marks behind, and
+	// whether that is every member (see view.behind); read per request.
+	behindN   atomic.Int32
+	behindAll atomic.Bool
+	// aeWake asks the anti-entropy loop to catch up with the members
+	// marked behind (after a stall).
+	aeWake chan struct{}
 
 	mu       sync.RWMutex
 	sessions map[string]*Session
@@ -272,6 +283,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		touched:    make(map[string]bool),
 		repairs:    make(chan repair, 1024),
 		aeKick:     make(chan string, 64),
+		aeWake:     make(chan struct{}, 1),
 		ready:      make(chan struct{}),
 		ctx:        ctx,
 		cancel:     cancel,
@@ -351,6 +363,10 @@ func (m *Manager) Start(ctx context.Context) error {
 	if d := m.place.period(); d > 0 {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.every(d, m.place.step) }()
+	}
+	if m.cfg.StallAfter > 0 {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.runStallWatch() }()
 	}
 	return nil
 }
@@ -451,9 +467,18 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 		s.mu.Unlock()
 		return nil, nil
 	}
-	if s.unsure {
+	if doubt := m.behindN.Load() > 0; s.unsure || doubt {
+		// In doubt (nobody acknowledged this copy), or behind members that
+		// may hold a newer one (this node, or they, were cut off or
+		// stopped): the holders' copies are taken first, the newest wins.
 		s.mu.Unlock()
-		m.settle(ctx, s)
+		failed := m.settle(ctx, s)
+		for _, name := range failed {
+			if m.isBehind(name) {
+				m.stats.catchUpRefused.Add(1)
+				return nil, fmt.Errorf("manager: session %s: %w: %s did not answer", short(id), ErrCatchingUp, name)
+			}
+		}
 		s.mu.Lock()
 		if s.invalid {
 			s.mu.Unlock()
@@ -478,27 +503,31 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 // that a change nobody acknowledged is neither served nor built on. When
 // every holder answered and none has a copy, this one stands (it was never
 // replicated); when some did not answer, it stays in doubt and is served
-// as it is, this node being cut off from them.
-func (m *Manager) settle(ctx context.Context, s *Session) {
+// as it is, this node being cut off from them. It returns the holders that
+// did not answer.
+func (m *Manager) settle(ctx context.Context, s *Session) (failed []string) {
 	id := s.ID()
 	holders := m.place.targets(id).to
 	var wg sync.WaitGroup
-	var failed atomic.Int32
+	var mu sync.Mutex
 	for _, mb := range holders {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if _, err := m.fetch(ctx, mb, []string{id}); err != nil {
-				failed.Add(1)
+				mu.Lock()
+				failed = append(failed, mb.Name)
+				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.unsure && failed.Load() == 0 {
+	if s.unsure && len(failed) == 0 {
 		s.unsure = false
 	}
+	return failed
 }
 
 // expiredAt: unused for longer than its max inactive interval. A copy that

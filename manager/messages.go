@@ -122,6 +122,10 @@ type sessions struct {
 	// Must: the sender counts these copies as applied, so one not
 	// installed (this node holds another copy that beats it) is an error.
 	Must bool `msgpack:"u,omitempty"`
+	// Behind: the answering node is catching up with some member (see
+	// view.behind), so its copies may be old: the asker checks them with
+	// the other holders before serving them.
+	Behind bool `msgpack:"b,omitempty"`
 }
 
 // answers reports whether in holds session id or its tombstone.

@@ -24,7 +24,7 @@ type counters struct {
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
 	lagging, changedUnder, implausible        atomic.Uint64
-	notMember                                 atomic.Uint64
+	notMember, catchUpRefused                 atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -77,8 +77,13 @@ type Stats struct {
 	NotMember uint64 `json:"not_member"`
 	// Lagging: times a member that kept missing sync commits was set
 	// aside (not waited for) for a while.
-	Lagging    uint64 `json:"lagging"`
-	CatchingUp bool   `json:"catching_up"`
+	Lagging uint64 `json:"lagging"`
+	// Behind: members this node is catching up with (they, or it, were
+	// cut off or stopped); CatchingUp: all of them. CatchUpRefused: loads
+	// answered ErrCatchingUp (the user got 503).
+	Behind         int    `json:"behind"`
+	CatchingUp     bool   `json:"catching_up"`
+	CatchUpRefused uint64 `json:"catch_up_refused"`
 }
 
 // Stats returns the manager's counters.
@@ -98,7 +103,7 @@ func (m *Manager) Stats() Stats {
 		SyncRounds: m.stats.aeRounds.Load(), SyncFailures: m.stats.aeFailures.Load(), SyncMoved: m.stats.aeMoved.Load(),
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
 		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(), NotMember: m.stats.notMember.Load(),
-		Lagging: m.stats.lagging.Load(),
+		Lagging: m.stats.lagging.Load(), Behind: int(m.behindN.Load()), CatchUpRefused: m.stats.catchUpRefused.Load(),
 	}
 	return st
 }

@@ -151,7 +151,7 @@ func (m *Manager) handleFetch(ctx context.Context, msg cluster.Message) ([]byte,
 		// asker is sent to another member instead of creating afresh.
 		return nil, errNotReady
 	}
-	out := sessions{Last: true}
+	out := sessions{Last: true, Behind: m.behindN.Load() > 0}
 	m.mu.RLock()
 	for _, id := range f.IDs {
 		if s := m.sessions[id]; s != nil {

@@ -23,17 +23,22 @@ type view struct {
 	list  []membership.Member // members sorted by name; replaced, never changed in place
 	// changed is closed and replaced on every change.
 	changed chan struct{}
-	// rejoined: members that had failed and were heard from again as the
-	// same process. They missed what happened meanwhile; resyncing them is
-	// for later (issue 9 notes them only).
-	rejoined map[string]membership.Member
+	// behind: the members this node must compare copies with before it
+	// trusts its own, each with the generation of its mark. A member that
+	// had failed and is heard from again as the same process (a healed
+	// partition, a pause) missed what happened meanwhile, and this node may
+	// have missed what it did; after a stall of this node, every member is.
+	// An anti-entropy round with the member that began after the mark
+	// clears it; the member leaving the view does too.
+	behind map[string]uint64
+	gen    uint64
 }
 
 func (v *view) init() {
 	v.members = make(map[string]membership.Member)
 	v.heard = make(map[string]bool)
 	v.changed = make(chan struct{})
-	v.rejoined = make(map[string]membership.Member)
+	v.behind = make(map[string]uint64)
 }
 
 // onEvent is the manager's membership subscriber: it must not block.
@@ -53,11 +58,11 @@ func (m *Manager) onEvent(e membership.Event) {
 		if e.Type == membership.Rejoined {
 			// It missed what happened while it was away, and this node
 			// may have missed what it did: compare and exchange.
-			v.rejoined[name] = e.Member
-			m.log.WithField("member", name).Info("member rejoined; comparing copies with it")
+			m.log.WithField("member", name).Info("member rejoined; comparing copies with it before serving from them")
+			m.markBehindLocked(name)
 			m.kickSync(name)
 		} else {
-			delete(v.rejoined, name)
+			delete(v.behind, name)
 			if m.transfer.state() == "none" {
 				// This node concluded it was alone: what the newcomer
 				// holds never came here.
@@ -73,7 +78,7 @@ func (m *Manager) onEvent(e membership.Event) {
 			return
 		}
 		delete(v.members, name)
-		delete(v.rejoined, name)
+		delete(v.behind, name)
 		m.lag.forget(name)
 	default:
 		return
@@ -109,6 +114,7 @@ func (m *Manager) viewChanged(e membership.Event) {
 	}
 	slices.SortFunc(list, func(a, b membership.Member) int { return strings.Compare(a.Name, b.Name) })
 	v.list = list
+	m.countBehindLocked()
 	m.place.members(e, list)
 	close(v.changed)
 	v.changed = make(chan struct{})
@@ -217,4 +223,84 @@ func oldest(ms []membership.Member) membership.Member {
 		}
 	}
 	return o
+}
+
+// markBehindLocked marks members (every member, when names is empty) as
+// ones to catch up with; v.mu must be held.
+func (m *Manager) markBehindLocked(names ...string) {
+	v := &m.view
+	if len(names) == 0 {
+		for name := range v.members {
+			names = append(names, name)
+		}
+	}
+	for _, name := range names {
+		if _, ok := v.members[name]; ok {
+			v.gen++
+			v.behind[name] = v.gen
+		}
+	}
+	m.countBehindLocked()
+}
+
+// markAllBehind marks every member as one to catch up with (a stall).
+func (m *Manager) markAllBehind() {
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	m.markBehindLocked()
+}
+
+// countBehindLocked publishes the counts the hot path reads; v.mu held.
+func (m *Manager) countBehindLocked() {
+	v := &m.view
+	for name := range v.behind {
+		if _, ok := v.members[name]; !ok {
+			delete(v.behind, name)
+		}
+	}
+	m.behindN.Store(int32(len(v.behind)))
+	// Behind every member: this node was the one cut off (or stopped), so
+	// a balancer should send it no users until it has caught up.
+	m.behindAll.Store(len(v.behind) > 0 && len(v.behind) == len(v.members))
+}
+
+// behindMark returns the generation of name's mark, if it is marked.
+func (m *Manager) behindMark(name string) (uint64, bool) {
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	g, ok := m.view.behind[name]
+	return g, ok
+}
+
+// caughtUp clears name's mark if it is still the one of generation gen: a
+// mark made while the round ran needs a round of its own.
+func (m *Manager) caughtUp(name string, gen uint64) bool {
+	m.view.mu.Lock()
+	defer m.view.mu.Unlock()
+	if g, ok := m.view.behind[name]; !ok || g != gen {
+		return false
+	}
+	delete(m.view.behind, name)
+	m.countBehindLocked()
+	return true
+}
+
+// behindMembers lists the members marked behind, sorted by name.
+func (m *Manager) behindMembers() []membership.Member {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var out []membership.Member
+	for _, mb := range v.list {
+		if _, ok := v.behind[mb.Name]; ok {
+			out = append(out, mb)
+		}
+	}
+	return out
+}
+
+// isBehind reports whether name is marked.
+func (m *Manager) isBehind(name string) bool {
+	_, ok := m.behindMark(name)
+	return ok
 }

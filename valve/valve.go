@@ -131,7 +131,7 @@ func (v *Valve) Wrap(next http.Handler) http.Handler {
 		next.ServeHTTP(rw, r)
 		st.commit()
 		st.end()
-		if (st.refused || st.unreplicated) && !rw.wrote {
+		if st.failed() && !rw.wrote {
 			rw.refuse()
 		}
 	})
@@ -174,8 +174,15 @@ type state struct {
 	// unreplicated: the change did not reach enough members (the sync
 	// rule); the response is a 503, so the user knows it may be lost.
 	unreplicated bool
-	committed    bool
+	// unavailable: the session could not be loaded for now (the node is
+	// catching up with a member that may hold a newer copy); the response
+	// is a 503, and no new session takes its place.
+	unavailable error
+	committed   bool
 }
+
+// failed: the response is a 503 whatever the handler writes.
+func (st *state) failed() bool { return st.refused || st.unreplicated || st.unavailable != nil }
 
 func (st *state) session(create bool) (*manager.Session, error) {
 	st.mu.Lock()
@@ -191,6 +198,9 @@ func (st *state) session(create bool) (*manager.Session, error) {
 	if !st.loaded {
 		st.loaded = true
 		st.load()
+	}
+	if st.unavailable != nil {
+		return nil, st.unavailable
 	}
 	if st.s != nil && st.s.Invalid() {
 		st.use(nil)
@@ -217,6 +227,13 @@ func (st *state) load() {
 			continue
 		}
 		s, err := st.v.store.Load(st.r.Context(), c.Value)
+		if errors.Is(err, manager.ErrCatchingUp) {
+			// The session exists and is not lost: the user is asked to
+			// come again rather than handed a new, empty one.
+			st.unavailable = err
+			st.v.warn(err)
+			return
+		}
 		if err != nil {
 			st.v.log.WithError(err).Warn("session load failed")
 			continue
@@ -326,11 +343,11 @@ type writer struct {
 
 func (w *writer) begin() bool {
 	if w.wrote {
-		return !w.st.refused && !w.st.unreplicated
+		return !w.st.failed()
 	}
 	w.st.commit()
 	w.wrote = true
-	if w.st.refused || w.st.unreplicated {
+	if w.st.failed() {
 		w.refuse()
 		return false
 	}
@@ -340,7 +357,10 @@ func (w *writer) begin() bool {
 func (w *writer) refuse() {
 	w.wrote = true
 	msg := "503 too many sessions on this node; try again later"
-	if w.st.unreplicated {
+	switch {
+	case w.st.unavailable != nil:
+		msg = "503 this node is catching up with the cluster; try again"
+	case w.st.unreplicated:
 		msg = "503 the change could not be saved on enough nodes; try again"
 	}
 	http.Error(w.ResponseWriter, msg, http.StatusServiceUnavailable)

@@ -461,3 +461,41 @@ func TestUnreplicatedRenameKeepsCookie(t *testing.T) {
 		t.Fatal("no cookie for a new session")
 	}
 }
+
+// catchingUpStore fails every load as a node catching up with a member
+// that did not answer does.
+type catchingUpStore struct {
+	valve.Store
+	created int
+}
+
+func (c *catchingUpStore) Load(ctx context.Context, id string) (*manager.Session, error) {
+	return nil, fmt.Errorf("load: %w", manager.ErrCatchingUp)
+}
+
+func (c *catchingUpStore) Create(ctx context.Context) (*manager.Session, error) {
+	c.created++
+	return c.Store.Create(ctx)
+}
+
+// A session the node cannot check with a member it is catching up with is
+// a 503: the user keeps the cookie and is not handed a new, empty session.
+func TestCatchingUpIs503(t *testing.T) {
+	m, _ := newManager(t, nil)
+	first := do(t, valve.New(m, valve.DefaultConfig()).Wrap(counter), "/counter", "")
+	c := sessionCookie(first)
+	if c == nil {
+		t.Fatal("no cookie")
+	}
+	store := &catchingUpStore{Store: m}
+	resp := do(t, valve.New(store, valve.DefaultConfig()).Wrap(counter), "/counter", c.Name+"="+c.Value)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status %d, want 503", resp.StatusCode)
+	}
+	if got := sessionCookie(resp); got != nil {
+		t.Errorf("cookie set to %q; the user's session must stay", got.Value)
+	}
+	if store.created != 0 {
+		t.Errorf("%d sessions created in place of one that could not be loaded", store.created)
+	}
+}

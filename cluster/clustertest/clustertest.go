@@ -481,6 +481,38 @@ func (nd *Node) SetUp(up bool) {
 	wait()
 }
 
+// Isolate cuts the node off (true) or heals the cut (false), as a
+// partition of its link would: like SetUp, and the node itself sees every
+// other member fail, then rejoin, as its own membership would.
+func (nd *Node) Isolate(cut bool) {
+	n := nd.net
+	n.mu.Lock()
+	was := nd.isMember()
+	nd.up = !cut
+	typ, reason := membership.Failed, "cut off"
+	if !cut {
+		typ, reason = membership.Rejoined, "partition healed"
+	}
+	wait := n.changed(nd, was, typ, reason)
+	var mine uint64
+	if nd.isMember() != was {
+		for _, o := range n.nodes {
+			if o != nd && o.joined && o.up {
+				nd.events.Push(membership.Event{Type: typ, Member: o.member, Time: time.Now(), Reason: reason})
+				nd.pushed++
+			}
+		}
+		mine = nd.pushed
+		n.notify()
+	}
+	running := nd.running
+	n.mu.Unlock()
+	wait()
+	if running && mine > 0 {
+		nd.awaitHandled(mine)
+	}
+}
+
 // changed tells every other node that nd's membership changed from was, if
 // it did; n.mu must be held. It returns a wait for the nodes whose cluster
 // is running to have handed the event to their subscribers; call it after
