@@ -832,3 +832,45 @@ func TestCutOffNodeServesNewest(t *testing.T) {
 		})
 	}
 }
+
+// A copy in doubt (its last change reached too few members) is replaced by
+// the members' copy, but never by one older than the version they had
+// acknowledged: a copy that was on its way from a node that stopped would
+// take back acknowledged writes.
+func TestDoubtNotReplacedByOlder(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, testConfig(), "A", "B")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitConverged(id)
+	old, _ := state(b, id) // v1, as a stopped node would still send it
+	set(t, s, "n", 2)
+	commit(t, a, s) // v2, acknowledged
+	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta })
+	set(t, s, "n", 3)
+	ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+	err := a.Commit(ctx, s) // v3, nobody applied it: in doubt
+	cancel()
+	if !errors.Is(err, ErrTooFewCopies) {
+		t.Fatalf("Commit = %v, want ErrTooFewCopies", err)
+	}
+	if _, ok := a.install(old, true); ok {
+		t.Error("v1 replaced the copy in doubt, taking back acknowledged v2")
+	}
+	payload, err := msgpack.Marshal(delta{ID: id, Version: 1, Origin: old.Origin, Full: true, Set: old.Attrs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.handleDelta(bg, cluster.Message{Type: typeDelta, Payload: payload}); err != nil {
+		t.Errorf("old whole copy as a change: %v", err)
+	}
+	if got, _ := state(a, id); got.Version != 3 {
+		t.Errorf("A at v%d, want v3 (in doubt) until it settles", got.Version)
+	}
+	c.net.release()
+	c.waitFor("network idle", c.net.idle)
+	if n := mustGet[int](t, load(t, a, id), "n"); n < 2 {
+		t.Errorf("A serves n = %d after settling, want at least the acknowledged 2", n)
+	}
+}

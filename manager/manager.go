@@ -560,6 +560,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		id := s.id
 		s.changedUnder = false
 		s.dirty, s.maxChanged = nil, false
+		if !s.unsure {
+			s.sure = s.version // the other node's change, acknowledged
+		}
 		s.unsure, s.hashed = true, false
 		s.mu.Unlock()
 		m.stats.changedUnder.Add(1)
@@ -711,6 +714,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		// the members' copy, which may hold a change that was.
 		s.mu.Lock()
 		if s.version == d.Version && s.origin == m.local {
+			if !s.unsure {
+				s.sure = d.Base // what this change was built on was acknowledged
+			}
 			s.unsure = true
 		}
 		s.mu.Unlock()

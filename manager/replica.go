@@ -207,7 +207,10 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		s.mu.Unlock()
 		m.stats.stale.Add(1) // a duplicate
 		return nil
-	case exact || (d.Full && (behind || s.unsure || (!d.Sync && d.Version > s.version))):
+	case exact || (d.Full && (behind || (s.unsure && d.Version >= s.sure) || (!d.Sync && d.Version > s.version))):
+		// (A whole copy older than the version last acknowledged here
+		// was on its way from a node that stopped, say: it replaces no
+		// copy, in doubt or not.)
 		s.applyDelta(d)
 		s.unsure = false // a member built on this copy, or replaced it whole
 		s.mu.Unlock()
@@ -366,7 +369,9 @@ func (m *Manager) install(snap snapshot, remote bool) (*Session, bool) {
 	}
 	// A copy in doubt never replaces one that is not; one that is not
 	// always replaces one in doubt; otherwise the newer wins.
-	if !created && (snap.Unsure && !s.unsure || !(s.unsure && !snap.Unsure) && !newer(snap, s)) {
+	// A copy older than the version last acknowledged here is stale, in
+	// doubt or not.
+	if !created && (snap.Unsure && !s.unsure || !(s.unsure && !snap.Unsure) && !newer(snap, s) || s.unsure && snap.Version < s.sure) {
 		s.mu.Unlock()
 		return s, false
 	}

@@ -52,6 +52,10 @@ type Session struct {
 	// Load replaces it with the members' copy, and any copy a member sends
 	// replaces it.
 	unsure bool
+	// sure: while unsure, the version the copy had when it last was not:
+	// members acknowledged it, so a copy of theirs older than it is stale,
+	// not a replacement.
+	sure uint64
 	// inFlight: a sync commit of this copy's version is on its way and not
 	// yet acknowledged: until it is, the copy is not handed out either
 	// (an anti-entropy round or a fetch meanwhile could spread it).
