@@ -8,6 +8,7 @@ import (
 	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/tlsid"
 	"github.com/flockhq/flock/valve"
 )
 
@@ -58,6 +59,11 @@ func parts(c conf.Config) (partConfigs, error) {
 		}
 	}
 	cc.Insecure = sec.Insecure
+	if t := c.Cluster.TLS; t.Enabled() {
+		if cc.TLS, err = tlsid.Load(t.Cert, t.Key, t.CA); err != nil {
+			return partConfigs{}, fmt.Errorf("cluster.tls: %w", err)
+		}
+	}
 
 	mc := c.Cluster.Membership
 	switch mc.Type {

@@ -131,6 +131,9 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	sc.OnFailure = c.sendFailed
 	sc.Logger = log
 	sc.Keyring = cfg.Keyring
+	if cfg.TLS != nil {
+		sc.TLS = cfg.TLS.Client()
+	}
 	send := sender.New(sc)
 
 	rc := cfg.Receiver
@@ -138,6 +141,9 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	rc.Observer = observer{c}
 	rc.Logger = log
 	rc.Keyring = cfg.Keyring
+	if cfg.TLS != nil {
+		rc.TLS = cfg.TLS.Server()
+	}
 	recv := receiver.New(ln, rc)
 
 	if cfg.Keyring == nil && !cfg.Host.IsLoopback() {

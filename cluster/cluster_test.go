@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"github.com/flockhq/flock/internal/leakcheck"
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/sender"
+	"github.com/flockhq/flock/tlsid"
 )
 
 // fakeMembership records what the Cluster asks of it.
@@ -102,6 +104,7 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 		{"no host", func(c *cluster.Config) { c.Host = netip.Addr{} }, "host"},
 		{"ports past 65535", func(c *cluster.Config) { c.Port, c.AutoBind = 65500, 100 }, "auto-bind 100"},
 		{"no membership", func(c *cluster.Config) { c.Membership = nil }, "membership"},
+		{"certificate of another node", func(c *cluster.Config) { c.TLS = identityOf(t, "node2") }, `names ["node2"], not this node ("node1")`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,6 +115,28 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// identityOf is a TLS identity naming member, from a CA of its own.
+func identityOf(t *testing.T, member string) *tlsid.Identity {
+	t.Helper()
+	caCert, caKey, err := tlsid.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, k, err := tlsid.Issue(caCert, caKey, member, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tlsid.New(pair, caCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // freePorts returns n TCP ports free on loopback right now.

@@ -11,6 +11,7 @@ import (
 	"github.com/flockhq/flock/membership"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
+	"github.com/flockhq/flock/tlsid"
 )
 
 // Config configures a Cluster built by New.
@@ -40,7 +41,10 @@ type Config struct {
 	// Insecure allows a receiver on a non-loopback address without a
 	// Keyring: the network is trusted. Without it such a node is refused.
 	Insecure bool
-	Logger   logrus.FieldLogger
+	// TLS, if set, runs every connection between nodes over mutual TLS
+	// 1.3 with this identity; its certificate must name the node (Name).
+	TLS    *tlsid.Identity
+	Logger logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml: node1 of domain
@@ -75,6 +79,9 @@ func (c Config) Validate() error {
 	if c.Host.IsValid() && !c.Host.IsLoopback() && c.Keyring == nil && !c.Insecure {
 		errs = append(errs, fmt.Errorf("the receiver host %v is not loopback, and there is no keyring: "+
 			"anyone who reaches that network could read and change every session (set Keyring, or Insecure if the network is trusted)", c.Host))
+	}
+	if c.TLS != nil && !c.TLS.Has(c.Name) {
+		errs = append(errs, fmt.Errorf("the TLS certificate names %q, not this node (%q)", c.TLS.Names, c.Name))
 	}
 	if c.Membership == nil {
 		errs = append(errs, errors.New("a membership is required (cluster.Multicast or cluster.Static)"))

@@ -66,7 +66,23 @@ type Cluster struct {
 	Sender     Sender     `toml:"sender"`
 	Manager    Manager    `toml:"manager"`
 	Security   Security   `toml:"security"`
+	TLS        TLS        `toml:"tls"`
 }
+
+// TLS, where users bring certificates, runs every connection between nodes
+// over mutual TLS 1.3: each node holds a certificate from the cluster's CA
+// that names it (a DNS name, or else the common name, equal to its name),
+// and a caller's certificate must name the member it says it is. It adds to
+// the keyring, which heartbeats still need; flockctl tls-ca and tls-cert
+// make a small CA for clusters that have none.
+type TLS struct {
+	Cert string `toml:"cert"` // PEM certificate (chain) of this node
+	Key  string `toml:"key"`  // its PEM private key
+	CA   string `toml:"ca"`   // PEM bundle of the CA that signs every member's certificate
+}
+
+// Enabled reports whether any of the files is set.
+func (t TLS) Enabled() bool { return t.Cert != "" || t.Key != "" || t.CA != "" }
 
 // Security configures the cluster keyring: with a key, every heartbeat and
 // every connection between nodes is authenticated and encrypted, and a host

@@ -44,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 47 {
-		t.Errorf("Default() encodes %d keys, want 47: %v", len(keys), keys)
+	if len(keys) != 50 {
+		t.Errorf("Default() encodes %d keys, want 50: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -832,6 +832,11 @@ static.members = [
 			name: "clock skew below the heartbeat frequency",
 			in:   "[cluster.membership]\nfrequency = \"2s\"\ndrop_time = \"6s\"\n[cluster.security]\nkey_file = \"keys\"\nmax_clock_skew = \"1s\"\n",
 			want: []string{`server.toml:6: cluster.security.max_clock_skew: 1s must be at least frequency (2s)`},
+		},
+		{
+			name: "tls without key and ca",
+			in:   "[cluster.tls]\ncert = \"node1.pem\"\n",
+			want: []string{`cluster.tls.ca: missing`, `cluster.tls.key: missing`},
 		},
 		{
 			name: "touch_interval too short",

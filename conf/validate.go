@@ -217,6 +217,14 @@ func (c Config) problems() []problem {
 			fmt.Errorf("%v must be at least frequency (%v)", d, m.Frequency))
 	}
 
+	if t := c.Cluster.TLS; t.Enabled() {
+		for _, kv := range [][2]string{{"cluster.tls.cert", t.Cert}, {"cluster.tls.key", t.Key}, {"cluster.tls.ca", t.CA}} {
+			if kv[1] == "" {
+				check(kv[0], errors.New("missing: set cert, key and ca together (or none)"))
+			}
+		}
+	}
+
 	se := c.Session
 	check("session.cookie_name", checkCookieName(se.CookieName))
 	check("session.cookie_path", checkCookiePath(se.CookiePath))

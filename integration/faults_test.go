@@ -27,13 +27,6 @@ func TestConvergeTwoWriters(t *testing.T) {
 	scenario(t, load, 2*time.Minute)
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			if m.name == "backup" && !knownBugs && raceEnabled {
-				// Under the race detector's load a copy on the owner and
-				// one on the backup stay different (same session, other
-				// contents) past the bound, 1 to 2 runs in 3 (2026-12-02);
-				// without it, it passed 5 runs in 5.
-				t.Skip("known open bug (issue 10): backup mode's two writers diverge under -race load; FLOCK_KNOWN_BUGS=1 runs it")
-			}
 			convergeTwoWriters(t, m.name, m.conf)
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"github.com/flockhq/flock/internal/wire"
 	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/tlsid"
 )
 
 // FirstType is the first message type an application may use; the types
@@ -89,7 +91,12 @@ type Config struct {
 	// cluster, and every frame after it must be sealed. Anything else is
 	// refused and counted (Stats.Refused).
 	Keyring *keyring.Keyring
-	Logger  logrus.FieldLogger
+	// TLS, if set, is required of every caller: the connection is a TLS
+	// 1.3 one whose client certificate the configuration verifies (see
+	// package tlsid), and the hello must name a member the certificate
+	// names. Refusals are counted as "tls" and "identity".
+	TLS    *tls.Config
+	Logger logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml.
@@ -307,7 +314,19 @@ func (r *TCP) serve(c net.Conn) {
 		r.mu.Unlock()
 		c.Close()
 	}()
-	cs := &connServer{r: r, c: c, rd: wire.NewReader(c, r.cfg.MaxFrame), w: bufio.NewWriterSize(c, 16<<10)}
+	conn := c
+	if cfg := r.cfg.TLS; cfg != nil {
+		tc := tls.Server(c, cfg)
+		c.SetDeadline(time.Now().Add(r.cfg.FrameTimeout)) // a caller that stalls the handshake is let go
+		if err := tc.HandshakeContext(r.ctx); err != nil {
+			r.stats.Rejected.Add(1)
+			r.refused.Refuse(refuse.TLS, c.RemoteAddr().String(), err)
+			return
+		}
+		c.SetDeadline(time.Time{})
+		conn = tc
+	}
+	cs := &connServer{r: r, c: conn, rd: wire.NewReader(conn, r.cfg.MaxFrame), w: bufio.NewWriterSize(conn, 16<<10)}
 	if r.cfg.Keyring != nil {
 		cs.rd.SetMax(wire.MaxAuthFrame) // nothing large from a caller not yet authenticated
 	}
@@ -327,6 +346,8 @@ func (r *TCP) serve(c net.Conn) {
 			reason = refuse.Forged
 		case errors.Is(err, wire.ErrUnauthenticated), errors.Is(err, wire.ErrFlags), errors.Is(err, errNoKey):
 			reason = refuse.Unauthenticated
+		case errors.Is(err, tlsid.ErrWrongName), errors.Is(err, tlsid.ErrNoCertificate):
+			reason = refuse.Identity
 		}
 		r.refused.Refuse(reason, c.RemoteAddr().String(), err)
 	default:
@@ -430,6 +451,11 @@ func (cs *connServer) frame(f wire.Frame) error {
 		}
 		if p.Domain != r.cfg.Local.Domain {
 			return fmt.Errorf("%w: caller %s is of domain %q, this node of %q", errProtocol, p.Name, p.Domain, r.cfg.Local.Domain)
+		}
+		if tc, ok := cs.c.(*tls.Conn); ok {
+			if err := tlsid.CheckPeer(tc.ConnectionState(), p.Name); err != nil {
+				return fmt.Errorf("%w: hello: %w", errProtocol, err)
+			}
 		}
 		cs.from = toMember(p)
 		cs.sender = r.acquire(p.ID)

@@ -3,6 +3,7 @@ package sender_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/receiver"
 	"github.com/flockhq/flock/sender"
+	"github.com/flockhq/flock/tlsid"
 )
 
 // The published figures: one sender, two receivers on loopback, 1 KiB
@@ -26,10 +28,41 @@ import (
 
 const benchPayload = 1 << 10
 
+// security is what a benchmark's connections carry.
+type security int
+
+const (
+	plain    security = iota
+	keyed             // a cluster key: every frame sealed and opened
+	keyedTLS          // the key inside mutual TLS 1.3
+)
+
 // benchCluster starts two counting receivers and a sender with the default
-// configuration, all holding a cluster key if keyed.
-func benchCluster(b *testing.B, keyed bool) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
+// configuration, all holding a cluster key (and certificates) as sec says.
+func benchCluster(b *testing.B, sec security) (*sender.TCP, []netip.AddrPort, *atomic.Int64) {
 	b.Helper()
+	var ids func(name string) *tlsid.Identity
+	if sec == keyedTLS {
+		caCert, caKey, err := tlsid.NewCA("bench", time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids = func(name string) *tlsid.Identity {
+			c, k, err := tlsid.Issue(caCert, caKey, name, time.Hour)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pair, err := tls.X509KeyPair(c, k)
+			if err != nil {
+				b.Fatal(err)
+			}
+			id, err := tlsid.New(pair, caCert)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return id
+		}
+	}
 	var applied atomic.Int64
 	var to []netip.AddrPort
 	for _, name := range []string{"a", "b"} {
@@ -40,8 +73,11 @@ func benchCluster(b *testing.B, keyed bool) (*sender.TCP, []netip.AddrPort, *ato
 		addr := ln.Addr().(*net.TCPAddr).AddrPort()
 		cfg := receiver.DefaultConfig()
 		cfg.Local = peerInfo(name, addr)
-		if keyed {
+		if sec != plain {
 			cfg.Keyring = benchRing(b)
+		}
+		if ids != nil {
+			cfg.TLS = ids(name).Server()
 		}
 		r := receiver.New(ln, cfg)
 		r.Handle(typeData, func(context.Context, receiver.Message) ([]byte, error) { applied.Add(1); return nil, nil })
@@ -51,8 +87,11 @@ func benchCluster(b *testing.B, keyed bool) (*sender.TCP, []netip.AddrPort, *ato
 	}
 	cfg := sender.DefaultConfig()
 	cfg.Local = peerInfo("sender", netip.MustParseAddrPort("127.0.0.1:1"))
-	if keyed {
+	if sec != plain {
 		cfg.Keyring = benchRing(b)
+	}
+	if ids != nil {
+		cfg.TLS = ids("sender").Client()
 	}
 	s := sender.New(cfg)
 	b.Cleanup(func() { s.Close(context.Background()) })
@@ -110,8 +149,8 @@ func reportRate(b *testing.B, cpu time.Duration) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/msg")
 }
 
-func benchSerial(b *testing.B, mode sender.Mode, keyed bool) {
-	s, to, _ := benchCluster(b, keyed)
+func benchSerial(b *testing.B, mode sender.Mode, sec security) {
+	s, to, _ := benchCluster(b, sec)
 	p := make([]byte, benchPayload)
 	b.SetBytes(benchPayload)
 	b.ReportAllocs()
@@ -133,8 +172,8 @@ func benchSerial(b *testing.B, mode sender.Mode, keyed bool) {
 	reportRate(b, cpuTime()-cpu)
 }
 
-func benchParallel(b *testing.B, mode sender.Mode, keyed bool) {
-	s, to, _ := benchCluster(b, keyed)
+func benchParallel(b *testing.B, mode sender.Mode, sec security) {
+	s, to, _ := benchCluster(b, sec)
 	b.SetBytes(benchPayload)
 	b.ReportAllocs()
 	b.SetParallelism(8) // 16 senders on 2 cores: one sync caller is latency-bound
@@ -153,16 +192,20 @@ func benchParallel(b *testing.B, mode sender.Mode, keyed bool) {
 	reportRate(b, cpuTime()-cpu)
 }
 
-func BenchmarkSendAsync(b *testing.B)        { benchSerial(b, sender.Async, false) }
-func BenchmarkSendAck(b *testing.B)          { benchSerial(b, sender.Ack, false) }
-func BenchmarkSendSync(b *testing.B)         { benchSerial(b, sender.Sync, false) }
-func BenchmarkSendAckParallel(b *testing.B)  { benchParallel(b, sender.Ack, false) }
-func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, sender.Sync, false) }
+func BenchmarkSendAsync(b *testing.B)        { benchSerial(b, sender.Async, plain) }
+func BenchmarkSendAck(b *testing.B)          { benchSerial(b, sender.Ack, plain) }
+func BenchmarkSendSync(b *testing.B)         { benchSerial(b, sender.Sync, plain) }
+func BenchmarkSendAckParallel(b *testing.B)  { benchParallel(b, sender.Ack, plain) }
+func BenchmarkSendSyncParallel(b *testing.B) { benchParallel(b, sender.Sync, plain) }
 
 // The same with a cluster key: every frame sealed and opened (AES-256-GCM).
-func BenchmarkSendAsyncKeyed(b *testing.B)        { benchSerial(b, sender.Async, true) }
-func BenchmarkSendSyncKeyed(b *testing.B)         { benchSerial(b, sender.Sync, true) }
-func BenchmarkSendSyncParallelKeyed(b *testing.B) { benchParallel(b, sender.Sync, true) }
+func BenchmarkSendAsyncKeyed(b *testing.B)        { benchSerial(b, sender.Async, keyed) }
+func BenchmarkSendSyncKeyed(b *testing.B)         { benchSerial(b, sender.Sync, keyed) }
+func BenchmarkSendSyncParallelKeyed(b *testing.B) { benchParallel(b, sender.Sync, keyed) }
+
+// And with the key inside mutual TLS 1.3 ([cluster.tls]).
+func BenchmarkSendSyncKeyedTLS(b *testing.B)         { benchSerial(b, sender.Sync, keyedTLS) }
+func BenchmarkSendSyncParallelKeyedTLS(b *testing.B) { benchParallel(b, sender.Sync, keyedTLS) }
 
 // BenchmarkSyncLatency sends b.N sync messages at a steady 5,000 a second
 // (a pacer hands the sends to a few goroutines, so that a slow send does
@@ -171,7 +214,7 @@ func BenchmarkSendSyncParallelKeyed(b *testing.B) { benchParallel(b, sender.Sync
 // time it was due ("p99-due-µs", which includes any lag in starting it).
 func BenchmarkSyncLatency(b *testing.B) {
 	const rate = 5000
-	s, to, _ := benchCluster(b, false)
+	s, to, _ := benchCluster(b, plain)
 	p := make([]byte, benchPayload)
 	lat := make([]time.Duration, b.N)
 	due := make([]time.Duration, b.N)

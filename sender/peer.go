@@ -280,6 +280,9 @@ func (p *peer) connect() error {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	if conn, err = p.s.secure(p.s.ctx, conn); err != nil {
+		return err
+	}
 	rd := wire.NewReader(conn, p.s.cfg.MaxFrame)
 	hello := wire.AppendHello(nil, p.s.local)
 	conn.SetDeadline(time.Now().Add(p.s.cfg.Timeout))

@@ -3,6 +3,7 @@ package sender
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -49,8 +50,12 @@ func (s *TCP) call(ctx context.Context, addr netip.AddrPort, t wire.Type) (wire.
 	// connection to end a blocked read at once.
 	deadline, _ := ctx.Deadline()
 	conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	raw := conn
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
+	if conn, err = s.secure(ctx, conn); err != nil {
+		return wire.Peer{}, fmt.Errorf("%v %v: %w", t, addr, timedOut(ctx, err))
+	}
 
 	var nb [8]byte
 	rand.Read(nb[:])
@@ -100,4 +105,20 @@ func timedOut(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", ErrTimeout, err)
 	}
 	return err
+}
+
+// secure opens TLS on conn when the sender is configured for it; conn is
+// closed if the handshake fails.
+func (s *TCP) secure(ctx context.Context, conn net.Conn) (net.Conn, error) {
+	if s.cfg.TLS == nil {
+		return conn, nil
+	}
+	tc := tls.Client(conn, s.cfg.TLS)
+	hctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return tc, nil
 }

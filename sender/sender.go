@@ -9,6 +9,7 @@ package sender
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -119,7 +120,10 @@ type Config struct {
 	// handshake proves both sides hold a key of the cluster, then every
 	// frame is sealed. Peers must hold a keyring too.
 	Keyring *keyring.Keyring
-	Logger  logrus.FieldLogger
+	// TLS, if set, opens every connection with a TLS 1.3 handshake (see
+	// package tlsid); peers must require it too.
+	TLS    *tls.Config
+	Logger logrus.FieldLogger
 }
 
 // DefaultConfig returns the defaults of conf/server.toml (Tomcat's).

@@ -7,6 +7,8 @@
 //	flockctl sessions [--node URL] [--json]
 //	flockctl listen   --bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION] [--key-file FILE]
 //	flockctl keygen
+//	flockctl tls-ca   --out DIR [--valid DURATION]
+//	flockctl tls-cert --ca DIR --name NODE --out DIR [--valid DURATION]
 package main
 
 import (
@@ -18,11 +20,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/flockhq/flock/keyring"
+	"github.com/flockhq/flock/tlsid"
 )
 
 // Exit codes.
@@ -90,6 +94,85 @@ var commands = []command{
 		"Print a fresh random cluster key (base64, 32 bytes) for [cluster.security]\n" +
 			"keys or a key_file. Every node of a cluster needs the same keys.",
 		keygenCmd},
+	{"tls-ca", "--out DIR [--valid DURATION]",
+		"Make a small CA for [cluster.tls]: writes DIR/ca.pem (every node's ca) and\n" +
+			"DIR/ca-key.pem (keep it off the nodes). Valid for DURATION (default 2 years).",
+		tlsCACmd},
+	{"tls-cert", "--ca DIR --name NODE --out DIR [--valid DURATION]",
+		"Issue a certificate naming member NODE from the CA in DIR (ca.pem, ca-key.pem):\n" +
+			"writes DIR/NODE.pem and DIR/NODE-key.pem for [cluster.tls] cert and key.",
+		tlsCertCmd},
+}
+
+func tlsCACmd(fl *flag.FlagSet) func(ctx context.Context, a *app) error {
+	out := fl.String("out", "", "directory to write ca.pem and ca-key.pem to")
+	valid := fl.Duration("valid", 2*365*24*time.Hour, "validity")
+	return func(ctx context.Context, a *app) error {
+		if *out == "" {
+			return usageErr("tls-ca: --out is required")
+		}
+		cert, key, err := tlsid.NewCA("flock cluster CA", *valid)
+		if err != nil {
+			return err
+		}
+		return writePair(a, *out, "ca", cert, key)
+	}
+}
+
+func tlsCertCmd(fl *flag.FlagSet) func(ctx context.Context, a *app) error {
+	caDir := fl.String("ca", "", "directory holding ca.pem and ca-key.pem")
+	name := fl.String("name", "", "the member name the certificate binds (server.name)")
+	out := fl.String("out", "", "directory to write NAME.pem and NAME-key.pem to")
+	valid := fl.Duration("valid", 365*24*time.Hour, "validity")
+	return func(ctx context.Context, a *app) error {
+		if *caDir == "" || *name == "" || *out == "" {
+			return usageErr("tls-cert: --ca, --name and --out are required")
+		}
+		if strings.ContainsAny(*name, `/\`) {
+			return usageErr("tls-cert: --name %q: a member name, not a path", *name)
+		}
+		caCert, err := os.ReadFile(filepath.Join(*caDir, "ca.pem"))
+		if err != nil {
+			return err
+		}
+		caKey, err := os.ReadFile(filepath.Join(*caDir, "ca-key.pem"))
+		if err != nil {
+			return err
+		}
+		cert, key, err := tlsid.Issue(caCert, caKey, *name, *valid)
+		if err != nil {
+			return err
+		}
+		return writePair(a, *out, *name, cert, key)
+	}
+}
+
+// writePair writes base.pem and base-key.pem (the key readable by its
+// owner only), refusing to overwrite either.
+func writePair(a *app, dir, base string, cert, key []byte) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{base + ".pem", cert, 0o644}, {base + "-key.pem", key, 0o600}} {
+		path := filepath.Join(dir, f.name)
+		fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.mode)
+		if err != nil {
+			return err
+		}
+		if _, err := fh.Write(f.data); err != nil {
+			fh.Close()
+			return err
+		}
+		if err := fh.Close(); err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, path)
+	}
+	return nil
 }
 
 func keygenCmd(fl *flag.FlagSet) func(ctx context.Context, a *app) error {

@@ -35,10 +35,16 @@ const (
 	NotMember
 	// Malformed: bytes that do not follow the protocol.
 	Malformed
+	// TLS: a TLS handshake that failed (no certificate, another CA, not
+	// TLS at all).
+	TLS
+	// Identity: a certificate that does not name the member the caller
+	// says it is.
+	Identity
 	numReasons
 )
 
-var names = [numReasons]string{"unauthenticated", "unknown_key", "forged", "replayed", "stale", "not_member", "malformed"}
+var names = [numReasons]string{"unauthenticated", "unknown_key", "forged", "replayed", "stale", "not_member", "malformed", "tls", "identity"}
 
 func (r Reason) String() string {
 	if r < numReasons {
