@@ -874,3 +874,50 @@ func TestDoubtNotReplacedByOlder(t *testing.T) {
 		t.Errorf("A serves n = %d after settling, want at least the acknowledged 2", n)
 	}
 }
+
+// A member counts for the sync rule only once it answered a round trip: one
+// that announces itself but never acknowledges anything is sent every
+// change and never waited for, unless the rule cannot be met without it
+// (then the commit waits for it and fails, as the rule says).
+func TestUnansweringMemberNotWaitedFor(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	c := newCluster(t, cfg, "A", "B")
+	a := c.ms[0]
+	mute := c.net.addNode("F") // a member with no manager: it answers nothing
+	c.net.holdIf(func(e *envelope) bool { return e.to == mute })
+	mute.join()
+	c.waitFor("F in A's view", func() bool { return a.isMember("F") })
+
+	s := create(t, a, map[string]any{"n": 1})
+	set(t, s, "n", 5)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	err := a.Commit(ctx, s)
+	cancel()
+	took := time.Since(start)
+	if err != nil || took > time.Second {
+		t.Fatalf("commit with a mute member: %v after %v; want success with B, not waiting for F", err, took)
+	}
+	t.Logf("commit with a mute member in the view: %v", took)
+	if got, _ := state(c.ms[1], s.ID()); got.Version != 2 {
+		t.Errorf("B holds v%d, want v2", got.Version)
+	}
+	for _, mb := range a.members() {
+		if got := a.confirmedMember(mb); got != (mb.Name == "B") {
+			t.Errorf("%s confirmed = %v", mb.Name, got)
+		}
+	}
+
+	// B gone: the rule needs F, so the commit waits for it and fails.
+	c.nodes[1].setUp(false)
+	set(t, s, "n", 2)
+	ctx, cancel = context.WithTimeout(bg, 200*time.Millisecond)
+	err = a.Commit(ctx, s)
+	cancel()
+	if !errors.Is(err, ErrTooFewCopies) {
+		t.Errorf("commit with only a mute member: %v, want ErrTooFewCopies", err)
+	}
+	c.nodes[1].setUp(true)
+	c.net.release()
+}
