@@ -77,7 +77,7 @@ var (
 
 	descDuplicates  = desc("receiver_duplicates_total", "Messages received again after a reconnect, recognised and not applied twice.")
 	descRejectConns = desc("receiver_rejected_connections_total", "Incoming connections closed for a protocol error.")
-	descRefused     = desc("refused_total", "Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed, tls, identity.", "component", "reason")
+	descRefused     = desc("refused_total", "Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed, tls, identity, limit.", "component", "reason")
 
 	allDescs = []*prometheus.Desc{
 		descMembers, descSessions, descCreated, descExpired, descRejected,

@@ -204,10 +204,11 @@ flock_receiver_duplicates_total 3
 # HELP flock_receiver_rejected_connections_total Incoming connections closed for a protocol error.
 # TYPE flock_receiver_rejected_connections_total counter
 flock_receiver_rejected_connections_total 1
-# HELP flock_refused_total Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed, tls, identity.
+# HELP flock_refused_total Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed, tls, identity, limit.
 # TYPE flock_refused_total counter
 flock_refused_total{component="membership",reason="forged"} 2
 flock_refused_total{component="membership",reason="identity"} 0
+flock_refused_total{component="membership",reason="limit"} 0
 flock_refused_total{component="membership",reason="malformed"} 0
 flock_refused_total{component="membership",reason="not_member"} 0
 flock_refused_total{component="membership",reason="replayed"} 0
@@ -217,6 +218,7 @@ flock_refused_total{component="membership",reason="unauthenticated"} 0
 flock_refused_total{component="membership",reason="unknown_key"} 0
 flock_refused_total{component="receiver",reason="forged"} 0
 flock_refused_total{component="receiver",reason="identity"} 0
+flock_refused_total{component="receiver",reason="limit"} 0
 flock_refused_total{component="receiver",reason="malformed"} 0
 flock_refused_total{component="receiver",reason="not_member"} 0
 flock_refused_total{component="receiver",reason="replayed"} 0
@@ -281,8 +283,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	if a, b := strings.Join(flockLines(first), "\n"), strings.Join(flockLines(second), "\n"); a != b {
 		t.Errorf("two scrapes differ:\n%s\n---\n%s", a, b)
 	}
-	if n := len(flockLines(first)); n != 64 {
-		t.Errorf("%d flock_ samples, want 64:\n%s", n, strings.Join(flockLines(first), "\n"))
+	if n := len(flockLines(first)); n != 66 {
+		t.Errorf("%d flock_ samples, want 66:\n%s", n, strings.Join(flockLines(first), "\n"))
 	}
 
 	resp, err := http.Post(srv.URL+"/metrics", "text/plain", nil)

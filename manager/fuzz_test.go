@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"testing"
 
@@ -60,10 +61,12 @@ func FuzzHandleDelta(f *testing.F) {
 	f.Add([]byte{0x80})
 	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte("garbage"))
+	f.Add(append([]byte{0x81, 0xa1, 'i'}, bytes.Repeat([]byte{0x91}, 1<<16)...)) // deep: a stack overflow once
+	f.Add([]byte{0x81, 0xa1, 's', 0xdf, 0xff, 0xff, 0xff, 0xff})                  // a map of 4 billion in 5 bytes
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		err := m.handleDelta(context.Background(), cluster.Message{From: peer.Local(), Type: typeDelta, Payload: payload})
 		var d delta
-		derr := msgpack.Unmarshal(payload, &d)
+		derr := decode(payload, &d) // checked first: never msgpack alone on a hostile body
 		wellFormed := derr == nil && ValidID(d.ID) && (d.Old == "" || ValidID(d.Old))
 		if wellFormed && err != nil {
 			t.Fatalf("a well-formed delta %+v refused: %v", d, err)

@@ -72,7 +72,7 @@ func (m *Manager) loadPersisted() {
 	n, bad := 0, 0
 	for _, r := range m.persist.log.Records() {
 		var snap snapshot
-		if err := msgpack.Unmarshal(r.Data, &snap); err != nil || snap.ID != r.ID {
+		if err := decode(r.Data, &snap); err != nil || snap.ID != r.ID {
 			bad++
 			continue
 		}

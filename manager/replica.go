@@ -12,6 +12,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/internal/wire"
 	"github.com/flockhq/flock/membership"
 )
 
@@ -112,7 +113,18 @@ func (m *Manager) Stats() Stats {
 	return st
 }
 
+// maxPayloadDepth bounds the nesting of a message body: the deepest the
+// manager writes is four (sessions, their list, a snapshot, its
+// attributes); attribute values are opaque bytes at that level.
+const maxPayloadDepth = 16
+
+// decode decodes a message body, checked first (wire.CheckMsgpack): a
+// hostile body can neither recurse msgpack's decoder off the stack nor make
+// it allocate by counts the bytes do not hold.
 func decode(p []byte, v any) error {
+	if err := wire.CheckMsgpack(p, maxPayloadDepth); err != nil {
+		return fmt.Errorf("manager: decode: %w", err)
+	}
 	if err := msgpack.Unmarshal(p, v); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}

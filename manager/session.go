@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/flockhq/flock/internal/wire"
 )
 
 // Session is one user's session. Handlers read and write it through the
@@ -185,6 +187,9 @@ func (s *Session) SetMaxInactiveInterval(d time.Duration) error {
 	return nil
 }
 
+// maxValueDepth bounds the nesting of an attribute value.
+const maxValueDepth = 64
+
 // Get decodes the value stored under key into a fresh T. ok is false when
 // the key is absent.
 func Get[T any](s *Session, key string) (v T, ok bool, err error) {
@@ -193,6 +198,11 @@ func Get[T any](s *Session, key string) (v T, ok bool, err error) {
 	s.mu.Unlock()
 	if !ok {
 		return v, false, nil
+	}
+	// Values come from other nodes too: checked before msgpack recurses
+	// into them or allocates by their counts.
+	if err := wire.CheckMsgpack(b, maxValueDepth); err != nil {
+		return v, true, fmt.Errorf("manager: session attribute %q: %w", key, err)
 	}
 	if err := msgpack.Unmarshal(b, &v); err != nil {
 		return v, true, fmt.Errorf("manager: session attribute %q: %w", key, err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -85,7 +86,17 @@ type Config struct {
 	// FrameTimeout bounds the time from a frame's first byte to its last,
 	// so a peer that trickles bytes (slow loris) cannot hold a reader.
 	FrameTimeout time.Duration
-	Observer     Observer
+	// HelloTimeout bounds the time from accept to a complete hello (the
+	// keyring's and TLS handshakes included): a caller that does not say
+	// who it is soon is let go. Until the hello, frames are at most
+	// wire.MaxAuthFrame bytes and the connection holds small buffers.
+	HelloTimeout time.Duration
+	// MaxConns and MaxConnsPerIP bound the connections open at once, in
+	// all and from one address: a connection beyond either is closed at
+	// accept (counted as "limit"), so the cluster port cannot use up the
+	// process's file descriptors.
+	MaxConns, MaxConnsPerIP int
+	Observer                Observer
 	// Keyring, if set, is required of every caller: a connection must
 	// open with the handshake that proves the caller holds a key of the
 	// cluster, and every frame after it must be sealed. Anything else is
@@ -102,9 +113,12 @@ type Config struct {
 // DefaultConfig returns the defaults of conf/server.toml.
 func DefaultConfig() Config {
 	return Config{
-		MaxFrame:     wire.DefaultMaxFrame,
-		IdleTimeout:  60 * time.Second,
-		FrameTimeout: 10 * time.Second,
+		MaxFrame:      wire.DefaultMaxFrame,
+		IdleTimeout:   60 * time.Second,
+		FrameTimeout:  10 * time.Second,
+		HelloTimeout:  2 * time.Second,
+		MaxConns:      1024,
+		MaxConnsPerIP: 64,
 	}
 }
 
@@ -129,6 +143,7 @@ type TCP struct {
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
+	perIP   map[netip.Addr]int // open connections by source address
 	senders map[wire.ID]*senderState
 	stopped bool
 	wg      sync.WaitGroup
@@ -189,6 +204,15 @@ func New(ln net.Listener, cfg Config) *TCP {
 	if cfg.FrameTimeout <= 0 {
 		cfg.FrameTimeout = def.FrameTimeout
 	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = def.HelloTimeout
+	}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = def.MaxConns
+	}
+	if cfg.MaxConnsPerIP <= 0 {
+		cfg.MaxConnsPerIP = def.MaxConnsPerIP
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &TCP{
 		cfg:      cfg,
@@ -199,6 +223,7 @@ func New(ln net.Listener, cfg Config) *TCP {
 		ctx:      ctx,
 		cancel:   cancel,
 		conns:    make(map[net.Conn]struct{}),
+		perIP:    make(map[netip.Addr]int),
 		senders:  make(map[wire.ID]*senderState),
 		refused:  refuse.New(log.WithField("component", "receiver")),
 	}
@@ -291,13 +316,24 @@ func (r *TCP) accept() {
 			}
 		}
 		backoff = 0
+		ip := remoteIP(c)
 		r.mu.Lock()
 		if r.stopped {
 			r.mu.Unlock()
 			c.Close()
 			return
 		}
+		if len(r.conns) >= r.cfg.MaxConns || r.perIP[ip] >= r.cfg.MaxConnsPerIP {
+			open, fromIP := len(r.conns), r.perIP[ip]
+			r.mu.Unlock()
+			c.Close()
+			r.stats.Rejected.Add(1)
+			r.refused.Refuse(refuse.Limit, c.RemoteAddr().String(),
+				fmt.Errorf("%d connections open, %d from this address (at most %d, %d)", open, fromIP, r.cfg.MaxConns, r.cfg.MaxConnsPerIP))
+			continue
+		}
 		r.conns[c] = struct{}{}
+		r.perIP[ip]++
 		r.wg.Add(1)
 		r.mu.Unlock()
 		r.stats.Connections.Add(1)
@@ -309,15 +345,20 @@ func (r *TCP) accept() {
 func (r *TCP) serve(c net.Conn) {
 	defer r.wg.Done()
 	defer func() {
+		ip := remoteIP(c)
 		r.mu.Lock()
 		delete(r.conns, c)
+		if r.perIP[ip]--; r.perIP[ip] <= 0 {
+			delete(r.perIP, ip)
+		}
 		r.mu.Unlock()
 		c.Close()
 	}()
 	conn := c
+	helloBy := time.Now().Add(r.cfg.HelloTimeout)
 	if cfg := r.cfg.TLS; cfg != nil {
 		tc := tls.Server(c, cfg)
-		c.SetDeadline(time.Now().Add(r.cfg.FrameTimeout)) // a caller that stalls the handshake is let go
+		c.SetDeadline(helloBy) // a caller that stalls the handshake is let go
 		if err := tc.HandshakeContext(r.ctx); err != nil {
 			r.stats.Rejected.Add(1)
 			r.refused.Refuse(refuse.TLS, c.RemoteAddr().String(), err)
@@ -326,10 +367,10 @@ func (r *TCP) serve(c net.Conn) {
 		c.SetDeadline(time.Time{})
 		conn = tc
 	}
-	cs := &connServer{r: r, c: conn, rd: wire.NewReader(conn, r.cfg.MaxFrame), w: bufio.NewWriterSize(conn, 16<<10)}
-	if r.cfg.Keyring != nil {
-		cs.rd.SetMax(wire.MaxAuthFrame) // nothing large from a caller not yet authenticated
-	}
+	// Small buffers and frames until the caller has said who it is (and,
+	// keyed, proved it holds the key): the hello swaps them for full ones.
+	cs := &connServer{r: r, c: conn, rd: wire.NewReader(conn, r.cfg.MaxFrame), w: bufio.NewWriterSize(conn, 512), helloBy: helloBy}
+	cs.rd.SetMax(wire.MaxAuthFrame)
 	err := cs.run()
 	if cs.sender != nil {
 		r.release(wire.ID(cs.from.ID))
@@ -348,6 +389,8 @@ func (r *TCP) serve(c net.Conn) {
 			reason = refuse.Unauthenticated
 		case errors.Is(err, tlsid.ErrWrongName), errors.Is(err, tlsid.ErrNoCertificate):
 			reason = refuse.Identity
+		case errors.Is(err, errNoHello):
+			reason = refuse.Limit
 		}
 		r.refused.Refuse(reason, c.RemoteAddr().String(), err)
 	default:
@@ -359,6 +402,7 @@ var (
 	errProtocol = errors.New("protocol error")
 	errIdle     = errors.New("idle connection closed")
 	errNoKey    = errors.New("the caller offers a key, and this node holds no keyring")
+	errNoHello  = errors.New("no hello in time")
 )
 
 // connServer is the state of one connection's reader.
@@ -372,10 +416,29 @@ type connServer struct {
 	sbuf   []byte       // sealed copy of wbuf
 	from   membership.Member
 	sender *senderState
+	// helloBy: the hello must be complete by then.
+	helloBy time.Time
 	// acked is the highest sequence number acknowledged on this connection;
 	// received the highest read. Async messages are acknowledged together,
 	// when the reader runs out of buffered frames.
 	acked, received uint64
+}
+
+// deadline is now+d, or the hello's deadline if that comes first and the
+// hello has not been read yet.
+func (cs *connServer) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if cs.sender == nil && cs.helloBy.Before(t) {
+		return cs.helloBy
+	}
+	return t
+}
+
+func remoteIP(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (cs *connServer) run() error {
@@ -387,12 +450,12 @@ func (cs *connServer) run() error {
 			if err := cs.flush(); err != nil {
 				return err
 			}
-			cs.c.SetReadDeadline(time.Now().Add(r.cfg.IdleTimeout))
+			cs.c.SetReadDeadline(cs.deadline(r.cfg.IdleTimeout))
 		}
 		inFrame := false
 		f, err := cs.rd.Next(func() {
 			inFrame = true
-			cs.c.SetReadDeadline(time.Now().Add(r.cfg.FrameTimeout))
+			cs.c.SetReadDeadline(cs.deadline(r.cfg.FrameTimeout))
 		})
 		if err != nil {
 			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||
@@ -401,6 +464,9 @@ func (cs *connServer) run() error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
+				if cs.sender == nil {
+					return fmt.Errorf("%w: %w (%v)", errProtocol, errNoHello, r.cfg.HelloTimeout)
+				}
 				if !inFrame {
 					// Idle: normal; the sender reconnects when it needs to.
 					return errIdle
@@ -460,6 +526,10 @@ func (cs *connServer) frame(f wire.Frame) error {
 		cs.from = toMember(p)
 		cs.sender = r.acquire(p.ID)
 		cs.rd.SetMax(r.cfg.MaxFrame) // the hello opened: the caller holds the key
+		if err := cs.w.Flush(); err != nil {
+			return err
+		}
+		cs.w = bufio.NewWriterSize(cs.c, 16<<10)
 		if o := r.cfg.Observer; o != nil {
 			o.Seen(cs.from)
 		}

@@ -41,10 +41,13 @@ const (
 	// Identity: a certificate that does not name the member the caller
 	// says it is.
 	Identity
+	// Limit: a connection beyond the receiver's budget (in all, or from
+	// one address), or a caller that did not say hello in time.
+	Limit
 	numReasons
 )
 
-var names = [numReasons]string{"unauthenticated", "unknown_key", "forged", "replayed", "stale", "not_member", "malformed", "tls", "identity"}
+var names = [numReasons]string{"unauthenticated", "unknown_key", "forged", "replayed", "stale", "not_member", "malformed", "tls", "identity", "limit"}
 
 func (r Reason) String() string {
 	if r < numReasons {
