@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/leakcheck"
+	"github.com/flockhq/flock/membership"
 )
 
 // FuzzValidID: ValidID never panics, and an id it accepts has a route.
@@ -62,7 +64,7 @@ func FuzzHandleDelta(f *testing.F) {
 	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte("garbage"))
 	f.Add(append([]byte{0x81, 0xa1, 'i'}, bytes.Repeat([]byte{0x91}, 1<<16)...)) // deep: a stack overflow once
-	f.Add([]byte{0x81, 0xa1, 's', 0xdf, 0xff, 0xff, 0xff, 0xff})                  // a map of 4 billion in 5 bytes
+	f.Add([]byte{0x81, 0xa1, 's', 0xdf, 0xff, 0xff, 0xff, 0xff})                 // a map of 4 billion in 5 bytes
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		err := m.handleDelta(context.Background(), cluster.Message{From: peer.Local(), Type: typeDelta, Payload: payload})
 		var d delta
@@ -81,5 +83,61 @@ func FuzzHandleDelta(f *testing.F) {
 				}
 			}
 		}
+	})
+}
+
+// FuzzHandlers feeds arbitrary bodies to every other message handler (the
+// first byte picks it), from a member: none panics, hangs or allocates by
+// what a body claims (deep and huge inputs in the seeds).
+func FuzzHandlers(f *testing.F) {
+	leakcheck.Check(f)
+	net := newFakeNet(f)
+	peer := net.addNode("B")
+	cfg := testConfig()
+	cfg.Route = "A"
+	m, err := New(net.addNode("A"), cfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	m.onEvent(membership.Event{Type: membership.Joined, Member: peer.Local()})
+	handlers := []struct {
+		t cluster.MessageType
+		h cluster.Handler
+	}{
+		{typeExpire, oneWay(m.handleExpire)},
+		{typeTouch, oneWay(m.handleTouch)},
+		{typeFetch, m.handleFetch},
+		{typeSessions, m.handleSessions},
+		{typeState, m.handleState},
+		{typeDigest, m.handleDigest},
+		{typeHello, m.handleHello},
+	}
+	id := newID("B")
+	enc := func(v any) []byte {
+		b, err := msgpack.Marshal(v)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	seeds := [][]byte{
+		enc(expire{ID: id, Version: 3, Reason: "invalidated"}),
+		enc(touch{}),
+		enc(fetch{IDs: []string{id, "bad"}}),
+		enc(sessions{Sessions: []snapshot{{ID: id, Version: 1, Origin: "B", Attrs: map[string][]byte{"k": {1}}}}, Last: true}),
+		enc(stateRequest{Limit: 1 << 10}),
+		enc(digestRequest{}),
+		append([]byte{0x81, 0xa1, 's'}, bytes.Repeat([]byte{0x91}, 1<<16)...),
+		{0x81, 0xa1, 's', 0xdf, 0xff, 0xff, 0xff, 0xff},
+		{0xdd, 0xff, 0xff, 0xff, 0xff},
+	}
+	for i, s := range seeds {
+		f.Add(byte(i), s)
+	}
+	f.Fuzz(func(t *testing.T, which byte, payload []byte) {
+		h := handlers[int(which)%len(handlers)]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, _ = h.h(ctx, cluster.Message{From: peer.Local(), Type: h.t, Payload: payload})
 	})
 }

@@ -218,13 +218,24 @@ func (st *state) session(create bool) (*manager.Session, error) {
 	return st.s, nil
 }
 
+// maxCookieLookups bounds the session cookies of one request looked up.
+const maxCookieLookups = 4
+
 // load finds the session named by the request's cookies (the first valid
 // one that the manager knows), and gives it this node's route if it names
 // another node's (that node failed and the load balancer moved the user).
 func (st *state) load() {
+	tries := 0
 	for _, c := range st.r.CookiesNamed(st.v.cfg.CookieName) {
 		if !manager.ValidID(c.Value) {
 			continue
+		}
+		// A browser sends one or two (a path and a domain cookie); a
+		// request with thousands must not cost thousands of lookups,
+		// each a round trip in backup mode.
+		if tries++; tries > maxCookieLookups {
+			st.v.log.Debug("more session cookies than are looked up; the rest ignored")
+			return
 		}
 		s, err := st.v.store.Load(st.r.Context(), c.Value)
 		if errors.Is(err, manager.ErrCatchingUp) {

@@ -499,3 +499,37 @@ func TestCatchingUpIs503(t *testing.T) {
 		t.Errorf("%d sessions created in place of one that could not be loaded", store.created)
 	}
 }
+
+// countingStore counts Load calls.
+type countingStore struct {
+	valve.Store
+	loads int
+}
+
+func (c *countingStore) Load(ctx context.Context, id string) (*manager.Session, error) {
+	c.loads++
+	return c.Store.Load(ctx, id)
+}
+
+// A request with thousands of session cookies costs a few lookups, not
+// thousands (each a round trip to the owner in backup mode).
+func TestManyCookiesBounded(t *testing.T) {
+	m, _ := newManager(t, nil)
+	store := &countingStore{Store: m}
+	var cookies []string
+	for range 2000 {
+		s, err := m.Create(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cookies = append(cookies, "FLOCKSESSIONID="+s.ID()+"x") // valid form, unknown
+	}
+	req := httptest.NewRequest("GET", "/counter", nil)
+	req.Header.Set("Cookie", strings.Join(cookies, "; "))
+	rec := httptest.NewRecorder()
+	valve.New(store, valve.DefaultConfig()).Wrap(counter).ServeHTTP(rec, req)
+	if store.loads > 4 {
+		t.Errorf("%d lookups for one request, want at most 4", store.loads)
+	}
+	t.Logf("2000 session cookies: %d lookups, status %d", store.loads, rec.Code)
+}

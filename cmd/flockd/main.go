@@ -191,12 +191,9 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry, hup <-chan o
 		app.Handle("/cluster/", adminHandler)
 		app.Handle("GET /healthz", adminHandler)
 		app.Handle("GET /metrics", adminHandler)
-		servers = []*http.Server{{Handler: app, ReadHeaderTimeout: 10 * time.Second}}
+		servers = []*http.Server{boundedServer(app)}
 	} else {
-		servers = []*http.Server{
-			{Handler: app, ReadHeaderTimeout: 10 * time.Second},
-			{Handler: adminHandler, ReadHeaderTimeout: 10 * time.Second},
-		}
+		servers = []*http.Server{boundedServer(app), boundedServer(adminHandler)}
 	}
 	httpDone := make(chan error, len(servers))
 	for i, srv := range servers {
@@ -306,5 +303,20 @@ func logEvent(e membership.Event, log *logrus.Entry) {
 		entry.Warn("member " + e.Type.String())
 	default:
 		entry.Info("member " + e.Type.String())
+	}
+}
+
+// boundedServer serves h with every limit set: a client that trickles its
+// request, never reads its response, or keeps an idle connection cannot
+// hold the server's goroutines and file descriptors for long, and a
+// request's header is at most 64 KiB.
+func boundedServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 	}
 }
