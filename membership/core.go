@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"sync"
 	"time"
@@ -135,7 +136,9 @@ func (c *core) observe(h Heartbeat) (answer bool) {
 	now := time.Now()
 	v := c.table.observe(h, now)
 	c.mu.Unlock()
-	if v.note != "" {
+	if v.limited {
+		c.refused.Refuse(refuse.Limit, h.Member.Addr.String(), errors.New(v.note))
+	} else if v.note != "" {
 		c.warnLimited(v.note, now)
 	}
 	c.events.Push(v.events...)

@@ -58,6 +58,9 @@ type table struct {
 	conflicts map[ID]time.Time
 	lastSweep time.Time
 	counters  Stats
+	// joins is the budget of new members (see full), as of joinsAt.
+	joins   float64
+	joinsAt time.Time
 }
 
 type entry struct {
@@ -88,6 +91,8 @@ type verdict struct {
 	// answer: this node should announce itself at once (to a newcomer, or
 	// to a later process that announces this node's name).
 	answer bool
+	// limited: the heartbeat was refused by the table's bounds.
+	limited bool
 }
 
 func newTable(local Member, dropTime, reprobe time.Duration) *table {
@@ -186,7 +191,41 @@ func (t *table) observe(h Heartbeat, now time.Time) verdict {
 	if holder, clash := t.byName[m.Name]; clash {
 		return t.clash(t.members[holder], h, now)
 	}
+	if why := t.full(now); why != "" {
+		// A flood of heartbeats under new names (a misconfigured
+		// neighbour, or a hostile one without a key) would make each a
+		// member and a replication target.
+		t.counters.MembersRefused++
+		return verdict{note: why, limited: true}
+	}
 	return t.verdict(t.admit(m, h.Seq, now, now))
+}
+
+// The member table's bounds: at most maxMembers other members, and new
+// ones admitted at joinRate a second with bursts of joinBurst (a whole
+// cluster starting at once is one burst).
+const (
+	maxMembers = 512
+	joinRate   = 20
+	joinBurst  = 128
+)
+
+// full reports why a new member cannot be admitted now ("" if it can),
+// taking a join from the budget if it can.
+func (t *table) full(now time.Time) string {
+	if len(t.members) >= maxMembers {
+		return fmt.Sprintf("member table full (%d members): heartbeats of new members ignored", maxMembers)
+	}
+	if t.joinsAt.IsZero() {
+		t.joins, t.joinsAt = joinBurst, now
+	}
+	t.joins = min(joinBurst, t.joins+now.Sub(t.joinsAt).Seconds()*joinRate)
+	t.joinsAt = now
+	if t.joins < 1 {
+		return fmt.Sprintf("more than %d new members a second: heartbeats of new members ignored for now", joinRate)
+	}
+	t.joins--
+	return ""
 }
 
 // verdict wraps evs, answering a newcomer.
@@ -432,6 +471,7 @@ type Stats struct {
 	NameConflicts      uint64 // heartbeats refused because a live process holds the name (this node's, or a member's)
 	LocalStalls        uint64 // times this node found itself frozen past half the drop time
 	EventsDropped      uint64 // events lost because the consumer fell behind
+	MembersRefused     uint64 // new members not admitted: the table was full, or too many joined at once
 	// Refused counts the packets refused, by reason (package refuse);
 	// reasons never seen are absent.
 	Refused map[string]uint64

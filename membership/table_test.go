@@ -407,3 +407,44 @@ func TestTableAnswersAndCounts(t *testing.T) {
 		t.Errorf("name conflicts %d, want 3", got)
 	}
 }
+
+// A flood of heartbeats under new names admits a burst, then joinRate a
+// second, never more than maxMembers; the rest are refused and counted.
+func TestMemberTableBounds(t *testing.T) {
+	tb := newTable(member("node1", 1, t0), 3*time.Second, 0)
+	flood := func(from, n int, now time.Time) (admitted int) {
+		for i := range n {
+			var id ID
+			id[0], id[1], id[2] = 2, byte((from+i)>>8), byte(from+i)
+			m := Member{ID: id, Name: fmt.Sprintf("fake%d", from+i), Domain: "default", Addr: netip.MustParseAddrPort("198.51.100.99:4000"), Started: t0}
+			if v := tb.observe(alive(m, 1), now); len(v.events) > 0 {
+				admitted++
+			} else if !v.limited {
+				t.Fatalf("heartbeat %d neither admitted nor limited: %+v", from+i, v)
+			}
+		}
+		return admitted
+	}
+	if got := flood(0, 1000, t0); got != joinBurst {
+		t.Errorf("a flood at once admitted %d, want the burst %d", got, joinBurst)
+	}
+	if got := flood(1000, 1000, t0.Add(time.Second)); got != joinRate {
+		t.Errorf("a second later admitted %d, want %d", got, joinRate)
+	}
+	for i := range 20 { // bursts 10 s apart, far more than the cap
+		flood(2000+1000*i, 1000, t0.Add(time.Duration(10*(i+1))*time.Second))
+	}
+	if len(tb.members) != maxMembers {
+		t.Errorf("after the bursts: %d members, want the cap %d", len(tb.members), maxMembers)
+	}
+	if tb.counters.MembersRefused == 0 {
+		t.Error("refusals not counted")
+	}
+	// A member already in the table keeps being heard.
+	for _, e := range tb.members {
+		if v := tb.observe(alive(e.Member, e.seq+1), t0.Add(time.Minute)); v.limited {
+			t.Fatal("a member's own heartbeat refused")
+		}
+		break
+	}
+}
