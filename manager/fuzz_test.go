@@ -110,7 +110,6 @@ func FuzzHandlers(f *testing.F) {
 		{typeSessions, m.handleSessions},
 		{typeState, m.handleState},
 		{typeDigest, m.handleDigest},
-		{typeHello, m.handleHello},
 	}
 	id := newID("B")
 	enc := func(v any) []byte {

@@ -21,7 +21,6 @@ const (
 	typeSessions                            // whole sessions: a fetch answer or a state-transfer batch
 	typeState                               // "send me all your sessions" (state transfer)
 	typeDigest                              // anti-entropy: "this is what I hold"
-	typeHello                               // a round trip: "do you answer?" (see confirm.go)
 )
 
 // TypeName is a readable name for a message type, for metrics and logs:
@@ -43,8 +42,6 @@ func TypeName(t cluster.MessageType) string {
 		return "state"
 	case typeDigest:
 		return "digest"
-	case typeHello:
-		return "hello"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }

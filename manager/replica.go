@@ -82,10 +82,7 @@ type Stats struct {
 	// Behind: members this node is catching up with (they, or it, were
 	// cut off or stopped); CatchingUp: all of them. CatchUpRefused: loads
 	// answered ErrCatchingUp (the user got 503).
-	Behind int `json:"behind"`
-	// Unconfirmed: members that have not answered a round trip yet; sync
-	// commits do not wait for them unless the rule needs them.
-	Unconfirmed    int    `json:"unconfirmed"`
+	Behind         int    `json:"behind"`
 	CatchingUp     bool   `json:"catching_up"`
 	CatchUpRefused uint64 `json:"catch_up_refused"`
 }
@@ -108,7 +105,6 @@ func (m *Manager) Stats() Stats {
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
 		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(), NotMember: m.stats.notMember.Load(),
 		Lagging: m.stats.lagging.Load(), Behind: int(m.behindN.Load()), CatchUpRefused: m.stats.catchUpRefused.Load(),
-		Unconfirmed: m.unconfirmed(),
 	}
 	return st
 }

@@ -32,9 +32,6 @@ type view struct {
 	// clears it; the member leaving the view does too.
 	behind map[string]uint64
 	gen    uint64
-	// confirmed: the members (name -> id) that answered a round trip, and
-	// confirming those a round trip is being tried with (see confirm.go).
-	confirmed, confirming map[string]membership.ID
 }
 
 func (v *view) init() {
@@ -42,8 +39,6 @@ func (v *view) init() {
 	v.heard = make(map[string]bool)
 	v.changed = make(chan struct{})
 	v.behind = make(map[string]uint64)
-	v.confirmed = make(map[string]membership.ID)
-	v.confirming = make(map[string]membership.ID)
 }
 
 // onEvent is the manager's membership subscriber: it must not block.
@@ -60,10 +55,6 @@ func (m *Manager) onEvent(e membership.Event) {
 	case membership.Joined, membership.Rejoined:
 		cur, had := v.members[name]
 		v.members[name] = e.Member
-		if v.confirmed[name] != e.Member.ID {
-			delete(v.confirmed, name) // another process under the name
-		}
-		m.startConfirmingLocked(e.Member)
 		if e.Type == membership.Rejoined {
 			// It missed what happened while it was away, and this node
 			// may have missed what it did: compare and exchange.
@@ -88,7 +79,6 @@ func (m *Manager) onEvent(e membership.Event) {
 		}
 		delete(v.members, name)
 		delete(v.behind, name)
-		delete(v.confirmed, name)
 		m.lag.forget(name)
 	default:
 		return
@@ -110,7 +100,6 @@ func (m *Manager) seedView() {
 		}
 		v.heard[name] = true
 		v.members[name] = st.Member
-		m.startConfirmingLocked(st.Member)
 		m.viewChanged(membership.Event{Type: membership.Joined, Member: st.Member, Time: m.clock.Now(), Reason: "member at start"})
 	}
 }
