@@ -464,7 +464,7 @@ func (cs *connServer) run() error {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				if cs.sender == nil {
+				if cs.sender == nil && !time.Now().Before(cs.helloBy) {
 					return fmt.Errorf("%w: %w (%v)", errProtocol, errNoHello, r.cfg.HelloTimeout)
 				}
 				if !inFrame {
