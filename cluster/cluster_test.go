@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -124,15 +123,7 @@ func identityOf(t *testing.T, member string) *tlsid.Identity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, k, err := tlsid.Issue(caCert, caKey, member, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := tlsid.New(pair, caCert)
+	id, err := tlsid.Issued(caCert, caKey, member, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -62,7 +62,8 @@ func (m *Manager) onEvent(e membership.Event) {
 			m.markBehindLocked(name)
 			m.kickSync(name)
 		} else {
-			delete(v.behind, name)
+			delete(v.behind, name) // a new process: it transfers state itself
+			m.countBehindLocked()
 			if m.transfer.state() == "none" {
 				// This node concluded it was alone: what the newcomer
 				// holds never came here.
@@ -251,13 +252,9 @@ func (m *Manager) markAllBehind() {
 }
 
 // countBehindLocked publishes the counts the hot path reads; v.mu held.
+// Marks are made for members only and go with them (onEvent).
 func (m *Manager) countBehindLocked() {
 	v := &m.view
-	for name := range v.behind {
-		if _, ok := v.members[name]; !ok {
-			delete(v.behind, name)
-		}
-	}
 	m.behindN.Store(int32(len(v.behind)))
 	// Behind every member: this node was the one cut off (or stopped), so
 	// a balancer should send it no users until it has caught up.

@@ -434,9 +434,11 @@ func (cs *connServer) deadline(d time.Duration) time.Time {
 	return t
 }
 
+// remoteIP is the caller's address, for the per-address budget; the zero
+// address (one budget for all) for a listener that is not TCP.
 func remoteIP(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
 	}
 	return netip.Addr{}
 }

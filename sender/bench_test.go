@@ -3,7 +3,6 @@ package sender_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"net/netip"
@@ -48,15 +47,7 @@ func benchCluster(b *testing.B, sec security) (*sender.TCP, []netip.AddrPort, *a
 			b.Fatal(err)
 		}
 		ids = func(name string) *tlsid.Identity {
-			c, k, err := tlsid.Issue(caCert, caKey, name, time.Hour)
-			if err != nil {
-				b.Fatal(err)
-			}
-			pair, err := tls.X509KeyPair(c, k)
-			if err != nil {
-				b.Fatal(err)
-			}
-			id, err := tlsid.New(pair, caCert)
+			id, err := tlsid.Issued(caCert, caKey, name, time.Hour)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -27,15 +27,7 @@ func newTestCA(t *testing.T) testCA {
 
 func (ca testCA) identity(t *testing.T, member string) *tlsid.Identity {
 	t.Helper()
-	c, k, err := tlsid.Issue(ca.cert, ca.key, member, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := tlsid.New(pair, ca.cert)
+	id, err := tlsid.Issued(ca.cert, ca.key, member, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

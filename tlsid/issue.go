@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -90,4 +91,18 @@ func encode(der []byte, key *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err erro
 func serial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	return n
+}
+
+// Issued issues a certificate for member from the CA and returns it as an
+// identity, as a node would load it (tests, and programs that embed a CA).
+func Issued(caCertPEM, caKeyPEM []byte, member string, validity time.Duration) (*Identity, error) {
+	certPEM, keyPEM, err := Issue(caCertPEM, caKeyPEM, member, validity)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("tlsid: %w", err)
+	}
+	return New(pair, caCertPEM)
 }

@@ -82,6 +82,9 @@ func TestLoadErrors(t *testing.T) {
 			t.Errorf("Load%v: no error", args)
 		}
 	}
+	if id, err := Issued(caCert, caKey, "node2", time.Hour); err != nil || !id.Has("node2") {
+		t.Errorf("Issued = %v, %v; want an identity naming node2", id, err)
+	}
 	if _, _, err := Issue(caCert, caKey, "", time.Hour); err == nil {
 		t.Error("Issue with an empty name: no error")
 	}

@@ -242,7 +242,7 @@ func (st *state) load() {
 			// The session exists and is not lost: the user is asked to
 			// come again rather than handed a new, empty one.
 			st.unavailable = err
-			st.v.warn(err)
+			st.v.log.WithError(err).Debug("session not served: this node is catching up") // counted: catch_up_refused
 			return
 		}
 		if err != nil {

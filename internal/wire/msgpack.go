@@ -298,50 +298,8 @@ func (d *decoder) skip(depth int) {
 		d.fail("nesting deeper than 16")
 		return
 	}
-	c := d.byte()
-	if d.err != nil {
-		return
-	}
-	switch {
-	case c < 0x80 || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3:
-	case c&0xf0 == 0x80:
-		d.skipN(2*int(c&0x0f), depth)
-	case c&0xf0 == 0x90:
-		d.skipN(int(c&0x0f), depth)
-	case c&0xe0 == 0xa0:
-		d.take(int(c & 0x1f))
-	case c == 0xc4 || c == 0xd9:
-		d.take(int(d.be(1)))
-	case c == 0xc5 || c == 0xda:
-		d.take(int(d.be(2)))
-	case c == 0xc6 || c == 0xdb:
-		d.take(int(d.be(4)))
-	case c == 0xcc || c == 0xd0:
-		d.take(1)
-	case c == 0xcd || c == 0xd1:
-		d.take(2)
-	case c == 0xce || c == 0xd2 || c == 0xca:
-		d.take(4)
-	case c == 0xcf || c == 0xd3 || c == 0xcb:
-		d.take(8)
-	case c == 0xdc:
-		d.skipN(d.count(d.be(2)), depth)
-	case c == 0xdd:
-		d.skipN(d.count(d.be(4)), depth)
-	case c == 0xde:
-		d.skipN(d.count(2*d.be(2)), depth)
-	case c == 0xdf:
-		d.skipN(d.count(2*d.be(4)), depth)
-	case c >= 0xd4 && c <= 0xd8: // fixext 1, 2, 4, 8, 16: type and data
-		d.take(1 + 1<<(c-0xd4))
-	case c == 0xc7: // ext 8, 16, 32: length, type and data
-		d.take(int(d.be(1)) + 1)
-	case c == 0xc8:
-		d.take(int(d.be(2)) + 1)
-	case c == 0xc9:
-		d.take(int(d.be(4)) + 1)
-	default: // 0xc1, never used
-		d.fail("unsupported type byte %#x", c)
+	if n, container := d.header(); container {
+		d.skipN(n, depth)
 	}
 }
 
