@@ -123,8 +123,9 @@ func parts(c conf.Config) (partConfigs, error) {
 	m.TouchInterval = mg.TouchInterval.Duration
 	m.AntiEntropyInterval = mg.AntiEntropyInterval.Duration
 	m.SyncMinCopies = mg.SyncMinCopies
-	// A session must fit in one frame, with room for its envelope.
-	m.MaxSessionBytes = int(c.Cluster.Receiver.MaxFrame.Bytes / 2)
+	// Validate keeps it within half a frame: a session must fit in one
+	// frame, with room for its envelope.
+	m.MaxSessionBytes = int(min(mg.MaxSessionSize.Bytes, c.Cluster.Receiver.MaxFrame.Bytes/2))
 	// A stall the others may have noticed: membership counts the same.
 	m.StallAfter = mc.DropTime.Duration / 2
 	m.RequestTimeout = sn.Timeout.Duration

@@ -33,9 +33,10 @@
 // the other copies hold its change; "ack"; "async": fastest, a crash may lose
 // the last change).
 //
-// Node.Admin serves /cluster/status, /cluster/sessions, /healthz (200 once
-// the node holds the cluster's sessions) and /metrics; Node.Stop drains and
-// leaves. To test a program's handlers against a cluster without a network,
+// Node.Health serves /healthz, /readyz (200 once the node holds the
+// cluster's sessions) and /livez for the application's listener; Node.Admin
+// serves /cluster/status, /cluster/sessions and /metrics for a listener of
+// their own (admin.Listen, admin.RequireToken); Node.Stop drains and leaves. To test a program's handlers against a cluster without a network,
 // start its nodes on package clustertest's in-memory network with
 // WithCluster, as the package example does.
 //
@@ -60,6 +61,7 @@ import (
 	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/internal/fdlimit"
 	"github.com/flockhq/flock/keyring"
 	"github.com/flockhq/flock/manager"
 	"github.com/flockhq/flock/membership"
@@ -117,6 +119,11 @@ func Start(ctx context.Context, cfg conf.Config, opts ...Option) (*Node, error) 
 		return nil, fmt.Errorf("flock: %w", err)
 	}
 	p.cluster.Logger, p.manager.Logger, p.valve.Logger = o.log, o.log, o.log
+	// The cluster port gets its share of the file descriptors and no more:
+	// idle connections to it must not starve the application's listener.
+	rc := &p.cluster.Receiver
+	rc.MaxConns = fdlimit.Split(fdlimit.Current(), rc.MaxConns).Cluster
+	rc.MaxConnsPerIP = min(rc.MaxConnsPerIP, rc.MaxConns)
 	c := o.cluster
 	if c == nil {
 		if c, err = cluster.New(ctx, p.cluster); err != nil {
@@ -176,9 +183,15 @@ func (n *Node) Wrap(h http.Handler) http.Handler { return n.valve.Wrap(h) }
 func (n *Node) Ready() <-chan struct{} { return n.manager.Ready() }
 
 // Admin serves the admin endpoints: GET /cluster/status, /cluster/sessions,
-// /healthz and /metrics. Serve it on a listener of its own, not to the
-// internet.
+// /metrics and the health paths. Serve it on a listener of its own
+// ([server] admin, loopback by default: see admin.Listen), never on the
+// application's, and behind admin.RequireToken with [server] admin_token
+// when that listener is not loopback.
 func (n *Node) Admin() *http.ServeMux { return admin.NewMux(n, n.mtype) }
+
+// Health serves GET /healthz, /readyz and /livez, and nothing else: mount
+// it on the application's listener for load balancers and orchestrators.
+func (n *Node) Health() http.Handler { return admin.Health(n) }
 
 // CatchingUp reports whether the node is bringing its copies up to date
 // after a stall of its own (Admin's /healthz answers 503 meanwhile).
@@ -214,8 +227,12 @@ func (n *Node) TransportStats() ([]sender.PeerStats, receiver.Stats) {
 	return st.Peers, st.Receiver
 }
 
-// Sessions describes the sessions this node holds, never their values.
+// Sessions describes the sessions this node holds, never their values or
+// ids (see manager.Ref).
 func (n *Node) Sessions() []manager.Info { return n.manager.Sessions() }
+
+// SessionInfo describes the session of id, if this node holds it.
+func (n *Node) SessionInfo(id string) (manager.Info, bool) { return n.manager.SessionInfo(id) }
 
 // ManagerStats are the session manager's counters.
 func (n *Node) ManagerStats() manager.Stats { return n.manager.Stats() }

@@ -3,8 +3,11 @@
 package admin
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,6 +25,8 @@ type Node interface {
 	MembershipStats() membership.Stats
 	TransportStats() ([]sender.PeerStats, receiver.Stats)
 	Sessions() []manager.Info
+	// SessionInfo is the session of a full id, if the node holds it.
+	SessionInfo(id string) (manager.Info, bool)
 	ManagerStats() manager.Stats
 	Ready() <-chan struct{}
 	// CatchingUp: the node is bringing its copies up to date after a
@@ -107,8 +112,14 @@ type Status struct {
 }
 
 // NewMux serves the admin endpoints of c: GET /cluster/status,
-// /cluster/sessions, /healthz and /metrics (Prometheus, from a registry
-// of its own: see NewRegistry).
+// /cluster/sessions, /metrics (Prometheus, from a registry of its own: see
+// NewRegistry) and the health endpoints of [Health]. Serve it on a
+// listener of its own, never the application's, and behind [RequireToken]
+// unless that listener is loopback.
+//
+// /cluster/sessions lists references, never ids (see manager.Ref);
+// /cluster/sessions?id=ID answers the one session of a full id an
+// operator was given, as a list of zero or one.
 func NewMux(c Node, membershipType string) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(NewRegistry(c), promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
@@ -118,10 +129,35 @@ func NewMux(c Node, membershipType string) *http.ServeMux {
 		writeJSON(w, s)
 	})
 	mux.HandleFunc("GET /cluster/sessions", func(w http.ResponseWriter, r *http.Request) {
+		if id := r.URL.Query().Get("id"); id != "" {
+			out := []manager.Info{}
+			if info, ok := c.SessionInfo(id); ok {
+				out = append(out, info)
+			}
+			writeJSON(w, out)
+			return
+		}
 		writeJSON(w, c.Sessions())
 	})
-	// For load balancers: 200 once the node holds the cluster's sessions.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	healthRoutes(mux, c)
+	return mux
+}
+
+// Health serves what a load balancer or an orchestrator asks, and nothing
+// else, for the application's listener: GET /healthz and /readyz (200 once
+// the node holds the cluster's sessions and is not catching up, else 503)
+// and /livez (200 while the process serves).
+func Health(c Node) http.Handler {
+	mux := http.NewServeMux()
+	healthRoutes(mux, c)
+	return mux
+}
+
+// HealthPaths are the paths [Health] serves.
+var HealthPaths = []string{"/healthz", "/readyz", "/livez"}
+
+func healthRoutes(mux *http.ServeMux, c Node) {
+	ready := func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-c.Ready():
 			if c.CatchingUp() {
@@ -132,8 +168,35 @@ func NewMux(c Node, membershipType string) *http.ServeMux {
 		default:
 			http.Error(w, "state transfer running", http.StatusServiceUnavailable)
 		}
+	}
+	mux.HandleFunc("GET /healthz", ready)
+	mux.HandleFunc("GET /readyz", ready)
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+}
+
+// RequireToken answers 401 to a request without "Authorization: Bearer
+// token", except for the health paths (a load balancer has no token). An
+// empty token lets every request through: for a loopback listener only.
+func RequireToken(token string, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := sha256.Sum256([]byte("Bearer " + token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slices.Contains(HealthPaths, r.URL.Path) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// Hashes of equal length, so the comparison takes the same time
+		// whatever the length of what was sent.
+		got := sha256.Sum256([]byte(r.Header.Get("Authorization")))
+		if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="flock admin"`)
+			http.Error(w, "admin token required", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
 	})
-	return mux
 }
 
 // Snapshot builds the status document of c.

@@ -72,14 +72,30 @@ func (f *fakeNode) setPeers(p ...sender.PeerStats) {
 	f.mu.Unlock()
 }
 
-func (f *fakeNode) Sessions() []manager.Info { return nil }
+// fakeID is the one session the fake node holds.
+const fakeID = "0123456789abcdef0123456789abcdef.n1"
+
+func (f *fakeNode) Sessions() []manager.Info {
+	return []manager.Info{{Ref: manager.Ref("d", fakeID), Version: 3}}
+}
+
+func (f *fakeNode) SessionInfo(id string) (manager.Info, bool) {
+	if id != fakeID {
+		return manager.Info{}, false
+	}
+	return f.Sessions()[0], true
+}
 
 func (f *fakeNode) ManagerStats() manager.Stats {
 	return manager.Stats{Sessions: 7, Created: 10, Expired: 2, Rejected: 1, Transferred: 5, TransferDuration: 1500 * time.Millisecond}
 }
 
-func (f *fakeNode) Ready() <-chan struct{} { return nil }
-func (f *fakeNode) CatchingUp() bool       { return false }
+func (f *fakeNode) Ready() <-chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+func (f *fakeNode) CatchingUp() bool { return false }
 
 func (f *fakeNode) ReplicationHistogram() ([]float64, []uint64, float64, uint64) {
 	return []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5},

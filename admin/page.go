@@ -58,8 +58,8 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3
 {{range .Status.Members}}<tr><td>{{.Name}}</td><td class="{{.State}}">{{.State}}</td><td>{{.Address}}</td><td>{{ago .LastSeen}} ago</td><td>{{short .ID}}</td></tr>
 {{else}}<tr><td colspan="5">no other members</td></tr>{{end}}</table>
 <h2>Sessions</h2>
-<table><tr><th>id</th><th>version</th><th>size</th><th>last access</th><th>served by</th></tr>
-{{range .Sessions}}<tr><td>{{short .ID}}…</td><td>{{.Version}}</td><td>{{.Size}} B</td><td>{{ago .LastAccess}} ago</td><td>{{.AccessedBy}}</td></tr>
+<table><tr><th>ref</th><th>version</th><th>size</th><th>last access</th><th>served by</th></tr>
+{{range .Sessions}}<tr><td>{{.Ref}}</td><td>{{.Version}}</td><td>{{.Size}} B</td><td>{{ago .LastAccess}} ago</td><td>{{.AccessedBy}}</td></tr>
 {{else}}<tr><td colspan="5">none</td></tr>{{end}}</table>
 {{if .More}}<p>and {{.More}} more.</p>{{end}}
 <h2>Last events</h2>

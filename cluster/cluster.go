@@ -91,6 +91,45 @@ type Cluster struct {
 	stopped     bool
 	subscribers []func(membership.Event)
 	pump        chan struct{} // closed when the event pump has ended
+
+	// addrs are the current members' addresses, the only ones Send and
+	// Request reach: the sender keeps a peer (queue, connection) for
+	// members only, so that no message, whoever claims to have sent it,
+	// makes this node connect to an address of the sender's choosing.
+	// Refreshed from Members on every event and on a miss.
+	addrMu sync.Mutex
+	addrs  map[netip.AddrPort]bool
+}
+
+// ErrNotMember: Send or Request named an address no member has.
+var ErrNotMember = errors.New("not the address of a member")
+
+// members reports which of addrs are members' addresses, reading the
+// membership table again if one is not in the cached set.
+func (c *Cluster) members(addrs []netip.AddrPort) []bool {
+	c.addrMu.Lock()
+	defer c.addrMu.Unlock()
+	out := make([]bool, len(addrs))
+	for refreshed := false; ; refreshed = true {
+		missed := false
+		for i, a := range addrs {
+			out[i] = c.addrs[a]
+			missed = missed || !out[i]
+		}
+		if !missed || refreshed {
+			return out
+		}
+		c.refreshAddrsLocked()
+	}
+}
+
+func (c *Cluster) refreshAddrsLocked() {
+	ms := c.parts.Members.Members()
+	set := make(map[netip.AddrPort]bool, len(ms))
+	for _, m := range ms {
+		set[m.Addr] = true
+	}
+	c.addrs = set
 }
 
 // FromParts builds a Cluster for local from parts made elsewhere; the
@@ -205,6 +244,9 @@ func (c *Cluster) Start(ctx context.Context) error {
 func (c *Cluster) runPump(subs []func(membership.Event)) {
 	defer close(c.pump)
 	for e := range c.parts.Members.Events() {
+		c.addrMu.Lock()
+		c.refreshAddrsLocked()
+		c.addrMu.Unlock()
 		if e.Type == membership.Left || e.Type == membership.Failed {
 			c.parts.Sender.Forget(e.Member.Addr)
 		}
@@ -269,11 +311,38 @@ func (c *Cluster) Send(ctx context.Context, to []membership.Member, t MessageTyp
 	if len(to) == 0 {
 		return nil
 	}
-	addrs := make([]netip.AddrPort, len(to))
-	for i, m := range to {
-		addrs[i] = m.Addr
+	addrs := make([]netip.AddrPort, 0, len(to))
+	var refused []sender.PeerError
+	for i, ok := range c.members(memberAddrs(to)) {
+		if ok {
+			addrs = append(addrs, to[i].Addr)
+		} else {
+			refused = append(refused, sender.PeerError{Addr: to[i].Addr, Err: fmt.Errorf("%s: %w", to[i].Name, ErrNotMember)})
+		}
 	}
-	return c.parts.Sender.Send(ctx, addrs, uint8(t), payload, mode)
+	var err error
+	if len(addrs) > 0 {
+		err = c.parts.Sender.Send(ctx, addrs, uint8(t), payload, mode)
+	}
+	if len(refused) == 0 {
+		return err
+	}
+	// One error for all, as the sender's: per address.
+	var se *sender.Error
+	if errors.As(err, &se) {
+		refused = append(refused, se.Peers...)
+	} else if err != nil {
+		return errors.Join(err, &sender.Error{Peers: refused})
+	}
+	return &sender.Error{Peers: refused}
+}
+
+func memberAddrs(ms []membership.Member) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(ms))
+	for i, m := range ms {
+		out[i] = m.Addr
+	}
+	return out
 }
 
 // Broadcast sends payload to every current member.
@@ -291,6 +360,9 @@ func (c *Cluster) Broadcast(ctx context.Context, t MessageType, payload []byte, 
 // (a *sender.RemoteError inside the *sender.Error), or when the member
 // cannot be reached.
 func (c *Cluster) Request(ctx context.Context, to membership.Member, t MessageType, payload []byte) ([]byte, error) {
+	if !c.members([]netip.AddrPort{to.Addr})[0] {
+		return nil, &sender.Error{Peers: []sender.PeerError{{Addr: to.Addr, Err: fmt.Errorf("%s: %w", to.Name, ErrNotMember)}}}
+	}
 	return c.parts.Sender.Request(ctx, to.Addr, uint8(t), payload)
 }
 

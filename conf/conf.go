@@ -42,10 +42,17 @@ type Server struct {
 	// HTTP is the host:port the node serves HTTP on. The host may be empty
 	// (all interfaces), an IP address or a hostname.
 	HTTP string `toml:"http"`
-	// Admin, when set, serves the admin endpoints (status, sessions,
-	// metrics, health) on their own host:port instead of HTTP's, so they
-	// can stay off the public listener.
+	// Admin is the host:port of the admin endpoints (status, sessions,
+	// metrics, the page). They are never on HTTP's listener, which serves
+	// only the application and health. Loopback by default, so that only
+	// the machine itself reaches them; "off" serves none. If the port is
+	// taken (a second node on the machine), the next free one of the
+	// following 99 is used and logged.
 	Admin string `toml:"admin"`
+	// AdminToken, if set, is required as "Authorization: Bearer <token>"
+	// by every admin endpoint but health. Set it whenever Admin is not a
+	// loopback address: flockd warns at start when it is not.
+	AdminToken string `toml:"admin_token"`
 	// LogLevel is the least severe level logged: "debug", "info", "warn"
 	// or "error".
 	LogLevel string `toml:"log_level"`
@@ -176,8 +183,13 @@ type Manager struct {
 	// SessionTimeout expires a session unused this long.
 	SessionTimeout Duration `toml:"session_timeout"`
 	// MaxActive is how many sessions this node may hold; creating one more
-	// is refused (HTTP 503). Zero means no limit.
+	// is refused (HTTP 503). Zero means no limit. With MaxSessionSize it
+	// bounds the memory sessions can take.
 	MaxActive int `toml:"max_active"`
+	// MaxSessionSize bounds one session's attributes (keys and encoded
+	// values); a Set past it fails. Half of receiver.max_frame is the
+	// bound if that is less: a session is replicated in one frame.
+	MaxSessionSize Size `toml:"max_session_size"`
 	// Replication is when a response that changed a session may commit:
 	// "async" at once, "ack" when the members have received the change,
 	// "sync" when they have applied it.
@@ -269,6 +281,8 @@ func Default() Config {
 			LogLevel:     "info",
 			LogFormat:    "text",
 			DrainTimeout: Duration{10 * time.Second},
+			Admin:        "127.0.0.1:9090",
+			AdminToken:   "",
 		},
 		Cluster: Cluster{
 			Domain: "default",
@@ -304,7 +318,8 @@ func Default() Config {
 			Manager: Manager{
 				Mode:                         "delta",
 				SessionTimeout:               Duration{30 * time.Minute},
-				MaxActive:                    0,
+				MaxActive:                    100_000,
+				MaxSessionSize:               Size{mib},
 				Replication:                  "sync",
 				StateTransferTimeout:         Duration{time.Minute},
 				AlwaysSave:                   false,

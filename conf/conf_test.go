@@ -44,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 50 {
-		t.Errorf("Default() encodes %d keys, want 50: %v", len(keys), keys)
+	if len(keys) != 52 {
+		t.Errorf("Default() encodes %d keys, want 52: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -876,7 +876,7 @@ static.members = [
 		{
 			name: "boolean for an integer",
 			in:   "[cluster.manager]\nmax_active = false\n",
-			want: []string{`server.toml:2: cluster.manager.max_active: found boolean false; want an integer such as 0`},
+			want: []string{`server.toml:2: cluster.manager.max_active: found boolean false; want an integer such as 100000`},
 		},
 		{
 			name: "unknown manager key",
@@ -1284,6 +1284,7 @@ queue_limit = "16GiB"
 mode = "delta"
 session_timeout = "2h"
 max_active = 10000
+max_session_size = "64KiB"
 replication = "ack"
 state_transfer_timeout = "0s"
 always_save = true
@@ -1307,6 +1308,7 @@ static_filter = ""
 					Mode:                         "delta",
 					SessionTimeout:               Duration{2 * time.Hour},
 					MaxActive:                    10000,
+					MaxSessionSize:               Size{64 << 10},
 					Replication:                  "ack",
 					StateTransferTimeout:         Duration{0},
 					AlwaysSave:                   true,

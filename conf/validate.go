@@ -98,9 +98,13 @@ func (c Config) problems() []problem {
 
 	check("server.name", checkName(c.Server.Name))
 	check("server.http", checkHostPort(c.Server.HTTP))
-	if c.Server.Admin != "" {
+	if c.Server.Admin != AdminOff {
 		check("server.admin", checkHostPort(c.Server.Admin))
+		if c.Server.Admin == c.Server.HTTP {
+			checkPair("server.admin", "server.http", fmt.Errorf("%q is also server.http; the admin endpoints never share the application's listener", c.Server.Admin))
+		}
 	}
+	check("server.admin_token", checkToken(c.Server.AdminToken))
 	check("server.log_level", checkOneOf(c.Server.LogLevel, []string{"debug", "info", "warn", "error"}))
 	check("server.log_format", checkOneOf(c.Server.LogFormat, []string{"text", "json"}))
 	check("server.drain_timeout", checkTimeout(c.Server.DrainTimeout.Duration, 10*time.Minute))
@@ -174,6 +178,7 @@ func (c Config) problems() []problem {
 	if mg.MaxActive < 0 {
 		check("cluster.manager.max_active", fmt.Errorf("%d is out of range; allowed 0 (no limit) or more", mg.MaxActive))
 	}
+	check("cluster.manager.max_session_size", checkSize(mg.MaxSessionSize, minSessionSize, maxQueueLimit))
 	check("cluster.manager.replication", checkOneOf(mg.Replication, replicationModes))
 	if d := mg.StateTransferTimeout.Duration; d < 0 {
 		check("cluster.manager.state_transfer_timeout", fmt.Errorf(`%v must not be negative ("0s": do not wait)`, d))
@@ -444,6 +449,30 @@ func checkName(s string) error {
 
 func isAlnum(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+// minSessionSize leaves room for a few attributes.
+const minSessionSize = 1 << 10
+
+// AdminOff as [server] admin serves no admin endpoints.
+const AdminOff = "off"
+
+// minTokenLen keeps a bearer token out of reach of guessing over HTTP.
+const minTokenLen = 16
+
+func checkToken(s string) error {
+	if s == "" {
+		return nil
+	}
+	if len(s) < minTokenLen {
+		return fmt.Errorf("%d characters is too short to resist guessing; use at least %d (flockctl keygen prints one)", len(s), minTokenLen)
+	}
+	for _, r := range s {
+		if r <= ' ' || r > '~' {
+			return errors.New("only printable ASCII without spaces is allowed (it is sent in an HTTP header)")
+		}
+	}
+	return nil
 }
 
 func checkHostPort(s string) error {

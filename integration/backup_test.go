@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"regexp"
@@ -129,7 +130,7 @@ func logManagers(t *testing.T, nodes []*node) {
 
 // held is one session as a node lists it in /cluster/sessions.
 type held struct {
-	ID      string `json:"id"`
+	Ref     string `json:"ref"`
 	Version uint64 `json:"version"`
 }
 
@@ -145,13 +146,14 @@ func (n *node) heldSessions(ctx context.Context) ([]held, error) {
 	return out, json.Unmarshal([]byte(body), &out)
 }
 
-// holdings is where the sessions are: id -> node name -> version.
+// holdings is where the sessions are: reference (refOf) -> node name ->
+// version.
 type holdings map[string]map[string]uint64
 
 // holders returns the names of the nodes holding id, sorted.
 func (h holdings) holders(id string) []string {
 	var names []string
-	for name := range h[id] {
+	for name := range h[refOf(id)] {
 		names = append(names, name)
 	}
 	slices.Sort(names)
@@ -175,10 +177,10 @@ func holdingsOf(ctx context.Context, nodes []*node) (holdings, error) {
 			return nil, err
 		}
 		for _, s := range ss {
-			if h[s.ID] == nil {
-				h[s.ID] = map[string]uint64{}
+			if h[s.Ref] == nil {
+				h[s.Ref] = map[string]uint64{}
 			}
-			h[s.ID][n.name] = s.Version
+			h[s.Ref][n.name] = s.Version
 		}
 	}
 	return h, nil
@@ -230,13 +232,17 @@ func pairProblems(h holdings, ids []string, live []string) []string {
 	return bad
 }
 
-// strays is the sessions held somewhere that are none of ids: copies kept
-// under an id no user has any more.
+// strays is the sessions held somewhere that are none of ids, by
+// reference: copies kept under an id no user has any more.
 func strays(h holdings, ids []string) map[string][]string {
+	known := map[string]bool{}
+	for _, id := range ids {
+		known[refOf(id)] = true
+	}
 	out := map[string][]string{}
-	for id := range h {
-		if !slices.Contains(ids, id) {
-			out[id] = h.holders(id)
+	for ref, on := range h {
+		if !known[ref] {
+			out[ref] = slices.Sorted(maps.Keys(on))
 		}
 	}
 	return out
@@ -410,7 +416,7 @@ func TestBackupStickyTwoCopies(t *testing.T) {
 			t.Errorf("user %d: session %s held by %v, want %v (its route and the next node)", i, id, got, want)
 			continue
 		}
-		for name, v := range h[id] {
+		for name, v := range h[refOf(id)] {
 			if v != requests {
 				t.Errorf("user %d: %s holds version %d, want %d", i, name, v, requests)
 			}
@@ -503,7 +509,7 @@ func TestBackupRoundRobin(t *testing.T) {
 		t.Errorf("sessions no user has: %v", s)
 	}
 	for _, id := range ids {
-		for name, v := range h[id] {
+		for name, v := range h[refOf(id)] {
 			if v != requests {
 				t.Errorf("session %s: %s holds version %d, want %d", id, name, v, requests)
 			}
@@ -639,11 +645,11 @@ func TestBackupOwnerKilled(t *testing.T) {
 	// Both copies of a session at the same version.
 	for i, id := range ids {
 		var versions []uint64
-		for _, v := range h[id] {
+		for _, v := range h[refOf(id)] {
 			versions = append(versions, v)
 		}
 		if len(slices.Compact(slices.Sorted(slices.Values(versions)))) > 1 {
-			t.Errorf("%s: session %s at different versions: %v", users[i].name, id, h[id])
+			t.Errorf("%s: session %s at different versions: %v", users[i].name, id, h[refOf(id)])
 		}
 	}
 	st := strays(h, ids)
@@ -1145,7 +1151,7 @@ func TestBackupRestartWithPersistDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, u := range users {
-		for name, v := range h[u.cookie] {
+		for name, v := range h[refOf(u.cookie)] {
 			if v != uint64(u.count) {
 				t.Errorf("%s: %s holds session %s at version %d, want %d", u.name, name, u.cookie, v, u.count)
 			}

@@ -286,12 +286,12 @@ func waitAcks(t *testing.T, clients []*cclient, min int, timeout time.Duration) 
 
 // hashRow is a session as /cluster/sessions lists it.
 type hashRow struct {
-	ID      string          `json:"id"`
+	Ref     string          `json:"ref"`
 	Version uint64          `json:"version"`
 	Hash    json.RawMessage `json:"hash"`
 }
 
-// hashes is id -> node name -> "version/hash".
+// hashes is reference (refOf) -> node name -> "version/hash".
 type hashes map[string]map[string]string
 
 func hashesOf(ctx context.Context, nodes []*node) (hashes, error) {
@@ -309,10 +309,10 @@ func hashesOf(ctx context.Context, nodes []*node) (hashes, error) {
 			return nil, err
 		}
 		for _, r := range rows {
-			if h[r.ID] == nil {
-				h[r.ID] = map[string]string{}
+			if h[r.Ref] == nil {
+				h[r.Ref] = map[string]string{}
 			}
-			h[r.ID][n.name] = string(r.Hash)
+			h[r.Ref][n.name] = string(r.Hash)
 		}
 	}
 	return h, nil
@@ -339,11 +339,11 @@ func divergence(h hashes, nodes []*node, mode string, sessions []*tsess) (diverg
 		id, ids, _, out := s.snapshot()
 		if out {
 			for _, old := range ids {
-				if len(h[old]) > 0 {
+				if len(h[refOf(old)]) > 0 {
 					s.mu.Lock()
 					by := s.logoutBy
 					s.mu.Unlock()
-					resurrected = append(resurrected, fmt.Sprintf("%s (%s, logged out by %s) held by %v", old, s.name, by, mapsKeys(h[old])))
+					resurrected = append(resurrected, fmt.Sprintf("%s (%s, logged out by %s) held by %v", old, s.name, by, mapsKeys(h[refOf(old)])))
 				}
 			}
 			continue
@@ -352,8 +352,8 @@ func divergence(h hashes, nodes []*node, mode string, sessions []*tsess) (diverg
 		if mode == "delta" {
 			want = len(nodes)
 		}
-		if len(h[id]) < want {
-			missing = append(missing, fmt.Sprintf("%s (%s) held by %v, want %d holders", id, s.name, mapsKeys(h[id]), want))
+		if len(h[refOf(id)]) < want {
+			missing = append(missing, fmt.Sprintf("%s (%s) held by %v, want %d holders", id, s.name, mapsKeys(h[refOf(id)]), want))
 		}
 	}
 	slices.Sort(diverged)

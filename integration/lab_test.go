@@ -244,7 +244,7 @@ type status struct {
 
 func (n *node) status(ctx context.Context) (status, error) {
 	var s status
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+n.host.IP.String()+":8080/cluster/status", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", n.url("/cluster/status"), nil)
 	if err != nil {
 		return s, err
 	}

@@ -121,7 +121,7 @@ func attackCluster(t *testing.T, mode, conf string, keyed bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(before[quietID]) == 0 {
+	if len(before[refOf(quietID)]) == 0 {
 		t.Fatalf("quiet session %s not held", quietID)
 	}
 	ids := map[string]string{} // node name -> member id, as the node says
@@ -232,11 +232,11 @@ func attackCluster(t *testing.T, mode, conf string, keyed bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(after[quietID]) != fmt.Sprint(before[quietID]) {
-		t.Errorf("the quiet session changed: %v, was %v", after[quietID], before[quietID])
+	if fmt.Sprint(after[refOf(quietID)]) != fmt.Sprint(before[refOf(quietID)]) {
+		t.Errorf("the quiet session changed: %v, was %v", after[refOf(quietID)], before[refOf(quietID)])
 	}
-	if len(after[forgedID]) > 0 {
-		t.Errorf("the forged session is held: %v", after[forgedID])
+	if len(after[refOf(forgedID)]) > 0 {
+		t.Errorf("the forged session is held: %v", after[refOf(forgedID)])
 	}
 	lost, _, _ := checkFinal(t, nodes, sessions)
 	regress := checkRegressions(t, sessions)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flockhq/flock/manager"
 )
 
 // Session scenarios: users of the demo counter behind a load balancer in
@@ -46,7 +48,19 @@ type sessionStatus struct {
 	} `json:"manager"`
 }
 
-func (n *node) url(path string) string { return "http://" + n.host.IP.String() + ":8080" + path }
+// refOf is the reference the admin endpoints list for session id: the
+// session scenarios' nodes are all of domain "default".
+func refOf(id string) string { return manager.Ref("default", id) }
+
+// url is where the node serves path: the admin endpoints listen on the
+// host's loopback ([server] admin's default), which the host's client
+// reaches from inside its namespace; the rest is on the lab address.
+func (n *node) url(path string) string {
+	if strings.HasPrefix(path, "/cluster/") || path == "/metrics" {
+		return "http://127.0.0.1:9090" + path
+	}
+	return "http://" + n.host.IP.String() + ":8080" + path
+}
 
 // get sends GET path straight to the node (not through a balancer), with
 // the session cookie if one is given, and returns the body.

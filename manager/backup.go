@@ -269,7 +269,7 @@ func (p *backupPlacement) committed(ctx context.Context, d delta, pl plan) {
 		to = append(to, r.members[name])
 	}
 	if err := m.broadcastTo(ctx, to, typeExpire, expire{ID: d.Old, Version: d.Version, Reason: "moved"}); err != nil {
-		m.log.WithField("session", short(d.Old)).WithError(err).Debug("old copies not dropped")
+		m.log.WithField("session", m.ref(d.Old)).WithError(err).Debug("old copies not dropped")
 	}
 }
 
@@ -303,13 +303,13 @@ func (p *backupPlacement) load(ctx context.Context, id string) bool {
 		err = fmt.Errorf("%s holds no copy", owner)
 	}
 	if err != nil {
-		m.log.WithFields(logrus.Fields{"session": short(id), "member": owner}).WithError(err).Debug("load from owner failed")
+		m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": owner}).WithError(err).Debug("load from owner failed")
 		b := r.backup(owner)
 		if b == "" || b == m.local {
 			return false
 		}
 		if in, err = m.fetch(ctx, r.members[b], []string{id}); err != nil {
-			m.log.WithFields(logrus.Fields{"session": short(id), "member": b}).WithError(err).Debug("load from the owner's backup failed")
+			m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": b}).WithError(err).Debug("load from the owner's backup failed")
 			return false
 		}
 	}
@@ -319,7 +319,7 @@ func (p *backupPlacement) load(ctx context.Context, id string) bool {
 		// stopped), or keeps missing changes acknowledged without it (its
 		// backup took them): the backup is asked too, the newest copy wins.
 		if bin, err := m.fetch(ctx, r.members[b], []string{id}); err != nil {
-			m.log.WithFields(logrus.Fields{"session": short(id), "member": b}).WithError(err).Debug("check with the owner's backup failed")
+			m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": b}).WithError(err).Debug("check with the owner's backup failed")
 		} else if !in.answers(id) {
 			in = bin
 		}

@@ -58,7 +58,7 @@ func increment(t *testing.T, m *Manager, id string) (string, int) {
 	ctx := context.Background()
 	s, err := m.Load(ctx, id)
 	if err != nil || s == nil {
-		t.Fatalf("%s: Load(%s) = %v, %v", m.local, short(id), s, err)
+		t.Fatalf("%s: Load(%s) = %v, %v", m.local, m.ref(id), s, err)
 	}
 	if _, err := m.Rebind(s); err != nil {
 		t.Fatal(err)

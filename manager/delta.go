@@ -158,7 +158,7 @@ func (p *deltaPlacement) load(ctx context.Context, id string) bool {
 	}
 	if !m.transferred() {
 		if err := p.fetchOne(ctx, id); err != nil {
-			m.log.WithField("session", short(id)).WithError(err).Debug("fetch during state transfer failed")
+			m.log.WithField("session", m.ref(id)).WithError(err).Debug("fetch during state transfer failed")
 			return false
 		}
 		return true
@@ -179,7 +179,7 @@ func (p *deltaPlacement) load(ctx context.Context, id string) bool {
 		}
 		in, err := m.fetch(ctx, mb, []string{id})
 		if err != nil {
-			m.log.WithField("session", short(id)).WithError(err).Debug("fetch of an unknown id failed")
+			m.log.WithField("session", m.ref(id)).WithError(err).Debug("fetch of an unknown id failed")
 			return false
 		}
 		return in.answers(id)

@@ -68,7 +68,7 @@ func (m *Manager) expire(now time.Time, ids []string) {
 				cancel()
 			}
 			if err != nil {
-				m.log.WithField("session", short(id)).WithError(err).Debug("expiry not replicated")
+				m.log.WithField("session", m.ref(id)).WithError(err).Debug("expiry not replicated")
 			}
 		}
 	}

@@ -457,3 +457,11 @@ func (r *recorder) find(kind, id string) []event {
 	}
 	return out
 }
+
+// short names a session in a test's messages.
+func short(id string) string {
+	if len(id) > 8 {
+		return id[:8] + "…"
+	}
+	return id
+}

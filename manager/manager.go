@@ -130,7 +130,8 @@ func DefaultConfig() Config {
 		RebalanceInterval:    250 * time.Millisecond,
 		AntiEntropyInterval:  5 * time.Second,
 		SyncMinCopies:        1,
-		MaxSessionBytes:      8 << 20,
+		MaxSessionBytes:      1 << 20,
+		MaxActive:            100_000,
 		StallAfter:           1500 * time.Millisecond,
 		OrphanGrace:          10 * time.Second,
 		SessionTimeout:       30 * time.Minute,
@@ -169,8 +170,10 @@ type Manager struct {
 	c     Cluster
 	log   logrus.FieldLogger
 	local string
-	clock clock.Clock
-	place placement // what the mode decides
+	// domain keys the session references (see Ref).
+	domain string
+	clock  clock.Clock
+	place  placement // what the mode decides
 	// memberWait: how long a request of a node not in the view waits for
 	// it to join (memberWaitDefault; tests shorten it).
 	memberWait time.Duration
@@ -278,6 +281,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		c:          c,
 		log:        log.WithField("component", "manager"),
 		local:      cfg.Route,
+		domain:     c.Local().Domain,
 		clock:      cfg.Clock,
 		sessions:   make(map[string]*Session),
 		touched:    make(map[string]bool),
@@ -476,7 +480,7 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 		for _, name := range failed {
 			if m.isBehind(name) {
 				m.stats.catchUpRefused.Add(1)
-				return nil, fmt.Errorf("manager: session %s: %w: %s did not answer", short(id), ErrCatchingUp, name)
+				return nil, fmt.Errorf("manager: session %s: %w: %s did not answer", m.ref(id), ErrCatchingUp, name)
 			}
 		}
 		s.mu.Lock()
@@ -574,7 +578,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		} else {
 			m.settle(ctx, s)
 		}
-		return fmt.Errorf("manager: session %s: %w; not replicated, retry the request", short(id), ErrChangedUnder)
+		return fmt.Errorf("manager: session %s: %w; not replicated, retry the request", m.ref(id), ErrChangedUnder)
 	}
 	if !changed && !m.cfg.AlwaysSave {
 		id := s.id
@@ -794,7 +798,7 @@ func (m *Manager) judge(id string, n int, err error) error {
 	}
 	if applied, need := n-failed, min(m.cfg.SyncMinCopies, n); applied < need {
 		m.stats.tooFewCopies.Add(1)
-		return fmt.Errorf("manager: session %s: %w: %d of %d members, %d required: %w", short(id), ErrTooFewCopies, applied, n, need, err)
+		return fmt.Errorf("manager: session %s: %w: %d of %d members, %d required: %w", m.ref(id), ErrTooFewCopies, applied, n, need, err)
 	}
 	return nil
 }
@@ -844,7 +848,7 @@ func (m *Manager) rename(s *Session, newID string) error {
 		return ErrInvalidated
 	}
 	if _, taken := m.sessions[newID]; taken {
-		return fmt.Errorf("manager: session id %s already exists", short(newID))
+		return fmt.Errorf("manager: session id %s already exists", m.ref(newID))
 	}
 	delete(m.sessions, s.id)
 	delete(m.touched, s.id)
@@ -913,22 +917,17 @@ func (m *Manager) invalidated(s *Session, id string) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
 	defer cancel()
 	if err := m.broadcast(ctx, typeExpire, expire{ID: known, Version: version, Reason: "invalidated"}); err != nil {
-		m.log.WithField("session", short(id)).WithError(err).Warn("invalidation not replicated everywhere")
+		m.log.WithField("session", m.ref(id)).WithError(err).Warn("invalidation not replicated everywhere")
 	}
 }
 
 // short truncates a session id for logs: enough to grep, not enough to
 // hijack.
-func short(id string) string {
-	if len(id) > 8 {
-		return id[:8] + "…"
-	}
-	return id
-}
 
-// Info describes a session for the admin endpoints: never its values.
+// Info describes a session for the admin endpoints: never its values,
+// never its id (see Ref).
 type Info struct {
-	ID         string    `json:"id"`
+	Ref        string    `json:"ref"`
 	Version    uint64    `json:"version"`
 	Size       int       `json:"size"` // bytes of encoded attributes
 	Keys       int       `json:"keys"`
@@ -940,7 +939,7 @@ type Info struct {
 	Hash string `json:"hash"`
 }
 
-// Sessions describes every session this node holds, sorted by id.
+// Sessions describes every session this node holds, sorted by reference.
 func (m *Manager) Sessions() []Info {
 	m.mu.RLock()
 	all := make([]*Session, 0, len(m.sessions))
@@ -950,15 +949,31 @@ func (m *Manager) Sessions() []Info {
 	m.mu.RUnlock()
 	out := make([]Info, 0, len(all))
 	for _, s := range all {
-		s.mu.Lock()
-		size := 0
-		for k, v := range s.attrs {
-			size += len(k) + len(v)
-		}
-		out = append(out, Info{ID: s.id, Version: s.version, Size: size, Keys: len(s.attrs), Created: s.created.UTC(),
-			LastAccess: s.lastAccess.UTC(), AccessedBy: s.accessedBy, Hash: fmt.Sprintf("%016x", s.contentHash())})
-		s.mu.Unlock()
+		out = append(out, m.info(s))
 	}
-	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b Info) int { return strings.Compare(a.Ref, b.Ref) })
 	return out
+}
+
+// SessionInfo describes the session of id if this node holds it: how an
+// operator given an id by its user finds the session (and its reference).
+func (m *Manager) SessionInfo(id string) (Info, bool) {
+	m.mu.RLock()
+	s := m.sessions[id]
+	m.mu.RUnlock()
+	if s == nil {
+		return Info{}, false
+	}
+	return m.info(s), true
+}
+
+func (m *Manager) info(s *Session) Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	size := 0
+	for k, v := range s.attrs {
+		size += len(k) + len(v)
+	}
+	return Info{Ref: m.ref(s.id), Version: s.version, Size: size, Keys: len(s.attrs), Created: s.created.UTC(),
+		LastAccess: s.lastAccess.UTC(), AccessedBy: s.accessedBy, Hash: fmt.Sprintf("%016x", s.contentHash())}
 }

@@ -1097,7 +1097,17 @@ func TestSessionsInfo(t *testing.T) {
 		t.Fatalf("B: max inactive %v, created %v (A: %v)", r.MaxInactiveInterval(), r.CreatedAt(), s.CreatedAt())
 	}
 	infos := c.ms[1].Sessions()
-	if len(infos) != 1 || infos[0].ID != s.ID() || infos[0].Version != 2 || infos[0].Keys != 1 || infos[0].AccessedBy != "B" {
+	if len(infos) != 1 || infos[0].Ref != c.ms[1].ref(s.ID()) || infos[0].Version != 2 || infos[0].Keys != 1 || infos[0].AccessedBy != "B" {
 		t.Fatalf("Sessions on B = %+v", infos)
+	}
+	if strings.Contains(fmt.Sprint(infos), s.ID()) {
+		t.Fatalf("Sessions shows the id: %+v", infos)
+	}
+	// The same reference on every node, found by the id.
+	if got, ok := c.ms[0].SessionInfo(s.ID()); !ok || got.Ref != infos[0].Ref {
+		t.Fatalf("SessionInfo on A = %+v, %v; B lists %s", got, ok, infos[0].Ref)
+	}
+	if _, ok := c.ms[0].SessionInfo(s.ID() + "x"); ok {
+		t.Fatal("SessionInfo found an unknown id")
 	}
 }

@@ -145,7 +145,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	if d.Version > maxVersion || d.Base >= d.Version {
 		m.stats.implausible.Add(1)
 		return fmt.Errorf("manager: delta refused: v%d of session %s on base v%d is implausible (versions follow their base, at most %d)",
-			d.Version, short(d.ID), d.Base, uint64(maxVersion))
+			d.Version, m.ref(d.ID), d.Base, uint64(maxVersion))
 	}
 	if d.Old != "" {
 		// A rename moves the copy before the check below could stop it.
@@ -179,7 +179,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 			m.mu.Unlock()
 			m.stats.gaps.Add(1)
 			if d.Sync {
-				return fmt.Errorf("%s: session %s is not held here", refusedBehind, short(d.ID))
+				return fmt.Errorf("%s: session %s is not held here", refusedBehind, m.ref(d.ID))
 			}
 			m.scheduleRepair(d.ID, m.place.repairFrom(d.ID, msg.From))
 			return nil
@@ -202,7 +202,7 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	m.mu.Unlock()
 
 	s.mu.Lock()
-	if why := jumpTooFar(d.ID, d.Version, s.version); why != "" {
+	if why := m.jumpTooFar(d.ID, d.Version, s.version); why != "" {
 		s.mu.Unlock()
 		m.stats.implausible.Add(1)
 		return fmt.Errorf("manager: delta refused: %s", why)
@@ -242,10 +242,10 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 		s.mu.Unlock()
 		if behind || unsure {
 			m.stats.gaps.Add(1)
-			return fmt.Errorf("%s: session %s %s", refusedBehind, short(d.ID), held)
+			return fmt.Errorf("%s: session %s %s", refusedBehind, m.ref(d.ID), held)
 		}
 		m.stats.conflicts.Add(1)
-		return fmt.Errorf("%s: session %s %s", refusedConflict, short(d.ID), held)
+		return fmt.Errorf("%s: session %s %s", refusedConflict, m.ref(d.ID), held)
 	case d.Version < s.version:
 		s.mu.Unlock()
 		m.stats.stale.Add(1)
@@ -453,7 +453,7 @@ func (m *Manager) scheduleRepair(id string, from membership.Member) {
 	select {
 	case m.repairs <- repair{id: id, from: from}:
 	default:
-		m.log.WithField("session", short(id)).Warn("repair queue full; waiting for the next change")
+		m.log.WithField("session", m.ref(id)).Warn("repair queue full; waiting for the next change")
 	}
 }
 
@@ -466,7 +466,7 @@ func (m *Manager) runRepairs() {
 			in, err := m.fetch(m.ctx, r.from, []string{r.id})
 			if err != nil {
 				if !errors.Is(err, context.Canceled) {
-					m.log.WithFields(logrus.Fields{"session": short(r.id), "member": r.from.Name}).WithError(err).Warn("repair failed")
+					m.log.WithFields(logrus.Fields{"session": m.ref(r.id), "member": r.from.Name}).WithError(err).Warn("repair failed")
 				}
 				continue
 			}

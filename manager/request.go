@@ -58,7 +58,7 @@ func (m *Manager) pull(ctx context.Context, from membership.Member, route string
 			return n, nil
 		}
 		if page.Next <= after {
-			return n, fmt.Errorf("manager: pull from %s: page after %q does not move on", from.Name, short(after))
+			return n, fmt.Errorf("manager: pull from %s: page after %q does not move on", from.Name, m.ref(after))
 		}
 		after = page.Next
 	}
@@ -128,7 +128,7 @@ func (m *Manager) handleSessions(ctx context.Context, msg cluster.Message) ([]by
 	}
 	m.stats.received.Add(1)
 	if beaten := m.receive(in); in.Must && len(beaten) > 0 {
-		return nil, fmt.Errorf("%s: %d sessions not installed, a copy here beats them (first %s)", refusedConflict, len(beaten), short(beaten[0]))
+		return nil, fmt.Errorf("%s: %d sessions not installed, a copy here beats them (first %s)", refusedConflict, len(beaten), m.ref(beaten[0]))
 	}
 	return nil, nil
 }

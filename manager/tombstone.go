@@ -216,7 +216,7 @@ const (
 // refused, or returns "".
 func (m *Manager) implausible(id string, v uint64) string {
 	if v > maxVersion {
-		return fmt.Sprintf("version %d of session %s is implausible (at most %d)", v, short(id), uint64(maxVersion))
+		return fmt.Sprintf("version %d of session %s is implausible (at most %d)", v, m.ref(id), uint64(maxVersion))
 	}
 	m.mu.RLock()
 	s := m.sessions[id]
@@ -227,14 +227,14 @@ func (m *Manager) implausible(id string, v uint64) string {
 	s.mu.Lock()
 	local := s.version
 	s.mu.Unlock()
-	return jumpTooFar(id, v, local)
+	return m.jumpTooFar(id, v, local)
 }
 
 // jumpTooFar says why version v of session id is refused against the local
 // copy's version local, or returns "".
-func jumpTooFar(id string, v, local uint64) string {
+func (m *Manager) jumpTooFar(id string, v, local uint64) string {
 	if v > local+maxVersionJump {
-		return fmt.Sprintf("version %d of session %s jumps %d past this node's v%d (at most %d)", v, short(id), v-local, local, maxVersionJump)
+		return fmt.Sprintf("version %d of session %s jumps %d past this node's v%d (at most %d)", v, m.ref(id), v-local, local, maxVersionJump)
 	}
 	return ""
 }

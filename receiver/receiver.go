@@ -145,6 +145,7 @@ type TCP struct {
 	conns   map[net.Conn]struct{}
 	perIP   map[netip.Addr]int // open connections by source address
 	senders map[wire.ID]*senderState
+	pruned  time.Time // when senders was last swept for forgotten ones
 	stopped bool
 	wg      sync.WaitGroup
 
@@ -814,25 +815,51 @@ func (cs *connServer) flushWriter() error {
 	return cs.w.Flush()
 }
 
-// acquire returns the state of sender id, creating it, and forgets senders
-// with no connection for long enough that they cannot be retrying.
+// forgetAfter is how long a sender's state outlives its last connection:
+// longer than any retry of a message it sent.
+const forgetAfter = 10 * time.Minute
+
+// acquire returns the state of sender id, creating it. The states are
+// bounded: twice MaxConns, of which at most MaxConns have a connection;
+// the idle ones are forgotten after forgetAfter, the oldest first when the
+// bound is reached (ids are chosen by whoever connects).
 func (r *TCP) acquire(id wire.ID) *senderState {
-	const forgetAfter = 10 * time.Minute
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := time.Now()
-	for other, s := range r.senders {
-		if s.conns == 0 && now.Sub(s.idleFrom) > forgetAfter {
-			delete(r.senders, other)
-		}
-	}
 	s := r.senders[id]
 	if s == nil {
+		r.pruneLocked(time.Now())
 		s = &senderState{}
 		r.senders[id] = s
 	}
 	s.conns++
 	return s
+}
+
+// pruneLocked sweeps the idle states: at most once a minute (a sweep is
+// as long as the map), or at once when the map is full.
+func (r *TCP) pruneLocked(now time.Time) {
+	bound := 2 * r.cfg.MaxConns
+	if len(r.senders) < bound && now.Sub(r.pruned) < time.Minute {
+		return
+	}
+	r.pruned = now
+	var idle []wire.ID
+	for other, s := range r.senders {
+		switch {
+		case s.conns > 0:
+		case now.Sub(s.idleFrom) > forgetAfter:
+			delete(r.senders, other)
+		default:
+			idle = append(idle, other)
+		}
+	}
+	if over := len(r.senders) - bound + 1; over > 0 {
+		slices.SortFunc(idle, func(a, b wire.ID) int { return r.senders[a].idleFrom.Compare(r.senders[b].idleFrom) })
+		for _, other := range idle[:min(over, len(idle))] {
+			delete(r.senders, other)
+		}
+	}
 }
 
 func (r *TCP) release(id wire.ID) {

@@ -124,8 +124,9 @@ func TestNetwork(t *testing.T) {
 		if ms := a.Cluster().Members(); len(ms) != 1 {
 			t.Errorf("members of a with c down: %v", ms)
 		}
+		// Not a member any more: the cluster does not even try.
 		err := a.Cluster().Send(ctx, []membership.Member{c.Member()}, typeEcho, []byte("x"), cluster.Sync)
-		if !errors.Is(err, clustertest.ErrDown) {
+		if !errors.Is(err, cluster.ErrNotMember) {
 			t.Errorf("send to a node that is down: %v", err)
 		}
 		c.SetUp(true)
@@ -201,7 +202,7 @@ func TestModes(t *testing.T) {
 	}
 	ctx := context.Background()
 	to := []membership.Member{b.Member()}
-	if err := a.Cluster().Send(ctx, to, typeEcho, []byte("x"), cluster.Sync); !errors.Is(err, clustertest.ErrDown) {
+	if err := a.Cluster().Send(ctx, to, typeEcho, []byte("x"), cluster.Sync); !errors.Is(err, cluster.ErrNotMember) {
 		t.Fatalf("send to a node that has not joined: %v", err)
 	}
 	a.Join()

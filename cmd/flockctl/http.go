@@ -36,12 +36,15 @@ func nodeURL(s string) (string, error) {
 
 // get fetches path from node. A transport failure is an exitUsage error
 // ("unreachable"), an answer other than 2xx an exitProblem one.
-func (a *app) get(ctx context.Context, node, path string) ([]byte, error) {
+func (a *app) get(ctx context.Context, node, token, path string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, node+path, nil)
 	if err != nil {
 		return nil, usageErr("node %s: %v", node, err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := a.client.Do(req)
 	if err != nil {
 		return nil, &exitError{exitUsage, fmt.Errorf("node %s unreachable: %s", node, reason(err, a.client.Timeout))}
@@ -50,6 +53,9 @@ func (a *app) get(ctx context.Context, node, path string) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	if err != nil {
 		return nil, &exitError{exitUsage, fmt.Errorf("node %s: GET %s: answer cut short: %s", node, path, reason(err, a.client.Timeout))}
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, usageErr("node %s: GET %s: the node wants its admin token (--token or $%s)", node, path, tokenEnv)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, problemErr("node %s: GET %s: %s%s", node, path, resp.Status, snippet(body))

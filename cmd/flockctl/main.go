@@ -73,17 +73,18 @@ type command struct {
 }
 
 var commands = []command{
-	{"status", "[--node URL] [--json]",
+	{"status", "[--node URL] [--token T] [--json]",
 		"The node's status: itself, membership, sessions, state transfer, its members\n" +
 			"and its connections to them. Exits 1 when a member is suspect or the state\n" +
 			"transfer timed out or failed.",
 		statusCmd},
-	{"members", "[--node URL] [--json]",
+	{"members", "[--node URL] [--token T] [--json]",
 		"The members the node sees: name, state, address, last heartbeat, id.",
 		membersCmd},
-	{"sessions", "[--node URL] [--json]",
-		"The sessions the node holds, most recently used first (ids, sizes and\n" +
-			"versions; never attribute values).",
+	{"sessions", "[--node URL] [--token T] [--id ID] [--json]",
+		"The sessions the node holds, most recently used first: references (the same\n" +
+			"on every node, never the ids), sizes and versions; never attribute values.\n" +
+			"--id finds the session of a full id, as a user's cookie gives it.",
 		sessionsCmd},
 	{"listen", "--bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION] [--key-file FILE]",
 		"Listen to the membership heartbeats on the interface whose IPv4 address is\n" +

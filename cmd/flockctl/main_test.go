@@ -15,11 +15,11 @@ func TestUsage(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q", args, code, errb)
 		}
 		for _, want := range []string{
-			"flockctl status   [--node URL] [--json]",
-			"flockctl members  [--node URL] [--json]",
-			"flockctl sessions [--node URL] [--json]",
+			"flockctl status   [--node URL] [--token T] [--json]",
+			"flockctl members  [--node URL] [--token T] [--json]",
+			"flockctl sessions [--node URL] [--token T] [--id ID] [--json]",
 			"flockctl listen   --bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION]",
-			"--node URL", "(default http://127.0.0.1:8080)", "--bind ADDR", "--for DURATION", "Exit status",
+			"--node URL", "(default http://127.0.0.1:9090)", "$FLOCK_ADMIN_TOKEN", "--bind ADDR", "--for DURATION", "Exit status",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%v: usage lacks %q:\n%s", args, want, out)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/url"
+	"os"
 	"strings"
 
 	"github.com/flockhq/flock/admin"
@@ -13,22 +15,35 @@ import (
 )
 
 const (
-	defaultNode  = "http://127.0.0.1:8080"
+	defaultNode  = "http://127.0.0.1:9090" // [server] admin's default
+	tokenEnv     = "FLOCK_ADMIN_TOKEN"
 	statusPath   = "/cluster/status"
 	sessionsPath = "/cluster/sessions"
 )
 
 // nodeOpts are the flags of the commands that ask a node.
 type nodeOpts struct {
-	node string
-	json bool
+	node  string
+	json  bool
+	token string
+	id    string // sessions: the one session of this full id
 }
 
 func nodeFlags(fl *flag.FlagSet) *nodeOpts {
 	o := &nodeOpts{}
-	fl.StringVar(&o.node, "node", defaultNode, "admin `URL` of the node")
+	fl.StringVar(&o.node, "node", defaultNode, "admin `URL` of the node ([server] admin)")
 	fl.BoolVar(&o.json, "json", false, "print the node's JSON document instead of tables")
+	fl.StringVar(&o.token, "token", "", "[server] admin_token, if the node has one (default $"+tokenEnv+")")
 	return o
+}
+
+// tokenOf is the token to send: the flag's, else the environment's, which
+// keeps it out of the process list.
+func (o nodeOpts) tokenOf() string {
+	if o.token != "" {
+		return o.token
+	}
+	return os.Getenv(tokenEnv)
 }
 
 func statusCmd(fl *flag.FlagSet) func(context.Context, *app) error {
@@ -43,6 +58,7 @@ func membersCmd(fl *flag.FlagSet) func(context.Context, *app) error {
 
 func sessionsCmd(fl *flag.FlagSet) func(context.Context, *app) error {
 	o := nodeFlags(fl)
+	fl.StringVar(&o.id, "id", "", "show only the session of this full `ID` (a user's cookie value) and its reference")
 	return func(ctx context.Context, a *app) error { return a.sessions(ctx, *o) }
 }
 
@@ -53,7 +69,7 @@ func (a *app) fetchStatus(ctx context.Context, o nodeOpts) (string, []byte, admi
 	if err != nil {
 		return "", nil, st, err
 	}
-	body, err := a.get(ctx, node, statusPath)
+	body, err := a.get(ctx, node, o.tokenOf(), statusPath)
 	if err != nil {
 		return node, nil, st, err
 	}
@@ -121,7 +137,11 @@ func (a *app) sessions(ctx context.Context, o nodeOpts) error {
 	if err != nil {
 		return err
 	}
-	body, err := a.get(ctx, node, sessionsPath)
+	path := sessionsPath
+	if o.id != "" {
+		path += "?id=" + url.QueryEscape(o.id)
+	}
+	body, err := a.get(ctx, node, o.tokenOf(), path)
 	if err != nil {
 		return err
 	}

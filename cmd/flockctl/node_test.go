@@ -65,11 +65,11 @@ func testStatus() admin.Status {
 
 func testSessions() []manager.Info {
 	return []manager.Info{
-		{ID: "Xy7kQ2mN9pLr4sT8vW1z.node1", Version: 3, Size: 120, Keys: 2,
+		{Ref: "9f86d081884c7d65", Version: 3, Size: 120, Keys: 2,
 			Created: fixedNow.Add(-time.Hour), LastAccess: fixedNow.Add(-95 * time.Second), AccessedBy: "node1"},
-		{ID: "Ab3dE5fG7hJ9kL1mN3pQ.node2", Version: 17, Size: 4096, Keys: 5,
+		{Ref: "2c26b46b68ffc68f", Version: 17, Size: 4096, Keys: 5,
 			Created: fixedNow.Add(-time.Hour), LastAccess: fixedNow.Add(-1500 * time.Millisecond), AccessedBy: "node2"},
-		{ID: "short.node1", Version: 1, Size: 0, Keys: 0,
+		{Ref: "fcde2b2edba56bf4", Version: 1, Size: 0, Keys: 0,
 			Created: fixedNow.Add(-time.Minute), LastAccess: fixedNow.Add(-12 * time.Second), AccessedBy: "node1"},
 	}
 }
@@ -247,10 +247,10 @@ func TestSessions(t *testing.T) {
 	if code != exitOK || errb != "" {
 		t.Fatalf("exit %d, stderr %q", code, errb)
 	}
-	checkLines(t, out, `ID             VERSION  SIZE     KEYS  LAST-ACCESS  ACCESSED-BY
-Ab3dE5fG7hJ9…  17       4.0 KiB  5     1.5s ago     node2
-short.node1    1        0 B      0     12s ago      node1
-Xy7kQ2mN9pLr…  3        120 B    2     1m35s ago    node1
+	checkLines(t, out, `REF               VERSION  SIZE     KEYS  LAST-ACCESS  ACCESSED-BY
+2c26b46b68ffc68f  17       4.0 KiB  5     1.5s ago     node2
+fcde2b2edba56bf4  1        0 B      0     12s ago      node1
+9f86d081884c7d65  3        120 B    2     1m35s ago    node1
 3 sessions
 `)
 
@@ -321,5 +321,49 @@ func TestTimeoutExit2(t *testing.T) {
 	}
 	if want := "unreachable: no answer within"; !strings.Contains(errb.String(), want) {
 		t.Errorf("stderr %q lacks %q", errb, want)
+	}
+}
+
+// TestTokenAndLookup: flockctl sends the admin token (flag or environment)
+// and asks for one session by its id.
+func TestTokenAndLookup(t *testing.T) {
+	const token = "tok-0123456789abcdef"
+	const id = "Xy7kQ2mN9pLr4sT8vW1z.node1"
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /cluster/sessions", func(w http.ResponseWriter, r *http.Request) {
+		out := testSessions()
+		if got := r.URL.Query().Get("id"); got != "" {
+			out = out[:0]
+			if got == id {
+				out = testSessions()[:1]
+			}
+		}
+		json.NewEncoder(w).Encode(out)
+	})
+	srv := httptest.NewServer(admin.RequireToken(token, mux))
+	t.Cleanup(srv.Close)
+
+	tests := []struct {
+		name     string
+		env      string
+		args     []string
+		code     int
+		out, err string
+	}{
+		{"no token", "", nil, exitUsage, "", "wants its admin token"},
+		{"wrong token", "", []string{"--token", "nope-0123456789abcdef"}, exitUsage, "", "wants its admin token"},
+		{"token flag", "", []string{"--token", token}, exitOK, "3 sessions", ""},
+		{"token from the environment", token, nil, exitOK, "3 sessions", ""},
+		{"lookup", token, []string{"--id", id}, exitOK, "9f86d081884c7d65", ""},
+		{"lookup of an unknown id", token, []string{"--id", "nope"}, exitOK, "0 sessions", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(tokenEnv, tc.env)
+			code, out, errb := runApp(t, append([]string{"sessions", "--node", srv.URL}, tc.args...)...)
+			if code != tc.code || !strings.Contains(out, tc.out) || !strings.Contains(errb, tc.err) {
+				t.Errorf("exit %d (want %d)\nstdout %q (want %q)\nstderr %q (want %q)", code, tc.code, out, tc.out, errb, tc.err)
+			}
+		})
 	}
 }

@@ -93,13 +93,13 @@ func renderPeers(w io.Writer, ps []admin.Peer) {
 func renderSessions(w io.Writer, ss []manager.Info, now time.Time) {
 	ss = slices.Clone(ss)
 	slices.SortFunc(ss, func(a, b manager.Info) int {
-		return cmp.Or(b.LastAccess.Compare(a.LastAccess), cmp.Compare(a.ID, b.ID))
+		return cmp.Or(b.LastAccess.Compare(a.LastAccess), cmp.Compare(a.Ref, b.Ref))
 	})
 	if len(ss) > 0 {
 		tw := newTable(w)
-		row(tw, "ID", "VERSION", "SIZE", "KEYS", "LAST-ACCESS", "ACCESSED-BY")
+		row(tw, "REF", "VERSION", "SIZE", "KEYS", "LAST-ACCESS", "ACCESSED-BY")
 		for _, s := range ss {
-			row(tw, truncate(cell(s.ID), 12), fmt.Sprint(s.Version), bytesize(int64(s.Size)), fmt.Sprint(s.Keys),
+			row(tw, cell(s.Ref), fmt.Sprint(s.Version), bytesize(int64(s.Size)), fmt.Sprint(s.Keys),
 				age(now, s.LastAccess), cell(s.AccessedBy))
 		}
 		tw.Flush()

@@ -22,11 +22,14 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/net/netutil"
 
 	"github.com/flockhq/flock"
 	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/conf"
+	"github.com/flockhq/flock/internal/fdlimit"
 	"github.com/flockhq/flock/membership"
+	"github.com/flockhq/flock/receiver"
 )
 
 const defaultConfig = "conf/server.toml"
@@ -98,6 +101,7 @@ func configure(args []string, stderr io.Writer) (conf.Config, error) {
 	path := fl.String("config", defaultConfig, "configuration file")
 	name := fl.String("name", "", "node name, overrides [server] name")
 	httpAddr := fl.String("http", "", "HTTP address, overrides [server] http")
+	adminAddr := fl.String("admin", "", `admin address or "off", overrides [server] admin`)
 	bind := fl.String("bind", "", "address of the heartbeat interface, overrides [cluster.membership] bind")
 	rhost := fl.String("receiver-host", "", "advertised receiver address, overrides [cluster.receiver] host")
 	rport := fl.Int("receiver-port", 0, "receiver port, overrides [cluster.receiver] port")
@@ -126,6 +130,7 @@ func configure(args []string, stderr io.Writer) (conf.Config, error) {
 	}
 	set("name", func() { cfg.Server.Name = *name })
 	set("http", func() { cfg.Server.HTTP = *httpAddr })
+	set("admin", func() { cfg.Server.Admin = *adminAddr })
 	set("bind", func() { cfg.Cluster.Membership.Bind = *bind })
 	set("receiver-host", func() { cfg.Cluster.Receiver.Host = *rhost })
 	set("receiver-port", func() { cfg.Cluster.Receiver.Port = *rport })
@@ -174,26 +179,43 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry, hup <-chan o
 	fields := logrus.Fields{"id": local.ID, "address": local.Addr, "domain": local.Domain, "http": lns[0].Addr(), "version": version()}
 	if len(lns) > 1 {
 		fields["admin"] = lns[1].Addr()
+		if !admin.Loopback(lns[1].Addr()) && cfg.Server.AdminToken == "" {
+			log.WithField("admin", lns[1].Addr()).Error("SECURITY: the admin endpoints (status, sessions, metrics) are reachable from the network WITHOUT A TOKEN; set [server] admin_token, or admin on a loopback address")
+		}
+	} else {
+		fields["admin"] = conf.AdminOff
 	}
 	if ids := node.KeyIDs(); ids != nil {
 		fields["keys"] = ids // public ids, never the keys
+	}
+	// Each listener holds at most its share of the file descriptors, so
+	// that connections to one (idle ones to the cluster port, slow clients
+	// of the application) never take what another needs.
+	budget := fdlimit.Split(fdlimit.Current(), receiver.DefaultConfig().MaxConns)
+	if budget.Limit > 0 {
+		lns[0] = netutil.LimitListener(lns[0], budget.HTTP)
+		if len(lns) > 1 {
+			lns[1] = netutil.LimitListener(lns[1], budget.Admin)
+		}
+		fields["fds"] = fmt.Sprintf("limit %d: cluster %d, http %d, admin %d", budget.Limit, budget.Cluster, budget.HTTP, budget.Admin)
 	}
 	log.WithFields(fields).Info("node started")
 
 	var draining atomic.Bool
 	adminMux := node.Admin()
 	adminMux.Handle("GET /cluster/{$}", admin.Page(node, cfg.Cluster.Membership.Type, events))
-	adminHandler := drainAware(adminMux, &draining)
+	adminHandler := drainAware(admin.RequireToken(cfg.Server.AdminToken, adminMux), &draining)
+	// The application's listener serves the application and the health
+	// paths for load balancers, never the admin endpoints.
 	app := http.NewServeMux()
 	demoRoutes(app, node.Wrap)
-	var servers []*http.Server
-	if len(lns) == 1 {
-		app.Handle("/cluster/", adminHandler)
-		app.Handle("GET /healthz", adminHandler)
-		app.Handle("GET /metrics", adminHandler)
-		servers = []*http.Server{boundedServer(app)}
-	} else {
-		servers = []*http.Server{boundedServer(app), boundedServer(adminHandler)}
+	health := drainAware(node.Health(), &draining)
+	for _, p := range admin.HealthPaths {
+		app.Handle("GET "+p, health)
+	}
+	servers := []*http.Server{boundedServer(app)}
+	if len(lns) > 1 {
+		servers = append(servers, boundedServer(adminHandler))
 	}
 	httpDone := make(chan error, len(servers))
 	for i, srv := range servers {
@@ -258,29 +280,30 @@ func reloadKeys(node *flock.Node, reload func() (conf.Config, error), log *logru
 	log.WithField("keys", node.KeyIDs()).Info("SIGHUP: cluster keys reloaded (the first seals)")
 }
 
-// listen opens the HTTP listener and, when [server] admin is set, the
-// admin one.
+// listen opens the HTTP listener and, unless [server] admin is "off", the
+// admin one (on the next free port if its own is taken).
 func listen(cfg conf.Config) ([]net.Listener, error) {
 	ln, err := net.Listen("tcp", cfg.Server.HTTP)
 	if err != nil {
 		return nil, fmt.Errorf("http: %w", err)
 	}
-	if cfg.Server.Admin == "" {
+	if cfg.Server.Admin == conf.AdminOff {
 		return []net.Listener{ln}, nil
 	}
-	al, err := net.Listen("tcp", cfg.Server.Admin)
+	al, err := admin.Listen(cfg.Server.Admin)
 	if err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("admin: %w", err)
+		return nil, err
 	}
 	return []net.Listener{ln, al}, nil
 }
 
-// drainAware answers /healthz with 503 once the node is shutting down, so
-// a load balancer stops sending it users before it leaves.
+// drainAware answers /healthz and /readyz with 503 once the node is
+// shutting down, so a load balancer stops sending it users before it
+// leaves.
 func drainAware(next http.Handler, draining *atomic.Bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" && draining.Load() {
+		if (r.URL.Path == "/healthz" || r.URL.Path == "/readyz") && draining.Load() {
 			http.Error(w, "draining", http.StatusServiceUnavailable)
 			return
 		}

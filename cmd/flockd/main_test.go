@@ -154,14 +154,15 @@ drop_time = "1s"
 
 	type proc struct {
 		http   string
+		admin  string
 		cancel context.CancelFunc
 		done   chan int
 		log    *syncBuffer
 	}
 	start := func(name string) *proc {
 		ctx, cancel := context.WithCancel(context.Background())
-		p := &proc{http: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
-		args := []string{"--config", file, "--name", name, "--http", p.http, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}
+		p := &proc{http: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), admin: fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), cancel: cancel, done: make(chan int, 1), log: &syncBuffer{}}
+		args := []string{"--config", file, "--name", name, "--http", p.http, "--admin", p.admin, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}
 		go func() { p.done <- run(ctx, args, io.Discard, p.log) }()
 		t.Cleanup(cancel)
 		return p
@@ -171,7 +172,7 @@ drop_time = "1s"
 	var st admin.Status
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := http.Get("http://" + a.http + "/cluster/status")
+		resp, err := http.Get("http://" + a.admin + "/cluster/status")
 		if err == nil {
 			st = admin.Status{}
 			err = json.NewDecoder(resp.Body).Decode(&st)
@@ -299,9 +300,10 @@ state_transfer_timeout = "1s"
 	}
 }
 
-// TestAdminListenerPageAndJSONLogs: with [server] admin set, the admin
-// endpoints move off the public address; the HTML page renders; logs are
-// JSON when asked.
+// TestAdminListenerPageAndJSONLogs: the admin endpoints are on their own
+// listener, behind the token, never on the public address, which serves
+// the application and health only; the HTML page renders; logs are JSON
+// when asked.
 func TestAdminListenerPageAndJSONLogs(t *testing.T) {
 	leakcheck.Check(t)
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
@@ -311,6 +313,7 @@ func TestAdminListenerPageAndJSONLogs(t *testing.T) {
 name = "solo"
 http = %q
 admin = %q
+admin_token = "t0ken-0123456789abcdef"
 log_format = "json"
 [cluster.membership]
 address = "239.255.%d.%d"
@@ -326,10 +329,15 @@ state_transfer_timeout = "1s"
 		done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, io.Discard, log)
 	}()
 
-	get := func(url string) (int, string) {
+	const token = "t0ken-0123456789abcdef"
+	get := func(url, token string) (int, string) {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			resp, err := http.Get(url)
+			req, _ := http.NewRequest("GET", url, nil)
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			resp, err := http.DefaultClient.Do(req)
 			if err == nil {
 				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
@@ -341,17 +349,55 @@ state_transfer_timeout = "1s"
 			time.Sleep(20 * time.Millisecond) // the node starts in this process; readiness shows only over HTTP
 		}
 	}
-	if code, body := get("http://" + adminAddr + "/cluster/status"); code != 200 || !strings.Contains(body, `"name": "solo"`) {
-		t.Errorf("admin status: %d %s", code, body)
+	deadline := time.Now().Add(10 * time.Second)
+	for code, _ := get("http://"+httpAddr+"/healthz", ""); code != 200; code, _ = get("http://"+httpAddr+"/healthz", "") {
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready\n%s", log)
+		}
+		time.Sleep(20 * time.Millisecond) // readiness shows only over HTTP
 	}
-	if code, _ := get("http://" + httpAddr + "/cluster/status"); code != http.StatusNotFound {
-		t.Errorf("status on the public address: %d, want 404", code)
+	// A session, so that there is an id not to find in the answers.
+	resp, err := http.Get("http://" + httpAddr + "/counter")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if code, body := get("http://" + adminAddr + "/cluster/"); code != 200 || !strings.Contains(body, "<h1>solo") || !strings.Contains(body, "no other members") {
-		t.Errorf("page: %d %s", code, body)
+	resp.Body.Close()
+	cookie := ""
+	for _, c := range resp.Cookies() {
+		cookie = c.Value
 	}
-	if code, _ := get("http://" + httpAddr + "/counter"); code != 200 {
-		t.Errorf("demo on the public address: %d", code)
+	if cookie == "" {
+		t.Fatal("the demo set no cookie")
+	}
+	tests := []struct {
+		addr, path, token string
+		want              int
+		has               string
+	}{
+		{adminAddr, "/cluster/status", token, 200, `"name": "solo"`},
+		{adminAddr, "/cluster/", token, 200, "no other members"},
+		{adminAddr, "/cluster/sessions", token, 200, `"ref"`},
+		{adminAddr, "/metrics", token, 200, "flock_sessions"},
+		{adminAddr, "/cluster/status", "", http.StatusUnauthorized, ""},
+		{adminAddr, "/cluster/sessions", "wrong-0123456789abcdef", http.StatusUnauthorized, ""},
+		{adminAddr, "/healthz", "", 200, "ok"},
+		{httpAddr, "/cluster/status", token, http.StatusNotFound, ""},
+		{httpAddr, "/cluster/sessions", token, http.StatusNotFound, ""},
+		{httpAddr, "/cluster/", token, http.StatusNotFound, ""},
+		{httpAddr, "/metrics", token, http.StatusNotFound, ""},
+		{httpAddr, "/healthz", "", 200, "ok"},
+		{httpAddr, "/readyz", "", 200, "ok"},
+		{httpAddr, "/livez", "", 200, "ok"},
+		{httpAddr, "/counter", "", 200, ""},
+	}
+	for _, tc := range tests {
+		code, body := get("http://"+tc.addr+tc.path, tc.token)
+		if code != tc.want || !strings.Contains(body, tc.has) {
+			t.Errorf("GET %s%s: %d, want %d with %q: %.300s", tc.addr, tc.path, code, tc.want, tc.has, body)
+		}
+		if cookie != "" && strings.Contains(body, cookie) {
+			t.Errorf("GET %s%s shows a session id", tc.addr, tc.path)
+		}
 	}
 	cancel()
 	if code := <-done; code != exitOK {

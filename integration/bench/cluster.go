@@ -74,10 +74,20 @@ type node struct {
 	host   *lab.Host
 	proc   *lab.Proc
 	client *http.Client // admin requests, dialed from the node's own namespace
+	flockd bool         // runs flockd, which has an admin listener
 }
 
-func (n *node) addr() string           { return n.host.IP.String() + ":" + httpPort }
-func (n *node) url(path string) string { return "http://" + n.addr() + path }
+func (n *node) addr() string { return n.host.IP.String() + ":" + httpPort }
+
+// url is where the node serves path: flockd's admin endpoints listen on
+// the host's loopback ([server] admin's default), reached by n.client
+// from inside the host's namespace.
+func (n *node) url(path string) string {
+	if n.flockd && (strings.HasPrefix(path, "/cluster/") || path == "/metrics") {
+		return "http://127.0.0.1:9090" + path
+	}
+	return "http://" + n.addr() + path
+}
 
 // newCluster builds a lab with n server hosts and the lb host; nothing runs
 // yet.
@@ -150,12 +160,14 @@ func (c *cluster) startFlockdMode(ctx context.Context, n *node, mode, replicatio
 		return err
 	}
 	ip := n.host.IP.String()
+	n.flockd = true
 	return c.run(ctx, n, c.env.flockd, "--config", cfg, "--name", n.name, "--http", n.addr(),
 		"--bind", ip, "--receiver-host", ip)
 }
 
 // startBare runs the bare baseline server on n.
 func (c *cluster) startBare(ctx context.Context, n *node) error {
+	n.flockd = false
 	return c.run(ctx, n, c.env.bare, "--http", n.addr())
 }
 
