@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -116,12 +117,16 @@ const maxPayloadDepth = 16
 
 // decode decodes a message body, checked first (wire.CheckMsgpack): a
 // hostile body can neither recurse msgpack's decoder off the stack nor make
-// it allocate by counts the bytes do not hold.
+// it allocate by counts the bytes do not hold. The format is ours, so a
+// field this node does not know is refused, not ignored: a message is
+// understood whole or not at all.
 func decode(p []byte, v any) error {
 	if err := wire.CheckMsgpack(p, maxPayloadDepth); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}
-	if err := msgpack.Unmarshal(p, v); err != nil {
+	dec := msgpack.NewDecoder(bytes.NewReader(p))
+	dec.DisallowUnknownFields(true)
+	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}
 	return nil

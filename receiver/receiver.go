@@ -96,7 +96,12 @@ type Config struct {
 	// accept (counted as "limit"), so the cluster port cannot use up the
 	// process's file descriptors.
 	MaxConns, MaxConnsPerIP int
-	Observer                Observer
+	// MaxBuffered bounds the bytes of large frame bodies (over 64 KiB)
+	// held at once by all connections: a frame that finds the budget spent
+	// waits up to FrameTimeout for bytes to come back, then its connection
+	// is closed (reason "limit"). At least MaxFrame.
+	MaxBuffered int64
+	Observer    Observer
 	// Keyring, if set, is required of every caller: a connection must
 	// open with the handshake that proves the caller holds a key of the
 	// cluster, and every frame after it must be sealed. Anything else is
@@ -119,6 +124,7 @@ func DefaultConfig() Config {
 		HelloTimeout:  2 * time.Second,
 		MaxConns:      1024,
 		MaxConnsPerIP: 64,
+		MaxBuffered:   256 << 20,
 	}
 }
 
@@ -146,6 +152,7 @@ type TCP struct {
 	perIP   map[netip.Addr]int // open connections by source address
 	senders map[wire.ID]*senderState
 	pruned  time.Time // when senders was last swept for forgotten ones
+	budget  *wire.Budget
 	stopped bool
 	wg      sync.WaitGroup
 
@@ -214,6 +221,10 @@ func New(ln net.Listener, cfg Config) *TCP {
 	if cfg.MaxConnsPerIP <= 0 {
 		cfg.MaxConnsPerIP = def.MaxConnsPerIP
 	}
+	if cfg.MaxBuffered <= 0 {
+		cfg.MaxBuffered = def.MaxBuffered
+	}
+	cfg.MaxBuffered = max(cfg.MaxBuffered, int64(cfg.MaxFrame)+keyring.TagSize)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &TCP{
 		cfg:      cfg,
@@ -226,6 +237,7 @@ func New(ln net.Listener, cfg Config) *TCP {
 		conns:    make(map[net.Conn]struct{}),
 		perIP:    make(map[netip.Addr]int),
 		senders:  make(map[wire.ID]*senderState),
+		budget:   wire.NewBudget(cfg.MaxBuffered),
 		refused:  refuse.New(log.WithField("component", "receiver")),
 	}
 }
@@ -372,7 +384,9 @@ func (r *TCP) serve(c net.Conn) {
 	// keyed, proved it holds the key): the hello swaps them for full ones.
 	cs := &connServer{r: r, c: conn, rd: wire.NewReader(conn, r.cfg.MaxFrame), w: bufio.NewWriterSize(conn, 512), helloBy: helloBy}
 	cs.rd.SetMax(wire.MaxAuthFrame)
+	cs.rd.SetBudget(r.budget, r.cfg.FrameTimeout)
 	err := cs.run()
+	cs.rd.Release()
 	if cs.sender != nil {
 		r.release(wire.ID(cs.from.ID))
 	}
@@ -390,7 +404,7 @@ func (r *TCP) serve(c net.Conn) {
 			reason = refuse.Unauthenticated
 		case errors.Is(err, tlsid.ErrWrongName), errors.Is(err, tlsid.ErrNoCertificate):
 			reason = refuse.Identity
-		case errors.Is(err, errNoHello):
+		case errors.Is(err, errNoHello), errors.Is(err, wire.ErrBudget):
 			reason = refuse.Limit
 		}
 		r.refused.Refuse(reason, c.RemoteAddr().String(), err)
@@ -462,7 +476,8 @@ func (cs *connServer) run() error {
 		})
 		if err != nil {
 			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||
-				errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrUnauthenticated) {
+				errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrUnauthenticated) ||
+				errors.Is(err, wire.ErrBudget) {
 				return fmt.Errorf("%w: %w", errProtocol, err)
 			}
 			var ne net.Error

