@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flockhq/flock"
+	"github.com/flockhq/flock/admin"
 	"github.com/flockhq/flock/cluster/clustertest"
 	"github.com/flockhq/flock/conf"
 )
@@ -78,8 +79,15 @@ func ExampleStart() {
 		log.Fatal(err)
 	}
 	defer node.Stop(ctx)
-	go http.ListenAndServe("127.0.0.1:9090", node.Admin())
-	log.Fatal(http.ListenAndServe(":8080", node.Wrap(http.HandlerFunc(visits))))
+	adminLn, err := admin.Listen(cfg.Server.Admin) // 127.0.0.1:9090, or the next free port
+	if err != nil {
+		log.Fatal(err)
+	}
+	go flock.NewServer("", admin.RequireToken(cfg.Server.AdminToken, node.Admin())).Serve(adminLn)
+	app := http.NewServeMux()
+	app.Handle("/", node.Wrap(http.HandlerFunc(visits)))
+	app.Handle("GET /healthz", node.Health()) // for the load balancer; nothing else of admin's
+	log.Fatal(flock.NewServer(":8080", app).ListenAndServe())
 }
 
 // Reading a session without creating one, for pages that need none, and

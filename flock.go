@@ -55,6 +55,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -188,6 +189,24 @@ func (n *Node) Ready() <-chan struct{} { return n.manager.Ready() }
 // application's, and behind admin.RequireToken with [server] admin_token
 // when that listener is not loopback.
 func (n *Node) Admin() *http.ServeMux { return admin.NewMux(n, n.mtype) }
+
+// NewServer is an http.Server for h with every limit set: a client that
+// trickles its request, never reads its response, or keeps an idle
+// connection cannot hold the server's goroutines and file descriptors for
+// long (read 30 s, write 60 s, idle 2 min, header within 10 s), and a
+// request's header is at most 64 KiB. http.ListenAndServe sets none of
+// these. Adjust the fields before serving if a handler needs longer.
+func NewServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+}
 
 // Health serves GET /healthz, /readyz and /livez, and nothing else: mount
 // it on the application's listener for load balancers and orchestrators.

@@ -329,17 +329,5 @@ func logEvent(e membership.Event, log *logrus.Entry) {
 	}
 }
 
-// boundedServer serves h with every limit set: a client that trickles its
-// request, never reads its response, or keeps an idle connection cannot
-// hold the server's goroutines and file descriptors for long, and a
-// request's header is at most 64 KiB.
-func boundedServer(h http.Handler) *http.Server {
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
-}
+// boundedServer serves h with every limit set (flock.NewServer).
+func boundedServer(h http.Handler) *http.Server { return flock.NewServer("", h) }

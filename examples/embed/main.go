@@ -44,7 +44,7 @@ func main() {
 	}
 	defer node.Stop(context.Background())
 
-	srv := &http.Server{Addr: *addr, Handler: node.Wrap(http.HandlerFunc(visits))}
+	srv := flock.NewServer(*addr, node.Wrap(http.HandlerFunc(visits)))
 	go srv.ListenAndServe()
 	<-ctx.Done()
 	srv.Shutdown(context.Background())
