@@ -54,3 +54,26 @@ func freeRun(t *testing.T) int {
 	t.Fatal("no two free ports in a row")
 	return 0
 }
+
+func TestLoopback(t *testing.T) {
+	tests := []struct {
+		addr string
+		want bool
+	}{
+		{"127.0.0.1:9090", true},
+		{"127.0.0.2:9090", true},
+		{"[::1]:9090", true},
+		{"0.0.0.0:9090", false}, // every interface: reachable from the network
+		{"[::]:9090", false},
+		{"198.51.100.7:9090", false},
+	}
+	for _, tc := range tests {
+		addr, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := admin.Loopback(addr); got != tc.want {
+			t.Errorf("Loopback(%s) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+}
