@@ -42,6 +42,7 @@ type tsess struct {
 	mu        sync.Mutex
 	name      string
 	id        string   // the cookie's value now
+	seen      string   // the version cookie's value, kept as a browser keeps it
 	names     []string // every id the session had (route rewrites rename it)
 	maxAck    int      // the highest count a 200 returned
 	regress   int      // 200 answers below maxAck (a stale copy served)
@@ -100,7 +101,7 @@ func (c *cclient) do(ctx context.Context, path string) (int, string, error) {
 // header).
 func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string, error) {
 	c.s.mu.Lock()
-	id := c.s.id
+	id, seen := c.s.id, c.s.seen
 	c.s.mu.Unlock()
 	req, err := http.NewRequestWithContext(ctx, "GET", c.lb.url.String()+path, nil)
 	if err != nil {
@@ -109,6 +110,9 @@ func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string,
 	if id != "" {
 		req.AddCookie(&http.Cookie{Name: cookieName, Value: id})
 	}
+	if seen != "" {
+		req.AddCookie(&http.Cookie{Name: versionCookie, Value: seen})
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return 0, "", "", err
@@ -116,6 +120,14 @@ func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string,
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	for _, ck := range resp.Cookies() {
+		if ck.Name == versionCookie {
+			c.s.mu.Lock()
+			if c.s.seen = ck.Value; ck.MaxAge < 0 {
+				c.s.seen = ""
+			}
+			c.s.mu.Unlock()
+			continue
+		}
 		if ck.Name != cookieName || ck.Value == "" || ck.MaxAge < 0 {
 			continue
 		}

@@ -22,6 +22,10 @@ import (
 // cookieName is flockd's session cookie (the default of [session]).
 const cookieName = "FLOCKSESSIONID"
 
+// versionCookie carries the session version the client last saw change
+// (valve.VersionCookie): a node with an older copy asks the others first.
+const versionCookie = cookieName + "_V"
+
 // Headers the balancer adds to every response, so a scenario can tell who
 // served a request and whether the balancer had to retry it.
 const (

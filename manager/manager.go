@@ -443,6 +443,20 @@ const maxLoadTries = 3
 // in delta mode while the state transfer runs, in backup mode from the
 // session's owner.
 func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
+	return m.LoadSeen(ctx, id, 0)
+}
+
+// LoadSeen is Load for a client that has seen version seen of the session
+// (the valve's version cookie): a copy older than that, which this node
+// holds because a change reached the other members and not yet this one,
+// is not served. The holders' copies are fetched first, the newest wins;
+// if the copy is still older and a holder did not answer, LoadSeen returns
+// ErrCatchingUp (503: the user's next request is served from the newer
+// copy). If every holder answered and none has it, the claim was wrong (a
+// forged cookie, or the copies that had it are gone) and the copy is
+// served. A claim implausibly far ahead is ignored, so a forged cookie
+// costs at most one round of fetches per request.
+func (m *Manager) LoadSeen(ctx context.Context, id string, seen uint64) (*Session, error) {
 	if !ValidID(id) {
 		return nil, nil
 	}
@@ -471,17 +485,25 @@ func (m *Manager) Load(ctx context.Context, id string) (*Session, error) {
 		s.mu.Unlock()
 		return nil, nil
 	}
-	if doubt := m.behindN.Load() > 0; s.unsure || doubt {
-		// In doubt (nobody acknowledged this copy), or behind members that
+	older := seen > s.version && seen-s.version <= maxVersionJump
+	if doubt := m.behindN.Load() > 0; s.unsure || doubt || older {
+		// In doubt (nobody acknowledged this copy), behind members that
 		// may hold a newer one (this node, or they, were cut off or
-		// stopped): the holders' copies are taken first, the newest wins.
+		// stopped), or older than the client has seen: the holders'
+		// copies are taken first, the newest wins.
 		s.mu.Unlock()
 		failed := m.settle(ctx, s)
+		s.mu.Lock()
+		stillOlder := older && s.version < seen
+		s.mu.Unlock()
 		for _, name := range failed {
-			if m.isBehind(name) {
+			if stillOlder || m.isBehind(name) {
 				m.stats.catchUpRefused.Add(1)
 				return nil, fmt.Errorf("manager: session %s: %w: %s did not answer", m.ref(id), ErrCatchingUp, name)
 			}
+		}
+		if older {
+			m.stats.olderThanSeen.Add(1)
 		}
 		s.mu.Lock()
 		if s.invalid {

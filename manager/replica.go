@@ -26,7 +26,7 @@ type counters struct {
 	aeRounds, aeMoved, aeNanos, aeFailures    atomic.Uint64
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
 	lagging, changedUnder, implausible        atomic.Uint64
-	notMember, catchUpRefused                 atomic.Uint64
+	notMember, catchUpRefused, olderThanSeen  atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -86,6 +86,9 @@ type Stats struct {
 	Behind         int    `json:"behind"`
 	CatchingUp     bool   `json:"catching_up"`
 	CatchUpRefused uint64 `json:"catch_up_refused"`
+	// OlderThanSeen: loads whose copy was older than the version the
+	// client had seen (LoadSeen), so the holders were asked first.
+	OlderThanSeen uint64 `json:"older_than_seen"`
 }
 
 // Stats returns the manager's counters.
@@ -106,6 +109,7 @@ func (m *Manager) Stats() Stats {
 		SyncDuration: time.Duration(m.stats.aeNanos.Load()), Stalls: m.stats.stalls.Load(), CatchingUp: m.CatchingUp(),
 		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(), NotMember: m.stats.notMember.Load(),
 		Lagging: m.stats.lagging.Load(), Behind: int(m.behindN.Load()), CatchUpRefused: m.stats.catchUpRefused.Load(),
+		OlderThanSeen: m.stats.olderThanSeen.Load(),
 	}
 	return st
 }

@@ -15,7 +15,7 @@ import (
 // noSessions knows no session and counts the lookups it is asked for.
 type noSessions struct{ loads int }
 
-func (c *noSessions) Load(_ context.Context, id string) (*manager.Session, error) {
+func (c *noSessions) LoadSeen(_ context.Context, id string, _ uint64) (*manager.Session, error) {
 	c.loads++
 	if !manager.ValidID(id) {
 		return nil, errors.New("the valve looked up an invalid id")

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,7 +26,9 @@ import (
 
 // Store is what the valve needs of the session manager.
 type Store interface {
-	Load(ctx context.Context, id string) (*manager.Session, error)
+	// LoadSeen loads the session of id, which the client has seen at
+	// version seen or later (0: unknown); see manager.Manager.LoadSeen.
+	LoadSeen(ctx context.Context, id string, seen uint64) (*manager.Session, error)
 	Create(ctx context.Context) (*manager.Session, error)
 	Commit(ctx context.Context, s *manager.Session) error
 	Rebind(s *manager.Session) (bool, error)
@@ -170,7 +174,10 @@ type state struct {
 	loaded   bool // the cookie was looked up
 	s        *manager.Session
 	cookieID string // the id the client sent, if it named s
-	refused  bool   // max_active refused a new session
+	// seen is the session version of the client's version cookie; base
+	// the version s had when this request got it (0: new).
+	seen, base uint64
+	refused    bool // max_active refused a new session
 	// unreplicated: the change did not reach enough members (the sync
 	// rule); the response is a 503, so the user knows it may be lost.
 	unreplicated bool
@@ -225,6 +232,7 @@ const maxCookieLookups = 4
 // one that the manager knows), and gives it this node's route if it names
 // another node's (that node failed and the load balancer moved the user).
 func (st *state) load() {
+	st.seen = st.seenVersion()
 	tries := 0
 	for _, c := range st.r.CookiesNamed(st.v.cfg.CookieName) {
 		if !manager.ValidID(c.Value) {
@@ -237,7 +245,7 @@ func (st *state) load() {
 			st.v.log.Debug("more session cookies than are looked up; the rest ignored")
 			return
 		}
-		s, err := st.v.store.Load(st.r.Context(), c.Value)
+		s, err := st.v.store.LoadSeen(st.r.Context(), c.Value, st.seen)
 		if errors.Is(err, manager.ErrCatchingUp) {
 			// The session exists and is not lost: the user is asked to
 			// come again rather than handed a new, empty one.
@@ -255,6 +263,7 @@ func (st *state) load() {
 		}
 		st.use(s)
 		st.cookieID = c.Value
+		st.base = s.Version()
 		if _, err := st.v.store.Rebind(s); err != nil {
 			st.v.log.WithError(err).Warn("route rewrite failed")
 		}
@@ -288,12 +297,53 @@ func (st *state) commit() {
 		if st.cookieID != "" {
 			st.setCookie("", -1)
 		}
+		if st.seen != 0 {
+			st.setVersionCookie(0, -1)
+		}
 	case id != st.cookieID && !(st.unreplicated && st.cookieID != ""):
 		// A rename (a failover's route rewrite, RenewID) that reached too
 		// few members is not announced: the others know the session only
 		// under the id the client sent, which it keeps.
 		st.setCookie(id, 0)
 	}
+	if v := s.Version(); !s.Invalid() && !st.unreplicated && v != st.base && v > st.seen {
+		// The client has seen this version: a node holding an older copy
+		// will not serve it that one (read your writes, across nodes).
+		st.setVersionCookie(v, 0)
+	}
+}
+
+// VersionCookie is the name of the cookie that carries the version of
+// the session the client last saw change, next to the session cookie
+// named name.
+func VersionCookie(name string) string { return name + "_V" }
+
+// seenVersion is the greatest version in the request's version cookies
+// (at most a few are read); 0 if none.
+func (st *state) seenVersion() uint64 {
+	var seen uint64
+	for i, c := range st.r.CookiesNamed(VersionCookie(st.v.cfg.CookieName)) {
+		if i == maxCookieLookups {
+			break
+		}
+		if v, err := strconv.ParseUint(c.Value, 10, 64); err == nil {
+			seen = max(seen, v)
+		}
+	}
+	return seen
+}
+
+func (st *state) setVersionCookie(v uint64, maxAge int) {
+	value := ""
+	if maxAge >= 0 {
+		value = strconv.FormatUint(v, 10)
+	}
+	cfg := st.v.cfg
+	c := &http.Cookie{
+		Name: VersionCookie(cfg.CookieName), Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
+		Secure: cfg.CookieSecure, HttpOnly: cfg.CookieHTTPOnly, SameSite: cfg.CookieSameSite, MaxAge: maxAge,
+	}
+	st.addCookie(c)
 }
 
 // use makes s the request's session, telling it a request uses it (and
@@ -338,9 +388,15 @@ func (st *state) setCookie(value string, maxAge int) {
 		Name: cfg.CookieName, Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
 		Secure: cfg.CookieSecure, HttpOnly: cfg.CookieHTTPOnly, SameSite: cfg.CookieSameSite, MaxAge: maxAge,
 	}
+	st.addCookie(c)
+}
+
+func (st *state) addCookie(c *http.Cookie) {
 	h := st.w.Header()
 	h.Add("Set-Cookie", c.String())
-	h.Add("Vary", "Cookie")
+	if !slices.Contains(h.Values("Vary"), "Cookie") {
+		h.Add("Vary", "Cookie")
+	}
 	// Shared caches may keep the page, never the cookie.
 	h.Set("Cache-Control", `no-cache="Set-Cookie"`)
 }

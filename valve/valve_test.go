@@ -469,7 +469,7 @@ type catchingUpStore struct {
 	created int
 }
 
-func (c *catchingUpStore) Load(ctx context.Context, id string) (*manager.Session, error) {
+func (c *catchingUpStore) LoadSeen(ctx context.Context, id string, _ uint64) (*manager.Session, error) {
 	return nil, fmt.Errorf("load: %w", manager.ErrCatchingUp)
 }
 
@@ -506,9 +506,9 @@ type countingStore struct {
 	loads int
 }
 
-func (c *countingStore) Load(ctx context.Context, id string) (*manager.Session, error) {
+func (c *countingStore) LoadSeen(ctx context.Context, id string, seen uint64) (*manager.Session, error) {
 	c.loads++
-	return c.Store.Load(ctx, id)
+	return c.Store.LoadSeen(ctx, id, seen)
 }
 
 // A request with thousands of session cookies costs a few lookups, not
