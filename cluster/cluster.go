@@ -226,13 +226,13 @@ func (c *Cluster) Start(ctx context.Context) error {
 	if c.started {
 		return errors.New("cluster: already started")
 	}
-	c.started = true
 	c.parts.Receiver.Start()
 	if err := c.parts.Members.Start(ctx); err != nil {
-		c.parts.Receiver.Stop(context.Background())
-		c.parts.Sender.Close(context.Background())
+		// Not started: Stop (the caller's, or this one's) releases the
+		// parts and waits for no event pump, which never ran.
 		return fmt.Errorf("cluster: %w", err)
 	}
+	c.started = true
 	c.pump = make(chan struct{})
 	go c.runPump(c.subscribers)
 	return nil

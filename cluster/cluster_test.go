@@ -292,3 +292,34 @@ func TestStaticClusterSendsRequestsAndLeaves(t *testing.T) {
 	}
 	t.Logf("request to a node that left failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }
+
+// failingMembership cannot start (a bind address no interface has).
+type failingMembership struct{ fakeMembership }
+
+func (f *failingMembership) Start(context.Context) error {
+	return errors.New("bind 10.9.9.9: no interface has this address")
+}
+
+// TestStartFailureStops: a membership that cannot start makes Start fail,
+// and Stop then returns at once, every part released.
+func TestStartFailureStops(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := cluster.DefaultConfig()
+	cfg.Membership = func(local membership.Member, _ cluster.Transport, _ cluster.Env) (membership.Service, error) {
+		return &failingMembership{fakeMembership{local: local, events: make(chan membership.Event)}}, nil
+	}
+	c, err := cluster.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "no interface has this address") {
+		t.Fatalf("Start = %v, want the membership's error", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := c.Stop(ctx); err != nil {
+		t.Fatalf("Stop after a failed Start: %v", err)
+	}
+	t.Logf("Stop after a failed Start took %v", time.Since(start).Round(time.Microsecond))
+}

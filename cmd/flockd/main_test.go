@@ -434,3 +434,27 @@ func TestDrainAware(t *testing.T) {
 		}
 	}
 }
+
+// TestStartFailureExits: a bind address no interface has ends flockd at
+// once with the cause, never a silent hang (no packet is sent: the join
+// fails first).
+func TestStartFailureExits(t *testing.T) {
+	leakcheck.Check(t)
+	file := writeFile(t, "[cluster.security]\ninsecure = true\n")
+	log := &syncBuffer{}
+	done := make(chan int, 1)
+	start := time.Now()
+	go func() {
+		done <- run(context.Background(), []string{"--config", file, "--bind", "10.9.9.9", "--receiver-port", fmt.Sprint(freePort(t, "tcp")),
+			"--http", fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp")), "--admin", fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))}, io.Discard, log)
+	}()
+	select {
+	case code := <-done:
+		if code == exitOK || !strings.Contains(log.String(), "no local interface has address 10.9.9.9") {
+			t.Errorf("exit %d, log:\n%s", code, log)
+		}
+		t.Logf("exited %d after %v", code, time.Since(start).Round(time.Millisecond))
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running after 30 s\n%s", log)
+	}
+}
