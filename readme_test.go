@@ -22,11 +22,14 @@ func TestReadmeConfigTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile("(?m)^\\| `([a-z_.]+)` \\| `([^`]*)` \\|")
+	row := regexp.MustCompile("(?m)^\\| `([a-z_.]+)` \\| `([^`]*)` \\| `([A-Z_]+)` \\|")
 	documented := map[string]string{}
 	for _, m := range row.FindAllStringSubmatch(string(readme), -1) {
 		// A | inside a table cell is written \| even in a code span.
 		documented[m[1]] = strings.ReplaceAll(m[2], `\|`, "|")
+		if want := conf.EnvName(m[1]); m[3] != want {
+			t.Errorf("README.md names %s's variable %s, conf reads %s", m[1], m[3], want)
+		}
 	}
 
 	var buf bytes.Buffer

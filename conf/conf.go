@@ -361,6 +361,22 @@ func Load(path string) (Config, error) {
 // alone, as the library cannot read past it. On error the Config is the zero
 // value, so that a half-read configuration cannot be used by mistake.
 func Parse(data []byte, file string) (Config, error) {
+	return ParseWith(data, file, nil)
+}
+
+// LoadWith is Load with overlay applied to the file's values before they
+// are validated: the environment and the command line, which may complete
+// what the file leaves out (a key in the environment of a container).
+func LoadWith(path string, overlay func(*Config) error) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("loading config: %w", err)
+	}
+	return ParseWith(data, path, overlay)
+}
+
+// ParseWith is Parse with overlay applied before validation (see LoadWith).
+func ParseWith(data []byte, file string, overlay func(*Config) error) (Config, error) {
 	var doc map[string]any
 	if _, err := toml.Decode(string(data), &doc); err != nil {
 		var pe toml.ParseError
@@ -372,6 +388,11 @@ func Parse(data []byte, file string) (Config, error) {
 
 	c := Default()
 	probs := decodeTable(reflect.ValueOf(&c).Elem(), doc, nil)
+	if overlay != nil {
+		if err := overlay(&c); err != nil {
+			return Config{}, err
+		}
+	}
 	mistyped := make(map[string]bool)
 	for _, p := range probs {
 		if p.mistyped {

@@ -19,7 +19,7 @@ func TestUsage(t *testing.T) {
 			"flockctl members  [--node URL] [--token T] [--json]",
 			"flockctl sessions [--node URL] [--token T] [--id ID] [--json]",
 			"flockctl listen   --bind ADDR [--address 228.0.0.4] [--port 45564] [--for DURATION]",
-			"--node URL", "(default http://127.0.0.1:9090)", "$FLOCK_ADMIN_TOKEN", "--bind ADDR", "--for DURATION", "Exit status",
+			"--node URL", "(default http://127.0.0.1:9090)", "$FLOCK_SERVER_ADMIN_TOKEN", "--bind ADDR", "--for DURATION", "Exit status",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%v: usage lacks %q:\n%s", args, want, out)

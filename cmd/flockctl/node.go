@@ -15,8 +15,8 @@ import (
 )
 
 const (
-	defaultNode  = "http://127.0.0.1:9090" // [server] admin's default
-	tokenEnv     = "FLOCK_ADMIN_TOKEN"
+	defaultNode  = "http://127.0.0.1:9090"    // [server] admin's default
+	tokenEnv     = "FLOCK_SERVER_ADMIN_TOKEN" // flockd reads it too (conf.EnvName)
 	statusPath   = "/cluster/status"
 	sessionsPath = "/cluster/sessions"
 )

@@ -53,7 +53,7 @@ func main() {
 
 // run is main without the process: ctx ends the node as a signal would.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, err := configure(args, stderr)
+	cfg, unknownEnv, err := configure(args, stderr)
 	if errors.Is(err, errVersion) {
 		fmt.Fprintln(stdout, "flockd", version())
 		return exitOK
@@ -79,13 +79,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log.SetLevel(level)
 	entry := log.WithField("node", cfg.Server.Name)
+	if len(unknownEnv) > 0 {
+		entry.WithField("variables", unknownEnv).Warn("environment variables that name no configuration key (a typo?) are ignored")
+	}
 
 	// SIGHUP rereads the configuration for what can change while the node
 	// runs: the cluster keys.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	reload := func() (conf.Config, error) { return configure(args, io.Discard) }
+	reload := func() (conf.Config, error) {
+		cfg, _, err := configure(args, io.Discard)
+		return cfg, err
+	}
 	if err := serve(ctx, cfg, entry, hup, reload); err != nil {
 		entry.WithError(err).Error("flockd failed")
 		return exitFail
@@ -93,13 +99,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// configure reads the config file and applies the flags on top. The default
-// file may be missing (built-in defaults then apply); a named one may not.
-func configure(args []string, stderr io.Writer) (conf.Config, error) {
+// configure reads the config file, applies the environment's FLOCK_*
+// variables on top and then the flags. The default file may be missing
+// (built-in defaults then apply); a named one may not. unknownEnv lists the
+// FLOCK_ variables that name no key.
+func configure(args []string, stderr io.Writer) (cfg conf.Config, unknownEnv []string, err error) {
 	fl := flag.NewFlagSet("flockd", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	path := fl.String("config", defaultConfig, "configuration file")
 	name := fl.String("name", "", "node name, overrides [server] name")
+	domain := fl.String("domain", "", "cluster domain, overrides [cluster] domain")
 	httpAddr := fl.String("http", "", "HTTP address, overrides [server] http")
 	adminAddr := fl.String("admin", "", `admin address or "off", overrides [server] admin`)
 	bind := fl.String("bind", "", "address of the heartbeat interface, overrides [cluster.membership] bind")
@@ -107,37 +116,47 @@ func configure(args []string, stderr io.Writer) (conf.Config, error) {
 	rport := fl.Int("receiver-port", 0, "receiver port, overrides [cluster.receiver] port")
 	showVersion := fl.Bool("version", false, "print the version and exit")
 	if err := fl.Parse(args); err != nil {
-		return conf.Config{}, err
+		return conf.Config{}, nil, err
 	}
 	if *showVersion {
-		return conf.Config{}, errVersion
+		return conf.Config{}, nil, errVersion
 	}
 	if fl.NArg() > 0 {
-		return conf.Config{}, fmt.Errorf("unexpected argument %q (flags start with --)", fl.Arg(0))
+		return conf.Config{}, nil, fmt.Errorf("unexpected argument %q (flags start with --)", fl.Arg(0))
 	}
 
-	cfg, err := conf.Load(*path)
+	// The environment over the file, the flags over both; then one
+	// validation of the whole.
+	overlay := func(c *conf.Config) error {
+		var err error
+		if unknownEnv, err = c.ApplyEnv(os.Environ()); err != nil {
+			return fmt.Errorf("environment: %w", err)
+		}
+		set := func(flagName string, apply func()) {
+			if flagSet(fl, flagName) {
+				apply()
+			}
+		}
+		set("name", func() { c.Server.Name = *name })
+		set("domain", func() { c.Cluster.Domain = *domain })
+		set("http", func() { c.Server.HTTP = *httpAddr })
+		set("admin", func() { c.Server.Admin = *adminAddr })
+		set("bind", func() { c.Cluster.Membership.Bind = *bind })
+		set("receiver-host", func() { c.Cluster.Receiver.Host = *rhost })
+		set("receiver-port", func() { c.Cluster.Receiver.Port = *rport })
+		return nil
+	}
+	cfg, err = conf.LoadWith(*path, overlay)
 	if errors.Is(err, fs.ErrNotExist) && !flagSet(fl, "config") {
-		cfg, err = conf.Default(), nil
-	}
-	if err != nil {
-		return conf.Config{}, err
-	}
-	set := func(flagName string, apply func()) {
-		if flagSet(fl, flagName) {
-			apply()
+		cfg = conf.Default()
+		if err = overlay(&cfg); err == nil {
+			err = cfg.Validate()
 		}
 	}
-	set("name", func() { cfg.Server.Name = *name })
-	set("http", func() { cfg.Server.HTTP = *httpAddr })
-	set("admin", func() { cfg.Server.Admin = *adminAddr })
-	set("bind", func() { cfg.Cluster.Membership.Bind = *bind })
-	set("receiver-host", func() { cfg.Cluster.Receiver.Host = *rhost })
-	set("receiver-port", func() { cfg.Cluster.Receiver.Port = *rport })
-	if err := cfg.Validate(); err != nil {
-		return conf.Config{}, fmt.Errorf("after flags: %w", err)
+	if err != nil {
+		return conf.Config{}, nil, err
 	}
-	return cfg, nil
+	return cfg, unknownEnv, nil
 }
 
 func flagSet(fl *flag.FlagSet, name string) bool {

@@ -38,29 +38,50 @@ func TestConfigure(t *testing.T) {
 		args    []string
 		check   func(t *testing.T, got string)
 		wantErr string
+		env     []string
 	}{
 		{"file values", []string{"--config", file}, func(t *testing.T, got string) {
-			if got != "fromfile 127.0.0.1:8080 127.0.0.1 127.0.0.1 5000" {
+			if got != "fromfile 127.0.0.1:8080 127.0.0.1 127.0.0.1 5000 default" {
 				t.Errorf("got %s", got)
 			}
-		}, ""},
+		}, "", nil},
 		{"flags override the file", []string{"--config", file, "--name", "n2", "--http", ":9090", "--bind", "127.0.0.2", "--receiver-host", "127.0.0.3", "--receiver-port", "4100"}, func(t *testing.T, got string) {
-			if got != "n2 :9090 127.0.0.2 127.0.0.3 4100" {
+			if got != "n2 :9090 127.0.0.2 127.0.0.3 4100 default" {
 				t.Errorf("got %s", got)
 			}
-		}, ""},
-		{"named file missing", []string{"--config", filepath.Join(t.TempDir(), "nope.toml")}, nil, "no such file"},
-		{"bad flag value is validated", []string{"--config", file, "--name", "a.b"}, nil, "server.name"},
-		{"bad receiver port", []string{"--config", file, "--receiver-port", "70000"}, nil, "cluster.receiver.port"},
-		{"bad file", []string{"--config", writeFile(t, "[cluster.membership]\nttl = \"one\"\n")}, nil, "cluster.membership.ttl"},
-		{"unknown key names the line", []string{"--config", writeFile(t, "[server]\nname = \"a\"\nnmae = \"b\"\n")}, nil, "server.toml:3"},
-		{"stray argument", []string{"--config", file, "extra"}, nil, "unexpected argument"},
-		{"unknown flag", []string{"--nope"}, nil, "flag provided but not defined"},
+		}, "", nil},
+		{"the environment over the file", []string{"--config", file}, func(t *testing.T, got string) {
+			if got != "fromenv 127.0.0.1:8080 127.0.0.1 127.0.0.1 5100 shop" {
+				t.Errorf("got %s", got)
+			}
+		}, "", []string{"FLOCK_SERVER_NAME=fromenv", "FLOCK_CLUSTER_RECEIVER_PORT=5100", "FLOCK_CLUSTER_DOMAIN=shop"}},
+		{"flags over the environment", []string{"--config", file, "--name", "n3", "--domain", "books"}, func(t *testing.T, got string) {
+			if got != "n3 127.0.0.1:8080 127.0.0.1 127.0.0.1 5000 books" {
+				t.Errorf("got %s", got)
+			}
+		}, "", []string{"FLOCK_SERVER_NAME=fromenv", "FLOCK_CLUSTER_DOMAIN=shop"}},
+		{"the environment completes the file", []string{"--config", writeFile(t, "[cluster.membership]\nbind = \"198.51.100.1\"\n")}, func(t *testing.T, got string) {
+			if got != "node1 127.0.0.1:8080 198.51.100.1 127.0.0.1 4000 default" {
+				t.Errorf("got %s", got)
+			}
+		}, "", []string{"FLOCK_CLUSTER_SECURITY_INSECURE=true"}},
+		{"bad environment value", []string{"--config", file}, nil, "FLOCK_CLUSTER_RECEIVER_PORT", []string{"FLOCK_CLUSTER_RECEIVER_PORT=many"}},
+		{"named file missing", []string{"--config", filepath.Join(t.TempDir(), "nope.toml")}, nil, "no such file", nil},
+		{"bad flag value is validated", []string{"--config", file, "--name", "a.b"}, nil, "server.name", nil},
+		{"bad receiver port", []string{"--config", file, "--receiver-port", "70000"}, nil, "cluster.receiver.port", nil},
+		{"bad file", []string{"--config", writeFile(t, "[cluster.membership]\nttl = \"one\"\n")}, nil, "cluster.membership.ttl", nil},
+		{"unknown key names the line", []string{"--config", writeFile(t, "[server]\nname = \"a\"\nnmae = \"b\"\n")}, nil, "server.toml:3", nil},
+		{"stray argument", []string{"--config", file, "extra"}, nil, "unexpected argument", nil},
+		{"unknown flag", []string{"--nope"}, nil, "flag provided but not defined", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			for _, kv := range tc.env {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
 			var stderr bytes.Buffer
-			cfg, err := configure(tc.args, &stderr)
+			cfg, _, err := configure(tc.args, &stderr)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
@@ -70,15 +91,15 @@ func TestConfigure(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc.check(t, fmt.Sprintf("%s %s %s %s %d", cfg.Server.Name, cfg.Server.HTTP,
-				cfg.Cluster.Membership.Bind, cfg.Cluster.Receiver.Host, cfg.Cluster.Receiver.Port))
+			tc.check(t, fmt.Sprintf("%s %s %s %s %d %s", cfg.Server.Name, cfg.Server.HTTP,
+				cfg.Cluster.Membership.Bind, cfg.Cluster.Receiver.Host, cfg.Cluster.Receiver.Port, cfg.Cluster.Domain))
 		})
 	}
 }
 
 func TestConfigureWithoutDefaultFile(t *testing.T) {
 	t.Chdir(t.TempDir()) // no conf/server.toml here
-	cfg, err := configure(nil, &bytes.Buffer{})
+	cfg, _, err := configure(nil, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +385,9 @@ state_transfer_timeout = "1s"
 	resp.Body.Close()
 	cookie := ""
 	for _, c := range resp.Cookies() {
-		cookie = c.Value
+		if c.Name == "FLOCKSESSIONID" {
+			cookie = c.Value
+		}
 	}
 	if cookie == "" {
 		t.Fatal("the demo set no cookie")
