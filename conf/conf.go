@@ -61,6 +61,11 @@ type Server struct {
 	// DrainTimeout bounds a graceful shutdown: requests in flight and
 	// unacknowledged replication get this long before the node leaves.
 	DrainTimeout Duration `toml:"drain_timeout"`
+	// DrainGrace comes first on SIGTERM: the node answers /healthz and
+	// /readyz 503 and keeps serving everything else, so that load
+	// balancers move its users away before its listener closes. At least
+	// the balancer's check interval times its fall count.
+	DrainGrace Duration `toml:"drain_grace"`
 }
 
 // Cluster configures how the node finds and talks to its peers.
@@ -281,6 +286,7 @@ func Default() Config {
 			LogLevel:     "info",
 			LogFormat:    "text",
 			DrainTimeout: Duration{10 * time.Second},
+			DrainGrace:   Duration{3 * time.Second},
 			Admin:        "127.0.0.1:9090",
 			AdminToken:   "",
 		},

@@ -108,6 +108,9 @@ func (c Config) problems() []problem {
 	check("server.log_level", checkOneOf(c.Server.LogLevel, []string{"debug", "info", "warn", "error"}))
 	check("server.log_format", checkOneOf(c.Server.LogFormat, []string{"text", "json"}))
 	check("server.drain_timeout", checkTimeout(c.Server.DrainTimeout.Duration, 10*time.Minute))
+	if g := c.Server.DrainGrace.Duration; g < 0 || g > 10*time.Minute {
+		check("server.drain_grace", fmt.Errorf("%v is out of range; allowed 0s..10m", g))
+	}
 	check("cluster.domain", checkDomain(c.Cluster.Domain))
 
 	m := c.Cluster.Membership

@@ -195,9 +195,15 @@ func (c *cluster) add(name, domain string) *node {
 func (c *cluster) start(n *node) {
 	c.t.Helper()
 	cfg := filepath.Join(c.dir, n.name+".toml")
-	server := ""
+	// No drain grace unless the scenario's own [server] asks for one: a
+	// stop is then as quick as before it existed, and the scenarios that
+	// measure draining set it.
+	server := "[server]\ndrain_grace = \"0s\"\n"
+	if strings.Contains(n.conf, "[server]") {
+		server = ""
+	}
 	if l := os.Getenv("FLOCK_LAB_LOG_LEVEL"); l != "" { // "debug" to trace a failing scenario
-		server = fmt.Sprintf("[server]\nlog_level = %q\n", l)
+		server = fmt.Sprintf("[server]\nlog_level = %q\ndrain_grace = \"0s\"\n", l)
 	}
 	security := ""
 	if !strings.Contains(n.conf, "[cluster.security]") {

@@ -258,9 +258,19 @@ wait:
 			reloadKeys(node, reload, log)
 		}
 	}
-	// Graceful: the load balancer sees 503 on /healthz, requests in flight
-	// finish, what they changed is replicated, then the node leaves.
+	// Graceful: the load balancer sees 503 on /healthz while the node
+	// still serves (the grace), then requests in flight finish, what they
+	// changed is replicated, and the node leaves.
 	draining.Store(true)
+	if g := cfg.Server.DrainGrace.Duration; g > 0 && serveErr == nil {
+		log.WithField("grace", g).Info("draining: not ready, still serving")
+		t := time.NewTimer(g)
+		select {
+		case <-t.C:
+		case serveErr = <-httpDone:
+		}
+		t.Stop()
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.Server.DrainTimeout.Duration)
 	defer cancel()
 	for _, srv := range servers {

@@ -481,3 +481,73 @@ func TestStartFailureExits(t *testing.T) {
 		t.Fatalf("still running after 30 s\n%s", log)
 	}
 }
+
+// TestDrainGrace: on SIGTERM (the context ending) the node answers
+// /healthz and /readyz 503 while it still serves users, for the grace,
+// then exits 0.
+func TestDrainGrace(t *testing.T) {
+	leakcheck.Check(t)
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t, "tcp"))
+	file := writeFile(t, fmt.Sprintf(`
+[server]
+name = "solo"
+http = %q
+admin = "off"
+drain_grace = "1500ms"
+[cluster.membership]
+address = "239.255.%d.%d"
+port = %d
+[cluster.manager]
+state_transfer_timeout = "0s"
+`, httpAddr, rand.IntN(256), 1+rand.IntN(254), freePort(t, "udp")))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, io.Discard, log) }()
+	code := func(path string) int {
+		resp, err := http.Get("http://" + httpAddr + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for code("/healthz") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready\n%s", log)
+		}
+		time.Sleep(20 * time.Millisecond) // readiness shows only over HTTP
+	}
+	cancel()
+	stopped := time.Now()
+	for !strings.Contains(log.String(), "draining: not ready") {
+		if time.Since(stopped) > 5*time.Second {
+			t.Fatalf("no drain\n%s", log)
+		}
+		time.Sleep(5 * time.Millisecond) // the log is the event
+	}
+	tests := []struct {
+		path string
+		want int
+	}{
+		{"/healthz", http.StatusServiceUnavailable},
+		{"/readyz", http.StatusServiceUnavailable},
+		{"/livez", http.StatusOK},
+		{"/counter", http.StatusOK},
+	}
+	for _, tc := range tests {
+		if got := code(tc.path); got != tc.want {
+			t.Errorf("during the grace, GET %s: %d, want %d", tc.path, got, tc.want)
+		}
+	}
+	if c := <-done; c != exitOK {
+		t.Errorf("exit %d", c)
+	}
+	took := time.Since(stopped)
+	t.Logf("served through the grace, exited after %v", took.Round(time.Millisecond))
+	if took < 1500*time.Millisecond {
+		t.Errorf("exited after %v, within the 1.5 s grace", took)
+	}
+}
