@@ -504,7 +504,9 @@ state_transfer_timeout = "0s"
 	defer cancel()
 	log := &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, io.Discard, log) }()
+	go func() {
+		done <- run(ctx, []string{"--config", file, "--receiver-port", fmt.Sprint(freePort(t, "tcp"))}, io.Discard, log)
+	}()
 	code := func(path string) int {
 		resp, err := http.Get("http://" + httpAddr + path)
 		if err != nil {
