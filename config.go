@@ -20,6 +20,7 @@ type partConfigs struct {
 	// compare them (cluster.Config holds it as a function).
 	multicast *membership.MulticastConfig
 	static    *membership.StaticConfig
+	dns       *membership.DNSConfig // the static peers' resolver's, if any
 	manager   manager.Config
 	valve     valve.Config
 }
@@ -83,13 +84,28 @@ func parts(c conf.Config) (partConfigs, error) {
 		m.MaxClockSkew = sec.MaxClockSkew.Duration // the keyring comes from the cluster
 		p.multicast = &m
 		cc.Membership = cluster.Multicast(m)
-	case "static":
+	case "static", "dns":
 		peers, err := mc.Static.Addrs()
 		if err != nil {
 			return partConfigs{}, err
 		}
 		s := membership.DefaultStaticConfig()
 		s.Peers = peers
+		// Names, of static members or of the DNS type, are looked up at
+		// start and every interval, so the records may change.
+		d := mc.DNS
+		names := mc.Static.Names()
+		if mc.Type == "dns" || len(names) > 0 {
+			dc := membership.DNSConfig{HostPorts: names, Server: d.Server}
+			if mc.Type == "dns" {
+				dc.Name, dc.SRV, dc.Port = d.Name, d.SRV, uint16(d.Port)
+				if dc.Port == 0 {
+					dc.Port = uint16(c.Cluster.Receiver.Port)
+				}
+			}
+			p.dns = &dc
+			s.Resolve, s.ResolveEvery = membership.NewDNSResolver(dc), d.Interval.Duration
+		}
 		s.Frequency, s.DropTime = mc.Frequency.Duration, mc.DropTime.Duration
 		if mc.ProbeTimeout.Duration > 0 { // static membership always pings
 			s.ProbeTimeout = mc.ProbeTimeout.Duration

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -322,4 +323,62 @@ func TestStartFailureStops(t *testing.T) {
 		t.Fatalf("Stop after a failed Start: %v", err)
 	}
 	t.Logf("Stop after a failed Start took %v", time.Since(start).Round(time.Microsecond))
+}
+
+// TestResolvedPeersJoin: nodes whose peers come from a resolver (as DNS
+// membership's) start alone while it finds nobody, and join as soon as
+// the records list the others.
+func TestResolvedPeersJoin(t *testing.T) {
+	leakcheck.Check(t)
+	ports := freePorts(t, 3)
+	var mu sync.Mutex
+	var records []netip.AddrPort // what the "DNS" answers
+	resolve := func(context.Context) ([]netip.AddrPort, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(records), nil
+	}
+	var cs []*cluster.Cluster
+	var ws []*watcher
+	for i, p := range ports {
+		cfg := cluster.DefaultConfig()
+		cfg.Name = fmt.Sprintf("n%d", i+1)
+		s := membership.DefaultStaticConfig()
+		s.Resolve, s.ResolveEvery = resolve, 50*time.Millisecond
+		s.Frequency, s.DropTime = 100*time.Millisecond, time.Second
+		cfg.Membership = cluster.Static(s)
+		cfg.Port, cfg.AutoBind = p, 1
+		c, err := cluster.New(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Stop(context.Background()) })
+		ws = append(ws, watch(c))
+		if err := c.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	// Alone while the records are empty: several resolutions and ping
+	// rounds pass (what is awaited is that nothing happens).
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range cs {
+		if ms := c.Members(); len(ms) != 0 {
+			t.Fatalf("%s lists %v while the records are empty", c.Local().Name, ms)
+		}
+	}
+	start := time.Now()
+	mu.Lock()
+	for _, c := range cs {
+		records = append(records, c.Local().Addr)
+	}
+	mu.Unlock()
+	for i, w := range ws {
+		for j, o := range cs {
+			if i != j {
+				w.await(t, membership.Joined, o.Local().Name)
+			}
+		}
+	}
+	t.Logf("all joined %v after the records listed them", time.Since(start).Round(time.Millisecond))
 }

@@ -125,7 +125,7 @@ type Security struct {
 // Address, Port, Bind and TTL configure the multicast heartbeats; they are
 // validated whatever the type, as they have working defaults.
 type Membership struct {
-	Type      string   `toml:"type"`      // "multicast" or "static"
+	Type      string   `toml:"type"`      // "multicast", "static" or "dns"
 	Address   string   `toml:"address"`   // multicast group of the heartbeats
 	Port      int      `toml:"port"`      // UDP port of the group
 	Bind      string   `toml:"bind"`      // IP of the interface that carries heartbeats
@@ -137,14 +137,37 @@ type Membership struct {
 	ProbeTimeout Duration `toml:"probe_timeout"`
 	TTL          int      `toml:"ttl"` // multicast time-to-live
 	Static       Static   `toml:"static"`
+	DNS          DNS      `toml:"dns"`
+}
+
+// DNS configures membership type "dns": the peers are what a DNS name
+// resolves to, asked again every Interval, and pinged over TCP as static
+// members are. A name with no records is a cluster of one for now (the
+// first node of a cluster finds nobody). Static members, if any, are
+// peers too.
+type DNS struct {
+	// Name is looked up for addresses, each a peer at Port; in
+	// Kubernetes, a headless Service with publishNotReadyAddresses.
+	Name string `toml:"name" example:"flock.default.svc.cluster.local"`
+	// Port of the peers' receivers; 0 is this node's receiver port.
+	Port int `toml:"port"`
+	// SRV looks Name up as a SRV name: the peers are its targets at their
+	// ports (Port is not used).
+	SRV bool `toml:"srv"`
+	// Interval is how often the name is looked up again.
+	Interval Duration `toml:"interval"`
+	// Server is the DNS server to ask, "IP:port"; "" asks the system's.
+	Server string `toml:"server"`
 }
 
 // Static lists the members of a cluster whose membership type is "static".
 type Static struct {
-	// Members are the receivers of all nodes, "IP:port" each, such as
-	// "198.51.100.10:4000". The node's own receiver may be listed; it is
-	// skipped. Required with type "static", ignored (but still checked)
-	// with "multicast". Use [Static.Addrs] to read them.
+	// Members are the receivers of all nodes, "IP:port" or "host:port"
+	// each, such as "198.51.100.10:4000" or "flock-0.flock:4000" (a host
+	// name is looked up at start and every cluster.membership.dns.interval).
+	// The node's own receiver may be listed; it is skipped. Required with
+	// type "static", ignored (but still checked) with "multicast". Use
+	// [Static.Addrs] to read them.
 	Members []string `toml:"members" example:"198.51.100.10:4000"`
 }
 
@@ -304,6 +327,7 @@ func Default() Config {
 				// Empty rather than nil, so that the encoder writes
 				// members = [] and Default() equals the shipped file.
 				Static: Static{Members: []string{}},
+				DNS:    DNS{Interval: Duration{5 * time.Second}},
 			},
 			Receiver: Receiver{
 				Host:        "127.0.0.1",

@@ -44,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 53 {
-		t.Errorf("Default() encodes %d keys, want 53: %v", len(keys), keys)
+	if len(keys) != 58 {
+		t.Errorf("Default() encodes %d keys, want 58: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -482,9 +482,24 @@ members = [
 			want: []string{`server.toml:2: cluster.membership.static: found array; want a table`},
 		},
 		{
-			name: "member with hostname",
-			in:   "[cluster.membership]\ntype = \"static\"\nstatic.members = [\"198.51.100.10:4000\", \"db1.example.com:4000\"]\n",
-			want: []string{`server.toml:3: cluster.membership.static.members[1]: host "db1.example.com" in "db1.example.com:4000" is not an IP address; static members are not looked up in DNS, so want IP:port`},
+			name: "member with hostname and a bad port",
+			in:   "[cluster.membership]\ntype = \"static\"\nstatic.members = [\"198.51.100.10:4000\", \"db1.example.com:http\"]\n",
+			want: []string{`server.toml:3: cluster.membership.static.members[1]: port "http" in "db1.example.com:http" is not a port number 1..65535`},
+		},
+		{
+			name: "dns without a name",
+			in:   "[cluster.membership]\ntype = \"dns\"\n",
+			want: []string{`server.toml:2: cluster.membership.dns.name: type "dns" needs a name to look up`},
+		},
+		{
+			name: "dns with bad values",
+			in:   "[cluster.membership.dns]\nname = \"bad name!\"\nport = 70000\ninterval = \"10ms\"\nserver = \"dns.example:53\"\n",
+			want: []string{
+				`server.toml:2: cluster.membership.dns.name: "bad name!" is not a host name`,
+				`server.toml:3: cluster.membership.dns.port: 70000 is out of range`,
+				`server.toml:4: cluster.membership.dns.interval: 10ms is out of range`,
+				`server.toml:5: cluster.membership.dns.server: "dns.example:53" is not IP:port`,
+			},
 		},
 		{
 			name: "member without port",
@@ -552,8 +567,8 @@ static.members = [
 		},
 		{
 			name: "bad member reported with multicast too",
-			in:   "[cluster.membership.static]\nmembers = [\"db1:4000\"]\n",
-			want: []string{`server.toml:2: cluster.membership.static.members[0]: host "db1" in "db1:4000" is not an IP address`},
+			in:   "[cluster.membership.static]\nmembers = [\"db1:0\"]\n",
+			want: []string{`server.toml:2: cluster.membership.static.members[0]: port "0" in "db1:0" is not a port number`},
 		},
 		{
 			name: "unknown key in static",
@@ -1421,6 +1436,7 @@ func TestMembershipTypes(t *testing.T) {
 		c := Default()
 		c.Cluster.Membership.Type = typ
 		c.Cluster.Membership.Static.Members = []string{"198.51.100.10:4000"}
+		c.Cluster.Membership.DNS.Name = "flock.default.svc.cluster.local"
 		if err := c.Validate(); err != nil {
 			t.Errorf("type %q: %v", typ, err)
 		}
@@ -1559,9 +1575,9 @@ func TestStaticAddrs(t *testing.T) {
 			},
 		},
 		{
-			members: []string{"198.51.100.10:4000", "host:4000", "198.51.100.10:4000", "198.51.100.12"},
+			members: []string{"198.51.100.10:4000", "host:0", "198.51.100.10:4000", "198.51.100.12"},
 			errs: []string{
-				`cluster.membership.static.members[1]: host "host" in "host:4000" is not an IP address`,
+				`cluster.membership.static.members[1]: port "0" in "host:0" is not a port number`,
 				`cluster.membership.static.members[2]: "198.51.100.10:4000" is already listed as members[0]`,
 				`cluster.membership.static.members[3]: "198.51.100.12" is not IP:port`,
 			},

@@ -23,7 +23,7 @@ import (
 // membershipTypes are the values cluster.membership.type accepts. Appending
 // one here (once the membership package can build it) is all it takes to
 // allow it.
-var membershipTypes = []string{"multicast", "static"}
+var membershipTypes = []string{"multicast", "static", "dns"}
 
 // managerModes are the values cluster.manager.mode accepts.
 var managerModes = []string{"delta", "backup"}
@@ -142,13 +142,30 @@ func (c Config) problems() []problem {
 
 	// Members are checked whatever the type, so that a list prepared
 	// before switching to "static" is known to be good.
-	_, memberErrs := m.Static.addrs()
+	_, _, memberErrs := m.Static.addrs()
 	for _, err := range memberErrs {
 		probs = append(probs, problem{key: staticKey, err: err})
 	}
 	if m.Type == "static" && len(m.Static.Members) == 0 {
 		checkPair(staticKey, "cluster.membership.type",
 			fmt.Errorf(`type "static" needs at least one member, such as %s`, staticExample))
+	}
+	d := m.DNS
+	switch {
+	case m.Type == "dns" && d.Name == "":
+		checkPair("cluster.membership.dns.name", "cluster.membership.type",
+			errors.New(`type "dns" needs a name to look up, such as "flock.default.svc.cluster.local"`))
+	case d.Name != "" && !isHostname(d.Name):
+		check("cluster.membership.dns.name", fmt.Errorf("%q is not a host name", d.Name))
+	}
+	check("cluster.membership.dns.port", checkRange(d.Port, 0, 65535))
+	if d.Interval.Duration < 100*time.Millisecond || d.Interval.Duration > time.Hour {
+		check("cluster.membership.dns.interval", fmt.Errorf("%v is out of range; allowed 100ms..1h", d.Interval))
+	}
+	if d.Server != "" {
+		if ap, err := netip.ParseAddrPort(d.Server); err != nil || ap.Port() == 0 {
+			check("cluster.membership.dns.server", fmt.Errorf("%q is not IP:port, such as \"10.96.0.10:53\"", d.Server))
+		}
 	}
 
 	r := c.Cluster.Receiver
@@ -334,20 +351,31 @@ func (r Receiver) HostAddr() (netip.Addr, error) {
 // IPv6 addresses unmapped. It fails only on a Config that has not passed
 // [Config.Validate]; the error names each bad member by its index.
 func (s Static) Addrs() ([]netip.AddrPort, error) {
-	addrs, errs := s.addrs()
+	addrs, _, errs := s.addrs()
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return addrs, nil
 }
 
-// addrs parses the members, returning one error per bad or repeated member.
-func (s Static) addrs() ([]netip.AddrPort, []error) {
-	addrs := make([]netip.AddrPort, 0, len(s.Members))
-	var errs []error
+// Names are the members given by host name, "host:port" each, to be
+// looked up in DNS (see [DNS]).
+func (s Static) Names() []string {
+	_, names, _ := s.addrs()
+	return names
+}
+
+// addrs parses the members, returning one error per bad or repeated
+// member; those given by host name are returned in names.
+func (s Static) addrs() (addrs []netip.AddrPort, names []string, errs []error) {
+	addrs = make([]netip.AddrPort, 0, len(s.Members))
 	seen := make(map[netip.AddrPort]int, len(s.Members))
 	for i, m := range s.Members {
 		ap, err := parseMember(m)
+		if errors.Is(err, errHostname) {
+			names = append(names, m)
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s[%d]: %w", staticKey, i, err))
 			continue
@@ -359,12 +387,14 @@ func (s Static) addrs() ([]netip.AddrPort, []error) {
 		seen[ap] = i
 		addrs = append(addrs, ap)
 	}
-	return addrs, errs
+	return addrs, names, errs
 }
 
-// parseMember parses the address of a peer's receiver. It must be a literal
-// IP: resolving names would make membership depend on DNS at start-up, and
-// the address is compared with the addresses members advertise.
+// errHostname: a member is given by a host name (and a valid port).
+var errHostname = errors.New("a host name")
+
+// parseMember parses the address of a peer's receiver: a literal IP, or a
+// host name with a valid port (errHostname), looked up later.
 func parseMember(s string) (netip.AddrPort, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -373,7 +403,10 @@ func parseMember(s string) (netip.AddrPort, error) {
 	addr, err := netip.ParseAddr(host)
 	switch {
 	case err != nil && isHostname(host):
-		return netip.AddrPort{}, fmt.Errorf("host %q in %q is not an IP address; static members are not looked up in DNS, so %s", host, s, memberAddrSyntax)
+		if n, perr := strconv.ParseUint(port, 10, 16); perr != nil || n == 0 {
+			return netip.AddrPort{}, fmt.Errorf("port %q in %q is not a port number 1..65535", port, s)
+		}
+		return netip.AddrPort{}, errHostname
 	case err != nil:
 		return netip.AddrPort{}, fmt.Errorf("host %q in %q is not an IP address; %s", host, s, memberAddrSyntax)
 	case addr.Is4() && strings.HasPrefix(s, "["):

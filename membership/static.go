@@ -29,9 +29,17 @@ type StaticConfig struct {
 	// Prober pings a peer over the transport; it is required.
 	Prober Prober
 	// Leaver, if set, tells the members when this node stops.
-	Leaver      Leaver
-	EventBuffer int
-	Logger      logrus.FieldLogger
+	Leaver Leaver
+	// Resolve, if set, finds more peers (DNS: see NewDNSResolver): it is
+	// called at Start and every ResolveEvery, and the peers are Peers and
+	// what it last found. An empty answer is a cluster of one for now (at
+	// boot, the first node finds nobody); a failed one keeps what it found
+	// before. A peer no longer found is not pinged any more: it fails
+	// after DropTime unless it pings this node.
+	Resolve      func(ctx context.Context) ([]netip.AddrPort, error)
+	ResolveEvery time.Duration
+	EventBuffer  int
+	Logger       logrus.FieldLogger
 }
 
 // DefaultStaticConfig returns the defaults of conf/server.toml, without
@@ -41,6 +49,7 @@ func DefaultStaticConfig() StaticConfig {
 		Frequency:    500 * time.Millisecond,
 		DropTime:     3 * time.Second,
 		ProbeTimeout: time.Second,
+		ResolveEvery: 5 * time.Second,
 		EventBuffer:  1024,
 	}
 }
@@ -53,11 +62,68 @@ type Static struct {
 	*core
 	cfg StaticConfig
 
+	peersMu  sync.Mutex
+	resolved []netip.AddrPort // Resolve's last answer, without this node
+	// resolveFailing: the last resolution failed (the loop's only).
+	resolveFailing bool
+
 	runMu   sync.Mutex
 	started bool
 	stopped bool
 	stop    chan struct{}
 	done    chan struct{}
+}
+
+// maxResolved bounds the peers a resolution may add: the member table
+// holds no more.
+const maxResolved = maxMembers
+
+// peers is Peers and the last resolution.
+func (s *Static) peers() []netip.AddrPort {
+	s.peersMu.Lock()
+	defer s.peersMu.Unlock()
+	out := slices.Clone(s.cfg.Peers)
+	for _, a := range s.resolved {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// resolve asks Resolve for the peers, bounded by ProbeTimeout.
+func (s *Static) resolve() {
+	if s.cfg.Resolve == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, max(s.cfg.ProbeTimeout, time.Second))
+	defer cancel()
+	found, err := s.cfg.Resolve(ctx)
+	// Logged when it starts and stops failing, not every interval.
+	if failing := err != nil; failing != s.resolveFailing {
+		s.resolveFailing = failing
+		if failing {
+			s.log.WithError(err).Warn("peers not resolved; keeping the last ones until they are")
+		} else {
+			s.log.Info("peers resolved again")
+		}
+	}
+	if err != nil {
+		return
+	}
+	found = slices.DeleteFunc(slices.Clone(found), func(a netip.AddrPort) bool { return a == s.local.Addr })
+	slices.SortFunc(found, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	found = slices.Compact(found)
+	if len(found) > maxResolved {
+		found = found[:maxResolved]
+	}
+	s.peersMu.Lock()
+	changed := !slices.Equal(found, s.resolved)
+	s.resolved = found
+	s.peersMu.Unlock()
+	if changed {
+		s.log.WithField("peers", found).Info("peers resolved")
+	}
 }
 
 var _ Service = (*Static)(nil)
@@ -71,6 +137,9 @@ func NewStatic(local Member, cfg StaticConfig) (*Static, error) {
 	errs = append(errs, CheckTiming(cfg.Frequency, cfg.DropTime), CheckProbe(cfg.ProbeTimeout, cfg.DropTime))
 	if cfg.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("event buffer %d: need at least 1", cfg.EventBuffer))
+	}
+	if cfg.Resolve != nil && cfg.ResolveEvery <= 0 {
+		errs = append(errs, fmt.Errorf("resolve interval %v: must be positive", cfg.ResolveEvery))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("membership: static: %w", err)
@@ -113,7 +182,7 @@ func (s *Static) loop() {
 	inflight := make(map[netip.AddrPort]bool)
 	var mu sync.Mutex // guards inflight
 	round := func() {
-		for _, addr := range s.cfg.Peers {
+		for _, addr := range s.peers() {
 			mu.Lock()
 			busy := inflight[addr]
 			inflight[addr] = true
@@ -131,9 +200,16 @@ func (s *Static) loop() {
 			}()
 		}
 	}
+	s.resolve()
 	round()
 	tick := time.NewTicker(s.cfg.Frequency)
 	defer tick.Stop()
+	var resolveTick <-chan time.Time
+	if s.cfg.Resolve != nil {
+		t := time.NewTicker(s.cfg.ResolveEvery)
+		defer t.Stop()
+		resolveTick = t.C
+	}
 	sweep := time.NewTicker(max(s.cfg.Frequency/5, 10*time.Millisecond))
 	defer sweep.Stop()
 	for {
@@ -142,6 +218,10 @@ func (s *Static) loop() {
 			return
 		case <-tick.C:
 			round()
+		case <-resolveTick:
+			// Pings wait for the answer: a resolver that hangs up to its
+			// timeout delays one round, never the sweep's failures.
+			s.resolve()
 		case now := <-sweep.C:
 			s.sweep(now)
 		}
