@@ -98,6 +98,10 @@ type cluster struct {
 type node struct {
 	name   string
 	domain string
+	binary string // the flockd to run; "" is flockdPath, this tree's
+	// adminAddr is where its admin endpoints are, if not [server]
+	// admin's default (an earlier flockd served them on its HTTP port).
+	adminAddr string
 	conf   string // more of server.toml, after the [cluster] table
 	host   *lab.Host
 	proc   *lab.Proc
@@ -213,8 +217,12 @@ func (c *cluster) start(n *node) {
 		c.t.Fatal(err)
 	}
 	ip := n.host.IP.String()
+	path := flockdPath
+	if n.binary != "" {
+		path = n.binary
+	}
 	p, err := n.host.Start(context.Background(), lab.ProcConfig{
-		Path: flockdPath,
+		Path: path,
 		Name: "flockd",
 		Args: []string{
 			"--config", cfg, "--name", n.name, "--http", ip + ":8080",

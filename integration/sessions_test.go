@@ -57,6 +57,9 @@ func refOf(id string) string { return manager.Ref("default", id) }
 // reaches from inside its namespace; the rest is on the lab address.
 func (n *node) url(path string) string {
 	if strings.HasPrefix(path, "/cluster/") || path == "/metrics" {
+		if n.adminAddr != "" {
+			return "http://" + n.adminAddr + path
+		}
 		return "http://127.0.0.1:9090" + path
 	}
 	return "http://" + n.host.IP.String() + ":8080" + path
