@@ -382,7 +382,7 @@ func (r *TCP) serve(c net.Conn) {
 	}
 	// Small buffers and frames until the caller has said who it is (and,
 	// keyed, proved it holds the key): the hello swaps them for full ones.
-	cs := &connServer{r: r, c: conn, rd: wire.NewReader(conn, r.cfg.MaxFrame), w: bufio.NewWriterSize(conn, 512), helloBy: helloBy}
+	cs := &connServer{r: r, c: conn, rd: wire.NewReaderSize(conn, r.cfg.MaxFrame, preHelloBuffer), w: bufio.NewWriterSize(conn, 512), helloBy: helloBy}
 	cs.rd.SetMax(wire.MaxAuthFrame)
 	cs.rd.SetBudget(r.budget, r.cfg.FrameTimeout)
 	err := cs.run()
@@ -419,6 +419,11 @@ var (
 	errNoKey    = errors.New("the caller offers a key, and this node holds no keyring")
 	errNoHello  = errors.New("no hello in time")
 )
+
+// preHelloBuffer is a connection's read buffer until its hello: room for
+// the largest frame read before it (wire.MaxAuthFrame and a header), no
+// more, so that connections that never say hello hold little memory.
+const preHelloBuffer = 4 << 10
 
 // connServer is the state of one connection's reader.
 type connServer struct {
@@ -544,6 +549,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 		cs.from = toMember(p)
 		cs.sender = r.acquire(p.ID)
 		cs.rd.SetMax(r.cfg.MaxFrame) // the hello opened: the caller holds the key
+		cs.rd.Grow(wire.ReadBuffer)
 		if err := cs.w.Flush(); err != nil {
 			return err
 		}

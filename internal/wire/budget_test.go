@@ -65,3 +65,29 @@ func TestBudgetHoldsLargeFrames(t *testing.T) {
 		t.Fatalf("a frame past the budget: %v, want ErrBudget", err)
 	}
 }
+
+// TestGrowKeepsReadAhead: a reader given a larger buffer after some frames
+// loses none of the bytes it had read ahead.
+func TestGrowKeepsReadAhead(t *testing.T) {
+	var stream []byte
+	for i := range 5 {
+		stream = append(stream, AppendMessage(nil, Type(16), Envelope{Seq: uint64(i + 1), Payload: bytes.Repeat([]byte{byte(i)}, 300)})...)
+	}
+	r := NewReaderSize(bytes.NewReader(stream), 1<<20, 1024)
+	for i := range 5 {
+		if i == 2 {
+			r.Grow(ReadBuffer)
+		}
+		f, err := r.Next(nil)
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		e, err := ParseEnvelope(f.Body)
+		if err != nil || e.Seq != uint64(i+1) || len(e.Payload) != 300 || e.Payload[0] != byte(i) {
+			t.Fatalf("frame %d: %+v, %v", i, e, err)
+		}
+	}
+	if _, err := r.Next(nil); !errors.Is(err, io.EOF) {
+		t.Fatalf("end: %v", err)
+	}
+}

@@ -20,6 +20,7 @@ package wire
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -166,6 +167,7 @@ func ParseHeader(h []byte, max int) (Type, uint8, int, error) {
 
 // Reader reads frames from a stream.
 type Reader struct {
+	src io.Reader // what r buffers
 	r   *bufio.Reader
 	max int
 	hdr [HeaderLen]byte
@@ -195,7 +197,31 @@ func (r *Reader) Sealed() bool { return r.open != nil }
 
 // NewReader reads frames of at most max body bytes from r.
 func NewReader(r io.Reader, max int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, 64<<10), max: max, refused: -1}
+	return NewReaderSize(r, max, ReadBuffer)
+}
+
+// ReadBuffer is a Reader's buffer once the caller is known (see Grow).
+const ReadBuffer = 64 << 10
+
+// NewReaderSize is NewReader with a read buffer of size bytes: a small one
+// for a caller not yet known, so that a thousand connections that never
+// say hello hold little memory.
+func NewReaderSize(r io.Reader, max, size int) *Reader {
+	return &Reader{src: r, r: bufio.NewReaderSize(r, size), max: max, refused: -1}
+}
+
+// Grow gives the reader a buffer of size bytes, keeping what it has read
+// ahead and not yet returned.
+func (r *Reader) Grow(size int) {
+	if r.r.Size() >= size {
+		return
+	}
+	ahead, _ := r.r.Peek(r.r.Buffered()) // buffered: no read, no error
+	src := r.src
+	if len(ahead) > 0 {
+		src = io.MultiReader(bytes.NewReader(bytes.Clone(ahead)), r.src)
+	}
+	r.r = bufio.NewReaderSize(src, size)
 }
 
 // Buffered reports how many bytes are read but not yet returned: zero means
