@@ -26,7 +26,7 @@
 //	attacker huge-counts     --target IP:PORT --domain D --n M
 //	attacker big-frames      --target IP:PORT --domain D --conns C --size BYTES [--hello]
 //	attacker idle-conns      --target IP:PORT --n C --from IP,IP,... --for DURATION
-//	attacker claim-addrs     --target IP:PORT --domain D --n M [--addr-ip IP]
+//	attacker claim-addrs     --target IP:PORT --domain D --n M [--conns C] [--from IP,IP,...] [--addr-ip IP]
 //	attacker heartbeat-flood --group IP:PORT --iface IP --domain D --names N --addr-ip IP --for DURATION
 //
 // Their Detail is a list of key=value counts (opened=5000 closed=4990 ...),
@@ -170,7 +170,7 @@ func main() {
 	case "idle-conns":
 		err = idleConns(&r, *target, *count, splitList(*from), *dur)
 	case "claim-addrs":
-		err = claimAddrs(&r, *target, *domain, *count, *addrIP)
+		err = claimAddrs(&r, *target, *domain, *count, *conns, splitList(*from), *addrIP)
 	case "heartbeat-flood":
 		err = heartbeatFlood(&r, *group, *iface, *domain, *nnames, *addrIP, *dur)
 	default:
@@ -702,16 +702,22 @@ func hugeCountPayload() []byte {
 // streamed is what came back for the messages of one connection.
 type streamed struct {
 	sent, applied, failed int
-	firstErr              string
+	firstErr              string // the first failed message's error
+	cut                   error  // why the acks stopped before all came
 }
 
-// stream says hello on one connection, as name at addr ("": the
-// connection's own address, port 4000), and sends n sync messages that
+// stream says hello on one connection (from source address src, "" for
+// any), as name at addr ("": the connection's own address, port 4000), and
+// sends n sync messages that
 // next makes, writing them all while it reads the acks: a sender that
 // pipelines, as members do.
-func stream(target, domain, name, addr string, n int, next func(i int) (byte, []byte)) (streamed, error) {
+func stream(src, target, domain, name, addr string, n int, next func(i int) (byte, []byte)) (streamed, error) {
 	var s streamed
-	c, err := net.DialTimeout("tcp", target, 3*time.Second)
+	dl := net.Dialer{Timeout: 3 * time.Second}
+	if src != "" {
+		dl.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	c, err := dl.Dial("tcp", target)
 	if err != nil {
 		return s, err
 	}
@@ -741,7 +747,8 @@ func stream(target, domain, name, addr string, n int, next func(i int) (byte, []
 	for s.applied+s.failed < n {
 		ft, body, err := readFrame(c)
 		if err != nil {
-			break // the node closed the connection, or the deadline passed
+			s.cut = err // the node closed the connection, or the deadline passed
+			break
 		}
 		if ft != frameAck {
 			continue
@@ -767,7 +774,7 @@ func stream(target, domain, name, addr string, n int, next func(i int) (byte, []
 
 // flood sends n messages on one connection (see stream).
 func flood(r *result, target, domain, name, addr string, n int, next func(i int) (byte, []byte)) error {
-	s, err := stream(target, domain, name, addr, n, next)
+	s, err := stream("", target, domain, name, addr, n, next)
 	r.Sent = s.sent
 	r.Answered = s.applied+s.failed > 0
 	r.Applied = s.applied > 0
@@ -907,18 +914,26 @@ func idleConns(r *result, target string, n int, from []string, d time.Duration) 
 // 198.51.100.150-249): an asynchronous change to a session the node does
 // not hold (a gap, which a node repairs by fetching the session from the
 // sender), then a fetch. A node that answers the claimed addresses opens a
-// connection, and keeps state, for each.
-func claimAddrs(r *result, target, domain string, n int, addrIP string) error {
+// connection, and keeps state, for each. conns connections at a time,
+// from the source addresses from (round robin).
+func claimAddrs(r *result, target, domain string, n, conns int, from []string, addrIP string) error {
 	var (
 		wg                             sync.WaitGroup
 		sent, applied, failed, dialErr atomic.Int64
-		firstErr                       atomic.Value
+		firstErr, firstCut             atomic.Value
 	)
 	work := make(chan int)
-	for range 16 {
+	// A fetch from a caller that is not a member waits up to 2 s for it
+	// to appear in the view: many at a time, from several addresses (a
+	// node takes 64 connections from one).
+	for w := range max(1, conns) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			src := ""
+			if len(from) > 0 {
+				src = from[w%len(from)]
+			}
 			for i := range work {
 				ip := addrIP
 				if ip == "" {
@@ -926,7 +941,7 @@ func claimAddrs(r *result, target, domain string, n int, addrIP string) error {
 				}
 				name := fmt.Sprintf("ghost%04d", i)
 				addr := fmt.Sprintf("%s:%d", ip, 20000+i)
-				s, err := stream(target, domain, name, addr, 2, func(k int) (byte, []byte) {
+				s, err := stream(src, target, domain, name, addr, 2, func(k int) (byte, []byte) {
 					if k == 0 {
 						return typeDelta, mp(map[string]any{"i": sessionID("node1"), "b": uint64(1), "bo": name, "v": uint64(2), "o": name,
 							"a": time.Now().UnixNano(), "s": map[string][]byte{"count": mp(1)}})
@@ -943,6 +958,9 @@ func claimAddrs(r *result, target, domain string, n int, addrIP string) error {
 				if s.firstErr != "" {
 					firstErr.CompareAndSwap(nil, s.firstErr)
 				}
+				if s.cut != nil {
+					firstCut.CompareAndSwap(nil, fmt.Sprintf("%s: %v", name, s.cut))
+				}
 			}
 		}()
 	}
@@ -955,8 +973,9 @@ func claimAddrs(r *result, target, domain string, n int, addrIP string) error {
 	r.Answered = applied.Load()+failed.Load() > 0
 	r.Applied = applied.Load() > 0
 	fe, _ := firstErr.Load().(string)
+	fc, _ := firstCut.Load().(string)
 	r.Detail = kv("claims", n, "sent", sent.Load(), "applied", applied.Load(), "failed", failed.Load(), "dial_errors", dialErr.Load()) +
-		fmt.Sprintf(" first_error=%q", fe)
+		fmt.Sprintf(" first_error=%q first_cut=%q", fe, fc)
 	return nil
 }
 
