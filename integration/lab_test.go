@@ -102,11 +102,11 @@ type node struct {
 	// adminAddr is where its admin endpoints are, if not [server]
 	// admin's default (an earlier flockd served them on its HTTP port).
 	adminAddr string
-	conf   string // more of server.toml, after the [cluster] table
-	host   *lab.Host
-	proc   *lab.Proc
-	client *http.Client
-	past   []string // the output of the node's earlier processes (restarts)
+	conf      string // more of server.toml, after the [cluster] table
+	host      *lab.Host
+	proc      *lab.Proc
+	client    *http.Client
+	past      []string // the output of the node's earlier processes (restarts)
 }
 
 // startGate orders the start-up of the parallel scenarios' clusters, from
