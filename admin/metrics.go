@@ -77,6 +77,8 @@ var (
 
 	descDuplicates  = desc("receiver_duplicates_total", "Messages received again after a reconnect, recognised and not applied twice.")
 	descRejectConns = desc("receiver_rejected_connections_total", "Incoming connections closed for a protocol error.")
+	descHandlerErrs = desc("receiver_handler_errors_total", "Messages from members that the session manager refused or could not apply: a malformed body, a change it refused, a request from outside its view.")
+	descMgrRefused  = desc("manager_refused_total", "Messages the session manager refused, by reason: not_member (a request, a pushed copy or a repair naming a node outside the view), implausible (a version past the bounds), gap (a change to a version this node did not hold; repaired from a member).", "reason")
 	descRefused     = desc("refused_total", "Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed, tls, identity, limit.", "component", "reason")
 
 	allDescs = []*prometheus.Desc{
@@ -84,7 +86,7 @@ var (
 		descMsgSent, descMsgRecv, descBytesSent, descBytesRecv, descFailures, descRetries, descQBytes, descQMsgs,
 		descReplication, descTransferSec, descTransferN,
 		descHBSent, descHBRecv, descHBLost, descHBRejected,
-		descDuplicates, descRejectConns, descRefused,
+		descDuplicates, descRejectConns, descRefused, descHandlerErrs, descMgrRefused,
 	}
 )
 
@@ -123,6 +125,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRejected, ms.Rejected)
 	gauge(descTransferSec, ms.TransferDuration.Seconds())
 	gauge(descTransferN, float64(ms.Transferred))
+	counter(descMgrRefused, ms.NotMember, "not_member")
+	counter(descMgrRefused, ms.Implausible, "implausible")
+	counter(descMgrRefused, ms.Gaps, "gap")
 
 	// The snapshot is taken under the lock: two scrapes at once must not
 	// fold their snapshots in the wrong order.
@@ -146,6 +151,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBytesRecv, rs.Bytes)
 	counter(descDuplicates, rs.Duplicates)
 	counter(descRejectConns, rs.Rejected)
+	counter(descHandlerErrs, rs.HandlerErrors)
 
 	bounds, counts, sum, count := c.n.ReplicationHistogram()
 	buckets := make(map[float64]uint64, len(bounds))

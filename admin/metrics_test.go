@@ -61,7 +61,7 @@ func (f *fakeNode) TransportStats() ([]sender.PeerStats, receiver.Stats) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]sender.PeerStats(nil), f.peers...), receiver.Stats{
-		Connections: 9, Frames: 40, Bytes: 2048, Messages: 11, Duplicates: 3, Rejected: 1, Refused: map[string]uint64{"unauthenticated": 5},
+		Connections: 9, Frames: 40, Bytes: 2048, Messages: 11, Duplicates: 3, Rejected: 1, HandlerErrors: 5, Refused: map[string]uint64{"unauthenticated": 5},
 		ByType: map[uint8]uint64{typeDelta: 9, typeExpire: 2},
 	}
 }
@@ -87,7 +87,8 @@ func (f *fakeNode) SessionInfo(id string) (manager.Info, bool) {
 }
 
 func (f *fakeNode) ManagerStats() manager.Stats {
-	return manager.Stats{Sessions: 7, Created: 10, Expired: 2, Rejected: 1, Transferred: 5, TransferDuration: 1500 * time.Millisecond}
+	return manager.Stats{Sessions: 7, Created: 10, Expired: 2, Rejected: 1, Transferred: 5, TransferDuration: 1500 * time.Millisecond,
+		NotMember: 4, Gaps: 3}
 }
 
 func (f *fakeNode) Ready() <-chan struct{} {
@@ -127,6 +128,7 @@ var flockNames = []string{
 	"flock_replication_seconds", "flock_state_transfer_seconds", "flock_state_transfer_sessions",
 	"flock_heartbeats_sent_total", "flock_heartbeats_received_total", "flock_heartbeats_lost_total", "flock_heartbeats_rejected_total",
 	"flock_receiver_duplicates_total", "flock_receiver_rejected_connections_total", "flock_refused_total",
+	"flock_receiver_handler_errors_total", "flock_manager_refused_total",
 }
 
 const fakeExposition = `
@@ -217,6 +219,14 @@ flock_heartbeats_rejected_total 4
 # HELP flock_receiver_duplicates_total Messages received again after a reconnect, recognised and not applied twice.
 # TYPE flock_receiver_duplicates_total counter
 flock_receiver_duplicates_total 3
+# HELP flock_receiver_handler_errors_total Messages from members that the session manager refused or could not apply: a malformed body, a change it refused, a request from outside its view.
+# TYPE flock_receiver_handler_errors_total counter
+flock_receiver_handler_errors_total 5
+# HELP flock_manager_refused_total Messages the session manager refused, by reason: not_member (a request, a pushed copy or a repair naming a node outside the view), implausible (a version past the bounds), gap (a change to a version this node did not hold; repaired from a member).
+# TYPE flock_manager_refused_total counter
+flock_manager_refused_total{reason="gap"} 3
+flock_manager_refused_total{reason="implausible"} 0
+flock_manager_refused_total{reason="not_member"} 4
 # HELP flock_receiver_rejected_connections_total Incoming connections closed for a protocol error.
 # TYPE flock_receiver_rejected_connections_total counter
 flock_receiver_rejected_connections_total 1
@@ -299,8 +309,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	if a, b := strings.Join(flockLines(first), "\n"), strings.Join(flockLines(second), "\n"); a != b {
 		t.Errorf("two scrapes differ:\n%s\n---\n%s", a, b)
 	}
-	if n := len(flockLines(first)); n != 66 {
-		t.Errorf("%d flock_ samples, want 66:\n%s", n, strings.Join(flockLines(first), "\n"))
+	if n := len(flockLines(first)); n != 70 {
+		t.Errorf("%d flock_ samples, want 70:\n%s", n, strings.Join(flockLines(first), "\n"))
 	}
 
 	resp, err := http.Post(srv.URL+"/metrics", "text/plain", nil)

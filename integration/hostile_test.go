@@ -695,6 +695,11 @@ func (h *hostile) receiverOf(n *node) receiverState {
 	m := h.metrics(n)
 	s.recvDelta = int64(m[`flock_messages_received_total{type="delta"}`])
 	s.sentFetch = int64(m[`flock_messages_sent_total{type="fetch"}`])
+	// What the attacks are counted as, read where an operator reads them:
+	// /metrics, not the status document.
+	s.Transport.Receiver.HandlerErrors = uint64(m["flock_receiver_handler_errors_total"])
+	s.Manager.Gaps = uint64(m[`flock_manager_refused_total{reason="gap"}`])
+	s.Manager.NotMember = uint64(m[`flock_manager_refused_total{reason="not_member"}`])
 	return s
 }
 

@@ -286,6 +286,7 @@ func (m *Manager) askDigest(ctx context.Context, peer membership.Member, req dig
 	if err != nil {
 		return fmt.Errorf("manager: anti-entropy with %s: %w", peer.Name, err)
 	}
+	m.spokeWith(peer)
 	return decode(reply, rep)
 }
 

@@ -399,6 +399,7 @@ func TestMemberView(t *testing.T) {
 		}
 		return out
 	}
+	m.spokeWith(mb("n3", 3)) // n3 has exchanged messages with this node; n2 never has
 	for _, tc := range []struct {
 		e       membership.Event
 		members []string
@@ -438,6 +439,18 @@ func TestMemberView(t *testing.T) {
 	if !noted {
 		t.Error("the rejoined member is not noted for a resync")
 	}
+	// A name only ever heard in heartbeats (a forged one) that fails and
+	// comes back holds nothing this node lacks: no resync, no reads held up.
+	for _, typ := range []membership.EventType{membership.Joined, membership.Failed, membership.Rejoined} {
+		m.onEvent(membership.Event{Type: typ, Member: mb("x", 7)})
+	}
+	m.view.mu.Lock()
+	_, noted = m.view.behind["x"]
+	m.view.mu.Unlock()
+	if noted {
+		t.Error("a member that never spoke is noted for a resync")
+	}
+	m.onEvent(membership.Event{Type: membership.Left, Member: mb("x", 7)})
 	if !m.isMember("n3") || m.isMember("n2") {
 		t.Error("isMember disagrees with the view")
 	}

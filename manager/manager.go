@@ -172,8 +172,10 @@ type Manager struct {
 	local string
 	// domain keys the session references (see Ref).
 	domain string
-	clock  clock.Clock
-	place  placement // what the mode decides
+	// repairLog limits "repair failed" (one per gap a peer causes).
+	repairLog logx.Limiter
+	clock     clock.Clock
+	place     placement // what the mode decides
 	// memberWait: how long a request of a node not in the view waits for
 	// it to join (memberWaitDefault; tests shorten it).
 	memberWait time.Duration
@@ -282,6 +284,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		log:        log.WithField("component", "manager"),
 		local:      cfg.Route,
 		domain:     c.Local().Domain,
+		repairLog:  logx.Limiter{Every: 10 * time.Second},
 		clock:      cfg.Clock,
 		sessions:   make(map[string]*Session),
 		touched:    make(map[string]bool),
@@ -314,13 +317,13 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 		}
 		m.persist = p
 	}
-	c.Handle(typeDelta, oneWay(m.handleDelta))
-	c.Handle(typeExpire, oneWay(m.handleExpire))
-	c.Handle(typeTouch, oneWay(m.handleTouch))
-	c.Handle(typeFetch, m.handleFetch)
-	c.Handle(typeSessions, m.handleSessions)
-	c.Handle(typeState, m.handleState)
-	c.Handle(typeDigest, m.handleDigest)
+	c.Handle(typeDelta, m.spoke(oneWay(m.handleDelta)))
+	c.Handle(typeExpire, m.spoke(oneWay(m.handleExpire)))
+	c.Handle(typeTouch, m.spoke(oneWay(m.handleTouch)))
+	c.Handle(typeFetch, m.spoke(m.handleFetch))
+	c.Handle(typeSessions, m.spoke(m.handleSessions))
+	c.Handle(typeState, m.spoke(m.handleState))
+	c.Handle(typeDigest, m.spoke(m.handleDigest))
 	c.Subscribe(m.onEvent)
 	return m, nil
 }
@@ -853,11 +856,24 @@ func (m *Manager) sendTo(ctx context.Context, to []membership.Member, t cluster.
 		return fmt.Errorf("manager: encode: %w", err)
 	}
 	m.stats.sent.Add(1)
-	if err := m.c.Send(ctx, to, t, b, mode); err != nil {
+	err = m.c.Send(ctx, to, t, b, mode)
+	if mode != cluster.Async {
+		failed := failedOf(err, to)
+		m.spokeWith(slices.DeleteFunc(slices.Clone(to), func(mb membership.Member) bool { return slices.Contains(failed, mb) })...)
+	}
+	if err != nil {
 		m.stats.sendFailures.Add(1)
 		return fmt.Errorf("manager: replicate: %w", err)
 	}
 	return nil
+}
+
+// spoke wraps a handler: the caller spoke with this node.
+func (m *Manager) spoke(h cluster.Handler) cluster.Handler {
+	return func(ctx context.Context, msg cluster.Message) ([]byte, error) {
+		m.spokeWith(msg.From)
+		return h(ctx, msg)
+	}
 }
 
 // rename moves s to newID (RenewID, or a route rewrite after failover).

@@ -459,10 +459,18 @@ func (m *Manager) handleTouch(ctx context.Context, msg cluster.Message) error {
 // scheduleRepair queues a fetch of session id from a member; a full queue
 // drops it (the next delta of that session schedules it again).
 func (m *Manager) scheduleRepair(id string, from membership.Member) {
+	if !m.isMemberProcess(from) {
+		// Only a member holds a copy to repair from; a message that names
+		// another sender is not followed by a request to its address.
+		m.stats.notMember.Add(1)
+		return
+	}
 	select {
 	case m.repairs <- repair{id: id, from: from}:
 	default:
-		m.log.WithField("session", m.ref(id)).Warn("repair queue full; waiting for the next change")
+		if ok, n := m.repairLog.Allow(time.Now()); ok {
+			m.log.WithFields(logrus.Fields{"session": m.ref(id), "suppressed": n}).Warn("repair queue full; waiting for the next change")
+		}
 	}
 }
 
@@ -474,8 +482,8 @@ func (m *Manager) runRepairs() {
 		case r := <-m.repairs:
 			in, err := m.fetch(m.ctx, r.from, []string{r.id})
 			if err != nil {
-				if !errors.Is(err, context.Canceled) {
-					m.log.WithFields(logrus.Fields{"session": m.ref(r.id), "member": r.from.Name}).WithError(err).Warn("repair failed")
+				if ok, n := m.repairLog.Allow(time.Now()); ok && !errors.Is(err, context.Canceled) {
+					m.log.WithFields(logrus.Fields{"session": m.ref(r.id), "member": r.from.Name, "suppressed": n}).WithError(err).Warn("repair failed")
 				}
 				continue
 			}

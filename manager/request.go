@@ -76,6 +76,7 @@ func (m *Manager) ask(ctx context.Context, to membership.Member, t cluster.Messa
 		m.stats.sendFailures.Add(1)
 		return sessions{}, err
 	}
+	m.spokeWith(to)
 	var in sessions
 	if err := decode(reply, &in); err != nil {
 		return sessions{}, err

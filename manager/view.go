@@ -32,13 +32,51 @@ type view struct {
 	// clears it; the member leaving the view does too.
 	behind map[string]uint64
 	gen    uint64
+	// spoken: the member processes (by id) that have exchanged messages
+	// with this node over the transport (sent one, answered or
+	// acknowledged one), and when last. Only those can hold a copy this
+	// node lacks, so only those are marked behind: a name that was only
+	// ever heard in heartbeats (a member that never spoke, or a forged
+	// one on a network without a key) cannot hold up this node's reads.
+	// Kept past a failure (the member that comes back as the same process
+	// is the one to catch up with); bounded by maxSpoken, the oldest go.
+	spoken map[membership.ID]time.Time
 }
+
+// maxSpoken bounds view.spoken: far more processes than a cluster has.
+const maxSpoken = 1024
 
 func (v *view) init() {
 	v.members = make(map[string]membership.Member)
 	v.heard = make(map[string]bool)
 	v.changed = make(chan struct{})
 	v.behind = make(map[string]uint64)
+	v.spoken = make(map[membership.ID]time.Time)
+}
+
+// spokeWith notes that these member processes exchanged messages with
+// this node.
+func (m *Manager) spokeWith(ms ...membership.Member) {
+	if len(ms) == 0 {
+		return
+	}
+	now := time.Now()
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, mb := range ms {
+		v.spoken[mb.ID] = now
+	}
+	for len(v.spoken) > maxSpoken {
+		var oldest membership.ID
+		var at time.Time
+		for id, t := range v.spoken {
+			if at.IsZero() || t.Before(at) {
+				oldest, at = id, t
+			}
+		}
+		delete(v.spoken, oldest)
+	}
 }
 
 // onEvent is the manager's membership subscriber: it must not block.
@@ -168,6 +206,15 @@ func (m *Manager) members() []membership.Member {
 	return ms
 }
 
+// isMemberProcess reports whether mb is in the view, by name and id.
+func (m *Manager) isMemberProcess(mb membership.Member) bool {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	cur, ok := v.members[mb.Name]
+	return ok && cur.ID == mb.ID
+}
+
 // isMember reports whether a member is called name.
 func (m *Manager) isMember(name string) bool {
 	v := &m.view
@@ -236,7 +283,10 @@ func (m *Manager) markBehindLocked(names ...string) {
 		}
 	}
 	for _, name := range names {
-		if _, ok := v.members[name]; ok {
+		if mb, ok := v.members[name]; ok {
+			if _, spoke := v.spoken[mb.ID]; !spoke {
+				continue // it never held a copy this node could lack
+			}
 			v.gen++
 			v.behind[name] = v.gen
 		}

@@ -85,30 +85,10 @@ type Valve struct {
 	log   logrus.FieldLogger
 	// Replication problems are logged at most once per logEvery, with how
 	// many were not: a node with a sick peer must not log per request.
-	warnings limiter
+	warnings logx.Limiter
 }
 
 const logEvery = 10 * time.Second
-
-// limiter lets one event through per period and counts the others.
-type limiter struct {
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-// allow reports whether to log now, and how many were suppressed since.
-func (l *limiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < logEvery {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.last, l.suppressed = now, 0
-	return true, n
-}
 
 // New returns a valve over store.
 func New(store Store, cfg Config) *Valve {
@@ -116,7 +96,7 @@ func New(store Store, cfg Config) *Valve {
 	if cfg.CookieName == "" {
 		cfg.CookieName = DefaultConfig().CookieName
 	}
-	return &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve")}
+	return &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve"), warnings: logx.Limiter{Every: logEvery}}
 }
 
 type ctxKey struct{}
@@ -377,7 +357,7 @@ func shortID(id string) string {
 }
 
 func (v *Valve) warn(err error) {
-	if ok, suppressed := v.warnings.allow(time.Now()); ok {
+	if ok, suppressed := v.warnings.Allow(time.Now()); ok {
 		v.log.WithError(err).WithField("suppressed", suppressed).Warn("session change not replicated to every member")
 	}
 }

@@ -262,12 +262,18 @@ func (r *Reader) Next(started func()) (Frame, error) {
 	case sealed && n < keyring.TagSize:
 		return Frame{}, fmt.Errorf("%w: sealed frame of %d bytes", ErrUnauthenticated, n)
 	}
+	var body []byte
 	if r.budget != nil && n > UnbudgetedFrame {
 		if r.held, err = r.budget.take(int64(n), r.budgetWait); err != nil {
 			return Frame{}, err
 		}
+		// The bytes are reserved: allocated at once, no garbage of
+		// growing a buffer, so the budget bounds the memory.
+		body = make([]byte, n)
+		_, err = io.ReadFull(r.r, body)
+	} else {
+		body, err = readBody(r.r, n)
 	}
-	body, err := readBody(r.r, n)
 	if err != nil {
 		return Frame{}, unexpected(err)
 	}
