@@ -310,12 +310,12 @@ func hostileDefaults(t *testing.T, sz sizes) {
 	// 3b. Big frames after a hello: without a key anyone may say hello,
 	// and then send frames as large as max_frame (16 MiB), which the
 	// receiver buffers whole, within its budget of bytes in flight
-	// (receiver MaxBuffered, 256 MiB). Not one of the attacks:
-	// measured and reported against the same RSS bound, not asserted (but
-	// for the node staying up), and last, since the memory it takes is
-	// not given back to the system at once and would count against the
-	// attacks after it.
-	h.attackReportOnly("big frames after hello", func() string {
+	// (receiver MaxBuffered, 32 MiB, each body allocated once). Not one of
+	// the attacks, asserted all the same (it measured 630 MiB and
+	// p99 805 ms with a 256 MiB budget and growing buffers); last, since
+	// the memory it takes is not given back to the system at once and
+	// would count against the attacks after it.
+	h.attack("big frames after hello", func() string {
 		before := refusedMetrics(ctx, t, target)
 		r := h.run("big-frames", "--target", recv, "--conns", strconv.Itoa(sz.helloConns), "--size", strconv.Itoa(sz.bigSize), "--hello", "--for", "3s")
 		after := refusedMetrics(ctx, t, target)
@@ -436,25 +436,9 @@ func (h *hostile) run(args ...string) attackResult {
 // nodes' RSS is sampled; then it checks that every node survived and
 // served, and reports the figures.
 func (h *hostile) attack(name string, fn func() string) {
-	h.t.Helper()
-	h.attackChecked(name, true, fn)
-}
-
-// attackReportOnly is attack for an attack the fixes do not claim to
-// bound: only the node's survival is asserted; RSS, latency and users
-// are measured and reported.
-func (h *hostile) attackReportOnly(name string, fn func() string) {
-	h.t.Helper()
-	h.attackChecked(name+" (report only)", false, fn)
-}
-
-func (h *hostile) attackChecked(name string, strict bool, fn func() string) {
 	t := h.t
 	t.Helper()
 	check := t.Errorf
-	if !strict {
-		check = func(format string, args ...any) { t.Logf("NOT BOUNDED: "+format, args...) }
-	}
 	start := time.Now()
 	m := h.watch()
 	counted := fn()

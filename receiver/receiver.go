@@ -124,7 +124,7 @@ func DefaultConfig() Config {
 		HelloTimeout:  2 * time.Second,
 		MaxConns:      1024,
 		MaxConnsPerIP: 64,
-		MaxBuffered:   64 << 20,
+		MaxBuffered:   32 << 20,
 	}
 }
 
