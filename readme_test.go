@@ -90,3 +90,21 @@ func flatten(prefix string, v map[string]any, out map[string]string) {
 		}
 	}
 }
+
+// TestReadmeShowsTheBalancerRecipes: the README shows the shipped balancer
+// files verbatim, the ones the lab runs.
+func TestReadmeShowsTheBalancerRecipes(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"examples/haproxy/haproxy.cfg", "examples/nginx/nginx.conf"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(readme, []byte("```\n"+string(b)+"```\n")) {
+			t.Errorf("README.md does not show %s verbatim", f)
+		}
+	}
+}

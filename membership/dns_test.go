@@ -16,7 +16,7 @@ import (
 // and SRV records from maps the test changes; NXDOMAIN for the rest.
 type dnsServer struct {
 	mu   sync.Mutex
-	a    map[string][]netip.Addr         // name (with the final dot) -> addresses
+	a    map[string][]netip.Addr // name (with the final dot) -> addresses
 	srv  map[string][]dnsmessage.SRVResource
 	fail bool // answer SERVFAIL
 	conn net.PacketConn
