@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -33,19 +34,38 @@ func main() {
 	name := flag.String("name", "a", "node name")
 	addr := flag.String("http", "127.0.0.1:9001", "HTTP address")
 	flag.Parse()
+	if err := run(*name, *addr); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// run serves until Ctrl-C; any failure to start (a port taken, a bad
+// configuration) is returned, never left running half-started.
+func run(name, addr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
+	// The listener first: a taken port fails before the node joins.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
 	cfg := conf.Default() // loopback multicast; receiver ports auto-bind from 4000
-	cfg.Server.Name = *name
+	cfg.Server.Name = name
 	node, err := flock.Start(ctx, cfg)
 	if err != nil {
-		log.Fatal(err)
+		ln.Close()
+		return err
 	}
 	defer node.Stop(context.Background())
 
-	srv := flock.NewServer(*addr, node.Wrap(http.HandlerFunc(visits)))
-	go srv.ListenAndServe()
-	<-ctx.Done()
-	srv.Shutdown(context.Background())
+	srv := flock.NewServer(addr, node.Wrap(http.HandlerFunc(visits)))
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		return srv.Shutdown(context.Background())
+	case err := <-served:
+		return err
+	}
 }

@@ -76,3 +76,23 @@ func visitNumber(s string) int {
 	fmt.Sscanf(s, "visit %d", &n)
 	return n
 }
+
+// TestRunFailsOnATakenPort: a port already taken ends run at once with the
+// error, before the node joins anyone.
+func TestRunFailsOnATakenPort(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	done := make(chan error, 1)
+	go func() { done <- run("a", taken.Addr().String()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("run = %v, want the listen error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run still running with its port taken")
+	}
+}
