@@ -222,6 +222,12 @@ func (n *Node) Cluster() *cluster.Cluster { return n.cluster }
 // Manager is the node's session manager, for listeners and statistics.
 func (n *Node) Manager() *manager.Manager { return n.manager }
 
+// Drain tells the other members that this node is shutting down, so that
+// they take over the routes of the users a balancer moves to them at once
+// (delta mode); the node still serves and replicates. Call it first when
+// the process is asked to stop, then report not ready, then Stop.
+func (n *Node) Drain(ctx context.Context) error { return n.manager.Drain(ctx) }
+
 // Stop replicates what is still queued, leaves the cluster and ends every
 // goroutine of the node, waiting at most until ctx ends. Stop the HTTP
 // server first, so that no request is still changing sessions.

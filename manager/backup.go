@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"slices"
@@ -278,7 +279,7 @@ func (p *backupPlacement) committed(ctx context.Context, d delta, pl plan) {
 // owner cannot be reached (it died and membership has not noticed yet),
 // the owner's backup is asked, and if this node is the backup, its copy is
 // served rather than nothing.
-func (p *backupPlacement) load(ctx context.Context, id string) bool {
+func (p *backupPlacement) load(ctx context.Context, id string) (bool, error) {
 	m := p.m
 	if Route(id) == m.local {
 		// This node is alive, so it owns what its route names. Until its
@@ -289,14 +290,15 @@ func (p *backupPlacement) load(ctx context.Context, id string) bool {
 		case <-m.ready:
 		case <-ctx.Done():
 		}
-		return false
+		return false, nil
 	}
 	r := p.ring.Load()
 	owner := r.owner(id)
 	if owner == m.local || owner == "" {
-		return false
+		return false, nil
 	}
 	in, err := m.fetch(ctx, r.members[owner], []string{id})
+	unreachable := err != nil // the owner did not answer: it may hold it
 	if err == nil && !in.answers(id) {
 		// An owner that restarted (and lost it) or never got it: the
 		// backup may still hold the session.
@@ -306,11 +308,21 @@ func (p *backupPlacement) load(ctx context.Context, id string) bool {
 		m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": owner}).WithError(err).Debug("load from owner failed")
 		b := r.backup(owner)
 		if b == "" || b == m.local {
-			return false
+			if unreachable {
+				return false, fmt.Errorf("owner %s did not answer: %w", owner, err)
+			}
+			return false, nil
 		}
-		if in, err = m.fetch(ctx, r.members[b], []string{id}); err != nil {
-			m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": b}).WithError(err).Debug("load from the owner's backup failed")
-			return false
+		var berr error
+		if in, berr = m.fetch(ctx, r.members[b], []string{id}); berr != nil {
+			m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": b}).WithError(berr).Debug("load from the owner's backup failed")
+			if unreachable {
+				// Neither holder answered (this node is cut off, or both
+				// are down): the session may well exist. Not "unknown":
+				// the user is asked to come again, never handed a new one.
+				return false, fmt.Errorf("owner %s and its backup %s did not answer: %w", owner, b, errors.Join(err, berr))
+			}
+			return false, nil
 		}
 	}
 	m.stats.fetched.Add(1)
@@ -324,7 +336,7 @@ func (p *backupPlacement) load(ctx context.Context, id string) bool {
 			in = bin
 		}
 	}
-	return in.answers(id)
+	return in.answers(id), nil
 }
 
 // repairFrom: the owner, since the sender may have served one request for

@@ -151,7 +151,11 @@ func (p *deltaPlacement) members(membership.Event, []membership.Member) {}
 // member (at most missRate a second): the member may have made it (a route
 // rewrite, a new session) while this node was out of its view for a
 // moment, and a user must not get a new, empty session for it.
-func (p *deltaPlacement) load(ctx context.Context, id string) bool {
+func (p *deltaPlacement) load(ctx context.Context, id string) (bool, error) {
+	return p.loadDelta(ctx, id), nil
+}
+
+func (p *deltaPlacement) loadDelta(ctx context.Context, id string) bool {
 	m := p.m
 	if m.holds(id) {
 		return false

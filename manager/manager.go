@@ -324,6 +324,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	c.Handle(typeSessions, m.spoke(m.handleSessions))
 	c.Handle(typeState, m.spoke(m.handleState))
 	c.Handle(typeDigest, m.spoke(m.handleDigest))
+	c.Handle(typeDraining, m.spoke(oneWay(m.handleDraining)))
 	c.Subscribe(m.onEvent)
 	return m, nil
 }
@@ -464,8 +465,12 @@ func (m *Manager) LoadSeen(ctx context.Context, id string, seen uint64) (*Sessio
 		return nil, nil
 	}
 	var s *Session
+	var unanswered error
 	for range maxLoadTries {
-		fetched := m.started.Load() && m.place.load(ctx, id)
+		fetched := false
+		if m.started.Load() {
+			fetched, unanswered = m.place.load(ctx, id)
+		}
 		m.mu.RLock()
 		s = m.sessions[id]
 		m.mu.RUnlock()
@@ -478,7 +483,20 @@ func (m *Manager) LoadSeen(ctx context.Context, id string, seen uint64) (*Sessio
 	if s == nil {
 		// An old id of a renamed session finds it under its new id.
 		if to := m.alias.resolve(id, m.clock.Now()); to != "" {
-			return m.Load(ctx, to)
+			return m.LoadSeen(ctx, to, seen)
+		}
+		if unanswered != nil {
+			// It may exist where nobody answered: not unknown, so the
+			// valve neither creates a new session nor drops the cookie.
+			m.stats.catchUpRefused.Add(1)
+			return nil, fmt.Errorf("manager: session %s: %w: %w", m.ref(id), ErrCatchingUp, unanswered)
+		}
+		if _, ended := m.tombs.get(id); seen > 0 && !ended && m.recentlyLost() {
+			// The client has seen this session change, and a member failed
+			// moments ago: this node may be the one cut off from the
+			// session's holders. Come again rather than start over.
+			m.stats.catchUpRefused.Add(1)
+			return nil, fmt.Errorf("manager: session %s: %w: a member that may hold it failed moments ago", m.ref(id), ErrCatchingUp)
 		}
 		return nil, nil
 	}
@@ -902,15 +920,15 @@ func (m *Manager) rename(s *Session, newID string) error {
 }
 
 // Rebind gives a session this node's route when its id names a node that
-// is no longer a member, as Tomcat's JvmRouteBinderValve does after a
-// failover: a sticky load balancer then sends the user here instead of to
-// the dead node. A route naming a live node is left alone, so a
+// is no longer a member, or one that said it is draining (Drain), as
+// Tomcat's JvmRouteBinderValve does after a failover: a sticky load
+// balancer then sends the user here instead of to the dead node. A route naming a live node is left alone, so a
 // round-robin balancer does not rename sessions back and forth. It
 // reports whether it renamed.
 func (m *Manager) Rebind(s *Session) (bool, error) {
 	id := s.ID()
 	route := Route(id)
-	if route == m.local || m.isMember(route) {
+	if route == m.local || m.isMember(route) && !m.isDraining(route) {
 		return false, nil
 	}
 	to := m.place.takeover(id)
@@ -922,6 +940,41 @@ func (m *Manager) Rebind(s *Session) (bool, error) {
 	}
 	m.stats.rebinds.Add(1)
 	return true, nil
+}
+
+// Drain tells the members that this node is shutting down, so that they
+// take over the routes of the users a balancer moves to them now, rather
+// than once this node has left (in delta mode; in backup mode the owner
+// keeps its sessions until it leaves). This node still serves and
+// replicates as before. A member of an earlier release refuses the notice
+// (counted in its handler errors) and changes nothing.
+func (m *Manager) Drain(ctx context.Context) error {
+	return m.sendTo(ctx, m.members(), typeDraining, draining{}, cluster.Ack)
+}
+
+func (m *Manager) handleDraining(ctx context.Context, msg cluster.Message) error {
+	if err := m.fromMember(ctx, msg.From); err != nil {
+		return err
+	}
+	var d draining
+	if err := decode(msg.Payload, &d); err != nil {
+		return err
+	}
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.draining[msg.From.Name] = msg.From.ID
+	m.log.WithField("member", msg.From.Name).Info("member draining; its users' routes are taken over here")
+	return nil
+}
+
+// isDraining reports whether the member called name said it is draining.
+func (m *Manager) isDraining(name string) bool {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	id, ok := v.draining[name]
+	return ok && v.members[name].ID == id
 }
 
 // invalidated removes s on every node.

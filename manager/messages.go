@@ -21,7 +21,11 @@ const (
 	typeSessions                            // whole sessions: a fetch answer or a state-transfer batch
 	typeState                               // "send me all your sessions" (state transfer)
 	typeDigest                              // anti-entropy: "this is what I hold"
+	typeDraining                            // "I am shutting down: take my users' routes"
 )
+
+// draining is the body of typeDraining: nothing but the notice.
+type draining struct{}
 
 // TypeName is a readable name for a message type, for metrics and logs:
 // the manager's types by name (delta, expire, touch, fetch, sessions,
@@ -42,6 +46,8 @@ func TypeName(t cluster.MessageType) string {
 		return "state"
 	case typeDigest:
 		return "digest"
+	case typeDraining:
+		return "draining"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }

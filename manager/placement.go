@@ -43,8 +43,9 @@ type placement interface {
 	// in a copy of id that this node should serve but lacks or may hold
 	// stale (delta mode during the state transfer, backup mode from the
 	// owner). It reports whether it installed a copy fetched from another
-	// member.
-	load(ctx context.Context, id string) bool
+	// member; the error says that a member that may hold it did not
+	// answer (Load then answers ErrCatchingUp rather than "unknown").
+	load(ctx context.Context, id string) (bool, error)
 	// targets is where a change of session id goes, and whether this node
 	// keeps a copy.
 	targets(id string) plan

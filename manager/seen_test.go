@@ -78,3 +78,81 @@ func TestLoadSeenNeverServesOlder(t *testing.T) {
 	}
 	c.net.release()
 }
+
+// TestDrainingMemberRoutesTakenOver: once a member says it is draining,
+// the others rewrite its users' routes as they serve them (delta mode),
+// while it is still a member that gets every change.
+func TestDrainingMemberRoutesTakenOver(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, testConfig(), "A", "B", "C")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, b, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitFor("A holds it", func() bool { _, ok := state(a, id); return ok })
+
+	got := load(t, a, id)
+	if renamed, err := a.Rebind(got); renamed || err != nil {
+		t.Fatalf("Rebind of a live member's session = %v, %v; want no rename", renamed, err)
+	}
+	got.RequestEnded()
+	if err := b.Drain(bg); err != nil {
+		t.Fatal(err)
+	}
+	got = load(t, a, id)
+	renamed, err := a.Rebind(got)
+	if !renamed || err != nil || Route(got.ID()) != "A" {
+		t.Fatalf("Rebind after B drains = %v, %v, route %s; want A's route", renamed, err, Route(got.ID()))
+	}
+	commit(t, a, got)
+	got.RequestEnded()
+	if !a.isMember("B") {
+		t.Error("a draining member left the view")
+	}
+	c.waitFor("B has the renamed session", func() bool { _, ok := state(b, got.ID()); return ok })
+}
+
+// TestBackupLoadCutOffIsNotUnknown: in backup mode, a node that can ask
+// neither the owner of a session nor its backup (it is cut off) answers
+// ErrCatchingUp, never "no such session": the valve would hand the user a
+// new, empty session and the old one would be lost to them.
+func TestBackupLoadCutOffIsNotUnknown(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	cfg.Mode = ModeBackup
+	c := newCluster(t, cfg, "A", "B", "C")
+	a, cm := c.ms[0], c.ms[2]
+	s := create(t, a, map[string]any{"n": 1}) // owner A, backup B
+	id := s.ID()
+	c.waitFor("B holds it", func() bool { _, ok := state(c.ms[1], id); return ok })
+	if _, ok := state(cm, id); ok {
+		t.Fatal("C holds a copy; the test needs one it must fetch")
+	}
+	// Cut off before its membership noticed: owner and backup do not answer.
+	c.net.holdIf(func(e *envelope) bool { return e.from == c.nodes[2] && e.typ == typeFetch })
+	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+	got, err := cm.Load(ctx, id)
+	cancel()
+	if !errors.Is(err, ErrCatchingUp) || got != nil {
+		t.Fatalf("Load on a cut-off node = %v, %v; want ErrCatchingUp", got, err)
+	}
+	c.net.release()
+	// Cut off and alone after its membership noticed: without a version
+	// cookie it cannot tell; with one (the client saw the session change)
+	// it answers ErrCatchingUp for as long as it may be the one cut off.
+	c.nodes[2].isolate(true)
+	if got, err := cm.LoadSeen(bg, id, 1); !errors.Is(err, ErrCatchingUp) || got != nil {
+		t.Fatalf("LoadSeen on a node left alone = %v, %v; want ErrCatchingUp", got, err)
+	}
+	c.nodes[2].isolate(false)
+	ctx, cancel = context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+	got, err = cm.Load(ctx, id)
+	if err != nil || got == nil || mustGet[int](t, got, "n") != 1 {
+		t.Fatalf("Load after the cut healed = %v, %v", got, err)
+	}
+	got.RequestEnded()
+	// A session nobody holds is still unknown, at once.
+	if got, err := cm.Load(bg, newID("A")); got != nil || err != nil {
+		t.Fatalf("Load of an unknown id = %v, %v; want nil, nil", got, err)
+	}
+}

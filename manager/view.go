@@ -41,6 +41,13 @@ type view struct {
 	// Kept past a failure (the member that comes back as the same process
 	// is the one to catch up with); bounded by maxSpoken, the oldest go.
 	spoken map[membership.ID]time.Time
+	// draining: members that said they are shutting down (Drain), by
+	// name, with the id of the process that said it; an event of the
+	// name clears it.
+	draining map[string]membership.ID
+	// lost is when a member last failed: for a while after, this node may
+	// be the one cut off, and a session it lacks may live on the others.
+	lost time.Time
 }
 
 // maxSpoken bounds view.spoken: far more processes than a cluster has.
@@ -52,6 +59,7 @@ func (v *view) init() {
 	v.changed = make(chan struct{})
 	v.behind = make(map[string]uint64)
 	v.spoken = make(map[membership.ID]time.Time)
+	v.draining = make(map[string]membership.ID)
 }
 
 // spokeWith notes that these member processes exchanged messages with
@@ -89,6 +97,7 @@ func (m *Manager) onEvent(e membership.Event) {
 		return // this node, restarted elsewhere or seen by mistake: never its own peer
 	}
 	v.heard[name] = true
+	delete(v.draining, name) // a new process, or the same one gone or back
 	switch e.Type {
 	case membership.Joined, membership.Rejoined:
 		cur, had := v.members[name]
@@ -119,6 +128,9 @@ func (m *Manager) onEvent(e membership.Event) {
 		delete(v.members, name)
 		delete(v.behind, name)
 		m.lag.forget(name)
+		if e.Type == membership.Failed {
+			v.lost = m.clock.Now()
+		}
 	default:
 		return
 	}
@@ -204,6 +216,15 @@ func (m *Manager) fromMember(ctx context.Context, from membership.Member) error 
 func (m *Manager) members() []membership.Member {
 	ms, _ := m.view.snapshot()
 	return ms
+}
+
+// recentlyLost: a member failed less than OrphanGrace ago (drop time and a
+// probe: until every node's view agrees, this node may be the one cut off).
+func (m *Manager) recentlyLost() bool {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return !v.lost.IsZero() && m.clock.Now().Sub(v.lost) < m.cfg.OrphanGrace
 }
 
 // isMemberProcess reports whether mb is in the view, by name and id.

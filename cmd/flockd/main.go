@@ -262,6 +262,11 @@ wait:
 	// still serves (the grace), then requests in flight finish, what they
 	// changed is replicated, and the node leaves.
 	draining.Store(true)
+	dctx, dcancel := context.WithTimeout(context.Background(), time.Second)
+	if err := node.Drain(dctx); err != nil {
+		log.WithError(err).Debug("not every member heard that this node drains")
+	}
+	dcancel()
 	if g := cfg.Server.DrainGrace.Duration; g > 0 && serveErr == nil {
 		log.WithField("grace", g).Info("draining: not ready, still serving")
 		t := time.NewTimer(g)
