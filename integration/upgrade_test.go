@@ -59,13 +59,15 @@ var oldFlockd = sync.OnceValues(func() (string, error) {
 // agree at the end.
 func TestRollingUpgrade(t *testing.T) {
 	scenario(t, load, 2*time.Minute)
-	for _, newNames := range []bool{false, true} {
-		name := map[bool]string{false: "same names", true: "new names"}[newNames]
-		t.Run(name, func(t *testing.T) { rollingUpgrade(t, name, newNames) })
+	for _, m := range modes {
+		for _, newNames := range []bool{false, true} {
+			name := m.name + ", " + map[bool]string{false: "same names", true: "new names"}[newNames]
+			t.Run(name, func(t *testing.T) { rollingUpgrade(t, name, m.name, m.conf, newNames) })
+		}
 	}
 }
 
-func rollingUpgrade(t *testing.T, label string, newNames bool) {
+func rollingUpgrade(t *testing.T, label, mode, modeConf string, newNames bool) {
 	old, err := oldFlockd()
 	if err != nil {
 		t.Fatal(err)
@@ -77,13 +79,13 @@ func rollingUpgrade(t *testing.T, label string, newNames bool) {
 	c := newCluster(t)
 	nodes := c.three()
 	for _, n := range nodes {
-		n.binary, n.conf, n.adminAddr = old, replicationConf+oldConf, n.host.IP.String()+":8080"
+		n.binary, n.conf, n.adminAddr = old, modeConf+oldConf, n.host.IP.String()+":8080"
 	}
 	var fresh []*node // the new names' nodes, started one by one
 	if newNames {
 		fresh = []*node{c.add("node4", "default"), c.add("node5", "default"), c.add("node6", "default")}
 		for _, n := range fresh {
-			n.conf = replicationConf + newConf
+			n.conf = modeConf + newConf
 		}
 	}
 	c.startAll(nodes...)
@@ -118,7 +120,7 @@ func rollingUpgrade(t *testing.T, label string, newNames bool) {
 		if newNames {
 			live = slices.DeleteFunc(live, func(o *node) bool { return o == n })
 		} else {
-			n.binary, n.conf, n.adminAddr = "", replicationConf+newConf, ""
+			n.binary, n.conf, n.adminAddr = "", modeConf+newConf, ""
 			c.start(n)
 			n.waitHealthy(t, scale(30*time.Second))
 			lb.exclude(n.name, false)
@@ -141,7 +143,7 @@ func rollingUpgrade(t *testing.T, label string, newNames bool) {
 
 	sessions := sessionsOf(clients)
 	bound := scale(3*antiEntropyInterval + 5*time.Second)
-	diverged, _ := checkQuiet(t, "rolling upgrade, "+label, live, "delta", sessions, bound)
+	diverged, _ := checkQuiet(t, "rolling upgrade, "+label, live, mode, sessions, bound)
 	lost, _, _ := checkFinal(t, live, sessions)
 	regress := checkRegressions(t, sessions)
 	failed := st.n503.Load() + st.errs.Load()
