@@ -3,17 +3,14 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -136,10 +133,9 @@ func hostileDefaults(t *testing.T, sz sizes) {
 	for _, n := range nodes {
 		n.conf = insecureConf
 		if limited {
-			startWrapped(c, n, "prlimit", fmt.Sprintf("--nofile=%d:%d", fileLimit, fileLimit))
-		} else {
-			c.start(n)
+			n.wrap = []string{"prlimit", fmt.Sprintf("--nofile=%d:%d", fileLimit, fileLimit)}
 		}
+		c.start(n)
 	}
 	c.waitViews(30*time.Second, nodes, c.others())
 	for _, n := range nodes {
@@ -590,7 +586,7 @@ func (h *hostile) watch() func() watched {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				if rss, err := vmRSS(n.proc.Pid()); err == nil {
+				if rss, err := n.proc.RSS(); err == nil {
 					mu.Lock()
 					w.peak[n.name] = max(w.peak[n.name], rss)
 					mu.Unlock()
@@ -620,23 +616,6 @@ func freshClient(h *lab.Host) *http.Client {
 		Transport: &http.Transport{Proxy: nil, DialContext: h.DialContext, DisableKeepAlives: true},
 		Timeout:   lab.HTTPTimeout,
 	}
-}
-
-// vmRSS is the resident set of process pid, in bytes.
-func vmRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS")
 }
 
 // grew fails the test unless a counter grew by at least want.
@@ -862,25 +841,4 @@ func detailCounts(r attackResult) map[string]int64 {
 		}
 	}
 	return out
-}
-
-// startWrapped starts n as c.start does, under a program that execs
-// flockd (prlimit), so that the process's pid is flockd's. n.conf must
-// have its [cluster.security] table.
-func startWrapped(c *cluster, n *node, wrapper string, wrapperArgs ...string) {
-	c.t.Helper()
-	if !strings.Contains(n.conf, "[cluster.security]") {
-		c.t.Fatalf("%s: startWrapped needs a [cluster.security] table", n.name)
-	}
-	cfg := filepath.Join(c.dir, n.name+".toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[cluster]\ndomain = %q\n%s", n.domain, n.conf)), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-	ip := n.host.IP.String()
-	args := append(wrapperArgs, flockdPath, "--config", cfg, "--name", n.name, "--http", ip+":8080", "--bind", ip, "--receiver-host", ip)
-	p, err := n.host.Start(context.Background(), lab.ProcConfig{Path: wrapper, Name: "flockd", Args: args})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	n.proc = p
 }

@@ -99,6 +99,9 @@ type node struct {
 	name   string
 	domain string
 	binary string // the flockd to run; "" is flockdPath, this tree's
+	// wrap, if set, is a program and its arguments that exec flockd (as
+	// prlimit does), so that the process's pid is still flockd's.
+	wrap []string
 	// adminAddr is where its admin endpoints are, if not [server]
 	// admin's default (an earlier flockd served them on its HTTP port).
 	adminAddr string
@@ -221,14 +224,14 @@ func (c *cluster) start(n *node) {
 	if n.binary != "" {
 		path = n.binary
 	}
-	p, err := n.host.Start(context.Background(), lab.ProcConfig{
-		Path: path,
-		Name: "flockd",
-		Args: []string{
-			"--config", cfg, "--name", n.name, "--http", ip + ":8080",
-			"--bind", ip, "--receiver-host", ip,
-		},
-	})
+	args := []string{
+		"--config", cfg, "--name", n.name, "--http", ip + ":8080",
+		"--bind", ip, "--receiver-host", ip,
+	}
+	if len(n.wrap) > 0 {
+		path, args = n.wrap[0], append(append(slices.Clone(n.wrap[1:]), path), args...)
+	}
+	p, err := n.host.Start(context.Background(), lab.ProcConfig{Path: path, Name: "flockd", Args: args})
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -3,14 +3,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -340,7 +335,7 @@ func (e *env) fillAndMeasure(ctx context.Context, c *cluster, origin *node, watc
 	for i, n := range watch {
 		res[i].count = count
 		var err error
-		if res[i].before, err = vmRSS(n.proc.Pid()); err != nil {
+		if res[i].before, err = n.proc.RSS(); err != nil {
 			return nil, err
 		}
 	}
@@ -353,7 +348,7 @@ func (e *env) fillAndMeasure(ctx context.Context, c *cluster, origin *node, watc
 			return nil, err
 		}
 		var err error
-		if res[i].after, err = vmRSS(n.proc.Pid()); err != nil {
+		if res[i].after, err = n.proc.RSS(); err != nil {
 			return nil, err
 		}
 		e.logf("memory: %s VmRSS %.1f -> %.1f MiB: %.0f B/session", n.name,
@@ -382,29 +377,4 @@ func warm(ctx context.Context, via *lab.Host, n *node, conns int) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
-}
-
-// vmRSS returns the resident set size of pid (VmRSS of /proc/PID/status).
-func vmRSS(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
-		if !ok {
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/status: VmRSS %q: %w", pid, rest, err)
-		}
-		return kb << 10, nil
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
 }

@@ -259,7 +259,7 @@ func (e *env) fillSpread(ctx context.Context, c *cluster, nodes []*node, mode st
 		}
 	}
 	for _, n := range nodes {
-		rss, err := vmRSS(n.proc.Pid())
+		rss, err := n.proc.RSS()
 		if err != nil {
 			return res, err
 		}
@@ -277,7 +277,7 @@ func (e *env) fillSpread(ctx context.Context, c *cluster, nodes []*node, mode st
 		}
 	}
 	for i, n := range nodes {
-		rss, err := vmRSS(n.proc.Pid())
+		rss, err := n.proc.RSS()
 		if err != nil {
 			return res, err
 		}

@@ -3,12 +3,14 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -308,4 +310,30 @@ func (r *ring) String() string {
 	sb.Write(r.buf[r.start : r.start+first])
 	sb.Write(r.buf[:r.n-first])
 	return sb.String()
+}
+
+// RSS returns the program's resident set size in bytes (VmRSS of
+// /proc/PID/status).
+func (p *Proc) RSS() (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/status: VmRSS %q: %w", p.pid, rest, err)
+		}
+		return kb << 10, nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("/proc/%d/status: no VmRSS", p.pid)
 }
