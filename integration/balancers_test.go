@@ -43,7 +43,10 @@ import (
 //     cookie names it, and the others none of them;
 //   - kill -9 of the node serving the most users, under load;
 //   - a rolling restart, node by node: SIGTERM with [server] drain_grace
-//     3s, a new process under the same name, under load.
+//     3s, a new process under the same name, under load;
+//   - a rolling downgrade to the earlier release (upgradeFrom, built from
+//     this repository's history) and a rolling upgrade back: the same, each
+//     new process of the other release, old and new serving together.
 //
 // A user's request failed when it was not answered 200. A count is off
 // when it is not the user's previous count + 1: a lost session (the count
@@ -435,7 +438,7 @@ func checkRecipeFile(t *testing.T, path string, nodes []*node, lb *lab.Host) {
 }
 
 func testRecipe(t *testing.T, r recipe) {
-	scenario(t, load, 45*time.Second)
+	scenario(t, load, 90*time.Second)
 	if _, err := os.Stat(r.bin); err != nil {
 		t.Skipf("%s is not installed: %v", r.name, err)
 	}
@@ -655,10 +658,40 @@ func testRecipe(t *testing.T, r recipe) {
 	c.waitViews(30*time.Second, nodes, c.others())
 	time.Sleep(recipeSettle)
 
-	// Rolling restart under load: SIGTERM, the drain grace, a new process.
-	logAt = len(r.log(lb, dir))
-	from = answered(us)
-	stop = loadUsers(us, pause)
+	// Rolling restart under load: SIGTERM, the drain grace, a new process;
+	// then the same with the earlier release (5ec2404, built from this
+	// repository's history): a rolling downgrade to it and a rolling
+	// upgrade back, old and new in one cluster behind the balancer.
+	old, err := oldFlockd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	toOld := func(n *node) { n.binary, n.conf, n.adminAddr = old, "[server]\n", n.host.IP.String()+":8080" }
+	toNew := func(n *node) {
+		n.binary, n.conf, n.adminAddr = "", fmt.Sprintf("[server]\ndrain_grace = %q\n", recipeDrainGrace.String()), ""
+	}
+	for _, pass := range []struct {
+		phase  string
+		next   func(*node)
+		checks bool // the balancer's checks see each node's 503 while it drains
+	}{
+		{"rolling restart", toNew, r.checks},
+		{"rolling downgrade to " + upgradeFrom, toOld, false},
+		{"rolling upgrade from " + upgradeFrom, toNew, false},
+	} {
+		rollRecipe(t, c, r, lb, dir, label, pass.phase, nodes, us, pause, pass.next, pass.checks)
+	}
+}
+
+// rollRecipe replaces the nodes one by one under load behind the
+// balancer: SIGTERM, the node's drain, a new process (of the release next
+// gives it), and checks that no user request failed or lost anything.
+func rollRecipe(t *testing.T, c *cluster, r recipe, lb *lab.Proc, dir, label, phase string, nodes []*node, us []*recipeUser,
+	pause time.Duration, next func(*node), checks bool) {
+	t.Helper()
+	logAt := len(r.log(lb, dir))
+	from := answered(us)
+	stop := loadUsers(us, pause)
 	defer stop()
 	waitAnswers(t, us, from, 5, scale(time.Minute))
 	var old []*lab.Proc
@@ -683,58 +716,59 @@ func testRecipe(t *testing.T, r recipe) {
 		scancel()
 		old = append(old, n.proc)
 		if err != nil {
-			t.Fatalf("rolling restart: %s did not exit 0 on SIGTERM: %v", n.name, err)
+			t.Fatalf("%s: %s did not exit 0 on SIGTERM: %v", phase, n.name, err)
 		}
 		stopped := time.Since(stopping)
 		c.waitViews(30*time.Second, without(nodes, n), c.others(n))
+		next(n)
 		c.start(n)
 		healthy := n.waitHealthy(t, stateTransferTimeout+scale(10*time.Second))
 		c.waitViews(30*time.Second, nodes, c.others())
 		time.Sleep(recipeSettle)
 		waitAnswers(t, us, answered(us), 5, scale(time.Minute))
-		t.Logf("rolling restart: %s (%d users): stopped %v after SIGTERM, healthy %v after its start", n.name, users,
+		t.Logf("%s: %s (%d users): stopped %v after SIGTERM, healthy %v after its start", phase, n.name, users,
 			stopped.Round(time.Millisecond), healthy.Round(time.Millisecond))
 	}
 	took := time.Since(start)
 	stop()
 	rollTally := tallyFrom(us, from)
 	rollLog := r.log(lb, dir)[logAt:]
-	if r.checks {
+	if checks {
 		// Each node was taken out by its 503 on /healthz while it drained,
 		// before its listener closed.
 		drained := map[string]bool{}
 		seen := map[string]bool{} // HAProxy logs it, and prints it on stderr
 		for _, m := range haproxyDown.FindAllStringSubmatch(rollLog, -1) {
 			if !seen[m[0]] {
-				t.Logf("rolling restart: %s", m[0])
+				t.Logf("%s: %s", phase, m[0])
 			}
 			seen[m[0]] = true
 			drained[m[1]] = drained[m[1]] || m[3] == "503"
 		}
 		for _, n := range nodes {
 			if !drained[n.name] {
-				t.Errorf("rolling restart: %s did not take %s out on its 503 on /healthz while it drained", r.name, n.name)
+				t.Errorf("%s: %s did not take %s out on its 503 on /healthz while it drained", phase, r.name, n.name)
 			}
 		}
 	}
-	t.Logf("rolling restart: %v; %s", took.Round(time.Millisecond), rollTally)
+	t.Logf("%s: %v; %s", phase, took.Round(time.Millisecond), rollTally)
 	for _, e := range rollTally.examples {
-		t.Logf("rolling restart: %s", e)
+		t.Logf("%s: %s", phase, e)
 	}
 	rbound := scale(5 * time.Second)
-	figures.add(t, label+": rolling restart, 3 nodes, drain_grace 3s: longest gap a user saw", rollTally.gap, rbound)
-	figures.addValue(t, label+": rolling restart: requests / failed / counts not previous+1 / lost sessions / lost writes",
+	figures.add(t, label+": "+phase+", 3 nodes: longest gap a user saw", rollTally.gap, rbound)
+	figures.addValue(t, label+": "+phase+": requests / failed / counts not previous+1 / lost sessions / lost writes",
 		fmt.Sprintf("%d / %d / %d / %d / %d", rollTally.requests, rollTally.failed, rollTally.off, rollTally.lostSessions, rollTally.lostWrites),
 		"report / 0 / 0 / 0 / 0")
-	figures.addValue(t, label+": rolling restart: requests the balancer retried on another node", fmt.Sprint(r.retried(rollLog)), "report only")
+	figures.addValue(t, label+": "+phase+": requests the balancer retried on another node", fmt.Sprint(r.retried(rollLog)), "report only")
 	if rollTally.failed > 0 || rollTally.off > 0 {
-		t.Errorf("rolling restart: %d failed requests, %d counts not previous+1 (%d lost sessions, %d lost writes)",
-			rollTally.failed, rollTally.off, rollTally.lostSessions, rollTally.lostWrites)
+		t.Errorf("%s: %d failed requests, %d counts not previous+1 (%d lost sessions, %d lost writes)",
+			phase, rollTally.failed, rollTally.off, rollTally.lostSessions, rollTally.lostWrites)
 	}
 	if rollTally.gap > rbound {
-		t.Errorf("rolling restart: a user waited %v (%s), want within %v", rollTally.gap, rollTally.gapAt, rbound)
+		t.Errorf("%s: a user waited %v (%s), want within %v", phase, rollTally.gap, rollTally.gapAt, rbound)
 	}
-	checkRecipePeeks(t, "rolling restart", us, nodes)
+	checkRecipePeeks(t, phase, us, nodes)
 }
 
 // checkRecipePeeks fails the test unless every node holds each user's
