@@ -224,7 +224,8 @@ func (n *Node) Manager() *manager.Manager { return n.manager }
 
 // Drain tells the other members that this node is shutting down, so that
 // they take over the routes of the users a balancer moves to them at once
-// (delta mode); the node still serves and replicates. Call it first when
+// (in backup mode its sessions pass to their backups); the node still
+// serves and replicates. Call it first when
 // the process is asked to stop, then report not ready, then Stop.
 func (n *Node) Drain(ctx context.Context) error { return n.manager.Drain(ctx) }
 

@@ -944,10 +944,11 @@ func (m *Manager) Rebind(s *Session) (bool, error) {
 
 // Drain tells the members that this node is shutting down, so that they
 // take over the routes of the users a balancer moves to them now, rather
-// than once this node has left (in delta mode; in backup mode the owner
-// keeps its sessions until it leaves). This node still serves and
-// replicates as before. A member of an earlier release refuses the notice
-// (counted in its handler errors) and changes nothing.
+// than once this node has left; in backup mode they also stop placing
+// sessions on it (its sessions pass to the next owner, which holds them
+// as their backup). This node still serves and replicates as before. A
+// member of an earlier release refuses the notice (counted in its handler
+// errors) and changes nothing.
 func (m *Manager) Drain(ctx context.Context) error {
 	return m.sendTo(ctx, m.members(), typeDraining, draining{}, cluster.Ack)
 }
@@ -963,7 +964,11 @@ func (m *Manager) handleDraining(ctx context.Context, msg cluster.Message) error
 	v := &m.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if id, ok := v.draining[msg.From.Name]; ok && id == msg.From.ID {
+		return nil // told twice
+	}
 	v.draining[msg.From.Name] = msg.From.ID
+	m.viewChanged(membership.Event{Member: msg.From, Time: m.clock.Now(), Reason: "draining"})
 	m.log.WithField("member", msg.From.Name).Info("member draining; its users' routes are taken over here")
 	return nil
 }

@@ -156,3 +156,35 @@ func TestBackupLoadCutOffIsNotUnknown(t *testing.T) {
 		t.Fatalf("Load of an unknown id = %v, %v; want nil, nil", got, err)
 	}
 }
+
+// TestDrainingOwnerBackupMode: in backup mode a draining member owns
+// nothing any more: its users' sessions are taken over by the next owner
+// (its backup, which holds them), and new sessions are placed without it.
+func TestDrainingOwnerBackupMode(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	cfg.Mode = ModeBackup
+	c := newCluster(t, cfg, "A", "B", "C")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, b, map[string]any{"n": 1}) // owner B, backup C
+	id := s.ID()
+	c.waitFor("C holds it", func() bool { _, ok := state(c.ms[2], id); return ok })
+	if err := b.Drain(bg); err != nil {
+		t.Fatal(err)
+	}
+	got := load(t, a, id)
+	renamed, err := a.Rebind(got)
+	if !renamed || err != nil || Route(got.ID()) != "C" {
+		t.Fatalf("Rebind after B drains = %v, %v, route %s; want C's (B's backup, the next owner)", renamed, err, Route(got.ID()))
+	}
+	set(t, got, "n", 2)
+	commit(t, a, got)
+	got.RequestEnded()
+	c.waitFor("C holds the renamed session at n=2", func() bool {
+		st, ok := state(c.ms[2], got.ID())
+		return ok && st.Version >= 2
+	})
+	if !a.isMember("B") {
+		t.Error("a draining member left the view")
+	}
+}

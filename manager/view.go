@@ -166,7 +166,14 @@ func (m *Manager) viewChanged(e membership.Event) {
 	slices.SortFunc(list, func(a, b membership.Member) int { return strings.Compare(a.Name, b.Name) })
 	v.list = list
 	m.countBehindLocked()
-	m.place.members(e, list)
+	// A draining member is still a member (it gets every change it
+	// should) but owns nothing any more: the placement does without it,
+	// so its sessions pass to the next owners, which hold them already.
+	placed := list
+	if len(v.draining) > 0 {
+		placed = slices.DeleteFunc(slices.Clone(list), func(mb membership.Member) bool { return v.draining[mb.Name] == mb.ID })
+	}
+	m.place.members(e, placed)
 	close(v.changed)
 	v.changed = make(chan struct{})
 }
