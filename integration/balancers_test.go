@@ -520,6 +520,11 @@ func testRecipe(t *testing.T, r recipe) {
 	}
 	time.Sleep(recipeSettle) // every node has passed its checks
 	loadBegins(t)
+	// A new bound from here: loadBegins may have waited for other load
+	// scenarios longer than the setup's.
+	cancel()
+	ctx, cancel = context.WithTimeout(context.Background(), scale(2*time.Minute))
+	defer cancel()
 
 	var us []*recipeUser
 	for i := range users {

@@ -380,6 +380,9 @@ func newHostile(t *testing.T, c *cluster, nodes []*node, sz sizes) *hostile {
 		}
 	}
 	loadBegins(t)
+	// A new bound from here: loadBegins may wait for other load scenarios.
+	h.ctx, cancel = context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
 	return h
 }
 

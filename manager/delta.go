@@ -114,6 +114,14 @@ func (p *deltaPlacement) start(ms []membership.Member) {
 		m.stats.transferNanos.Store(uint64(d))
 		m.transfer.set("done")
 		log.WithField("took", d.Round(time.Millisecond)).Info("state transfer done")
+		// A change another member made while the pages came, before it
+		// heard of this node, reached the others and not here: one round
+		// with each member brings it before this node takes users.
+		for _, mb := range m.members() {
+			if _, err := m.syncWith(m.ctx, mb); err != nil {
+				m.log.WithField("member", mb.Name).WithError(err).Debug("anti-entropy after the state transfer failed")
+			}
+		}
 	}
 }
 
