@@ -523,6 +523,15 @@ func (m *Manager) LoadSeen(ctx context.Context, id string, seen uint64) (*Sessio
 				return nil, fmt.Errorf("manager: session %s: %w: %s did not answer", m.ref(id), ErrCatchingUp, name)
 			}
 		}
+		if stillOlder && m.recentlyLost() {
+			// Every holder still in the view answered and none has what
+			// the client saw, but a member failed moments ago: the newer
+			// copy may have been there (a holder the failed send just
+			// dropped from the view). Come again rather than build on the
+			// older one.
+			m.stats.catchUpRefused.Add(1)
+			return nil, fmt.Errorf("manager: session %s: %w: older than the client's v%d, and a member that may hold it failed moments ago", m.ref(id), ErrCatchingUp, seen)
+		}
 		if older {
 			m.stats.olderThanSeen.Add(1)
 		}

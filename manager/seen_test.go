@@ -188,3 +188,35 @@ func TestDrainingOwnerBackupMode(t *testing.T) {
 		t.Error("a draining member left the view")
 	}
 }
+
+// TestLoadSeenAfterAHolderFailed: the only other holder of what the
+// client saw failed (and left the view) before the load asked it: the
+// older copy is not served while the failure is recent.
+func TestLoadSeenAfterAHolderFailed(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, testConfig(), "A", "B", "C")
+	a, cm := c.ms[0], c.ms[2]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
+	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta && e.to == c.nodes[2] })
+	w := load(t, a, id)
+	set(t, w, "n", 2)
+	w.ResponseCommitted()
+	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+	err := a.Commit(ctx, w)
+	cancel()
+	w.RequestEnded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := w.Version()
+	// A and B, the holders of v2, fail: C is left with v1.
+	c.nodes[0].setUp(false)
+	c.nodes[1].setUp(false)
+	got, err := cm.LoadSeen(bg, id, seen)
+	if !errors.Is(err, ErrCatchingUp) || got != nil {
+		t.Fatalf("LoadSeen with the holders of v%d just failed = %v, %v; want ErrCatchingUp", seen, got, err)
+	}
+	c.net.release()
+}
