@@ -507,9 +507,9 @@ func TestLaggingMemberNotWaitedFor(t *testing.T) {
 	c.waitConverged(s.ID())
 	c.net.holdTo(c.nodes[1]) // B answers nothing in time
 	commitWithin := func(d time.Duration) (time.Duration, error) {
+		start := time.Now() // before the deadline is set, which it is measured against
 		ctx, cancel := context.WithTimeout(bg, d)
 		defer cancel()
-		start := time.Now()
 		set(t, s, "n", time.Now().UnixNano())
 		err := a.Commit(ctx, s)
 		return time.Since(start), err
