@@ -40,6 +40,11 @@ type digestEntry struct {
 	Version uint64 `msgpack:"v"`
 	Origin  string `msgpack:"o"`
 	Hash    uint64 `msgpack:"h"`
+	// Unsure: a copy nobody acknowledged (a commit that got too few
+	// copies). It takes part, or two members left holding different
+	// unacknowledged copies would never compare them; any acknowledged
+	// copy beats it.
+	Unsure bool `msgpack:"u,omitempty"`
 }
 
 // digestRequest is one step of a round: Sums (first step), or the digest
@@ -97,7 +102,11 @@ func entryHash(e digestEntry) uint64 {
 	h := fnvString(fnvOffset64, e.ID)
 	h = fnvUint64(h, e.Version)
 	h = fnvString(h, e.Origin)
-	return fnvUint64(h, e.Hash)
+	h = fnvUint64(h, e.Hash)
+	if e.Unsure {
+		h = (h ^ 1) * fnvPrime64 // a copy in doubt never sums like an acknowledged one
+	}
+	return h
 }
 
 func tombHash(e ended) uint64 {
@@ -137,8 +146,8 @@ func (m *Manager) digestFor(peer string, buckets map[int]bool) digest {
 	m.mu.RUnlock()
 	for _, s := range all {
 		s.mu.Lock()
-		if !s.isNew && !s.invalid && !s.private() { // a copy in doubt takes any member's
-			d.entries[s.id] = digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash()}
+		if e, ok := s.digestEntry(); ok {
+			d.entries[s.id] = e
 		}
 		s.mu.Unlock()
 	}
@@ -173,8 +182,7 @@ func (m *Manager) sumsFor(peer string) []uint64 {
 	m.mu.RUnlock()
 	for _, s := range all {
 		s.mu.Lock()
-		if !s.isNew && !s.invalid && !s.private() {
-			e := digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash()}
+		if e, ok := s.digestEntry(); ok {
 			sums[bucketOf(e.ID)] += entryHash(e)
 		}
 		s.mu.Unlock()
@@ -185,10 +193,23 @@ func (m *Manager) sumsFor(peer string) []uint64 {
 	return sums
 }
 
-// beats reports whether copy a wins over copy b: the higher version, then
-// the greater origin, then the greater content hash (see newer).
+// digestEntry describes s for a digest; s.mu must be held. A copy being
+// committed takes no part until its commit settles; one nobody
+// acknowledged takes part, marked.
+func (s *Session) digestEntry() (digestEntry, bool) {
+	if s.isNew || s.invalid || s.inFlight {
+		return digestEntry{}, false
+	}
+	return digestEntry{ID: s.id, Version: s.version, Origin: s.origin, Hash: s.contentHash(), Unsure: s.unsure}, true
+}
+
+// beats reports whether copy a wins over copy b: an acknowledged copy over
+// one in doubt, then the higher version, the greater origin, the greater
+// content hash (as install decides).
 func beats(a, b digestEntry) bool {
 	switch {
+	case a.Unsure != b.Unsure:
+		return !a.Unsure
 	case a.Version != b.Version:
 		return a.Version > b.Version
 	case a.Origin != b.Origin:
@@ -305,7 +326,7 @@ func (m *Manager) pushIDs(ctx context.Context, peer membership.Member, ids []str
 		return err
 	}
 	for _, id := range ids {
-		snap, ok := m.copyOf(id)
+		snap, ok := m.transferCopyOf(id)
 		if !ok {
 			continue
 		}
@@ -365,7 +386,7 @@ func (m *Manager) handleDigest(ctx context.Context, msg cluster.Message) ([]byte
 		if rep.More {
 			return
 		}
-		snap, ok := m.copyOf(id)
+		snap, ok := m.transferCopyOf(id)
 		if !ok {
 			return
 		}

@@ -876,3 +876,45 @@ func TestDoubtNotReplacedByOlder(t *testing.T) {
 		t.Errorf("A serves n = %d after settling, want at least the acknowledged 2", n)
 	}
 }
+
+// Two members left holding different copies nobody acknowledged (each
+// committed while the other's answer was lost) compare them in
+// anti-entropy and settle on one. Before, copies in doubt took no part in
+// digests: both sides' sums left them out, and the replicas differed
+// forever (seen in the lab with two writers per session, backup mode).
+func TestDoubtfulCopiesConverge(t *testing.T) {
+	leakcheck.Check(t)
+	c := newCluster(t, testConfig(), "A", "B")
+	a, b := c.ms[0], c.ms[1]
+	s := create(t, a, map[string]any{"n": 1})
+	id := s.ID()
+	c.waitConverged(id)
+	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta })
+	for i, m := range []*Manager{a, b} {
+		sm := load(t, m, id)
+		set(t, sm, "n", 10+i)
+		ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+		err := m.Commit(ctx, sm)
+		cancel()
+		if !errors.Is(err, ErrTooFewCopies) {
+			t.Fatalf("commit on %s = %v, want ErrTooFewCopies", c.nodes[i].Name(), err)
+		}
+	}
+	c.net.release() // each refuses the other's change: it holds another v2
+	c.waitFor("network idle", c.net.idle)
+	if c.converged(id) {
+		t.Fatal("the copies in doubt are equal before anti-entropy")
+	}
+	moved, err := a.syncWith(bg, c.nodes[1].Local())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.converged(id) {
+		ga, _ := state(a, id)
+		gb, _ := state(b, id)
+		t.Fatalf("after a round (%d moved): A v%d of %s, B v%d of %s", moved, ga.Version, ga.Origin, gb.Version, gb.Origin)
+	}
+	if moved, err = b.syncWith(bg, c.nodes[0].Local()); err != nil || moved != 0 {
+		t.Errorf("a second round moved %d (%v); want 0", moved, err)
+	}
+}
