@@ -38,7 +38,7 @@ func parts(c conf.Config) (partConfigs, error) {
 		return partConfigs{}, err
 	}
 	cc := cluster.DefaultConfig()
-	cc.Name, cc.Domain = c.Server.Name, c.Cluster.Domain
+	cc.Name, cc.Domain, cc.Zone = c.Server.Name, c.Cluster.Domain, c.Server.Zone
 	cc.Host, cc.Port, cc.AutoBind = host, c.Cluster.Receiver.Port, c.Cluster.Receiver.AutoBind
 
 	sn := c.Cluster.Sender

@@ -160,6 +160,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 		ID:      id,
 		Name:    cfg.Name,
 		Domain:  cfg.Domain,
+		Zone:    cfg.Zone,
 		Addr:    ln.Addr().(*net.TCPAddr).AddrPort(),
 		Started: time.Now(),
 	}

@@ -22,6 +22,9 @@ type Config struct {
 	// Domain separates clusters that share a network: members of another
 	// domain are ignored.
 	Domain string
+	// Zone is where the node runs (see membership.Member.Zone); "" for
+	// none.
+	Zone string
 	// Host, Port and AutoBind say where the receiver listens: the first
 	// free port of Port, Port+1, ... Port+AutoBind-1 on Host (Tomcat's
 	// auto-bind).

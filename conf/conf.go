@@ -53,6 +53,12 @@ type Server struct {
 	// by every admin endpoint but health. Set it whenever Admin is not a
 	// loopback address: flockd warns at start when it is not.
 	AdminToken string `toml:"admin_token"`
+	// Zone is where the node runs (a rack, an availability zone). In
+	// backup mode a session's backup is on a member of another zone when
+	// there is one, so losing a zone loses no session. Empty: no zone.
+	// Set it only once every node runs a release that reads zones
+	// (earlier ones refuse heartbeats that carry one).
+	Zone string `toml:"zone"`
 	// LogLevel is the least severe level logged: "debug", "info", "warn"
 	// or "error".
 	LogLevel string `toml:"log_level"`

@@ -112,6 +112,9 @@ func (c Config) problems() []problem {
 		check("server.drain_grace", fmt.Errorf("%v is out of range; allowed 0s..10m", g))
 	}
 	check("cluster.domain", checkDomain(c.Cluster.Domain))
+	if c.Server.Zone != "" {
+		check("server.zone", checkDomain(c.Server.Zone))
+	}
 
 	m := c.Cluster.Membership
 	check("cluster.membership.type", checkMembershipType(m.Type))

@@ -16,9 +16,11 @@ import (
 
 // Backup mode (Resin's clustered sessions, Tomcat's BackupManager): each
 // session lives on two nodes only. Its owner is the node its id names, or,
-// when that node is gone, the node after it on the ring of members sorted
-// by name; its backup is the node after the owner. Every node computes the
-// same answer from the membership it sees, so no one has to be told.
+// when that node is gone, the member that was its backup; its backup is
+// the member of highest rendezvous weight for the session's id other than
+// the owner, in another zone when one has a member (see holders). Every
+// node computes the same answer from the membership it sees, so no one has
+// to be told.
 type backupPlacement struct {
 	m    *Manager
 	ring atomic.Pointer[ring] // rebuilt on every change of the member view
@@ -37,7 +39,13 @@ type backupPlacement struct {
 	// orphaned: copies this node is neither owner nor backup of, since
 	// when; only step touches it.
 	orphaned map[string]time.Time
+	// zones: the zone each member announced, kept after it left (see
+	// members).
+	zones map[string]string
 }
+
+// maxZonesKept bounds the zones remembered of members gone.
+const maxZonesKept = 4096
 
 var _ placement = (*backupPlacement)(nil)
 
@@ -48,80 +56,142 @@ func newBackup(m *Manager) *backupPlacement {
 		retry:    make(map[string]backoff),
 		moved:    make(map[string]time.Time),
 		orphaned: make(map[string]time.Time),
+		zones:    make(map[string]string),
 	}
-	p.ring.Store(newRing(m.local, nil))
+	p.ring.Store(newRing(m.c.Local(), nil, nil))
 	return p
 }
 
-// ring is one view of the members, this node included, sorted by name.
+// ring is one view of the members, this node included, sorted by name,
+// with the zone each announced.
 type ring struct {
 	names   []string
 	members map[string]membership.Member
+	seeds   map[string]uint64 // per member: its name hashed once, not per session
+	zones   map[string]string // of members in the view and of members gone (see zoneOf)
 }
 
-func newRing(local string, ms []membership.Member) *ring {
-	r := &ring{names: make([]string, 0, len(ms)+1), members: make(map[string]membership.Member, len(ms))}
-	r.names = append(r.names, local)
-	for _, mb := range ms {
+func newRing(local membership.Member, ms []membership.Member, gone map[string]string) *ring {
+	r := &ring{
+		names:   make([]string, 0, len(ms)+1),
+		members: make(map[string]membership.Member, len(ms)),
+		seeds:   make(map[string]uint64, len(ms)+1),
+		zones:   make(map[string]string, len(ms)+1+len(gone)),
+	}
+	for name, z := range gone {
+		r.zones[name] = z
+	}
+	for _, mb := range append([]membership.Member{local}, ms...) {
 		r.names = append(r.names, mb.Name)
-		r.members[mb.Name] = mb
+		r.seeds[mb.Name] = mix64(fnvString(fnvOffset64, mb.Name))
+		r.zones[mb.Name] = mb.Zone
+		if mb.Name != local.Name {
+			r.members[mb.Name] = mb
+		}
 	}
 	slices.Sort(r.names)
 	return r
 }
 
-func (r ring) alive(name string) bool {
+func (r *ring) alive(name string) bool {
 	_, ok := slices.BinarySearch(r.names, name)
 	return ok
 }
 
-// next is the first member after name on the ring, name excluded; "" when
-// name is alone.
-func (r ring) next(name string) string {
-	i, found := slices.BinarySearch(r.names, name)
-	if found {
-		i++
-	}
-	n := r.names[i%len(r.names)]
-	if n == name {
-		return ""
-	}
-	return n
+// mix64 is SplitMix64's finalizer: the weights of one session for two
+// members must look independent, which FNV alone does not give.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }
 
-// owner is the node that serves session id: the one its route names while
-// that node is a member, else the one after it, which held the backup.
-func (r ring) owner(id string) string {
-	if route := Route(id); r.alive(route) {
-		return route
+// Placement is rendezvous (highest-random-weight) hashing: every member
+// has a weight for every session, and a session's backup is the member of
+// highest weight other than its owner. When an owner dies, its sessions'
+// new owners are their backups, spread over all survivors, and their new
+// backups spread likewise; when a member joins, it becomes the backup of
+// about 1/N of the sessions, and nothing else moves. A ring by name, as
+// before, gave every session of an owner the same backup: its death put
+// all of them on one survivor, which had to copy them all at once.
+
+// hashID is the part of every weight that depends on the session only.
+func hashID(id string) uint64 { return fnvString(fnvOffset64, id) }
+
+// choose is the member of highest weight for the session hashed to h,
+// skipping skip and skip2, preferring one whose zone is not zone (when
+// zone is set), so that an owner and its backup do not share a zone while
+// another has a member. "" when no member is left.
+func (r *ring) choose(h uint64, zone, skip, skip2 string) string {
+	best, bestOther := "", ""
+	var w, wOther uint64
+	for _, n := range r.names {
+		if n == skip || n == skip2 {
+			continue
+		}
+		x := mix64(h ^ r.seeds[n])
+		if best == "" || x > w {
+			best, w = n, x
+		}
+		if zone != "" && r.zones[n] != zone && (bestOther == "" || x > wOther) {
+			bestOther, wOther = n, x
+		}
 	}
-	return r.next(Route(id))
+	if bestOther != "" {
+		return bestOther
+	}
+	return best
 }
 
-// backup is where owner copies its sessions; "" when owner is alone.
-func (r ring) backup(owner string) string { return r.next(owner) }
+// holders are the owner and the backup of session id: the owner is the
+// node its route names while that node is a member, else the member that
+// was its backup; "" for a backup when the owner is alone.
+func (r *ring) holders(id string) (owner, backup string) {
+	h := hashID(id)
+	route := Route(id)
+	owner = route
+	if !r.alive(route) {
+		owner = r.choose(h, r.zones[route], route, "")
+	}
+	return owner, r.choose(h, r.zones[owner], owner, route)
+}
 
-// standIns: for each failed holder, the next member on the ring after it
-// that is neither this node nor a holder already: the backup-to-be.
+func (r *ring) owner(id string) string {
+	o, _ := r.holders(id)
+	return o
+}
+
+func (r *ring) backupOf(id string) string {
+	_, b := r.holders(id)
+	return b
+}
+
+// standIns: for each failed holder, the member of next highest weight that
+// is neither this node nor a holder already: the backup-to-be.
 func (p *backupPlacement) standIns(id string, failed []membership.Member) []membership.Member {
 	r := p.ring.Load()
-	owner := r.owner(id)
-	skip := map[string]bool{p.m.local: true, owner: true, r.backup(owner): true}
+	owner, backup := r.holders(id)
+	skip := map[string]bool{p.m.local: true, owner: true, backup: true}
+	h := hashID(id)
 	var out []membership.Member
-	for _, f := range failed {
-		// At most once round the ring: the failed member may already be off
-		// it, and every other name may be skipped.
-		n := f.Name
-		for range len(r.names) {
-			if n = r.next(n); n == "" || n == f.Name {
-				break
+	for range failed {
+		best := ""
+		var w uint64
+		for _, n := range r.names {
+			if skip[n] {
+				continue
 			}
-			if !skip[n] {
-				skip[n] = true
-				out = append(out, r.members[n])
-				break
+			if x := mix64(h ^ r.seeds[n]); best == "" || x > w {
+				best, w = n, x
 			}
 		}
+		if best == "" {
+			break
+		}
+		skip[best] = true
+		out = append(out, r.members[best])
 	}
 	return out
 }
@@ -134,21 +204,29 @@ func (p *backupPlacement) keeps(id string) bool { return p.ring.Load().owner(id)
 
 // shares: the owner and its backup hold the session.
 func (p *backupPlacement) shares(id, peer string) bool {
-	r := p.ring.Load()
-	owner := r.owner(id)
-	b := r.backup(owner)
+	owner, b := p.ring.Load().holders(id)
 	local := p.m.local
 	return (owner == local && b == peer) || (owner == peer && b == local)
 }
 
 // members rebuilds the ring: once per change of the view, not per commit.
 func (p *backupPlacement) members(e membership.Event, view []membership.Member) {
-	p.ring.Store(newRing(p.m.local, view))
+	p.mu.Lock()
 	if e.Type == membership.Left || e.Type == membership.Failed {
-		p.mu.Lock()
 		delete(p.retry, e.Member.Name) // the backoff of a member gone
-		p.mu.Unlock()
 	}
+	// The zones of members gone, for the sessions their routes name: the
+	// new owner is the member that was the backup, chosen by the old
+	// owner's zone. Bounded like the member table; a name forgotten past
+	// that only costs an even (zone-blind) pick.
+	if len(p.zones) >= maxZonesKept {
+		clear(p.zones)
+	}
+	for _, mb := range view {
+		p.zones[mb.Name] = mb.Zone
+	}
+	p.ring.Store(newRing(p.m.c.Local(), view, p.zones))
+	p.mu.Unlock()
 }
 
 // start is the recovery: a node holds only what it owns, so it asks every
@@ -224,15 +302,14 @@ func (p *backupPlacement) start([]membership.Member) {
 func (p *backupPlacement) targets(id string) plan {
 	r := p.ring.Load()
 	local := p.m.local
-	owner := r.owner(id)
+	owner, b := r.holders(id)
 	if owner == local {
-		if b := r.backup(local); b != "" {
+		if b != "" {
 			return plan{to: []membership.Member{r.members[b]}, owned: true}
 		}
 		return plan{owned: true}
 	}
 	to := []membership.Member{r.members[owner]}
-	b := r.backup(owner)
 	if b != "" && b != local {
 		to = append(to, r.members[b])
 	}
@@ -260,9 +337,9 @@ func (p *backupPlacement) committed(ctx context.Context, d delta, pl plan) {
 	}
 	m := p.m
 	r := p.ring.Load()
-	owner := r.owner(d.Old)
+	owner, b := r.holders(d.Old)
 	var to []membership.Member
-	for _, name := range []string{owner, r.backup(owner)} {
+	for _, name := range []string{owner, b} {
 		if name == "" || name == m.local || slices.ContainsFunc(to, func(mb membership.Member) bool { return mb.Name == name }) ||
 			slices.ContainsFunc(pl.to, func(mb membership.Member) bool { return mb.Name == name }) {
 			continue
@@ -293,7 +370,7 @@ func (p *backupPlacement) load(ctx context.Context, id string) (bool, error) {
 		return false, nil
 	}
 	r := p.ring.Load()
-	owner := r.owner(id)
+	owner, backup := r.holders(id)
 	if owner == m.local || owner == "" {
 		return false, nil
 	}
@@ -306,7 +383,7 @@ func (p *backupPlacement) load(ctx context.Context, id string) (bool, error) {
 	}
 	if err != nil {
 		m.log.WithFields(logrus.Fields{"session": m.ref(id), "member": owner}).WithError(err).Debug("load from owner failed")
-		b := r.backup(owner)
+		b := backup
 		if b == "" || b == m.local {
 			if unreachable {
 				return false, fmt.Errorf("owner %s did not answer: %w", owner, err)
@@ -326,7 +403,7 @@ func (p *backupPlacement) load(ctx context.Context, id string) (bool, error) {
 		}
 	}
 	m.stats.fetched.Add(1)
-	if b := r.backup(owner); b != "" && b != m.local && (in.Behind || m.lag.lagging(owner, m.clock.Now())) {
+	if b := backup; b != "" && b != m.local && (in.Behind || m.lag.lagging(owner, m.clock.Now())) {
 		// The owner is catching up (it, or a member, was cut off or
 		// stopped), or keeps missing changes acknowledged without it (its
 		// backup took them): the backup is asked too, the newest copy wins.
@@ -404,13 +481,13 @@ func (p *backupPlacement) step(now time.Time) {
 	var drop []string
 	m.mu.RLock()
 	for id, s := range m.sessions {
-		owner := r.owner(id)
+		owner, backup := r.holders(id)
 		s.mu.Lock()
 		switch {
 		case s.isNew || s.invalid:
 		case owner == m.local:
 			delete(p.orphaned, id)
-			b := r.backup(m.local)
+			b := backup
 			p.mu.Lock()
 			at, known := p.backupAt[id]
 			due := b != "" && at != b && !now.Before(p.retry[b].at)
@@ -426,7 +503,7 @@ func (p *backupPlacement) step(now time.Time) {
 			if due {
 				copies[b] = append(copies[b], s.toSnapshot())
 			}
-		case r.backup(owner) == m.local:
+		case backup == m.local:
 			delete(p.orphaned, id)
 		default:
 			if since, ok := p.orphaned[id]; !ok {

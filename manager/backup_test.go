@@ -71,26 +71,197 @@ func increment(t *testing.T, m *Manager, id string) (string, int) {
 	return s.ID(), n + 1
 }
 
-func TestRing(t *testing.T) {
-	r := ring{names: []string{"a", "b", "c", "e"}}
+// testRing builds the ring node names[0] sees, with zones[i] for names[i]
+// (nil: no zones).
+func testRing(names []string, zones []string) *ring {
+	ms := make([]membership.Member, len(names))
+	for i, n := range names {
+		ms[i] = membership.Member{Name: n}
+		if zones != nil {
+			ms[i].Zone = zones[i]
+		}
+	}
+	return newRing(ms[0], ms[1:], nil)
+}
+
+func names(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s%d", prefix, i)
+	}
+	return out
+}
+
+func TestPlacementHolders(t *testing.T) {
+	r := testRing([]string{"a", "b", "c", "e"}, nil)
+	for _, id := range []string{"AAAAAAAAAAAAAAAAAAAAAAAA.a", "BBBBBBBBBBBBBBBBBBBBBBBB.e", "CCCCCCCCCCCCCCCCCCCCCCCC.c"} {
+		owner, backup := r.holders(id)
+		if owner != Route(id) {
+			t.Errorf("owner(%s) = %s, want its route while that node lives", id, owner)
+		}
+		if backup == "" || backup == owner || !r.alive(backup) {
+			t.Errorf("backup(%s) = %q, owner %s", id, backup, owner)
+		}
+		// Its route gone, the session's owner is the member that held its backup.
+		rest := slices.DeleteFunc(slices.Clone(r.names), func(n string) bool { return n == owner })
+		if o2, b2 := testRing(rest, nil).holders(id); o2 != backup || b2 == "" || b2 == o2 {
+			t.Errorf("%s after its owner left: owner %s backup %s; want owner %s (the backup)", id, o2, b2, backup)
+		}
+	}
+	// A route that names no member (it left before the view was built).
+	id := "DDDDDDDDDDDDDDDDDDDDDDDD.d"
+	if owner, backup := r.holders(id); !r.alive(owner) || backup == owner || backup == "" {
+		t.Errorf("holders(%s) = %s, %s", id, owner, backup)
+	}
+	lone := testRing([]string{"a"}, nil)
+	for _, id := range []string{"AAAAAAAAAAAAAAAAAAAAAAAA.a", "AAAAAAAAAAAAAAAAAAAAAAAA.b"} {
+		if owner, backup := lone.holders(id); owner != "a" || backup != "" {
+			t.Errorf("a lone node, %s: holders %q, %q; want a and none", id, owner, backup)
+		}
+	}
+}
+
+// Every node computes the same holders from the same members, whichever of
+// them it is.
+func TestPlacementSameOnEveryNode(t *testing.T) {
+	all := names("n", 7)
+	zones := []string{"x", "y", "x", "z", "y", "x", ""}
+	var rings []*ring
+	for i := range all {
+		order := append([]string{all[i]}, slices.Delete(slices.Clone(all), i, i+1)...)
+		z := append([]string{zones[i]}, slices.Delete(slices.Clone(zones), i, i+1)...)
+		rings = append(rings, testRing(order, z))
+	}
+	for k := range 2000 {
+		id := newID(all[k%len(all)])
+		o, b := rings[0].holders(id)
+		for i, r := range rings[1:] {
+			if o2, b2 := r.holders(id); o2 != o || b2 != b {
+				t.Fatalf("%s: node %s says %s/%s, node n0 says %s/%s", id, all[i+1], o2, b2, o, b)
+			}
+		}
+	}
+}
+
+// The point of rendezvous placement: an owner's death spreads its sessions
+// over every survivor, and a join moves about 1/N of the backups.
+func TestPlacementSpread(t *testing.T) {
+	const sessions = 30000
+	for _, members := range []int{3, 10, 30, 60} {
+		t.Run(fmt.Sprint(members), func(t *testing.T) {
+			all := names("n", members)
+			r := testRing(all, nil)
+			ids := make([]string, sessions)
+			for i := range ids {
+				ids[i] = newID("n0")
+			}
+			// The owner n0 dies: who takes its sessions over, and who
+			// backs them up then.
+			after := testRing(all[1:], nil)
+			owners, backups := map[string]int{}, map[string]int{}
+			for _, id := range ids {
+				_, b := r.holders(id)
+				o2, b2 := after.holders(id)
+				if o2 != b {
+					t.Fatalf("%s: new owner %s, but the backup was %s", id, o2, b)
+				}
+				owners[o2]++
+				backups[b2]++
+			}
+			survivors := members - 1
+			mean := float64(sessions) / float64(survivors)
+			maxO, maxB := maxOf(owners), maxOf(backups)
+			t.Logf("%d members, the owner of %d sessions dies: taken over per survivor max %d, mean %.0f (%.2fx); new backups max %d (%.2fx); survivors used %d/%d",
+				members, sessions, maxO, mean, float64(maxO)/mean, maxB, float64(maxB)/mean, len(owners), survivors)
+			if len(owners) != survivors {
+				t.Errorf("takeover on %d of %d survivors", len(owners), survivors)
+			}
+			// Binomial: at 60 members (about 500 each) 1.25x is over 5 sigma.
+			if float64(maxO) > 1.25*mean || float64(maxB) > 1.25*mean {
+				t.Errorf("uneven: at most %d owned, %d backed up per survivor; mean %.0f", maxO, maxB, mean)
+			}
+			// A member joins: only the sessions it now backs up move.
+			joined := testRing(append(slices.Clone(all), "new"), nil)
+			moved := 0
+			for _, id := range ids {
+				o, b := r.holders(id)
+				o2, b2 := joined.holders(id)
+				if o2 != o {
+					t.Fatalf("%s: owner moved from %s to %s on a join", id, o, o2)
+				}
+				if b2 != b {
+					moved++
+					if b2 != "new" {
+						t.Fatalf("%s: backup moved from %s to %s, not to the new member", id, b, b2)
+					}
+				}
+			}
+			frac, want := float64(moved)/sessions, 1/float64(members)
+			t.Logf("a join moved %.3f of the backups (1/N = %.3f)", frac, want)
+			if frac < 0.7*want || frac > 1.3*want {
+				t.Errorf("a join moved %.3f of the backups, want about %.3f", frac, want)
+			}
+		})
+	}
+}
+
+func maxOf(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n = max(n, v)
+	}
+	return n
+}
+
+func TestPlacementZones(t *testing.T) {
 	tests := []struct {
-		id, owner, backupOfOwner string
+		name  string
+		zones []string
+		// spread: another zone has a member, so an owner and its backup
+		// never share one.
+		spread bool
 	}{
-		{"AAAAAAAAAAAAAAAAAAAAAAAA.a", "a", "b"},
-		{"AAAAAAAAAAAAAAAAAAAAAAAA.e", "e", "a"}, // wraps
-		{"AAAAAAAAAAAAAAAAAAAAAAAA.d", "e", "a"}, // d is gone: the node after it owns
-		{"AAAAAAAAAAAAAAAAAAAAAAAA.z", "a", "b"}, // after the last name: wraps
+		{"two zones", []string{"a", "a", "a", "b", "b", "b"}, true},
+		{"one member elsewhere", []string{"a", "a", "a", "a", "a", "b"}, true},
+		{"one zone", []string{"a", "a", "a", "a"}, false},
+		{"no zones", []string{"", "", "", ""}, false},
 	}
 	for _, tc := range tests {
-		if got := r.owner(tc.id); got != tc.owner {
-			t.Errorf("owner(%s) = %s, want %s", tc.id, got, tc.owner)
-		}
-		if got := r.backup(tc.owner); got != tc.backupOfOwner {
-			t.Errorf("backup(%s) = %s, want %s", tc.owner, got, tc.backupOfOwner)
-		}
-	}
-	if got := (ring{names: []string{"a"}}).backup("a"); got != "" {
-		t.Errorf("backup of a lone node = %q", got)
+		t.Run(tc.name, func(t *testing.T) {
+			all := names("n", len(tc.zones))
+			zoneOf := map[string]string{}
+			for i, n := range all {
+				zoneOf[n] = tc.zones[i]
+			}
+			r := testRing(all, tc.zones)
+			backups := map[string]int{}
+			for k := range 3000 {
+				id := newID(all[k%len(all)])
+				o, b := r.holders(id)
+				backups[b]++
+				if tc.spread && zoneOf[o] == zoneOf[b] {
+					t.Fatalf("%s: owner %s and backup %s both in zone %q", id, o, b, zoneOf[o])
+				}
+				// The owner gone (its zone remembered): its backup takes
+				// over, and the new backup is in another zone than the new
+				// owner when one has a member.
+				var ms []membership.Member
+				for i, n := range all {
+					if n != o {
+						ms = append(ms, membership.Member{Name: n, Zone: tc.zones[i]})
+					}
+				}
+				o2, b2 := newRing(ms[0], ms[1:], map[string]string{o: zoneOf[o]}).holders(id)
+				if o2 != b {
+					t.Fatalf("%s: owner %s gone, new owner %s; want its backup %s", id, o, o2, b)
+				}
+				other := slices.ContainsFunc(ms, func(m membership.Member) bool { return m.Zone != zoneOf[o2] })
+				if tc.spread && other && zoneOf[o2] == zoneOf[b2] {
+					t.Fatalf("%s: new owner %s and new backup %s both in zone %q", id, o2, b2, zoneOf[o2])
+				}
+			}
+			t.Logf("backups per member: %v", backups)
+		})
 	}
 }
 
@@ -99,17 +270,10 @@ func TestRing(t *testing.T) {
 func TestBackupTwoCopies(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3", "n4", "n5")
-	ctx := context.Background()
 	var ids []string
+	all := []string{"n1", "n2", "n3", "n4", "n5"}
 	for i, m := range c.ms {
-		s, err := m.Create(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s.Set("n", 1)
-		if err := m.Commit(ctx, s); err != nil {
-			t.Fatal(err)
-		}
+		s := createAs(t, m, idBackedUpOn(t, all[i], all, all[(i+1)%5]), map[string]any{"n": 1})
 		ids = append(ids, s.ID())
 		want := []string{c.nodes[i].Name(), c.nodes[(i+1)%5].Name()}
 		slices.Sort(want)
@@ -140,10 +304,7 @@ func TestBackupTwoCopies(t *testing.T) {
 func TestBackupLoadStore(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3", "n4", "n5")
-	ctx := context.Background()
-	s, _ := c.ms[0].Create(ctx)
-	s.Set("n", 0)
-	c.ms[0].Commit(ctx, s)
+	s := createAs(t, c.ms[0], idBackedUpOn(t, "n1", []string{"n1", "n2", "n3", "n4", "n5"}, "n2"), map[string]any{"n": 0})
 	id := s.ID()
 	for i := range 20 {
 		m := c.ms[i%5]
@@ -169,7 +330,7 @@ func TestBorrowedCopyKeptWhileInUse(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
 	ctx := context.Background()
-	s := create(t, c.ms[0], map[string]any{"n": 1})
+	s := createAs(t, c.ms[0], idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2"), map[string]any{"n": 1})
 	id := s.ID()
 	m := c.ms[2] // neither owner (n1) nor backup (n2)
 	first, err := m.Load(ctx, id)
@@ -210,11 +371,14 @@ func TestBorrowedCopyKeptWhileInUse(t *testing.T) {
 func TestBackupFailover(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3", "n4")
-	ctx := context.Background()
-	s, _ := c.ms[0].Create(ctx)
-	s.Set("n", 5)
-	c.ms[0].Commit(ctx, s)
-	id := s.ID()
+	// An id backed up on n2, then on n3 once n1 is gone; renamed to n2's
+	// route, also backed up on n3.
+	rest := testRing([]string{"n2", "n3", "n4"}, nil)
+	id := idWhere(t, "n1", func(id string) bool {
+		return testRing([]string{"n1", "n2", "n3", "n4"}, nil).backupOf(id) == "n2" &&
+			rest.backupOf(id) == "n3" && rest.backupOf(rebindID(id, "n2")) == "n3"
+	})
+	createAs(t, c.ms[0], id, map[string]any{"n": 5})
 	c.waitFor("backup on n2", func() bool { return slices.Equal(c.holders(id), []string{"n1", "n2"}) })
 
 	c.nodes[0].setUp(false) // the owner dies
@@ -245,13 +409,10 @@ func TestBackupFailover(t *testing.T) {
 func TestBackupJoinMovesBackups(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n3")
-	ctx := context.Background()
 	var ids []string
 	for range 5 {
-		s, _ := c.ms[0].Create(ctx)
-		s.Set("n", 1)
-		c.ms[0].Commit(ctx, s)
-		ids = append(ids, s.ID())
+		id := idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2")
+		ids = append(ids, createAs(t, c.ms[0], id, map[string]any{"n": 1}).ID())
 	}
 	c.join("n2", backupConfig())
 	for _, id := range ids {
@@ -264,13 +425,10 @@ func TestBackupJoinMovesBackups(t *testing.T) {
 func TestBackupRestartRecovers(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
-	ctx := context.Background()
 	var ids []string
 	for range 2 {
-		s, _ := c.ms[0].Create(ctx)
-		s.Set("n", 1)
-		c.ms[0].Commit(ctx, s)
-		ids = append(ids, s.ID())
+		id := idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2")
+		ids = append(ids, createAs(t, c.ms[0], id, map[string]any{"n": 1}).ID())
 	}
 	for _, id := range ids {
 		c.waitFor("backup", func() bool { return slices.Equal(c.holders(id), []string{"n1", "n2"}) })
@@ -312,12 +470,8 @@ func TestBackupPersistence(t *testing.T) {
 	c := persistCluster(t, cfg1)
 	ctx := context.Background()
 	mk := func() string {
-		s, _ := c.ms[0].Create(ctx)
-		s.Set("n", 1)
-		if err := c.ms[0].Commit(ctx, s); err != nil {
-			t.Fatal(err)
-		}
-		return s.ID()
+		id := idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2")
+		return createAs(t, c.ms[0], id, map[string]any{"n": 1}).ID()
 	}
 	changed, kept := mk(), mk()
 	c.net.dropNext(c.nodes[1], typeDelta, 1) // n2 never gets the next one
@@ -501,4 +655,46 @@ func TestBackupStoreBackPersisted(t *testing.T) {
 	if n := countOf(t, alone, id); n != 2 {
 		t.Errorf("read back from n1's disk: n=%d, want 2 (the change stored back from n3)", n)
 	}
+}
+
+// idBackedUpOn is a new id of route whose backup, among members, is
+// backup: tests that need a session on given nodes pick its id, since
+// placement spreads sessions by a hash of their ids.
+func idBackedUpOn(t testing.TB, route string, members []string, backup string) string {
+	t.Helper()
+	r := testRing(members, nil)
+	return idWhere(t, route, func(id string) bool { return r.backupOf(id) == backup })
+}
+
+// idWhere is a new id of route for which ok holds.
+func idWhere(t testing.TB, route string, ok func(id string) bool) string {
+	t.Helper()
+	for range 100000 {
+		if id := newID(route); ok(id) {
+			return id
+		}
+	}
+	t.Fatalf("no id of %s found", route)
+	return ""
+}
+
+// createAs is create with the session's id chosen (see idBackedUpOn).
+func createAs(t testing.TB, m *Manager, id string, attrs map[string]any) *Session {
+	t.Helper()
+	s, err := m.Create(bg)
+	if err != nil {
+		t.Fatalf("Create on %s: %v", m.local, err)
+	}
+	m.mu.Lock()
+	delete(m.sessions, s.id)
+	s.id = id
+	m.sessions[id] = s
+	m.mu.Unlock()
+	for k, v := range attrs {
+		if err := s.Set(k, v); err != nil {
+			t.Fatalf("Set(%q): %v", k, err)
+		}
+	}
+	commit(t, m, s)
+	return s
 }

@@ -160,7 +160,7 @@ func TestClockTouches(t *testing.T) {
 	}
 }
 
-// TestClockRebalance: when the ring changes, the session's new backup (or
+// TestClockRebalance: when the members change, the session's new backup (or
 // new owner) gets its copy at the owner's next rebalance step, not before;
 // except a node that joins, which fetches the copies it is the backup of
 // before it reports itself ready (its start runs an anti-entropy round with
@@ -208,8 +208,9 @@ func TestClockRebalance(t *testing.T) {
 			cfg.Mode = ModeBackup
 			c := newCluster(t, cfg, tc.nodes...)
 			var ids []string
-			for range 3 {
-				ids = append(ids, create(t, c.ms[0], map[string]any{"n": 1}).ID())
+			for range 3 { // sessions n2 backs up when it is a member
+				id := idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2")
+				ids = append(ids, createAs(t, c.ms[0], id, map[string]any{"n": 1}).ID())
 			}
 			tc.change(c)
 			holders := func(want []string, when string) {
@@ -271,8 +272,9 @@ func TestClockOrphanGrace(t *testing.T) {
 			cfg.OrphanGrace = tc.grace
 			c := newCluster(t, cfg, "n1", "n3")
 			var ids []string
-			for range 3 {
-				ids = append(ids, create(t, c.ms[0], map[string]any{"n": 1}).ID())
+			for range 3 { // sessions n2 backs up once it joins
+				id := idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2")
+				ids = append(ids, createAs(t, c.ms[0], id, map[string]any{"n": 1}).ID())
 			}
 			i := c.join("n2", cfg) // n3 is no longer n1's backup: n2 is
 			c.settle(1)

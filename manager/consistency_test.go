@@ -229,7 +229,7 @@ func TestRejoinedIsResynced(t *testing.T) {
 			a, cm := c.ms[0], c.ms[2]
 			// A session that C holds in both modes: owned by B (whose backup
 			// is C in backup mode), served on A.
-			s := create(t, c.ms[1], map[string]any{"n": 1})
+			s := createAs(t, c.ms[1], idBackedUpOn(t, "B", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
 			id := s.ID()
 			c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
 
@@ -473,7 +473,7 @@ func TestBackupStandIn(t *testing.T) {
 	cfg := backupConfig()
 	c := newCluster(t, cfg, "n1", "n2", "n3")
 	n3 := c.ms[2]
-	s := create(t, n3, map[string]any{"n": 1}) // owned by n3, backed up on n1 (the ring wraps)
+	s := createAs(t, n3, idBackedUpOn(t, "n3", []string{"n1", "n2", "n3"}, "n1"), map[string]any{"n": 1}) // owned by n3, backed up on n1
 	id := s.ID()
 	c.waitFor("n1 backs it up", func() bool { _, ok := state(c.ms[0], id); return ok })
 	c.net.holdTo(c.nodes[0])
@@ -542,7 +542,7 @@ func TestStandInsEnd(t *testing.T) {
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
 	p := c.ms[0].place.(*backupPlacement)
 	// n3 has just been dropped: the ring is n1 (owner) and n2 (backup).
-	p.ring.Store(newRing("n1", []membership.Member{c.nodes[1].Local()}))
+	p.ring.Store(newRing(c.nodes[0].Local(), []membership.Member{c.nodes[1].Local()}, nil))
 	id := newID("n1")
 	done := make(chan []membership.Member, 1)
 	go func() {
@@ -627,7 +627,7 @@ func TestRenamedNotResurrected(t *testing.T) {
 			c := newCluster(t, cfg, "A", "B", "C")
 			b, cm := c.ms[1], c.ms[2]
 			// Owned by B (backed up by C in backup mode).
-			s := create(t, b, map[string]any{"n": 1})
+			s := createAs(t, b, idBackedUpOn(t, "B", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
 			old := s.ID()
 			c.waitFor("C holds it", func() bool { _, ok := state(cm, old); return ok })
 
@@ -778,8 +778,8 @@ func TestCutOffNodeServesNewest(t *testing.T) {
 			cfg.Mode = mode
 			c := newCluster(t, cfg, "A", "B", "C")
 			a, b, cm := c.ms[0], c.ms[1], c.ms[2]
-			// Owned by B; C holds it in both modes (B's backup).
-			s := create(t, b, map[string]any{"n": 1})
+			// Owned by B; C holds it in both modes (its backup).
+			s := createAs(t, b, idBackedUpOn(t, "B", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
 			id := s.ID()
 			c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
 

@@ -19,7 +19,7 @@ func TestLoadSeenNeverServesOlder(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, testConfig(), "A", "B", "C")
 	a, cm := c.ms[0], c.ms[2]
-	s := create(t, a, map[string]any{"n": 1})
+	s := createAs(t, a, idBackedUpOn(t, "A", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
 	id := s.ID()
 	c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
 
@@ -86,7 +86,7 @@ func TestDrainingMemberRoutesTakenOver(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, testConfig(), "A", "B", "C")
 	a, b := c.ms[0], c.ms[1]
-	s := create(t, b, map[string]any{"n": 1})
+	s := createAs(t, b, idBackedUpOn(t, "B", []string{"A", "B", "C"}, "A"), map[string]any{"n": 1})
 	id := s.ID()
 	c.waitFor("A holds it", func() bool { _, ok := state(a, id); return ok })
 
@@ -121,7 +121,7 @@ func TestBackupLoadCutOffIsNotUnknown(t *testing.T) {
 	cfg.Mode = ModeBackup
 	c := newCluster(t, cfg, "A", "B", "C")
 	a, cm := c.ms[0], c.ms[2]
-	s := create(t, a, map[string]any{"n": 1}) // owner A, backup B
+	s := createAs(t, a, idBackedUpOn(t, "A", []string{"A", "B", "C"}, "B"), map[string]any{"n": 1}) // owner A, backup B
 	id := s.ID()
 	c.waitFor("B holds it", func() bool { _, ok := state(c.ms[1], id); return ok })
 	if _, ok := state(cm, id); ok {
@@ -166,7 +166,7 @@ func TestDrainingOwnerBackupMode(t *testing.T) {
 	cfg.Mode = ModeBackup
 	c := newCluster(t, cfg, "A", "B", "C")
 	a, b := c.ms[0], c.ms[1]
-	s := create(t, b, map[string]any{"n": 1}) // owner B, backup C
+	s := createAs(t, b, idBackedUpOn(t, "B", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1}) // owner B, backup C
 	id := s.ID()
 	c.waitFor("C holds it", func() bool { _, ok := state(c.ms[2], id); return ok })
 	if err := b.Drain(bg); err != nil {
@@ -196,7 +196,7 @@ func TestLoadSeenAfterAHolderFailed(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, testConfig(), "A", "B", "C")
 	a, cm := c.ms[0], c.ms[2]
-	s := create(t, a, map[string]any{"n": 1})
+	s := createAs(t, a, idBackedUpOn(t, "A", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
 	id := s.ID()
 	c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
 	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta && e.to == c.nodes[2] })

@@ -27,9 +27,14 @@ import (
 //	     m     name (UTF-8, no control characters)
 //	     1     domain length d (0..MaxNameLen)
 //	     d     domain (UTF-8, no control characters)
+//	     1     zone length z (1..MaxNameLen), only if a zone is set
+//	     z     zone (UTF-8, no control characters)
 //
-// The packet ends exactly after the domain: trailing bytes are an error, so
-// a later version that adds fields must raise the version byte.
+// The packet ends exactly after the domain, or after the zone: other
+// trailing bytes are an error. The zone is optional so that a member
+// without one sends what earlier releases read; those releases refuse a
+// heartbeat that carries one, so zones are configured once every node
+// runs a release that reads them (see the README's upgrade notes).
 const (
 	heartbeatMagic   = "FLKB"
 	HeartbeatVersion = 1
@@ -38,7 +43,7 @@ const (
 	MaxNameLen = 255
 	// MaxHeartbeatLen is the largest valid heartbeat; anything longer is
 	// rejected before it is parsed.
-	MaxHeartbeatLen = headerLen + 2 + 1 + 16 + 1 + MaxNameLen + 1 + MaxNameLen
+	MaxHeartbeatLen = headerLen + 2 + 1 + 16 + 1 + MaxNameLen + 1 + MaxNameLen + 1 + MaxNameLen
 	minHeartbeatLen = headerLen + 2 + 1 + 4 + 1 + 1 + 1
 )
 
@@ -85,6 +90,9 @@ func (h Heartbeat) AppendBinary(b []byte) ([]byte, error) {
 	if err := checkText("domain", m.Domain, 0); err != nil {
 		return b, err
 	}
+	if err := checkText("zone", m.Zone, 0); err != nil {
+		return b, err
+	}
 	if !m.Addr.IsValid() || m.Addr.Port() == 0 || m.Addr.Addr().IsUnspecified() {
 		return b, fmt.Errorf("%w: receiver address %q cannot be advertised", ErrMalformed, m.Addr)
 	}
@@ -104,6 +112,10 @@ func (h Heartbeat) AppendBinary(b []byte) ([]byte, error) {
 	b = append(b, m.Name...)
 	b = append(b, byte(len(m.Domain)))
 	b = append(b, m.Domain...)
+	if m.Zone != "" {
+		b = append(b, byte(len(m.Zone)))
+		b = append(b, m.Zone...)
+	}
 	return b, nil
 }
 
@@ -155,6 +167,11 @@ func DecodeHeartbeat(p []byte) (Heartbeat, error) {
 	m.Addr = netip.AddrPortFrom(ip, port)
 	m.Name = string(r.bytes(int(r.byte())))
 	m.Domain = string(r.bytes(int(r.byte())))
+	if r.err == nil && r.off < len(p) {
+		if m.Zone = string(r.bytes(int(r.byte()))); r.err == nil && m.Zone == "" {
+			return Heartbeat{}, fmt.Errorf("%w: empty zone field (a member without a zone sends none)", ErrMalformed)
+		}
+	}
 	if r.err != nil {
 		return Heartbeat{}, r.err
 	}
@@ -165,6 +182,9 @@ func DecodeHeartbeat(p []byte) (Heartbeat, error) {
 		return Heartbeat{}, err
 	}
 	if err := checkText("domain", m.Domain, 0); err != nil {
+		return Heartbeat{}, err
+	}
+	if err := checkText("zone", m.Zone, 0); err != nil {
 		return Heartbeat{}, err
 	}
 	return h, nil

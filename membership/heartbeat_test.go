@@ -33,7 +33,9 @@ func TestHeartbeatRoundTrip(t *testing.T) {
 		{"longest names", func(h *Heartbeat) {
 			h.Member.Name = repeat('n', MaxNameLen)
 			h.Member.Domain = repeat('d', MaxNameLen)
+			h.Member.Zone = repeat('z', MaxNameLen)
 		}},
+		{"zone", func(h *Heartbeat) { h.Member.Zone = "eu-west-1a" }},
 		{"utf-8 name", func(h *Heartbeat) { h.Member.Name = "nœud-été" }},
 		{"max seq", func(h *Heartbeat) { h.Seq = ^uint64(0) }},
 	}
@@ -70,7 +72,7 @@ func repeat(c byte, n int) string {
 func equalHeartbeat(a, b Heartbeat) bool {
 	return a.Command == b.Command && a.Seq == b.Seq && a.Member.ID == b.Member.ID &&
 		a.Member.Name == b.Member.Name && a.Member.Domain == b.Member.Domain &&
-		a.Member.Addr == b.Member.Addr && a.Member.Started.Equal(b.Member.Started)
+		a.Member.Addr == b.Member.Addr && a.Member.Zone == b.Member.Zone && a.Member.Started.Equal(b.Member.Started)
 }
 
 func TestDecodeHeartbeatRejects(t *testing.T) {
@@ -91,7 +93,10 @@ func TestDecodeHeartbeatRejects(t *testing.T) {
 		{"magic only", []byte("FLKB"), ErrShort},
 		{"truncated by one", good[:len(good)-1], ErrShort},
 		{"header only", good[:headerLen], ErrShort},
-		{"trailing byte", append(append([]byte(nil), good...), 0), ErrLong},
+		{"empty zone", append(append([]byte(nil), good...), 0), ErrMalformed},
+		{"zone cut short", append(append([]byte(nil), good...), 3, 'a'), ErrShort},
+		{"trailing byte after the zone", append(append([]byte(nil), good...), 1, 'a', 0), ErrLong},
+		{"zone with a control character", append(append([]byte(nil), good...), 1, '\n'), ErrMalformed},
 		{"oversized", make([]byte, MaxHeartbeatLen+1), ErrForeign},
 		{"oversized with magic", edit(func(b []byte) []byte { return append(b, make([]byte, MaxHeartbeatLen)...) }), ErrLong},
 		{"tomcat heartbeat", append([]byte("TRIBES-B\x01\x00"), make([]byte, 67)...), ErrForeign},

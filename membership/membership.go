@@ -120,6 +120,10 @@ type Member struct {
 	Domain  string         // members of another domain are ignored
 	Addr    netip.AddrPort // where the node's receiver accepts cluster traffic
 	Started time.Time      // when the process started; the oldest member is the first in line for state transfer
+	// Zone is where the node runs (a rack, an availability zone), if
+	// configured: backup mode keeps a session's two copies in two zones
+	// when it can.
+	Zone string
 }
 
 func (m Member) String() string { return fmt.Sprintf("%s(%s@%s)", m.Name, shortID(m.ID), m.Addr) }

@@ -536,9 +536,9 @@ func (s *TCP) Stats() []PeerStats {
 }
 
 func toPeer(m membership.Member) wire.Peer {
-	return wire.Peer{ID: wire.ID(m.ID), Name: m.Name, Domain: m.Domain, Addr: m.Addr, Started: m.Started}
+	return wire.Peer{ID: wire.ID(m.ID), Name: m.Name, Domain: m.Domain, Addr: m.Addr, Started: m.Started, Zone: m.Zone}
 }
 
 func toMember(p wire.Peer) membership.Member {
-	return membership.Member{ID: membership.ID(p.ID), Name: p.Name, Domain: p.Domain, Addr: p.Addr, Started: p.Started}
+	return membership.Member{ID: membership.ID(p.ID), Name: p.Name, Domain: p.Domain, Addr: p.Addr, Started: p.Started, Zone: p.Zone}
 }

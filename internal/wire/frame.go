@@ -461,15 +461,27 @@ type Peer struct {
 	Domain  string
 	Addr    netip.AddrPort // its receiver
 	Started time.Time
+	// Zone is sent as a sixth element only when set: readers of five
+	// (earlier releases) skip it, and a peer without one sends what they
+	// always read.
+	Zone string
 }
 
 func appendPeer(b []byte, p Peer) []byte {
-	b = appendArray(b, 5)
+	n := 5
+	if p.Zone != "" {
+		n = 6
+	}
+	b = appendArray(b, n)
 	b = appendBin(b, p.ID[:])
 	b = appendStr(b, p.Name)
 	b = appendStr(b, p.Domain)
 	b = appendStr(b, p.Addr.String())
-	return appendInt(b, p.Started.UnixNano())
+	b = appendInt(b, p.Started.UnixNano())
+	if p.Zone != "" {
+		b = appendStr(b, p.Zone)
+	}
+	return b
 }
 
 func (d *decoder) peer() Peer {
@@ -484,7 +496,14 @@ func (d *decoder) peer() Peer {
 	p.Domain = d.str()
 	addr := d.str()
 	started := d.int()
-	d.skipN(n-5, 0)
+	if n > 5 {
+		if d.isStr() {
+			p.Zone = d.str()
+		} else {
+			d.skip(0) // not a zone: a later release's field
+		}
+		d.skipN(n-6, 0)
+	}
 	if d.err != nil {
 		return Peer{}
 	}

@@ -294,6 +294,8 @@ func testPeers() map[string]Peer {
 			Addr: netip.MustParseAddrPort("127.0.0.1:80"), Started: time.Date(1969, 7, 20, 20, 17, 40, 999999999, time.UTC)},
 		"long names": {ID: testID(7), Name: strings.Repeat("n", 300), Domain: strings.Repeat("d", 70000),
 			Addr: netip.MustParseAddrPort("10.0.0.1:1"), Started: time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)},
+		"zone": {ID: testID(9), Name: "z", Domain: "d", Zone: "eu-west-1a",
+			Addr: netip.MustParseAddrPort("10.0.0.1:1"), Started: time.Unix(5, 0)},
 		"earliest": {ID: testID(8), Name: "old", Domain: "",
 			Addr: netip.MustParseAddrPort("10.0.0.1:1"), Started: time.Unix(0, math.MinInt64)},
 	}
@@ -301,7 +303,7 @@ func testPeers() map[string]Peer {
 
 func samePeer(t *testing.T, got, want Peer) {
 	t.Helper()
-	if got.ID != want.ID || got.Name != want.Name || got.Domain != want.Domain || got.Addr != want.Addr {
+	if got.ID != want.ID || got.Name != want.Name || got.Domain != want.Domain || got.Addr != want.Addr || got.Zone != want.Zone {
 		t.Errorf("peer = %x %q %q %v, want %x %q %q %v", got.ID, got.Name, got.Domain, got.Addr, want.ID, want.Name, want.Domain, want.Addr)
 	}
 	if !got.Started.Equal(want.Started) {

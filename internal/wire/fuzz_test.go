@@ -200,7 +200,7 @@ func FuzzParseAck(f *testing.F) {
 // samePeerValue is samePeer's check without the testing helper output,
 // for the fuzzers.
 func samePeerValue(a, b Peer) bool {
-	return a.ID == b.ID && a.Name == b.Name && a.Domain == b.Domain && a.Addr == b.Addr &&
+	return a.ID == b.ID && a.Name == b.Name && a.Domain == b.Domain && a.Addr == b.Addr && a.Zone == b.Zone &&
 		a.Started.Equal(b.Started)
 }
 

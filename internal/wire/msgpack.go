@@ -142,6 +142,15 @@ func (d *decoder) byte() byte {
 	return 0
 }
 
+// isStr reports whether the next value is a string, without reading it.
+func (d *decoder) isStr() bool {
+	if d.err != nil || d.off >= len(d.b) {
+		return false
+	}
+	c := d.b[d.off]
+	return c&0xe0 == 0xa0 || c == 0xd9 || c == 0xda || c == 0xdb
+}
+
 func (d *decoder) be(n int) uint64 {
 	v := d.take(n)
 	var x uint64

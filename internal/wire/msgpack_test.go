@@ -392,6 +392,7 @@ func TestForwardCompatibleBodies(t *testing.T) {
 			if n, p, err := ParsePong(pongBody(mpUint(7), goodPeer(v), v)); err != nil || n != 7 {
 				t.Errorf("pong with a trailing %s: %d %v", name, n, err)
 			} else {
+				p.Zone = "" // a trailing string in a peer is its zone, the sixth element
 				samePeer(t, p, want)
 			}
 			if n, err := ParsePing(pingBody(mpUint(7), v)); err != nil || n != 7 {
