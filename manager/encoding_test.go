@@ -186,7 +186,6 @@ func want(err error, got, want any) error {
 	return nil
 }
 
-
 func keysOf(m map[string]any) string {
 	out := ""
 	for k := range m {
