@@ -331,22 +331,24 @@ func (st *state) commit() {
 func (st *state) commitHeader(s *manager.Session, id string) {
 	name := st.v.cfg.IDHeader
 	invalid := s.Invalid()
+	h := st.w.Header()
+	sent := false
 	if !invalid && id != st.cookieID && !(st.unreplicated && st.cookieID != "") {
-		st.setHeader(name, id)
+		h.Set(name, id)
+		sent = true
 	}
 	if v := s.Version(); !invalid && !st.unreplicated && v != st.base && v > st.seen {
-		st.setHeader(VersionHeader(name), strconv.FormatUint(v, 10))
+		h.Set(VersionHeader(name), strconv.FormatUint(v, 10))
+		sent = true
 	}
-}
-
-func (st *state) setHeader(name, value string) {
-	h := st.w.Header()
-	h.Set(name, value)
-	if !slices.Contains(h.Values("Vary"), name) {
-		h.Add("Vary", name)
+	if sent {
+		// The response depends on the id the request sent; shared caches
+		// may keep the page, never the id.
+		if !slices.Contains(h.Values("Vary"), name) {
+			h.Add("Vary", name)
+		}
+		h.Set("Cache-Control", `no-cache="`+name+", "+VersionHeader(name)+`"`)
 	}
-	// Shared caches may keep the page, never the id.
-	h.Set("Cache-Control", `no-cache="`+name+`"`)
 }
 
 // VersionHeader is the name of the header that carries the version of the
