@@ -127,6 +127,7 @@ func parts(c conf.Config) (partConfigs, error) {
 	m.Mode = mg.Mode
 	m.PersistDir = mg.PersistDir
 	m.SessionTimeout = mg.SessionTimeout.Duration
+	m.Lifetime = mg.SessionLifetime.Duration
 	m.MaxActive = mg.MaxActive
 	m.Replication = replication
 	m.StateTransferTimeout = mg.StateTransferTimeout.Duration
@@ -162,6 +163,7 @@ func parts(c conf.Config) (partConfigs, error) {
 	v.CookieName, v.CookiePath, v.CookieDomain = se.CookieName, se.CookiePath, se.CookieDomain
 	v.CookieSecure, v.CookieHTTPOnly, v.CookieSameSite = se.CookieSecure, se.CookieHTTPOnly, same
 	v.StaticFilter = filter
+	v.CookiePersist, v.IDHeader = se.CookiePersist, se.IDHeader
 	if err := v.Validate(); err != nil {
 		return partConfigs{}, err
 	}

@@ -216,6 +216,10 @@ type Manager struct {
 	Mode string `toml:"mode"`
 	// SessionTimeout expires a session unused this long.
 	SessionTimeout Duration `toml:"session_timeout"`
+	// SessionLifetime expires a session this long after it was created,
+	// however busy (scs's Lifetime); zero means no bound, only the idle
+	// timeout.
+	SessionLifetime Duration `toml:"session_lifetime"`
 	// MaxActive is how many sessions this node may hold; creating one more
 	// is refused (HTTP 503). Zero means no limit. With MaxSessionSize it
 	// bounds the memory sessions can take.
@@ -280,6 +284,15 @@ type Session struct {
 	// touch sessions (Tomcat's ReplicationValve filter); empty means none.
 	// Use [Session.Filter] to compile it.
 	StaticFilter string `toml:"static_filter"`
+	// CookiePersist makes every session cookie persistent (Max-Age: until
+	// the session would expire) instead of a browser session cookie;
+	// Session.RememberMe chooses per session.
+	CookiePersist bool `toml:"cookie_persist"`
+	// IDHeader, if set, is the request header that carries the session id
+	// instead of the cookie (API clients, the Model Context Protocol's
+	// "Mcp-Session-Id"): the id is read from it and sent back in it when a
+	// session is created or renamed; no cookie is set.
+	IDHeader string `toml:"id_header"`
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string, such as
@@ -354,6 +367,7 @@ func Default() Config {
 			Manager: Manager{
 				Mode:                         "delta",
 				SessionTimeout:               Duration{30 * time.Minute},
+				SessionLifetime:              Duration{0},
 				MaxActive:                    100_000,
 				MaxSessionSize:               Size{mib},
 				Replication:                  "sync",
@@ -374,6 +388,8 @@ func Default() Config {
 			CookieHTTPOnly: true,
 			CookieSameSite: "Lax",
 			StaticFilter:   `\.(css|js|png|jpe?g|gif|ico|svg|woff2?|map)$`,
+			CookiePersist:  false,
+			IDHeader:       "",
 		},
 	}
 }

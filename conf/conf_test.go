@@ -44,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 59 {
-		t.Errorf("Default() encodes %d keys, want 59: %v", len(keys), keys)
+	if len(keys) != 62 {
+		t.Errorf("Default() encodes %d keys, want 62: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -101,6 +101,32 @@ func TestParseErrors(t *testing.T) {
 		in   string
 		want []string // the i'th problem must contain want[i]
 	}{
+		// Go-native sessions (issue 16).
+		{
+			name: "session_lifetime too short",
+			in:   "[cluster.manager]\nsession_lifetime = \"500ms\"\n",
+			want: []string{`server.toml:2: cluster.manager.session_lifetime: 500ms is out of range; allowed 1s..8760h0m0s`},
+		},
+		{
+			name: "session_lifetime negative",
+			in:   "[cluster.manager]\nsession_lifetime = \"-1h\"\n",
+			want: []string{`cluster.manager.session_lifetime: -1h0m0s is out of range`},
+		},
+		{
+			name: "id_header with a space",
+			in:   "[session]\nid_header = \"Mcp Session\"\n",
+			want: []string{`server.toml:2: session.id_header: "Mcp Session" is not a header name`},
+		},
+		{
+			name: "id_header Cookie",
+			in:   "[session]\nid_header = \"cookie\"\n",
+			want: []string{`session.id_header: "cookie" is a header HTTP itself uses`},
+		},
+		{
+			name: "id_header too long",
+			in:   "[session]\nid_header = \"" + strings.Repeat("X", 65) + "\"\n",
+			want: []string{`session.id_header: "XXXX`},
+		},
 		// Unknown keys.
 		{
 			name: "unknown top-level key",
@@ -1123,6 +1149,14 @@ func TestParseValid(t *testing.T) {
 		want func(*Config) // applied to Default()
 	}{
 		{"empty file", "", func(*Config) {}},
+		{
+			name: "Go-native sessions",
+			in:   "[cluster.manager]\nsession_lifetime = \"24h\"\n[session]\nid_header = \"Mcp-Session-Id\"\ncookie_persist = true\n",
+			want: func(c *Config) {
+				c.Cluster.Manager.SessionLifetime = Duration{24 * time.Hour}
+				c.Session.IDHeader, c.Session.CookiePersist = "Mcp-Session-Id", true
+			},
+		},
 		{"only comments", "# nothing\n\n", func(*Config) {}},
 		{"empty tables", "[server]\n[cluster]\n[cluster.membership]\n[cluster.receiver]\n", func(*Config) {}},
 		{

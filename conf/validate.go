@@ -62,9 +62,12 @@ const (
 
 	minSessionTimeout = time.Second
 	maxSessionTimeout = 720 * time.Hour // 30 days
-	minExpireInterval = 10 * time.Millisecond
-	maxExpireInterval = time.Minute
-	minTouchInterval  = 100 * time.Millisecond
+	// maxSessionLifetime: a year, the longest "remember me" anyone asks of
+	// a cookie (browsers cap Max-Age at 400 days).
+	maxSessionLifetime = 8760 * time.Hour
+	minExpireInterval  = 10 * time.Millisecond
+	maxExpireInterval  = time.Minute
+	minTouchInterval   = 100 * time.Millisecond
 )
 
 // Validate reports every problem in c, joined with [errors.Join], each naming
@@ -198,6 +201,9 @@ func (c Config) problems() []problem {
 	check("cluster.manager.mode", checkManagerMode(mg.Mode))
 	timeoutErr := checkBetween(mg.SessionTimeout.Duration, minSessionTimeout, maxSessionTimeout)
 	check("cluster.manager.session_timeout", timeoutErr)
+	if d := mg.SessionLifetime.Duration; d != 0 {
+		check("cluster.manager.session_lifetime", checkBetween(d, minSessionTimeout, maxSessionLifetime))
+	}
 	if mg.MaxActive < 0 {
 		check("cluster.manager.max_active", fmt.Errorf("%d is out of range; allowed 0 (no limit) or more", mg.MaxActive))
 	}
@@ -265,6 +271,9 @@ func (c Config) problems() []problem {
 	}
 	if _, err := se.filter(); err != nil {
 		check("session.static_filter", err)
+	}
+	if se.IDHeader != "" {
+		check("session.id_header", checkIDHeader(se.IDHeader))
 	}
 
 	return probs
@@ -618,6 +627,26 @@ func checkCookieName(s string) error {
 		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r) {
 			return fmt.Errorf("%q contains %q, which a cookie name (an RFC 6265 token) cannot; %s", s, r, allowed)
 		}
+	}
+	return nil
+}
+
+// checkIDHeader allows a header field name (an RFC 9110 token) that is
+// not one the HTTP machinery owns: an id in Cookie, Host or a hop-by-hop
+// header would be rewritten or dropped on the way.
+func checkIDHeader(s string) error {
+	if len(s) > 64 {
+		return fmt.Errorf("%q is longer than 64 bytes", s)
+	}
+	if s == "" || strings.IndexFunc(s, func(r rune) bool {
+		return r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r)
+	}) >= 0 {
+		return fmt.Errorf("%q is not a header name (an RFC 9110 token); allowed: ASCII letters, digits and !#$%%&'*+-.^_`|~, such as \"Mcp-Session-Id\"", s)
+	}
+	switch strings.ToLower(s) {
+	case "cookie", "set-cookie", "host", "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+		"proxy-authorization", "proxy-connection", "content-length", "content-type", "authorization":
+		return fmt.Errorf("%q is a header HTTP itself uses; name one of your own, such as \"Mcp-Session-Id\"", s)
 	}
 	return nil
 }

@@ -65,6 +65,10 @@ type Config struct {
 	// (an owner and one backup per session).
 	Mode           string
 	SessionTimeout time.Duration
+	// Lifetime bounds a session's life from its creation, however busy
+	// (scs's Lifetime): past it the session expires on every node as an
+	// idle one does. 0 is no bound.
+	Lifetime time.Duration
 	// MaxActive bounds the sessions this node holds; 0 is no limit.
 	MaxActive int
 	// Replication is when Commit returns: cluster.Async (queued), cluster.Ack
@@ -245,6 +249,9 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	if cfg.Route == "" || cfg.SessionTimeout <= 0 {
 		return nil, fmt.Errorf("manager: a route and a positive session timeout are required")
 	}
+	if cfg.Lifetime < 0 {
+		return nil, fmt.Errorf("manager: lifetime %v is negative (0: none)", cfg.Lifetime)
+	}
 	if cfg.ExpireInterval <= 0 {
 		cfg.ExpireInterval = def.ExpireInterval
 	}
@@ -410,32 +417,7 @@ func (m *Manager) Len() int {
 // Create starts a new session on this node. It is replicated when first
 // committed.
 func (m *Manager) Create(ctx context.Context) (*Session, error) {
-	now := m.clock.Now()
-	s := &Session{
-		m: m, origin: m.local, created: now, lastAccess: now, accessedBy: m.local,
-		maxInactive: m.cfg.SessionTimeout, attrs: make(map[string][]byte), isNew: true,
-	}
-	m.mu.Lock()
-	if held := len(m.sessions); m.cfg.MaxActive > 0 && held >= m.cfg.MaxActive {
-		m.mu.Unlock()
-		m.stats.rejected.Add(1)
-		return nil, fmt.Errorf("manager: %w: %d held, max_active %d", ErrTooManySessions, held, m.cfg.MaxActive)
-	}
-	for {
-		s.id = newID(m.local)
-		if _, taken := m.sessions[s.id]; !taken {
-			break
-		}
-	}
-	m.sessions[s.id] = s
-	m.mu.Unlock()
-	m.stats.created.Add(1)
-	m.fire(false, func(l Listener) {
-		if l.Created != nil {
-			l.Created(s.id, false)
-		}
-	})
-	return s, nil
+	return m.create("")
 }
 
 // maxLoadTries bounds Load's fetches of one id (see Load).
@@ -586,10 +568,14 @@ func (m *Manager) settle(ctx context.Context, s *Session) (failed []string) {
 	return failed
 }
 
-// expiredAt: unused for longer than its max inactive interval. A copy that
-// another node served last gets two touch intervals of grace, since that
-// node's last-access times arrive in batches.
+// expiredAt: unused for longer than its max inactive interval, or older
+// than the configured lifetime. A copy that another node served last gets
+// two touch intervals of grace, since that node's last-access times arrive
+// in batches.
 func (s *Session) expiredAt(now time.Time, local string) bool {
+	if s.pastLifetime(now) {
+		return true
+	}
 	limit := s.maxInactive
 	if s.accessedBy != local {
 		limit += 2 * s.m.cfg.TouchInterval

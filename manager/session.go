@@ -191,7 +191,9 @@ func (s *Session) SetMaxInactiveInterval(d time.Duration) error {
 const maxValueDepth = 64
 
 // Get decodes the value stored under key into a fresh T. ok is false when
-// the key is absent.
+// the key is absent. A value that does not decode as a T (another type was
+// Set) gives ok true, the zero T and an error saying why: the key is there,
+// its value is not what the caller expects. See README's encoding rules.
 func Get[T any](s *Session, key string) (v T, ok bool, err error) {
 	s.mu.Lock()
 	b, ok := s.attrs[key]
@@ -199,30 +201,49 @@ func Get[T any](s *Session, key string) (v T, ok bool, err error) {
 	if !ok {
 		return v, false, nil
 	}
+	return decodeValue[T](key, b)
+}
+
+// decodeValue decodes b, the value of key, into a fresh T; the zero T and
+// an error if it does not decode.
+func decodeValue[T any](key string, b []byte) (v T, ok bool, err error) {
 	// Values come from other nodes too: checked before msgpack recurses
 	// into them or allocates by their counts.
 	if err := wire.CheckMsgpack(b, maxValueDepth); err != nil {
 		return v, true, fmt.Errorf("manager: session attribute %q: %w", key, err)
 	}
+	if integerType[T]() {
+		return decodeInteger[T](key, b)
+	}
 	if err := msgpack.Unmarshal(b, &v); err != nil {
-		return v, true, fmt.Errorf("manager: session attribute %q: %w", key, err)
+		// msgpack may have filled part of v before it failed: a half
+		// value is worse than none.
+		var zero T
+		return zero, true, fmt.Errorf("manager: session attribute %q: %w", key, err)
 	}
 	return v, true, nil
 }
 
 // Set stores v, msgpack-encoded, under key.
 func (s *Session) Set(key string, v any) error {
+	if internalKey(key) {
+		return fmt.Errorf("manager: session attribute %q: %w", key, ErrReservedKey)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.setLocked(key, v)
+}
+
+// setLocked is Set for any key, flock's own too; s.mu held. Encoding
+// under the lock costs little next to the commit that follows, and keeps
+// a read-modify-write (AddFlash) atomic.
+func (s *Session) setLocked(key string, v any) error {
 	b, err := msgpack.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("manager: session attribute %q: %w", key, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.invalid {
-		return ErrInvalidated
-	}
-	if s.tooLate() {
-		return fmt.Errorf("manager: session attribute %q: %w", key, ErrCommitted)
+	if err := s.changeable(key); err != nil {
+		return err
 	}
 	if size := s.size() - len(s.attrs[key]) + len(key) + len(b); size > s.m.cfg.MaxSessionBytes {
 		return fmt.Errorf("manager: session attribute %q: %w: %d bytes, at most %d", key, ErrTooLarge, size, s.m.cfg.MaxSessionBytes)
@@ -233,15 +254,32 @@ func (s *Session) Set(key string, v any) error {
 	return nil
 }
 
-// Delete removes key.
-func (s *Session) Delete(key string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// changeable reports why the session cannot be changed now, if it cannot;
+// s.mu held.
+func (s *Session) changeable(key string) error {
 	if s.invalid {
 		return ErrInvalidated
 	}
 	if s.tooLate() {
 		return fmt.Errorf("manager: session attribute %q: %w", key, ErrCommitted)
+	}
+	return nil
+}
+
+// Delete removes key.
+func (s *Session) Delete(key string) error {
+	if internalKey(key) {
+		return fmt.Errorf("manager: session attribute %q: %w", key, ErrReservedKey)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deleteLocked(key)
+}
+
+// deleteLocked is Delete for any key; s.mu held.
+func (s *Session) deleteLocked(key string) error {
+	if err := s.changeable(key); err != nil {
+		return err
 	}
 	if _, ok := s.attrs[key]; ok {
 		delete(s.attrs, key)
@@ -273,13 +311,16 @@ func (s *Session) Pending() bool {
 	return s.isNew || len(s.dirty) > 0 || s.renamedFrom != "" || s.maxChanged
 }
 
-// Keys lists the attribute names, sorted.
+// Keys lists the attribute names the application set, sorted (flock's
+// own, such as the flash values, are not listed).
 func (s *Session) Keys() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	keys := make([]string, 0, len(s.attrs))
 	for k := range s.attrs {
-		keys = append(keys, k)
+		if !internalKey(k) {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	return keys

@@ -63,3 +63,56 @@ func FuzzCookieHeader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIDHeader: whatever the id header's values, HeaderID returns a valid
+// id or one of its three errors, and the valve answers (never a panic),
+// looking up at most one well-formed id.
+func FuzzIDHeader(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"", ""},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.n1", ""},
+		{" AAAAAAAAAAAAAAAAAAAAAAAA.n1\t", ""},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.n1", "AAAAAAAAAAAAAAAAAAAAAAAA.n2"},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.n1, AAAAAAAAAAAAAAAAAAAAAAAA.n2", ""},
+		{strings.Repeat("A", 1<<16), ""},
+		{"\x00\xff.n1", "\r\n"},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA." + strings.Repeat("r", 64), ""},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, first, second string) {
+		h := http.Header{}
+		h.Add("Mcp-Session-Id", first)
+		if second != "" {
+			h.Add("Mcp-Session-Id", second)
+		}
+		id, err := valve.HeaderID(h, "Mcp-Session-Id")
+		switch {
+		case err == nil && !manager.ValidID(id):
+			t.Fatalf("HeaderID = %q, not a session id", id)
+		case err != nil && id != "":
+			t.Fatalf("HeaderID = %q with %v", id, err)
+		case err != nil && !errors.Is(err, valve.ErrManyIDs) && !errors.Is(err, valve.ErrBadID):
+			t.Fatalf("HeaderID: %v, not one of its errors", err)
+		}
+
+		store := &noSessions{}
+		cfg := valve.DefaultConfig()
+		cfg.IDHeader = "Mcp-Session-Id"
+		v := valve.New(store, cfg).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if s := valve.Existing(r); s != nil {
+				t.Fatal("a session from a store that holds none")
+			}
+		}))
+		req := httptest.NewRequest("GET", "/", nil)
+		req.Header = h
+		rec := httptest.NewRecorder()
+		v.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("status %d", rec.Code)
+		}
+		if store.loads > 1 {
+			t.Fatalf("%d lookups for one request", store.loads)
+		}
+	})
+}

@@ -1,20 +1,23 @@
 // Package valve is flock's net/http middleware, in the manner of Tomcat's
 // ReplicationValve and JvmRouteBinderValve: it finds the request's session
-// from its cookie, hands it to the handler, and when the response commits
+// from its cookie (or, configured so, a request header such as
+// Mcp-Session-Id), hands it to the handler, and when the response commits
 // (first Write or WriteHeader, Flush, Hijack, or the handler's return) it
-// sets the cookie and replicates what changed, before a byte of the
-// response leaves.
+// sets the cookie (or the response header) and replicates what changed,
+// before a byte of the response leaves.
 package valve
 
 import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +46,15 @@ type Config struct {
 	CookieSecure   bool
 	CookieHTTPOnly bool
 	CookieSameSite http.SameSite // 0: no SameSite attribute
+	// CookiePersist makes session cookies persistent (Max-Age: until the
+	// session would expire) unless a session's RememberMe says otherwise;
+	// false: browser session cookies unless RememberMe(true).
+	CookiePersist bool
+	// IDHeader, if set, is the request header that carries the session id
+	// instead of the cookie: the id is read from it, and sent back in it
+	// on the response that creates or renames the session; the version the
+	// client has seen travels in VersionHeader(IDHeader). No cookie is set.
+	IDHeader string
 	// StaticFilter matches request paths that never touch sessions (style
 	// sheets, images): they pass straight to the handler.
 	StaticFilter *regexp.Regexp
@@ -153,7 +165,10 @@ type state struct {
 	mu       sync.Mutex
 	loaded   bool // the cookie was looked up
 	s        *manager.Session
-	cookieID string // the id the client sent, if it named s
+	cookieID string // the id the client sent (cookie or header), if it named s
+	// persisted: the cookie the client sent is persistent, as far as the
+	// valve knows (the session's choice when it was loaded).
+	persisted bool
 	// seen is the session version of the client's version cookie; base
 	// the version s had when this request got it (0: new).
 	seen, base uint64
@@ -214,8 +229,8 @@ const maxCookieLookups = 4
 func (st *state) load() {
 	st.seen = st.seenVersion()
 	tries := 0
-	for _, c := range st.r.CookiesNamed(st.v.cfg.CookieName) {
-		if !manager.ValidID(c.Value) {
+	for _, id := range st.sentIDs() {
+		if !manager.ValidID(id) {
 			continue
 		}
 		// A browser sends one or two (a path and a domain cookie); a
@@ -225,7 +240,7 @@ func (st *state) load() {
 			st.v.log.Debug("more session cookies than are looked up; the rest ignored")
 			return
 		}
-		s, err := st.v.store.LoadSeen(st.r.Context(), c.Value, st.seen)
+		s, err := st.v.store.LoadSeen(st.r.Context(), id, st.seen)
 		if errors.Is(err, manager.ErrCatchingUp) {
 			// The session exists and is not lost: the user is asked to
 			// come again rather than handed a new, empty one.
@@ -238,12 +253,13 @@ func (st *state) load() {
 			continue
 		}
 		if s == nil {
-			st.v.log.WithField("session", shortID(c.Value)).Debug("cookie names no session this node holds")
+			st.v.log.WithField("session", shortID(id)).Debug("cookie names no session this node holds")
 			continue
 		}
 		st.use(s)
-		st.cookieID = c.Value
+		st.cookieID = id
 		st.base = s.Version()
+		st.persisted = s.Persistent(st.v.cfg.CookiePersist)
 		if _, err := st.v.store.Rebind(s); err != nil {
 			st.v.log.WithError(err).Warn("route rewrite failed")
 		}
@@ -272,6 +288,17 @@ func (st *state) commit() {
 		st.v.warn(err)
 	}
 	id := s.ID()
+	if st.v.cfg.IDHeader != "" {
+		st.commitHeader(s, id)
+		return
+	}
+	// maxAge 0 is a browser session cookie; a persistent one lives until
+	// the session would expire, and is sent again with every response
+	// that used the session, so that it slides with the idle timeout.
+	maxAge, persist := 0, !s.Invalid() && s.Persistent(st.v.cfg.CookiePersist)
+	if persist {
+		maxAge = max(1, int(time.Until(s.ExpiresAt()).Seconds()))
+	}
 	switch {
 	case s.Invalid():
 		if st.cookieID != "" {
@@ -284,13 +311,112 @@ func (st *state) commit() {
 		// A rename (a failover's route rewrite, RenewID) that reached too
 		// few members is not announced: the others know the session only
 		// under the id the client sent, which it keeps.
-		st.setCookie(id, 0)
+		st.setCookie(id, maxAge)
+	case st.cookieID != "" && (persist || st.persisted):
+		// Persistent, or no longer (RememberMe(false)): the same id with
+		// a new lifetime.
+		st.setCookie(id, maxAge)
 	}
 	if v := s.Version(); !s.Invalid() && !st.unreplicated && v != st.base && v > st.seen {
 		// The client has seen this version: a node holding an older copy
 		// will not serve it that one (read your writes, across nodes).
-		st.setVersionCookie(v, 0)
+		st.setVersionCookie(v, maxAge)
 	}
+}
+
+// commitHeader is commit's end when the id travels in a header: the id
+// goes back on the response that creates or renames the session, the
+// version when it changed. An invalidated session needs no word: the
+// client's next request names an id no node serves.
+func (st *state) commitHeader(s *manager.Session, id string) {
+	name := st.v.cfg.IDHeader
+	invalid := s.Invalid()
+	h := st.w.Header()
+	sent := false
+	if !invalid && id != st.cookieID && !(st.unreplicated && st.cookieID != "") {
+		h.Set(name, id)
+		sent = true
+	}
+	if v := s.Version(); !invalid && !st.unreplicated && v != st.base && v > st.seen {
+		h.Set(VersionHeader(name), strconv.FormatUint(v, 10))
+		sent = true
+	}
+	if sent {
+		// The response depends on the id the request sent; shared caches
+		// may keep the page, never the id.
+		if !slices.Contains(h.Values("Vary"), name) {
+			h.Add("Vary", name)
+		}
+		h.Set("Cache-Control", `no-cache="`+name+", "+VersionHeader(name)+`"`)
+	}
+}
+
+// VersionHeader is the name of the header that carries the version of the
+// session the client last saw change, next to the id header named name
+// (the version cookie's counterpart). A client that sends it back gets
+// its own writes from every node, as a browser with the version cookie
+// does; one that does not (most API clients) still does in sync
+// replication while every member is healthy.
+func VersionHeader(name string) string { return name + "-Version" }
+
+// sentIDs are the session ids the request names: the values of the
+// session cookies, or of the id header. A malformed header names none.
+func (st *state) sentIDs() []string {
+	if name := st.v.cfg.IDHeader; name != "" {
+		id, err := HeaderID(st.r.Header, name)
+		if err != nil {
+			if !errors.Is(err, ErrNoID) {
+				st.v.log.WithError(err).Debug("session id header ignored")
+			}
+			return nil
+		}
+		return []string{id}
+	}
+	cookies := st.r.CookiesNamed(st.v.cfg.CookieName)
+	ids := make([]string, len(cookies))
+	for i, c := range cookies {
+		ids[i] = c.Value
+	}
+	return ids
+}
+
+// The errors of HeaderID.
+var (
+	// ErrNoID: the request has no id header.
+	ErrNoID = errors.New("no session id header")
+	// ErrManyIDs: the request has the id header more than once; which
+	// one the client meant is anyone's guess, so none is used.
+	ErrManyIDs = errors.New("more than one session id header")
+	// ErrBadID: the header's value is not a session id.
+	ErrBadID = errors.New("malformed session id header")
+)
+
+// maxIDLen bounds the id header's value: a session id is at most 88
+// bytes (24 random, a dot, a route of up to 63).
+const maxIDLen = 88
+
+// HeaderID returns the session id of the header called name in h, or
+// ErrNoID, ErrManyIDs or ErrBadID (an error that wraps it and says why).
+// A handler of a header-keyed API uses it to answer a missing or malformed
+// id with a clear 400 rather than a new session.
+func HeaderID(h http.Header, name string) (string, error) {
+	vs := h.Values(name)
+	switch {
+	case len(vs) == 0:
+		return "", ErrNoID
+	case len(vs) > 1:
+		return "", fmt.Errorf("%w: %d %s headers", ErrManyIDs, len(vs), name)
+	}
+	id := strings.TrimSpace(vs[0])
+	switch {
+	case id == "":
+		return "", fmt.Errorf("%w: %s is empty", ErrBadID, name)
+	case len(id) > maxIDLen:
+		return "", fmt.Errorf("%w: %s is %d bytes, a session id at most %d", ErrBadID, name, len(id), maxIDLen)
+	case !manager.ValidID(id):
+		return "", fmt.Errorf("%w: %s is not a session id (24 base64url characters, a dot, a route)", ErrBadID, name)
+	}
+	return id, nil
 }
 
 // VersionCookie is the name of the cookie that carries the version of
@@ -298,15 +424,23 @@ func (st *state) commit() {
 // named name.
 func VersionCookie(name string) string { return name + "_V" }
 
-// seenVersion is the greatest version in the request's version cookies
-// (at most a few are read); 0 if none.
+// seenVersion is the greatest version in the request's version cookies,
+// or version headers (at most a few are read); 0 if none.
 func (st *state) seenVersion() uint64 {
+	var values []string
+	if name := st.v.cfg.IDHeader; name != "" {
+		values = st.r.Header.Values(VersionHeader(name))
+	} else {
+		for _, c := range st.r.CookiesNamed(VersionCookie(st.v.cfg.CookieName)) {
+			values = append(values, c.Value)
+		}
+	}
 	var seen uint64
-	for i, c := range st.r.CookiesNamed(VersionCookie(st.v.cfg.CookieName)) {
+	for i, s := range values {
 		if i == maxCookieLookups {
 			break
 		}
-		if v, err := strconv.ParseUint(c.Value, 10, 64); err == nil {
+		if v, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64); err == nil {
 			seen = max(seen, v)
 		}
 	}
@@ -323,7 +457,16 @@ func (st *state) setVersionCookie(v uint64, maxAge int) {
 		Name: VersionCookie(cfg.CookieName), Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
 		Secure: cfg.CookieSecure, HttpOnly: cfg.CookieHTTPOnly, SameSite: cfg.CookieSameSite, MaxAge: maxAge,
 	}
-	st.addCookie(c)
+	st.addCookie(withExpires(c))
+}
+
+// withExpires gives a persistent cookie an Expires attribute next to its
+// Max-Age, for the clients that know only Expires (scs sets both).
+func withExpires(c *http.Cookie) *http.Cookie {
+	if c.MaxAge > 0 {
+		c.Expires = time.Now().Add(time.Duration(c.MaxAge) * time.Second).UTC()
+	}
+	return c
 }
 
 // use makes s the request's session, telling it a request uses it (and
@@ -368,7 +511,7 @@ func (st *state) setCookie(value string, maxAge int) {
 		Name: cfg.CookieName, Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
 		Secure: cfg.CookieSecure, HttpOnly: cfg.CookieHTTPOnly, SameSite: cfg.CookieSameSite, MaxAge: maxAge,
 	}
-	st.addCookie(c)
+	st.addCookie(withExpires(c))
 }
 
 func (st *state) addCookie(c *http.Cookie) {
