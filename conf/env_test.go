@@ -65,8 +65,8 @@ func TestApplyEnv(t *testing.T) {
 
 func TestEveryKeyHasAVariable(t *testing.T) {
 	keys := Keys()
-	if len(keys) != 58 {
-		t.Errorf("%d keys, want 58: %v", len(keys), keys)
+	if len(keys) != 61 {
+		t.Errorf("%d keys, want 61: %v", len(keys), keys)
 	}
 	seen := map[string]string{}
 	for _, k := range keys {
