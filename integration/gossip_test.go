@@ -226,6 +226,9 @@ func TestGossipFirstSeedDown(t *testing.T) {
 	gossipConf(nodes[1], down, nodes[0])
 	c.nodes = nodes[:2]
 	c.startAll(nodes[0])
+	c.nodes = nodes[:1]
+	c.waitViews(30*time.Second, nodes[:1], c.others()) // the live seed serves
+	c.nodes = nodes[:2]
 	started := time.Now()
 	c.start(nodes[1])
 	c.waitViews(30*time.Second, nodes[:2], c.others())

@@ -44,7 +44,7 @@ type GossipConfig struct {
 	Resolve      func(ctx context.Context) ([]netip.AddrPort, error)
 	ResolveEvery time.Duration
 	// JoinRetry is the first wait between failed joins; it doubles up to
-	// ResolveEvery.
+	// a second (or ResolveEvery, if shorter).
 	JoinRetry time.Duration
 	// Frequency and DropTime are the cluster's failure detection timings,
 	// as multicast's: gossip's probe interval and suspicion multiplier are
@@ -390,7 +390,9 @@ func (g *Gossip) joinLoop() {
 		case ok && !joined:
 			joined, wait = true, g.cfg.ResolveEvery
 		case !joined:
-			wait = min(2*wait, g.cfg.ResolveEvery)
+			// A whole cluster starting at once finds its seeds down at
+			// first: retry within about a second, not ResolveEvery.
+			wait = min(2*wait, max(g.cfg.JoinRetry, min(g.cfg.ResolveEvery, time.Second)))
 		}
 		t.Reset(wait)
 	}
@@ -735,6 +737,23 @@ func (d gossipDelegate) NotifyLeave(n *memberlist.Node) {
 		return
 	}
 	now := time.Now()
+	if g.cfg.Prober != nil {
+		// As multicast does with a silent member: SWIM's verdict is
+		// checked over the transport before the member is failed. Lost
+		// UDP, or this node stalled, can time a suspicion out; a paused
+		// or dead process cannot answer the probe.
+		g.mu.Lock()
+		m, ok := g.table.suspect(h.Member.ID, now)
+		if e := g.table.members[h.Member.ID]; ok && e != nil {
+			e.State = Suspect
+		}
+		g.mu.Unlock()
+		if ok {
+			g.log.WithFields(logrus.Fields{"member": m.Name, "address": m.Addr}).Info("gossip lost member; probing it before dropping it")
+			g.startProbes([]Member{m})
+		}
+		return
+	}
 	g.mu.Lock()
 	evs := g.table.declareFailed(h.Member.ID, now, "gossip: no member could reach it (suspicion timed out)")
 	g.mu.Unlock()
