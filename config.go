@@ -20,7 +20,8 @@ type partConfigs struct {
 	// compare them (cluster.Config holds it as a function).
 	multicast *membership.MulticastConfig
 	static    *membership.StaticConfig
-	dns       *membership.DNSConfig // the static peers' resolver's, if any
+	dns       *membership.DNSConfig // the static peers' (or gossip seeds') resolver's, if any
+	gossip    *membership.GossipConfig
 	manager   manager.Config
 	valve     valve.Config
 }
@@ -112,6 +113,37 @@ func parts(c conf.Config) (partConfigs, error) {
 		}
 		p.static = &s
 		cc.Membership = cluster.Static(s)
+	case "gossip":
+		bind, advertise, err := mc.Gossip.Addrs()
+		if err != nil {
+			return partConfigs{}, err
+		}
+		seeds, names, err := mc.Gossip.SeedAddrs()
+		if err != nil {
+			return partConfigs{}, err
+		}
+		g := membership.DefaultGossipConfig()
+		g.Bind, g.Advertise, g.Seeds = bind, advertise, seeds
+		// Seeds given by name, and those a DNS name resolves to, are
+		// looked up whenever the seeds are tried.
+		d := mc.DNS
+		if d.Name != "" || len(names) > 0 {
+			dc := membership.DNSConfig{HostPorts: names, Server: d.Server, Name: d.Name, SRV: d.SRV, Port: uint16(d.Port)}
+			if dc.Port == 0 {
+				dc.Port = bind.Port()
+				if advertise.IsValid() {
+					dc.Port = advertise.Port()
+				}
+			}
+			p.dns = &dc
+			g.Resolve = membership.NewDNSResolver(dc)
+		}
+		g.ResolveEvery = d.Interval.Duration
+		g.Frequency, g.DropTime = mc.Frequency.Duration, mc.DropTime.Duration
+		g.TransportProbeTimeout = mc.ProbeTimeout.Duration // 0: gossip alone fails members
+		g.Insecure = sec.Insecure
+		p.gossip = &g
+		cc.Membership = cluster.Gossip(g)
 	default:
 		return partConfigs{}, fmt.Errorf("cluster.membership.type %q has no implementation", mc.Type)
 	}

@@ -61,6 +61,15 @@ func TestDefaultsAgree(t *testing.T) {
 	if !reflect.DeepEqual(gotStatic, wantStatic) {
 		t.Errorf("static:\n got %+v\nwant %+v", gotStatic, wantStatic)
 	}
+
+	c = conf.Default()
+	c.Cluster.Membership.Type = "gossip"
+	if p, err = parts(c); err != nil {
+		t.Fatal(err)
+	}
+	if p.gossip == nil || !reflect.DeepEqual(*p.gossip, membership.DefaultGossipConfig()) {
+		t.Errorf("gossip:\n got %+v\nwant %+v", p.gossip, membership.DefaultGossipConfig())
+	}
 }
 
 // TestRulesWrittenOnce: each rule that ties two keys together is the part's

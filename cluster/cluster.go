@@ -189,7 +189,7 @@ func New(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Keyring == nil && !cfg.Host.IsLoopback() {
 		log.WithField("address", cfg.Host).Warn("insecure: no cluster key; any host that reaches this network can read and change every session")
 	}
-	members, err := cfg.Membership(local, transport{send}, Env{Logger: log, Keyring: cfg.Keyring})
+	members, err := cfg.Membership(local, transport{send}, Env{Logger: log, Keyring: cfg.Keyring, Insecure: cfg.Insecure})
 	if err != nil {
 		ln.Close()
 		send.Close(context.Background())

@@ -35,7 +35,8 @@ type Config struct {
 	// OnFailure, Observer and Logger are set by New.
 	Sender   sender.Config
 	Receiver receiver.Config
-	// Membership builds the membership service: Multicast or Static.
+	// Membership builds the membership service: Multicast, Static or
+	// Gossip.
 	Membership MembershipFunc
 	// Keyring, if set, authenticates and encrypts everything the node
 	// sends to or accepts from other nodes: heartbeats and connections.
@@ -108,8 +109,11 @@ type MembershipFunc func(local membership.Member, tr Transport, env Env) (member
 type Env struct {
 	Logger logrus.FieldLogger
 	// Keyring seals what membership sends on its own (multicast
-	// heartbeats); nil when the cluster has none.
+	// heartbeats, gossip); nil when the cluster has none.
 	Keyring *keyring.Keyring
+	// Insecure is Config.Insecure: a membership with sockets of its own
+	// (gossip) may then use a non-loopback address without a Keyring.
+	Insecure bool
 }
 
 // Multicast is membership by multicast heartbeats. A ProbeTimeout above
@@ -144,6 +148,29 @@ func Static(cfg membership.StaticConfig) MembershipFunc {
 			cfg.Leaver = tr
 		}
 		return membership.NewStatic(local, cfg)
+	}
+}
+
+// Gossip is membership by gossip (hashicorp/memberlist), on its own port.
+// The cluster's keyring encrypts it; the transport confirms a member gossip
+// has lost track of, or that a send failed to reach, and carries the
+// goodbye.
+func Gossip(cfg membership.GossipConfig) MembershipFunc {
+	return func(local membership.Member, tr Transport, env Env) (membership.Service, error) {
+		if cfg.Logger == nil {
+			cfg.Logger = env.Logger
+		}
+		if cfg.Keyring == nil {
+			cfg.Keyring = env.Keyring
+		}
+		cfg.Insecure = cfg.Insecure || env.Insecure
+		if cfg.TransportProbeTimeout > 0 && cfg.Prober == nil {
+			cfg.Prober = tr
+		}
+		if cfg.Leaver == nil {
+			cfg.Leaver = tr
+		}
+		return membership.NewGossip(local, cfg)
 	}
 }
 

@@ -131,7 +131,7 @@ type Security struct {
 // Address, Port, Bind and TTL configure the multicast heartbeats; they are
 // validated whatever the type, as they have working defaults.
 type Membership struct {
-	Type      string   `toml:"type"`      // "multicast", "static" or "dns"
+	Type      string   `toml:"type"`      // "multicast", "static", "dns" or "gossip"
 	Address   string   `toml:"address"`   // multicast group of the heartbeats
 	Port      int      `toml:"port"`      // UDP port of the group
 	Bind      string   `toml:"bind"`      // IP of the interface that carries heartbeats
@@ -144,6 +144,28 @@ type Membership struct {
 	TTL          int      `toml:"ttl"` // multicast time-to-live
 	Static       Static   `toml:"static"`
 	DNS          DNS      `toml:"dns"`
+	Gossip       Gossip   `toml:"gossip"`
+}
+
+// Gossip configures membership type "gossip" (hashicorp/memberlist: SWIM
+// with Lifeguard), on a TCP and UDP port of its own. Frequency and
+// drop_time set its failure detection (probe interval = frequency,
+// suspicion = drop_time/frequency - 2 probe intervals), probe_timeout the
+// TCP confirmation of a member a send failed to reach. Seeds are joined at
+// start, retried until one answers, and again every dns.interval when they
+// are not members; if dns.name is set, the addresses it resolves to (at
+// dns.port, 0: this node's gossip port) are seeds too.
+type Gossip struct {
+	// Bind is the IP:port of gossip's sockets. 0.0.0.0 or :: needs
+	// Advertise.
+	Bind string `toml:"bind"`
+	// Advertise is the IP:port the other members reach Bind at (NAT,
+	// containers); "" is Bind. Use [Gossip.Addrs] to read both.
+	Advertise string `toml:"advertise"`
+	// Seeds are the gossip addresses of members to join through, IP:port
+	// or host:port each. This node's own may be listed. Use
+	// [Gossip.SeedAddrs] to read them.
+	Seeds []string `toml:"seeds" example:"198.51.100.10:7946"`
 }
 
 // DNS configures membership type "dns": the peers are what a DNS name
@@ -347,6 +369,7 @@ func Default() Config {
 				// members = [] and Default() equals the shipped file.
 				Static: Static{Members: []string{}},
 				DNS:    DNS{Interval: Duration{5 * time.Second}},
+				Gossip: Gossip{Bind: "127.0.0.1:7946", Seeds: []string{}},
 			},
 			Receiver: Receiver{
 				Host:        "127.0.0.1",

@@ -44,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 62 {
-		t.Errorf("Default() encodes %d keys, want 62: %v", len(keys), keys)
+	if len(keys) != 65 {
+		t.Errorf("Default() encodes %d keys, want 65: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -306,8 +306,31 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "unsupported membership type",
-			in:   "[cluster.membership]\ntype = \"gossip\"\n",
-			want: []string{`server.toml:2: cluster.membership.type: "gossip" is not supported; allowed: "multicast", "static"`},
+			in:   "[cluster.membership]\ntype = \"swim\"\n",
+			want: []string{`server.toml:2: cluster.membership.type: "swim" is not supported; allowed: "multicast", "static", "dns", "gossip"`},
+		},
+		{
+			name: "gossip bind not IP:port",
+			in:   "[cluster.membership]\ntype = \"gossip\"\n[cluster.membership.gossip]\nbind = \"nope\"\n",
+			want: []string{`server.toml:4: cluster.membership.gossip.bind: "nope" is not IP:port, such as "198.51.100.10:7946"`},
+		},
+		{
+			name: "gossip bind on every interface without advertise",
+			in:   "[cluster.membership]\ntype = \"gossip\"\n[cluster.membership.gossip]\nbind = \"0.0.0.0:7946\"\n",
+			want: []string{`cluster.membership.gossip.advertise: bind 0.0.0.0:7946 listens on every interface: set advertise`},
+		},
+		{
+			name: "gossip on a network without a key",
+			in:   "[cluster.membership]\ntype = \"gossip\"\n[cluster.membership.gossip]\nbind = \"198.51.100.10:7946\"\n",
+			want: []string{`server.toml:4: cluster.membership.gossip.bind: 198.51.100.10 is not loopback, and [cluster.security] sets no key`},
+		},
+		{
+			name: "gossip seeds",
+			in:   "[cluster.membership.gossip]\nseeds = [\"198.51.100.10\", \"flock-0:7946\", \"flock-0:7946\"]\n",
+			want: []string{
+				`server.toml:2: cluster.membership.gossip.seeds[0]: "198.51.100.10" is not IP:port`,
+				`server.toml:2: cluster.membership.gossip.seeds[2]: "flock-0:7946" is already listed as seeds[1]`,
+			},
 		},
 		{
 			name: "log level",

@@ -23,7 +23,7 @@ import (
 // membershipTypes are the values cluster.membership.type accepts. Appending
 // one here (once the membership package can build it) is all it takes to
 // allow it.
-var membershipTypes = []string{"multicast", "static", "dns"}
+var membershipTypes = []string{"multicast", "static", "dns", "gossip"}
 
 // managerModes are the values cluster.manager.mode accepts.
 var managerModes = []string{"delta", "backup"}
@@ -231,6 +231,16 @@ func (c Config) problems() []problem {
 
 	sec := c.Cluster.Security
 	_, keysErr := keyring.Decode(sec.Keys...)
+	gb, ga, gossipProbs := m.Gossip.addrs()
+	probs = append(probs, gossipProbs...)
+	if gb.IsValid() && gb.Addr().IsUnspecified() && !ga.IsValid() {
+		checkPair("cluster.membership.gossip.advertise", "cluster.membership.gossip.bind",
+			fmt.Errorf("bind %v listens on every interface: set advertise to the IP:port the other members reach", gb))
+	}
+	for _, err := range m.Gossip.seeds() {
+		probs = append(probs, problem{key: gossipSeedsKey, err: err})
+	}
+
 	check("cluster.security.keys", keysErr)
 	keyed := len(sec.Keys) > 0 || sec.KeyFile != ""
 	if len(sec.Keys) > 0 && sec.KeyFile != "" {
@@ -720,6 +730,15 @@ func (c Config) exposed() (string, netip.Addr) {
 	if a, err := c.Cluster.Receiver.hostAddr(); err == nil && !a.IsLoopback() {
 		return "cluster.receiver.host", a
 	}
+	if m := c.Cluster.Membership; m.Type == "gossip" {
+		b, a, _ := m.Gossip.addrs()
+		if b.IsValid() && !b.Addr().IsLoopback() && !b.Addr().IsUnspecified() {
+			return "cluster.membership.gossip.bind", b.Addr()
+		}
+		if a.IsValid() && !a.Addr().IsLoopback() {
+			return "cluster.membership.gossip.advertise", a.Addr()
+		}
+	}
 	if m := c.Cluster.Membership; m.Type == "multicast" {
 		if a, err := m.bindAddr(); err == nil && !a.IsLoopback() {
 			return "cluster.membership.bind", a
@@ -759,4 +778,73 @@ func (s Security) LoadKeys() ([][]byte, error) {
 		return nil, fmt.Errorf("cluster.security.key_file %s: %w", s.KeyFile, err)
 	}
 	return keys, nil
+}
+
+const gossipSeedsKey = "cluster.membership.gossip.seeds"
+
+// Addrs returns the gossip bind address and the advertised one (zero if
+// "", which is bind). It fails only on a Config that has not passed
+// [Config.Validate].
+func (g Gossip) Addrs() (bind, advertise netip.AddrPort, err error) {
+	b, a, probs := g.addrs()
+	if len(probs) > 0 {
+		return b, a, probs[0].err
+	}
+	return b, a, nil
+}
+
+func (g Gossip) addrs() (bind, advertise netip.AddrPort, probs []problem) {
+	parse := func(key, s string, unspecified bool) netip.AddrPort {
+		ap, err := netip.ParseAddrPort(s)
+		switch {
+		case err != nil:
+			probs = append(probs, problem{key: key, err: fmt.Errorf("%s: %q is not IP:port, such as \"198.51.100.10:7946\"", key, s)})
+		case ap.Port() == 0:
+			probs = append(probs, problem{key: key, err: fmt.Errorf("%s: port 0 in %q: allowed 1..65535", key, s)})
+		case ap.Addr().IsMulticast() || ap.Addr().IsUnspecified() && !unspecified:
+			probs = append(probs, problem{key: key, err: fmt.Errorf("%s: %q: want a unicast address of this host", key, s)})
+		default:
+			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		return netip.AddrPort{}
+	}
+	bind = parse("cluster.membership.gossip.bind", g.Bind, true)
+	if g.Advertise != "" {
+		advertise = parse("cluster.membership.gossip.advertise", g.Advertise, false)
+	}
+	return bind, advertise, probs
+}
+
+// SeedAddrs returns the seeds given as IP:port, in the order listed, and
+// those given by host name ("host:port", looked up in DNS). It fails only
+// on a Config that has not passed [Config.Validate].
+func (g Gossip) SeedAddrs() (addrs []netip.AddrPort, names []string, err error) {
+	if errs := g.seeds(); len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	for _, s := range g.Seeds {
+		if ap, err := parseMember(s); err == nil {
+			addrs = append(addrs, ap)
+		} else {
+			names = append(names, s)
+		}
+	}
+	return addrs, names, nil
+}
+
+// seeds returns one error per bad or repeated seed.
+func (g Gossip) seeds() (errs []error) {
+	seen := make(map[string]int, len(g.Seeds))
+	for i, s := range g.Seeds {
+		if _, err := parseMember(s); err != nil && !errors.Is(err, errHostname) {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", gossipSeedsKey, i, err))
+			continue
+		}
+		if j, ok := seen[s]; ok {
+			errs = append(errs, fmt.Errorf("%s[%d]: %q is already listed as seeds[%d]", gossipSeedsKey, i, s, j))
+			continue
+		}
+		seen[s] = i
+	}
+	return errs
 }

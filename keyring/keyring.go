@@ -206,6 +206,24 @@ func (r *Keyring) IDs() []ID {
 	return ids
 }
 
+// Derive returns, for every key of the ring in order (the sealing one
+// first), a key of Size bytes derived from it for purpose by HKDF-SHA256.
+// Another protocol that must hold raw keys (gossip membership's own
+// encryption) then never shares a key with sealing or the transport: a
+// weakness of one use cannot become a weakness of the other.
+func (r *Keyring) Derive(purpose string) ([][]byte, error) {
+	keys := *r.keys.Load()
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		d, err := hkdf.Key(sha256.New, k.secret[:], nil, "flock derived key v1\x00"+purpose, Size)
+		if err != nil {
+			return nil, fmt.Errorf("keyring: derive %q: %w", purpose, err)
+		}
+		out[i] = d
+	}
+	return out, nil
+}
+
 // Primary is the key that seals.
 func (r *Keyring) Primary() *Key { return (*r.keys.Load())[0] }
 

@@ -476,3 +476,14 @@ type Stats struct {
 	// reasons never seen are absent.
 	Refused map[string]uint64
 }
+
+// declareFailed fails member id at once, because a failure detector other
+// than the table's silence rule (gossip's SWIM: probes and indirect probes
+// by several members, then a suspicion timeout) has declared it dead.
+func (t *table) declareFailed(id ID, now time.Time, reason string) []Event {
+	e, ok := t.members[id]
+	if !ok {
+		return nil
+	}
+	return t.drop(e, now, reason)
+}
