@@ -12,13 +12,20 @@ import (
 	"github.com/flockhq/flock/integration/lab"
 )
 
-// scaleMemberships are the membership kinds the scale bench compares: the
-// [cluster.membership] part of each node's configuration.
+// scaleMemberships are the membership kinds the scale bench compares;
+// conf configures the nodes (all created, none started).
 var scaleMemberships = []struct {
 	name string
-	conf string
+	conf func(nodes []*node)
 }{
-	{"multicast", ""},
+	{"multicast", func([]*node) {}},
+	{"gossip", func(nodes []*node) {
+		// Three seeds, as a deployment would list: any one answering is
+		// enough to join.
+		for _, n := range nodes {
+			gossipConf(n, nodes[:3]...)
+		}
+	}},
 }
 
 // scaleSizes are the cluster sizes of the scale bench: FLOCK_SCALE
@@ -62,12 +69,10 @@ func TestScaleMembership(t *testing.T) {
 	}
 }
 
-func scaleOne(t *testing.T, kind, conf string, size int, rest time.Duration) {
+func scaleOne(t *testing.T, kind string, conf func([]*node), size int, rest time.Duration) {
 	c := newQuietCluster(t)
 	nodes := c.nodesN(size)
-	for _, n := range nodes {
-		n.conf = conf
-	}
+	conf(nodes)
 	label := fmt.Sprintf("scale %s %d nodes", kind, size)
 	early, last := nodes[:size-1], nodes[size-1]
 	c.startAll(early...)

@@ -345,6 +345,13 @@ func (g *Gossip) memberlistConfig() (*memberlist.Config, error) {
 	// key.
 	mc.Label = g.local.Domain
 	mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = g.tm.probeInterval, g.tm.probeTimeout, g.tm.suspicionMult
+	// Lifeguard widens a suspicion up to six times while too few members
+	// confirm it, which in a small cluster (one other member to confirm)
+	// made a paused process's detection vary from 2.7 to 5 s. flock
+	// probes a member over its transport before it fails it (see
+	// NotifyLeave), which already guards against a false death, so the
+	// suspicion stays at its minimum and detection near DropTime.
+	mc.SuspicionMaxTimeoutMult = 1
 	// Gossip at least twice per probe interval, so a suspicion reaches the
 	// accused (to refute it) well within its timeout.
 	mc.GossipInterval = min(mc.GossipInterval, g.tm.probeInterval/2)
