@@ -156,7 +156,7 @@ func parts(c conf.Config) (partConfigs, error) {
 	}
 	m := manager.DefaultConfig()
 	m.Route = c.Server.Name
-	m.Mode = mg.Mode
+	m.Mode, m.Placement = mg.Mode, mg.Placement
 	m.PersistDir = mg.PersistDir
 	m.SessionTimeout = mg.SessionTimeout.Duration
 	m.Lifetime = mg.SessionLifetime.Duration

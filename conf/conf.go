@@ -236,6 +236,12 @@ type Manager struct {
 	// Mode is how sessions are spread over the nodes. Only "delta" is
 	// available: every node holds every session (Tomcat's DeltaManager).
 	Mode string `toml:"mode"`
+	// Placement is where backup mode keeps a session's backup:
+	// "rendezvous" (spread by a hash of the session id, zone-aware) or
+	// "ring" (the next node by name, as releases before it did: keep it
+	// while rolling a backup-mode cluster up from one of them, then
+	// switch).
+	Placement string `toml:"placement"`
 	// SessionTimeout expires a session unused this long.
 	SessionTimeout Duration `toml:"session_timeout"`
 	// SessionLifetime expires a session this long after it was created,
@@ -389,6 +395,7 @@ func Default() Config {
 			},
 			Manager: Manager{
 				Mode:                         "delta",
+				Placement:                    "rendezvous",
 				SessionTimeout:               Duration{30 * time.Minute},
 				SessionLifetime:              Duration{0},
 				MaxActive:                    100_000,

@@ -44,8 +44,8 @@ func TestShippedFileDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := leafKeys(encoded, nil)
-	if len(keys) != 65 {
-		t.Errorf("Default() encodes %d keys, want 65: %v", len(keys), keys)
+	if len(keys) != 66 {
+		t.Errorf("Default() encodes %d keys, want 66: %v", len(keys), keys)
 	}
 
 	data, err := os.ReadFile(shipped)
@@ -1354,6 +1354,7 @@ queue_limit = "16GiB"
 			name: "manager and session, every key",
 			in: `[cluster.manager]
 mode = "delta"
+placement = "ring"
 session_timeout = "2h"
 max_active = 10000
 max_session_size = "64KiB"
@@ -1378,6 +1379,7 @@ static_filter = ""
 			want: func(c *Config) {
 				c.Cluster.Manager = Manager{
 					Mode:                         "delta",
+					Placement:                    "ring",
 					SessionTimeout:               Duration{2 * time.Hour},
 					MaxActive:                    10000,
 					MaxSessionSize:               Size{64 << 10},

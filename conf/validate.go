@@ -199,6 +199,7 @@ func (c Config) problems() []problem {
 
 	mg := c.Cluster.Manager
 	check("cluster.manager.mode", checkManagerMode(mg.Mode))
+	check("cluster.manager.placement", checkOneOf(mg.Placement, []string{"rendezvous", "ring"}))
 	timeoutErr := checkBetween(mg.SessionTimeout.Duration, minSessionTimeout, maxSessionTimeout)
 	check("cluster.manager.session_timeout", timeoutErr)
 	if d := mg.SessionLifetime.Duration; d != 0 {

@@ -20,12 +20,13 @@ import (
 	"time"
 
 	"github.com/flockhq/flock/internal/sessionlog"
+	"github.com/flockhq/flock/manager"
 )
 
 // Backup-mode scenarios: [cluster.manager] mode = "backup" keeps each
-// session on two nodes only, its owner (the node its route names, or the
-// next live one on the ring of members sorted by name) and the owner's
-// backup (the next node after the owner). The scenarios check where the
+// session on two nodes only, its owner (the node its route names, or, if
+// that node is gone, the one that was its backup) and its backup (chosen
+// per session by rendezvous hashing, manager.Holders). The scenarios check where the
 // sessions live by asking every node directly (GET /cluster/sessions),
 // never through the balancer.
 
@@ -186,27 +187,10 @@ func holdingsOf(ctx context.Context, nodes []*node) (holdings, error) {
 	return h, nil
 }
 
-// ringPair is the owner of session id and the owner's backup on the ring
-// of the live node names, as backup mode defines them: the owner is the
-// node the route names if it is live, else the first live name after it
-// (wrapping); the backup is the live name after the owner.
+// ringPair is the owner of session id and its backup among the live node
+// names, as backup mode places them (rendezvous placement, no zones).
 func ringPair(id string, live []string) (owner, backup string) {
-	names := slices.Sorted(slices.Values(live))
-	next := func(name string) string {
-		i, found := slices.BinarySearch(names, name)
-		if found {
-			i++
-		}
-		return names[i%len(names)]
-	}
-	owner = routeOf(id)
-	if !slices.Contains(names, owner) {
-		owner = next(owner)
-	}
-	if backup = next(owner); backup == owner {
-		backup = ""
-	}
-	return owner, backup
+	return manager.Holders(id, live, nil, manager.PlacementRendezvous)
 }
 
 func names(nodes []*node) []string {
@@ -365,8 +349,8 @@ func countUp(ctx context.Context, users []*user, from, requests int) []string {
 
 // Scenario 1: five nodes in backup mode behind a sticky balancer. After 20
 // users made 10 increments each, every session is held by exactly two
-// nodes: the one its route names (where the user sticks) and the next one
-// by name on the ring (node5's next is node1); no node holds anything else.
+// nodes: the one its route names (where the user sticks) and its backup;
+// no node holds anything else.
 func TestBackupStickyTwoCopies(t *testing.T) {
 	scenario(t, load, 3*time.Second)
 	c := newCluster(t)
@@ -408,12 +392,11 @@ func TestBackupStickyTwoCopies(t *testing.T) {
 	}
 	live := names(nodes)
 	for i, id := range ids {
-		route := routeOf(id)
-		next := nodes[(slices.Index(live, route)+1)%len(nodes)].name
-		want := []string{route, next}
+		route, backup := ringPair(id, live)
+		want := []string{route, backup}
 		slices.Sort(want)
-		if got := h.holders(id); !slices.Equal(got, want) {
-			t.Errorf("user %d: session %s held by %v, want %v (its route and the next node)", i, id, got, want)
+		if got := h.holders(id); !slices.Equal(got, want) || route != routeOf(id) {
+			t.Errorf("user %d: session %s held by %v, want %v (its route and its backup)", i, id, got, want)
 			continue
 		}
 		for name, v := range h[refOf(id)] {
@@ -552,7 +535,7 @@ func TestBackupRoundRobin(t *testing.T) {
 // Every acknowledged increment survives (counts go up by one, but for the
 // balancer's at-least-once retry of a request the dead node may have
 // applied), and every session is again on exactly two live nodes, its
-// owner and backup on the ring of the survivors.
+// owner and backup among the survivors.
 func TestBackupOwnerKilled(t *testing.T) {
 	scenario(t, load, 6*time.Second)
 	c := newCluster(t)

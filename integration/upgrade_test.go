@@ -76,6 +76,15 @@ func rollingUpgrade(t *testing.T, label, mode, modeConf string, newNames bool) {
 	// port, and knows no drain_grace: its [server] table stays empty.
 	const oldConf = "[server]\n"
 	const newConf = "[server]\ndrain_grace = \"1s\"\n"
+	// In backup mode the earlier release puts a session's backup on the
+	// next node by name: the new nodes keep that placement ("ring") while
+	// old ones serve, or the two would disagree on where a session's copy
+	// is and fork it; the "same names" roll then switches to rendezvous
+	// placement by rolling again, as the README's upgrade notes say.
+	rollConf := modeConf + newConf
+	if mode == "backup" {
+		rollConf = modeConf + "placement = \"ring\"\n" + newConf
+	}
 	c := newCluster(t)
 	nodes := c.three()
 	for _, n := range nodes {
@@ -85,7 +94,7 @@ func rollingUpgrade(t *testing.T, label, mode, modeConf string, newNames bool) {
 	if newNames {
 		fresh = []*node{c.add("node4", "default"), c.add("node5", "default"), c.add("node6", "default")}
 		for _, n := range fresh {
-			n.conf = modeConf + newConf
+			n.conf = rollConf
 		}
 	}
 	c.startAll(nodes...)
@@ -120,7 +129,7 @@ func rollingUpgrade(t *testing.T, label, mode, modeConf string, newNames bool) {
 		if newNames {
 			live = slices.DeleteFunc(live, func(o *node) bool { return o == n })
 		} else {
-			n.binary, n.conf, n.adminAddr = "", modeConf+newConf, ""
+			n.binary, n.conf, n.adminAddr = "", rollConf, ""
 			c.start(n)
 			n.waitHealthy(t, scale(30*time.Second))
 			lb.exclude(n.name, false)
@@ -136,6 +145,23 @@ func rollingUpgrade(t *testing.T, label, mode, modeConf string, newNames bool) {
 		})
 		// Old and new serve together for a while.
 		time.Sleep(time.Second)
+	}
+	if mode == "backup" && !newNames {
+		// Every node runs this tree: switch to rendezvous placement, one
+		// node at a time, under the same load.
+		for _, n := range nodes {
+			lb.exclude(n.name, true)
+			if err := n.proc.Stop(ctx); err != nil {
+				t.Fatalf("%s: stop: %v", n.name, err)
+			}
+			n.conf = modeConf + newConf
+			c.start(n)
+			n.waitHealthy(t, scale(30*time.Second))
+			lb.exclude(n.name, false)
+			c.waitViews(scale(30*time.Second), live, c.others(fresh...))
+			time.Sleep(time.Second) // ring and rendezvous nodes serve together for a while
+		}
+		label += ", then ring to rendezvous"
 	}
 	upgraded := time.Since(start)
 	time.Sleep(time.Second)

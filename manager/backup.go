@@ -44,6 +44,14 @@ type backupPlacement struct {
 	zones map[string]string
 }
 
+// newRing is the ring of the configured placement; p.mu must be held (or
+// p not yet shared).
+func (p *backupPlacement) newRing(view []membership.Member) *ring {
+	r := newRing(p.m.c.Local(), view, p.zones)
+	r.byName = p.m.cfg.Placement == PlacementRing
+	return r
+}
+
 // maxZonesKept bounds the zones remembered of members gone.
 const maxZonesKept = 4096
 
@@ -58,7 +66,7 @@ func newBackup(m *Manager) *backupPlacement {
 		orphaned: make(map[string]time.Time),
 		zones:    make(map[string]string),
 	}
-	p.ring.Store(newRing(m.c.Local(), nil, nil))
+	p.ring.Store(p.newRing(nil))
 	return p
 }
 
@@ -68,7 +76,8 @@ type ring struct {
 	names   []string
 	members map[string]membership.Member
 	seeds   map[string]uint64 // per member: its name hashed once, not per session
-	zones   map[string]string // of members in the view and of members gone (see zoneOf)
+	zones   map[string]string // of members in the view and of members gone (see members)
+	byName  bool              // PlacementRing: the backup is the next member by name
 }
 
 func newRing(local membership.Member, ms []membership.Member, gone map[string]string) *ring {
@@ -96,6 +105,19 @@ func newRing(local membership.Member, ms []membership.Member, gone map[string]st
 func (r *ring) alive(name string) bool {
 	_, ok := slices.BinarySearch(r.names, name)
 	return ok
+}
+
+// next is the first member after name by name, name excluded, wrapping
+// round; "" when name is alone.
+func (r *ring) next(name string) string {
+	i, found := slices.BinarySearch(r.names, name)
+	if found {
+		i++
+	}
+	if n := r.names[i%len(r.names)]; n != name {
+		return n
+	}
+	return ""
 }
 
 // mix64 is SplitMix64's finalizer: the weights of one session for two
@@ -149,6 +171,13 @@ func (r *ring) choose(h uint64, zone, skip, skip2 string) string {
 // node its route names while that node is a member, else the member that
 // was its backup; "" for a backup when the owner is alone.
 func (r *ring) holders(id string) (owner, backup string) {
+	if r.byName {
+		owner = Route(id)
+		if !r.alive(owner) {
+			owner = r.next(owner)
+		}
+		return owner, r.next(owner)
+	}
 	h := hashID(id)
 	route := Route(id)
 	owner = route
@@ -156,6 +185,25 @@ func (r *ring) holders(id string) (owner, backup string) {
 		owner = r.choose(h, r.zones[route], route, "")
 	}
 	return owner, r.choose(h, r.zones[owner], owner, route)
+}
+
+// Holders is where backup mode keeps session id in a cluster of the named
+// members: its owner and its backup ("" when the owner is alone), under
+// placement (PlacementRendezvous or PlacementRing), with each member's
+// zone from zones (nil: none). Every node computes the same from the same
+// members; tools and tests use it to check from outside where a session
+// should be.
+func Holders(id string, names []string, zones map[string]string, placement string) (owner, backup string) {
+	if len(names) == 0 {
+		return "", ""
+	}
+	ms := make([]membership.Member, len(names))
+	for i, n := range names {
+		ms[i] = membership.Member{Name: n, Zone: zones[n]}
+	}
+	r := newRing(ms[0], ms[1:], nil)
+	r.byName = placement == PlacementRing
+	return r.holders(id)
 }
 
 func (r *ring) owner(id string) string {
@@ -225,7 +273,7 @@ func (p *backupPlacement) members(e membership.Event, view []membership.Member) 
 	for _, mb := range view {
 		p.zones[mb.Name] = mb.Zone
 	}
-	p.ring.Store(newRing(p.m.c.Local(), view, p.zones))
+	p.ring.Store(p.newRing(view))
 	p.mu.Unlock()
 }
 

@@ -698,3 +698,28 @@ func createAs(t testing.TB, m *Manager, id string, attrs map[string]any) *Sessio
 	commit(t, m, s)
 	return s
 }
+
+// PlacementRing is what releases before rendezvous placement did: the
+// backup is the next member by name after the owner, for every session.
+func TestPlacementRing(t *testing.T) {
+	r := testRing([]string{"a", "b", "c", "e"}, nil)
+	r.byName = true
+	tests := []struct {
+		id, owner, backup string
+	}{
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.a", "a", "b"},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.e", "e", "a"}, // wraps
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.d", "e", "a"}, // d is gone: the node after it owns
+		{"AAAAAAAAAAAAAAAAAAAAAAAA.z", "a", "b"}, // after the last name: wraps
+	}
+	for _, tc := range tests {
+		if owner, backup := r.holders(tc.id); owner != tc.owner || backup != tc.backup {
+			t.Errorf("holders(%s) = %s, %s; want %s, %s", tc.id, owner, backup, tc.owner, tc.backup)
+		}
+	}
+	lone := testRing([]string{"a"}, nil)
+	lone.byName = true
+	if owner, backup := lone.holders("AAAAAAAAAAAAAAAAAAAAAAAA.a"); owner != "a" || backup != "" {
+		t.Errorf("a lone node: %q, %q", owner, backup)
+	}
+}

@@ -63,7 +63,10 @@ type Config struct {
 	Route string
 	// Mode is ModeDelta (every node holds every session) or ModeBackup
 	// (an owner and one backup per session).
-	Mode           string
+	Mode string
+	// Placement is where backup mode puts a session's backup:
+	// PlacementRendezvous (the default) or PlacementRing.
+	Placement      string
 	SessionTimeout time.Duration
 	// Lifetime bounds a session's life from its creation, however busy
 	// (scs's Lifetime): past it the session expires on every node as an
@@ -131,6 +134,7 @@ func DefaultConfig() Config {
 	return Config{
 		Route:                "node1",
 		Mode:                 ModeDelta,
+		Placement:            PlacementRendezvous,
 		RebalanceInterval:    250 * time.Millisecond,
 		AntiEntropyInterval:  5 * time.Second,
 		SyncMinCopies:        1,

@@ -17,6 +17,19 @@ const (
 	ModeBackup = "backup"
 )
 
+// Backup mode's placements: where a session's backup is.
+const (
+	// PlacementRendezvous: the member of highest rendezvous weight for the
+	// session's id, in another zone when there is one (see ring.holders).
+	PlacementRendezvous = "rendezvous"
+	// PlacementRing: the next member by name after the owner, for every
+	// session of that owner; what releases before rendezvous placement
+	// did. A cluster rolling up from one of them keeps it until every
+	// node runs this release: nodes that disagree on where a session's
+	// backup is can fork it.
+	PlacementRing = "ring"
+)
+
 // placement is what differs between the modes: which nodes hold a session,
 // where its changes go and where a missing copy comes from. The core
 // (sessions, versions, expiry, touches, listeners, persistence, the rules
@@ -106,6 +119,13 @@ func newPlacement(m *Manager) (placement, error) {
 		m.cfg.Mode = ModeDelta
 		return &deltaPlacement{m: m}, nil
 	case ModeBackup:
+		switch m.cfg.Placement {
+		case "":
+			m.cfg.Placement = PlacementRendezvous
+		case PlacementRendezvous, PlacementRing:
+		default:
+			return nil, fmt.Errorf("manager: unknown placement %q; allowed: %q, %q", m.cfg.Placement, PlacementRendezvous, PlacementRing)
+		}
 		return newBackup(m), nil
 	}
 	return nil, fmt.Errorf("manager: unknown mode %q; allowed: %q, %q", m.cfg.Mode, ModeDelta, ModeBackup)
