@@ -17,9 +17,11 @@
 // session whose id is derived from the token (a hash: the token never
 // leaves the node in a session id, and an id never names a token). Those
 // ids carry the route "scs", not a node's name, since any node may see the
-// token first: use the delta mode (the default), where every node holds
-// every session. In backup mode they work, but every one is owned by the
-// same node, the one after "scs" on the ring.
+// token first: the delta mode (the default) suits it, where every node
+// holds every session. In backup mode a route that names no member is
+// owned by the member of highest rendezvous weight for the id, so the
+// sessions spread over the nodes; a request elsewhere loads and stores
+// back.
 package scsstore
 
 import (
