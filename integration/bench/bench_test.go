@@ -181,19 +181,6 @@ flock_messages_sent_total{type="delta_x"} 9
 	}
 }
 
-func TestHeldShare(t *testing.T) {
-	// 12 sessions on 5 nodes: nodes 0 and 1 own 3, the others 2.
-	want := []int{3 + 2, 3 + 3, 2 + 3, 2 + 2, 2 + 2}
-	for i, w := range want {
-		if got := heldShare("backup", 12, 5, i); got != w {
-			t.Errorf("backup, node %d: %d, want %d", i, got, w)
-		}
-		if got := heldShare("delta", 12, 5, i); got != 12 {
-			t.Errorf("delta, node %d: %d, want 12", i, got)
-		}
-	}
-}
-
 func TestFlags(t *testing.T) {
 	o, err := parseFlags([]string{"-quick", "-clients", "7"}, &bytes.Buffer{})
 	if err != nil {

@@ -245,9 +245,8 @@ func fetchCount(ctx context.Context, hc *http.Client, url, cookie string) (int, 
 
 // fillSpread reads the VmRSS of every node, creates total sessions of
 // 1 KiB spread round-robin over the nodes (no cookie, so each request makes
-// one), waits until every node holds its share (all of them in delta
-// mode; in backup mode those it owns and those of the node before it on
-// the ring, of which it is the backup), and reads VmRSS again.
+// one), waits until the nodes hold every copy (each node all of them in
+// delta mode, two copies of each in backup mode), and reads VmRSS again.
 func (e *env) fillSpread(ctx context.Context, c *cluster, nodes []*node, mode string, total int) (modeMemory, error) {
 	res := modeMemory{total: total}
 	workers := min(e.opts.Workers, 50)
@@ -270,11 +269,28 @@ func (e *env) fillSpread(ctx context.Context, c *cluster, nodes []*node, mode st
 	if _, err := createSessions(ctx, c.lb, nodes, fillPath, total, workers); err != nil {
 		return res, err
 	}
-	for i, n := range nodes {
-		res.nodes[i].count = heldShare(mode, total, len(nodes), i)
-		if err := n.waitSessions(ctx, res.nodes[i].count, 5*time.Minute); err != nil {
-			return res, err
+	// Every node holds every session (delta), or the cluster holds two
+	// copies of each (backup: each node its own and those it backs up,
+	// spread by rendezvous placement); then each node's count is read.
+	copies := total * len(nodes)
+	if mode == "backup" {
+		copies = 2 * total
+	}
+	got := 0
+	err := poll(ctx, 5*time.Minute, func(ctx context.Context) bool {
+		got = 0
+		for i, n := range nodes {
+			s, err := n.status(ctx)
+			if err != nil {
+				return false
+			}
+			res.nodes[i].count = s.Sessions
+			got += s.Sessions
 		}
+		return got >= copies
+	}, func() string { return fmt.Sprintf("%d copies held, want %d", got, copies) })
+	if err != nil {
+		return res, err
 	}
 	for i, n := range nodes {
 		rss, err := n.proc.RSS()
@@ -287,24 +303,6 @@ func (e *env) fillSpread(ctx context.Context, c *cluster, nodes []*node, mode st
 			mode, n.name, r.count, float64(r.before)/(1<<20), float64(r.after)/(1<<20), r.perSession(), float64(r.after-r.before)/float64(total))
 	}
 	return res, nil
-}
-
-// heldShare is how many of total sessions, created round-robin on n nodes
-// (session j on node j % n), node i holds: all of them in delta mode; in
-// backup mode the ones it owns and the ones of the node before it on the
-// ring (nodes sorted by name, as node1..node5 are).
-func heldShare(mode string, total, n, i int) int {
-	if mode != "backup" {
-		return total
-	}
-	owned := func(k int) int {
-		c := total / n
-		if k < total%n {
-			c++
-		}
-		return c
-	}
-	return owned(i) + owned((i+n-1)%n)
 }
 
 // stepModes measures the two session modes side by side: throughput with 3
