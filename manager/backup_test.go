@@ -426,8 +426,13 @@ func TestBackupRestartRecovers(t *testing.T) {
 	leakcheck.Check(t)
 	c := newCluster(t, backupConfig(), "n1", "n2", "n3")
 	var ids []string
+	all := testRing([]string{"n1", "n2", "n3"}, nil)
 	for range 2 {
-		id := idBackedUpOn(t, "n1", []string{"n1", "n2", "n3"}, "n2")
+		// Backed up on n2; renamed to n2's route (the second is, below),
+		// backed up on n3, also once n1 is back.
+		id := idWhere(t, "n1", func(id string) bool {
+			return all.backupOf(id) == "n2" && all.backupOf(rebindID(id, "n2")) == "n3"
+		})
 		ids = append(ids, createAs(t, c.ms[0], id, map[string]any{"n": 1}).ID())
 	}
 	for _, id := range ids {

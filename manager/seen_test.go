@@ -98,6 +98,7 @@ func TestDrainingMemberRoutesTakenOver(t *testing.T) {
 	if err := b.Drain(bg); err != nil {
 		t.Fatal(err)
 	}
+	c.waitFor("A hears B draining", func() bool { return a.isDraining("B") })
 	got = load(t, a, id)
 	renamed, err := a.Rebind(got)
 	if !renamed || err != nil || Route(got.ID()) != "A" {
