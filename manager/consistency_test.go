@@ -851,12 +851,7 @@ func TestDoubtNotReplacedByOlder(t *testing.T) {
 	commit(t, a, s) // v2, acknowledged
 	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta })
 	set(t, s, "n", 3)
-	ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
-	err := a.Commit(ctx, s) // v3, nobody applied it: in doubt
-	cancel()
-	if !errors.Is(err, ErrTooFewCopies) {
-		t.Fatalf("Commit = %v, want ErrTooFewCopies", err)
-	}
+	commitInDoubt(t, a, s) // v3, nobody applied it
 	if _, ok := a.install(old, true); ok {
 		t.Error("v1 replaced the copy in doubt, taking back acknowledged v2")
 	}
@@ -893,12 +888,7 @@ func TestDoubtfulCopiesConverge(t *testing.T) {
 	for i, m := range []*Manager{a, b} {
 		sm := load(t, m, id)
 		set(t, sm, "n", 10+i)
-		ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
-		err := m.Commit(ctx, sm)
-		cancel()
-		if !errors.Is(err, ErrTooFewCopies) {
-			t.Fatalf("commit on %s = %v, want ErrTooFewCopies", c.nodes[i].Name(), err)
-		}
+		commitInDoubt(t, m, sm)
 	}
 	c.net.release() // each refuses the other's change: it holds another v2
 	c.waitFor("network idle", c.net.idle)
@@ -916,5 +906,16 @@ func TestDoubtfulCopiesConverge(t *testing.T) {
 	}
 	if moved, err = b.syncWith(bg, c.nodes[0].Local()); err != nil || moved != 0 {
 		t.Errorf("a second round moved %d (%v); want 0", moved, err)
+	}
+}
+
+// commitInDoubt commits s on m while its changes are held: too few members
+// apply it within 100 ms, and m's copy is left in doubt.
+func commitInDoubt(t *testing.T, m *Manager, s *Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(bg, 100*time.Millisecond)
+	defer cancel()
+	if err := m.Commit(ctx, s); !errors.Is(err, ErrTooFewCopies) {
+		t.Fatalf("Commit on %s = %v, want ErrTooFewCopies", m.local, err)
 	}
 }
