@@ -75,28 +75,32 @@ func scaleOne(t *testing.T, kind string, conf func([]*node), size int, rest time
 	conf(nodes)
 	label := fmt.Sprintf("scale %s %d nodes", kind, size)
 	early, last := nodes[:size-1], nodes[size-1]
-	c.startAll(early...)
-	// The first nodes settle unmeasured (a whole cluster's start-up on
-	// two cores); then the last one joins.
-	c.waitViews(scale(time.Duration(size)*3*time.Second+30*time.Second), early, func(n *node) []string {
-		return c.others(last)(n)
-	})
+	// The first nodes start in waves of ten, each settling before the
+	// next starts, as an operator would roll a large cluster out (59
+	// processes starting at once on two cores time each other out); each
+	// wave's cost at rest is the curve that says how many nodes fit here.
+	for started := 0; started < len(early); {
+		wave := early[started:min(started+scaleWave, len(early))]
+		c.startAll(wave...)
+		started += len(wave)
+		up, pending := early[:started], nodes[started:]
+		c.waitViews(scale(time.Duration(len(up))*time.Second+30*time.Second), up, c.others(pending...))
+		if started < len(early) {
+			cores, _ := scaleRest(t, up, 3*time.Second)
+			t.Logf("%s: %d up, at rest %.2f cores in all (%.1f ms per node per second)",
+				label, started, cores, 1000*cores/float64(started))
+		}
+	}
 	c.start(last)
 	bound := scale(10*time.Second + time.Duration(size)*200*time.Millisecond)
 	took := c.waitViews(bound, nodes, c.others())
 	figures.add(t, label+": the last to join listed by all, all listed by it", took, bound)
 
 	// At rest.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cpu0, pk0 := scaleUsage(ctx, t, nodes)
-	begin := time.Now()
-	time.Sleep(rest) // a measuring window: nothing to await
-	cpu1, pk1 := scaleUsage(ctx, t, nodes)
-	secs := time.Since(begin).Seconds()
-	perNode := func(a, b float64) float64 { return (b - a) / secs / float64(size) }
+	cores, packets := scaleRest(t, nodes, rest)
 	figures.addValue(t, label+": at rest, per node per second: CPU / packets",
-		fmt.Sprintf("%.2f ms / %.1f", 1000*perNode(cpu0, cpu1), perNode(pk0, pk1)), "report only")
+		fmt.Sprintf("%.2f ms / %.1f", 1000*cores/float64(size), packets/float64(size)), "report only")
+	figures.addValue(t, label+": at rest, the whole cluster", fmt.Sprintf("%.2f cores", cores), "report only")
 
 	// kill -9 one node, SIGSTOP another.
 	killed, paused := nodes[1], nodes[2]
@@ -117,6 +121,23 @@ func scaleOne(t *testing.T, kind string, conf func([]*node), size int, rest time
 	}
 	took = c.waitViews(dropBound, without(nodes, killed), c.others(killed))
 	figures.add(t, label+": after SIGCONT listed again by all", took, dropBound)
+}
+
+// scaleWave is how many nodes the scale bench starts at once.
+const scaleWave = 10
+
+// scaleRest is what the nodes use together over a window: CPU in cores
+// and packets per second.
+func scaleRest(t *testing.T, nodes []*node, window time.Duration) (cores, packets float64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cpu0, pk0 := scaleUsage(ctx, t, nodes)
+	begin := time.Now()
+	time.Sleep(window) // a measuring window: nothing to await
+	cpu1, pk1 := scaleUsage(ctx, t, nodes)
+	secs := time.Since(begin).Seconds()
+	return (cpu1 - cpu0) / secs, (pk1 - pk0) / secs
 }
 
 // scaleUsage sums, over the nodes, the CPU seconds their processes used

@@ -108,6 +108,8 @@ type Lab struct {
 	loss  atomic.Int32   // lossMode
 	nhost atomic.Int32   // next host index
 
+	neighMu sync.Mutex // held while a host's neighbor entries are written
+
 	mu         sync.Mutex
 	closed     bool
 	closeDone  chan struct{}
@@ -284,9 +286,22 @@ func (l *Lab) AddHost(ctx context.Context, name string) (*Host, error) {
 		// Deleting the host namespace destroys both veth ends.
 		return nil, errors.Join(fmt.Errorf("lab: AddHost %s: %w", name, err), deleteNetns(dctx, h.NS))
 	}
-	l.mu.Lock()
-	l.hosts = append(l.hosts, h)
-	l.mu.Unlock()
+	// Neighbors are added and the host listed under one lock, so two
+	// hosts added at once each learn the other.
+	l.neighMu.Lock()
+	err := l.addNeighbors(ctx, h)
+	if err == nil {
+		l.mu.Lock()
+		l.hosts = append(l.hosts, h)
+		l.mu.Unlock()
+	}
+	l.neighMu.Unlock()
+	if err != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		l.releaseName(name)
+		return nil, errors.Join(fmt.Errorf("lab: AddHost %s: %w", name, err), deleteNetns(dctx, h.NS))
+	}
 	l.logf("lab: host %s: namespace %s, %s/%d", name, h.NS, h.IP, Subnet.Bits())
 	return h, nil
 }
@@ -299,7 +314,7 @@ func (l *Lab) setupHost(ctx context.Context, h *Host) error {
 	steps := [][]string{
 		{"netns", "add", ns},
 		{"-n", ns, "link", "set", "lo", "up"},
-		{"-n", br, "link", "add", h.brVeth, "type", "veth", "peer", "name", HostIface, "netns", ns},
+		{"-n", br, "link", "add", h.brVeth, "type", "veth", "peer", "name", HostIface, "address", hostMAC(h.IP), "netns", ns},
 		{"-n", br, "link", "set", h.brVeth, "master", BridgeName},
 		{"-n", br, "link", "set", h.brVeth, "up"},
 		{"-n", ns, "addr", "add", addr, "dev", HostIface},
@@ -308,6 +323,59 @@ func (l *Lab) setupHost(ctx context.Context, h *Host) error {
 	}
 	for _, args := range steps {
 		if _, err := runCmd(ctx, "ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hostMAC is the fixed hardware address of the host with address ip, so
+// that neighbor entries can be written before the host answers.
+func hostMAC(ip netip.Addr) string {
+	return fmt.Sprintf("02:00:c6:33:64:%02x", ip.As4()[3])
+}
+
+// addNeighbors writes permanent neighbor (ARP) entries between h and every
+// host already listed, both ways. Without them a lab of 40 hosts stops
+// working: the kernel's neighbor table is one for all namespaces, capped by
+// gc_thresh3 (1,024 entries unless raised in the initial namespace, which
+// a test inside its own namespace cannot reach), and 40 hosts that all talk
+// to each other need 1,560 entries; new ones then fail ("neighbor table
+// overflow") and unicast between hosts stops. Permanent entries do not
+// count against that cap (Linux 4.20 and later). Other addresses a host
+// takes still resolve by ARP.
+func (l *Lab) addNeighbors(ctx context.Context, h *Host) error {
+	ctx, cancel := l.opCtx(ctx)
+	defer cancel()
+	entry := func(o *Host) []string {
+		return []string{"neigh", "replace", o.IP.String(), "lladdr", hostMAC(o.IP), "dev", HostIface, "nud", "permanent"}
+	}
+	others := l.Hosts()
+	if len(others) == 0 {
+		return nil
+	}
+	// The new host's entries in one batch; each other host's by one command.
+	var batch strings.Builder
+	for _, o := range others {
+		batch.WriteString(strings.Join(entry(o), " ") + "\n")
+	}
+	f, err := os.CreateTemp("", "lab-neigh-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(batch.String()); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if _, err := runCmd(ctx, "ip", "-n", h.NS, "-batch", f.Name()); err != nil {
+		return err
+	}
+	for _, o := range others {
+		if _, err := runCmd(ctx, "ip", append([]string{"-n", o.NS}, entry(h)...)...); err != nil {
 			return err
 		}
 	}
