@@ -61,6 +61,9 @@ var (
 	descMsgRecv   = desc("messages_received_total", "Application messages received from members, duplicates included, by message type.", "type")
 	descBytesSent = desc("bytes_sent_total", "Bytes of message frames written to members, re-sends included.")
 	descBytesRecv = desc("bytes_received_total", "Bytes of frames read from members, all frame types.")
+	descWrites    = desc("send_writes_total", "Write system calls that sent message frames to members: messages_sent_total over this is the batching.")
+	descRecvReads = desc("receiver_reads_total", "Read system calls on members' connections: frames read over this is the batching.")
+	descRecvFlush = desc("receiver_writes_total", "Write system calls that sent acknowledgements and answers to members.")
 	descFailures  = desc("send_failures_total", "Messages to members given up on (retries used up, timed out, queue stopped).")
 	descRetries   = desc("send_retries_total", "Messages re-sent to a member on a new connection after the previous one failed.")
 	descQBytes    = desc("send_queue_bytes", "Bytes queued for a member or written to it and not yet acknowledged.", "peer")
@@ -83,7 +86,7 @@ var (
 
 	allDescs = []*prometheus.Desc{
 		descMembers, descSessions, descCreated, descExpired, descRejected,
-		descMsgSent, descMsgRecv, descBytesSent, descBytesRecv, descFailures, descRetries, descQBytes, descQMsgs,
+		descMsgSent, descMsgRecv, descBytesSent, descBytesRecv, descWrites, descRecvReads, descRecvFlush, descFailures, descRetries, descQBytes, descQMsgs,
 		descReplication, descTransferSec, descTransferN,
 		descHBSent, descHBRecv, descHBLost, descHBRejected,
 		descDuplicates, descRejectConns, descRefused, descHandlerErrs, descMgrRefused,
@@ -139,6 +142,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descMsgSent, n, manager.TypeName(cluster.MessageType(t)))
 	}
 	counter(descBytesSent, sent.bytes)
+	counter(descWrites, sent.writes)
 	counter(descFailures, sent.failed)
 	counter(descRetries, sent.retried)
 	for _, p := range peers {
@@ -149,6 +153,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descMsgRecv, n, manager.TypeName(cluster.MessageType(t)))
 	}
 	counter(descBytesRecv, rs.Bytes)
+	counter(descRecvReads, rs.Reads)
+	counter(descRecvFlush, rs.Writes)
 	counter(descDuplicates, rs.Duplicates)
 	counter(descRejectConns, rs.Rejected)
 	counter(descHandlerErrs, rs.HandlerErrors)
@@ -181,16 +187,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 // sendTotals are the sender's counters of one peer, or a sum of them.
 type sendTotals struct {
-	bytes, failed, retried uint64
-	byType                 map[uint8]uint64
+	bytes, writes, failed, retried uint64
+	byType                         map[uint8]uint64
 }
 
 func totalsOf(p sender.PeerStats) sendTotals {
-	return sendTotals{bytes: p.SentBytes, failed: p.Failed, retried: p.Retried, byType: p.ByType}
+	return sendTotals{bytes: p.SentBytes, writes: p.Writes, failed: p.Failed, retried: p.Retried, byType: p.ByType}
 }
 
 func (t *sendTotals) add(o sendTotals) {
 	t.bytes += o.bytes
+	t.writes += o.writes
 	t.failed += o.failed
 	t.retried += o.retried
 	if t.byType == nil {
@@ -204,7 +211,7 @@ func (t *sendTotals) add(o sendTotals) {
 // covers reports whether t could be a later reading of the counters that
 // read o: none went back.
 func (t sendTotals) covers(o sendTotals) bool {
-	if t.bytes < o.bytes || t.failed < o.failed || t.retried < o.retried {
+	if t.bytes < o.bytes || t.writes < o.writes || t.failed < o.failed || t.retried < o.retried {
 		return false
 	}
 	for k, n := range o.byType {

@@ -61,7 +61,7 @@ func (f *fakeNode) TransportStats() ([]sender.PeerStats, receiver.Stats) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]sender.PeerStats(nil), f.peers...), receiver.Stats{
-		Connections: 9, Frames: 40, Bytes: 2048, Messages: 11, Duplicates: 3, Rejected: 1, HandlerErrors: 5, Refused: map[string]uint64{"unauthenticated": 5},
+		Connections: 9, Frames: 40, Bytes: 2048, Reads: 30, Writes: 12, Messages: 11, Duplicates: 3, Rejected: 1, HandlerErrors: 5, Refused: map[string]uint64{"unauthenticated": 5},
 		ByType: map[uint8]uint64{typeDelta: 9, typeExpire: 2},
 	}
 }
@@ -108,12 +108,12 @@ func newFakeNode() *fakeNode {
 	f.setPeers(
 		sender.PeerStats{
 			Addr: netip.MustParseAddrPort("127.0.0.1:4001"), Connected: true, Queued: 2, Inflight: 1, Bytes: 300,
-			Sent: 8, SentBytes: 1000, Failed: 1, Retried: 2,
+			Sent: 8, SentBytes: 1000, Writes: 4, Failed: 1, Retried: 2,
 			ByType: map[uint8]uint64{typeDelta: 5, typeTouch: 1},
 		},
 		sender.PeerStats{
 			Addr: netip.MustParseAddrPort("127.0.0.1:4002"), Connected: true,
-			Sent: 7, SentBytes: 500, Retried: 1,
+			Sent: 7, SentBytes: 500, Writes: 3, Retried: 1,
 			ByType: map[uint8]uint64{typeDelta: 3, 200: 4},
 		},
 	)
@@ -124,6 +124,7 @@ func newFakeNode() *fakeNode {
 var flockNames = []string{
 	"flock_members", "flock_sessions", "flock_sessions_created_total", "flock_sessions_expired_total", "flock_sessions_rejected_total",
 	"flock_messages_sent_total", "flock_messages_received_total", "flock_bytes_sent_total", "flock_bytes_received_total",
+	"flock_send_writes_total", "flock_receiver_reads_total", "flock_receiver_writes_total",
 	"flock_send_failures_total", "flock_send_retries_total", "flock_send_queue_bytes", "flock_send_queue_messages",
 	"flock_replication_seconds", "flock_state_transfer_seconds", "flock_state_transfer_sessions",
 	"flock_heartbeats_sent_total", "flock_heartbeats_received_total", "flock_heartbeats_lost_total", "flock_heartbeats_rejected_total",
@@ -163,6 +164,15 @@ flock_bytes_sent_total 1500
 # HELP flock_bytes_received_total Bytes of frames read from members, all frame types.
 # TYPE flock_bytes_received_total counter
 flock_bytes_received_total 2048
+# HELP flock_send_writes_total Write system calls that sent message frames to members: messages_sent_total over this is the batching.
+# TYPE flock_send_writes_total counter
+flock_send_writes_total 7
+# HELP flock_receiver_reads_total Read system calls on members' connections: frames read over this is the batching.
+# TYPE flock_receiver_reads_total counter
+flock_receiver_reads_total 30
+# HELP flock_receiver_writes_total Write system calls that sent acknowledgements and answers to members.
+# TYPE flock_receiver_writes_total counter
+flock_receiver_writes_total 12
 # HELP flock_send_failures_total Messages to members given up on (retries used up, timed out, queue stopped).
 # TYPE flock_send_failures_total counter
 flock_send_failures_total 1
@@ -309,8 +319,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	if a, b := strings.Join(flockLines(first), "\n"), strings.Join(flockLines(second), "\n"); a != b {
 		t.Errorf("two scrapes differ:\n%s\n---\n%s", a, b)
 	}
-	if n := len(flockLines(first)); n != 70 {
-		t.Errorf("%d flock_ samples, want 70:\n%s", n, strings.Join(flockLines(first), "\n"))
+	if n := len(flockLines(first)); n != 73 {
+		t.Errorf("%d flock_ samples, want 73:\n%s", n, strings.Join(flockLines(first), "\n"))
 	}
 
 	resp, err := http.Post(srv.URL+"/metrics", "text/plain", nil)

@@ -53,6 +53,10 @@ type Server struct {
 	// by every admin endpoint but health. Set it whenever Admin is not a
 	// loopback address: flockd warns at start when it is not.
 	AdminToken string `toml:"admin_token"`
+	// Pprof serves Go's profiles (net/http/pprof) under /debug/pprof/ on
+	// the admin listener, behind AdminToken like every admin endpoint: a
+	// CPU profile of a loaded node is how its costs are found.
+	Pprof bool `toml:"pprof"`
 	// Zone is where the node runs (a rack, an availability zone). In
 	// backup mode a session's backup is on a member of another zone when
 	// there is one, so losing a zone loses no session. Empty: no zone.

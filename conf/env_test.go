@@ -65,8 +65,8 @@ func TestApplyEnv(t *testing.T) {
 
 func TestEveryKeyHasAVariable(t *testing.T) {
 	keys := Keys()
-	if len(keys) != 66 {
-		t.Errorf("%d keys, want 66: %v", len(keys), keys)
+	if len(keys) != 67 {
+		t.Errorf("%d keys, want 67: %v", len(keys), keys)
 	}
 	seen := map[string]string{}
 	for _, k := range keys {

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/flockhq/flock/cluster"
 	"github.com/flockhq/flock/internal/clock"
@@ -868,9 +867,9 @@ func (m *Manager) sendTo(ctx context.Context, to []membership.Member, t cluster.
 	if len(to) == 0 {
 		return nil // alone: nothing to encode or send
 	}
-	b, err := msgpack.Marshal(v)
+	b, err := marshal(v)
 	if err != nil {
-		return fmt.Errorf("manager: encode: %w", err)
+		return err
 	}
 	m.stats.sent.Add(1)
 	err = m.c.Send(ctx, to, t, b, mode)

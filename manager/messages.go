@@ -151,6 +151,9 @@ type stateRequest struct {
 }
 
 func marshal(v any) ([]byte, error) {
+	if d, ok := v.(delta); ok {
+		return d.appendMsgpack(nil), nil // the hot path: no Encoder, one allocation
+	}
 	b, err := msgpack.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("manager: encode: %w", err)

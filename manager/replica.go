@@ -128,9 +128,26 @@ func decode(p []byte, v any) error {
 	if err := wire.CheckMsgpack(p, maxPayloadDepth); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}
-	dec := msgpack.NewDecoder(bytes.NewReader(p))
+	dec := msgpack.GetDecoder()
+	defer msgpack.PutDecoder(dec)
+	dec.Reset(bytes.NewReader(p))
 	dec.DisallowUnknownFields(true)
 	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("manager: decode: %w", err)
+	}
+	return nil
+}
+
+// decodeDelta is decode for the hot path: the delta's own decoder called
+// directly, not found by reflection.
+func decodeDelta(p []byte, d *delta) error {
+	if err := wire.CheckMsgpack(p, maxPayloadDepth); err != nil {
+		return fmt.Errorf("manager: decode: %w", err)
+	}
+	dec := msgpack.GetDecoder()
+	defer msgpack.PutDecoder(dec)
+	dec.Reset(bytes.NewReader(p))
+	if err := d.DecodeMsgpack(dec); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}
 	return nil
@@ -142,7 +159,7 @@ func decode(p []byte, v any) error {
 // the sender instead.
 func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	var d delta
-	if err := decode(msg.Payload, &d); err != nil {
+	if err := decodeDelta(msg.Payload, &d); err != nil {
 		return err
 	}
 	m.stats.received.Add(1)

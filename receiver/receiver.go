@@ -176,6 +176,7 @@ type senderState struct {
 // counters are the receiver's statistics.
 type counters struct {
 	Connections, Frames, Bytes, Messages, Duplicates, Rejected, HandlerErrors, NoHandler atomic.Uint64
+	Reads, Writes                                                                        atomic.Uint64
 	// ByType counts application messages read, by type.
 	ByType [256]atomic.Uint64
 }
@@ -186,6 +187,8 @@ type Stats struct {
 	Open          int    // connections open now
 	Frames        uint64 // frames read
 	Bytes         uint64 // frame bytes read
+	Reads         uint64 // read system calls on members' connections (Frames/Reads is the batching)
+	Writes        uint64 // write system calls of acknowledgements and answers
 	Messages      uint64 // application messages handed to handlers
 	Duplicates    uint64 // re-sent messages recognised and not applied again
 	Rejected      uint64 // connections closed for a protocol error
@@ -291,6 +294,7 @@ func (r *TCP) Stats() Stats {
 	return Stats{
 		Connections: r.stats.Connections.Load(), Open: open,
 		Frames: r.stats.Frames.Load(), Bytes: r.stats.Bytes.Load(),
+		Reads: r.stats.Reads.Load(), Writes: r.stats.Writes.Load(),
 		Messages: r.stats.Messages.Load(), Duplicates: r.stats.Duplicates.Load(),
 		Rejected: r.stats.Rejected.Load(), HandlerErrors: r.stats.HandlerErrors.Load(),
 		NoHandler: r.stats.NoHandler.Load(), ByType: byType(&r.stats.ByType),
@@ -339,10 +343,12 @@ func (r *TCP) accept() {
 		if len(r.conns) >= r.cfg.MaxConns || r.perIP[ip] >= r.cfg.MaxConnsPerIP {
 			open, fromIP := len(r.conns), r.perIP[ip]
 			r.mu.Unlock()
-			c.Close()
+			// Counted before the close, so that whoever sees the close
+			// also sees the count.
 			r.stats.Rejected.Add(1)
 			r.refused.Refuse(refuse.Limit, c.RemoteAddr().String(),
 				fmt.Errorf("%d connections open, %d from this address (at most %d, %d)", open, fromIP, r.cfg.MaxConns, r.cfg.MaxConnsPerIP))
+			c.Close()
 			continue
 		}
 		r.conns[c] = struct{}{}
@@ -382,7 +388,8 @@ func (r *TCP) serve(c net.Conn) {
 	}
 	// Small buffers and frames until the caller has said who it is (and,
 	// keyed, proved it holds the key): the hello swaps them for full ones.
-	cs := &connServer{r: r, c: conn, rd: wire.NewReaderSize(conn, r.cfg.MaxFrame, preHelloBuffer), w: bufio.NewWriterSize(conn, 512), helloBy: helloBy}
+	cs := &connServer{r: r, c: conn, rd: wire.NewReaderSize(countedReader{conn, &r.stats.Reads}, r.cfg.MaxFrame, preHelloBuffer),
+		w: bufio.NewWriterSize(countedWriter{conn, &r.stats.Writes}, 512), helloBy: helloBy}
 	cs.rd.SetMax(wire.MaxAuthFrame)
 	cs.rd.SetBudget(r.budget, r.cfg.FrameTimeout)
 	err := cs.run()
@@ -553,7 +560,7 @@ func (cs *connServer) frame(f wire.Frame) error {
 		if err := cs.w.Flush(); err != nil {
 			return err
 		}
-		cs.w = bufio.NewWriterSize(cs.c, 16<<10)
+		cs.w = bufio.NewWriterSize(countedWriter{cs.c, &r.stats.Writes}, 16<<10)
 		if o := r.cfg.Observer; o != nil {
 			o.Seen(cs.from)
 		}
@@ -899,4 +906,27 @@ func toPeer(m membership.Member) wire.Peer {
 
 func toMember(p wire.Peer) membership.Member {
 	return membership.Member{ID: membership.ID(p.ID), Name: p.Name, Domain: p.Domain, Addr: p.Addr, Started: p.Started, Zone: p.Zone}
+}
+
+// countedReader counts the reads that reach the connection (the frame
+// reader buffers, so that one read can bring many frames).
+type countedReader struct {
+	r io.Reader
+	n *atomic.Uint64
+}
+
+func (c countedReader) Read(b []byte) (int, error) {
+	c.n.Add(1)
+	return c.r.Read(b)
+}
+
+// countedWriter counts the writes that reach the connection.
+type countedWriter struct {
+	w io.Writer
+	n *atomic.Uint64
+}
+
+func (c countedWriter) Write(b []byte) (int, error) {
+	c.n.Add(1)
+	return c.w.Write(b)
 }

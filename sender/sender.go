@@ -256,10 +256,13 @@ func (s *TCP) Send(ctx context.Context, to []netip.AddrPort, t uint8, payload []
 		}
 	}
 	if len(waits) > 0 {
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-		defer cancel()
+		// A timer, not a context with a deadline: a child of the caller's
+		// context registers with it and allocates more, on every write.
+		timeout := time.NewTimer(s.cfg.Timeout)
+		defer timeout.Stop()
+		expired := false
 		for _, m := range waits {
-			if err := s.await(ctx, wctx, m); err != nil {
+			if err := s.await(ctx, timeout.C, &expired, m); err != nil {
 				failed = append(failed, PeerError{m.peer.addr, err})
 			}
 		}
@@ -283,9 +286,10 @@ func (s *TCP) Request(ctx context.Context, to netip.AddrPort, t uint8, payload [
 	}
 	m, err := s.enqueue(to, t, payload, Sync)
 	if err == nil {
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-		defer cancel()
-		err = s.await(ctx, wctx, m)
+		timeout := time.NewTimer(s.cfg.Timeout)
+		defer timeout.Stop()
+		expired := false
+		err = s.await(ctx, timeout.C, &expired, m)
 	}
 	if err != nil {
 		return nil, &Error{Peers: []PeerError{{to, err}}}
@@ -312,24 +316,29 @@ func (s *TCP) enqueue(addr netip.AddrPort, t uint8, payload []byte, mode Mode) (
 	return p.enqueue(wire.Type(t), payload, wire.Mode(mode))
 }
 
-// await returns the outcome of m, or gives up on it when wctx (ctx bounded
-// by the timeout) ends: with ctx's error if that is why, else ErrTimeout.
-func (s *TCP) await(ctx, wctx context.Context, m *msg) error {
-	select {
-	case err := <-m.done:
-		return err
-	case <-wctx.Done():
+// await returns the outcome of m, or gives up on it when ctx ends or the
+// call's deadline passes: timeout fires once, and expired records that it
+// has, for the later awaits of the same call.
+func (s *TCP) await(ctx context.Context, timeout <-chan time.Time, expired *bool, m *msg) error {
+	if !*expired {
 		select {
-		case err := <-m.done: // answered just in time
+		case err := <-m.done:
 			return err
-		default:
+		case <-ctx.Done():
+		case <-timeout:
+			*expired = true
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		s.failure(m.peer.addr, ErrTimeout)
-		return ErrTimeout
 	}
+	select {
+	case err := <-m.done: // answered just in time
+		return err
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.failure(m.peer.addr, ErrTimeout)
+	return ErrTimeout
 }
 
 func (s *TCP) failure(addr netip.AddrPort, err error) {
@@ -499,6 +508,7 @@ type PeerStats struct {
 	Bytes      int64 // bytes queued or unacknowledged
 	Sent       uint64
 	SentBytes  uint64
+	Writes     uint64 // batches taken for writing, one system call each: Sent/Writes is the batching
 	Failed     uint64 // messages given up on
 	Retried    uint64 // messages re-sent after a reconnect
 	Reconnects uint64

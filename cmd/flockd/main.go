@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -223,6 +224,13 @@ func serve(ctx context.Context, cfg conf.Config, log *logrus.Entry, hup <-chan o
 	var draining atomic.Bool
 	adminMux := node.Admin()
 	adminMux.Handle("GET /cluster/{$}", admin.Page(node, cfg.Cluster.Membership.Type, events))
+	if cfg.Server.Pprof {
+		adminMux.HandleFunc("/debug/pprof/", pprof.Index)
+		adminMux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		adminMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		adminMux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		adminMux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	adminHandler := drainAware(admin.RequireToken(cfg.Server.AdminToken, adminMux), &draining)
 	// The application's listener serves the application and the health
 	// paths for load balancers, never the admin endpoints.

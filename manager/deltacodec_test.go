@@ -1,0 +1,192 @@
+package manager
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// deltaReflect is delta without its codec: what msgpack's reflection (and
+// so every earlier release) writes and reads for the same tags.
+type deltaReflect delta
+
+func TestDeltaCodecMatchesReflection(t *testing.T) {
+	cases := []delta{
+		{},
+		{ID: "a", Base: 1, Version: 2, Origin: "n1", Access: 3},
+		{ID: "abc", Old: "old", Base: math.MaxUint64, BaseOrigin: "n2", Version: 1 << 40, Origin: "n1",
+			Created: -1, Access: math.MinInt64, MaxInactive: math.MaxInt64,
+			Set: map[string][]byte{"k": {1, 2, 3}}, Del: []string{"x", "", "y"}, Full: true, Sync: true},
+		{ID: "s", Set: map[string][]byte{"empty": {}}, Del: []string{"only"}},
+		{ID: "s", Set: map[string][]byte{"nil": nil}},
+		{ID: strings.Repeat("x", 40), Origin: strings.Repeat("o", 300), Old: strings.Repeat("r", 70000),
+			Set: map[string][]byte{strings.Repeat("k", 31): bytes.Repeat([]byte{7}, 300)}, Del: make([]string, 20)},
+		{ID: "big", Set: map[string][]byte{"v": bytes.Repeat([]byte{1}, 70000)}, Del: make([]string, 70000)},
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	str := func() string {
+		b := make([]byte, r.IntN(40))
+		for i := range b {
+			b[i] = byte(r.IntN(256))
+		}
+		return string(b)
+	}
+	maybe := func() bool { return r.IntN(2) == 0 }
+	for range 500 {
+		d := delta{ID: str(), Base: r.Uint64() >> r.IntN(64), Version: r.Uint64() >> r.IntN(64), Origin: str(),
+			Access: int64(r.Uint64()) >> r.IntN(64), Full: maybe(), Sync: maybe()}
+		if maybe() {
+			d.Old, d.BaseOrigin = str(), str()
+		}
+		if maybe() {
+			d.Created, d.MaxInactive = int64(r.Uint64())>>r.IntN(64), int64(r.IntN(1000))-500
+		}
+		if maybe() {
+			// One attribute: a map's order is Go's, random, in both codecs.
+			d.Set = map[string][]byte{str(): []byte(str())}
+		}
+		for range r.IntN(4) {
+			d.Del = append(d.Del, str())
+		}
+		cases = append(cases, d)
+	}
+	for i, d := range cases {
+		got, err := msgpack.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := msgpack.Marshal(deltaReflect(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		direct, err := marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(direct, got) {
+			t.Fatalf("case %d: marshal wrote %x, the Encoder %x", i, direct, got)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("case %d: codec wrote\n%x\nreflection writes\n%x\nfor %+v", i, got, want, d)
+		}
+		var back delta
+		if err := decodeDelta(want, &back); err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		var ref deltaReflect
+		if err := decode(want, &ref); err != nil {
+			t.Fatalf("case %d: reflection: %v", i, err)
+		}
+		if !reflect.DeepEqual(back, delta(ref)) {
+			t.Fatalf("case %d: codec read %+v, reflection reads %+v", i, back, ref)
+		}
+	}
+}
+
+// The codec reads every encoding of a field that the reflection codec
+// reads, in any order, and refuses what it refuses.
+func TestDeltaCodecDecodes(t *testing.T) {
+	enc := func(fn func(e *msgpack.Encoder)) []byte {
+		var b bytes.Buffer
+		e := msgpack.NewEncoder(&b)
+		fn(e)
+		return b.Bytes()
+	}
+	tests := []struct {
+		name    string
+		in      []byte
+		wantErr bool
+	}{
+		{"compact integers, fields reordered", enc(func(e *msgpack.Encoder) {
+			e.EncodeMapLen(4)
+			e.EncodeString("v")
+			e.EncodeUint(7)
+			e.EncodeString("a")
+			e.EncodeInt(-3)
+			e.EncodeString("i")
+			e.EncodeString("x")
+			e.EncodeString("b")
+			e.EncodeUint8(6)
+		}), false},
+		{"nil map and list", enc(func(e *msgpack.Encoder) {
+			e.EncodeMapLen(2)
+			e.EncodeString("s")
+			e.EncodeNil()
+			e.EncodeString("d")
+			e.EncodeNil()
+		}), false},
+		{"unknown field", enc(func(e *msgpack.Encoder) {
+			e.EncodeMapLen(1)
+			e.EncodeString("zz")
+			e.EncodeUint(1)
+		}), true},
+		{"string for a version", enc(func(e *msgpack.Encoder) {
+			e.EncodeMapLen(1)
+			e.EncodeString("v")
+			e.EncodeString("7")
+		}), true},
+		{"an array, not a map", enc(func(e *msgpack.Encoder) { e.EncodeArrayLen(0) }), true},
+		// msgpack zeroes the value itself: an empty delta, refused by
+		// handleDelta for its empty id.
+		{"nil", enc(func(e *msgpack.Encoder) { e.EncodeNil() }), false},
+		{"truncated", enc(func(e *msgpack.Encoder) {
+			e.EncodeMapLen(3)
+			e.EncodeString("i")
+		}), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got delta
+			err := decodeDelta(tt.in, &got)
+			var ref deltaReflect
+			refErr := decode(tt.in, &ref)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, want error %v", err, tt.wantErr)
+			}
+			if tt.name != "an array, not a map" && (refErr != nil) != tt.wantErr {
+				t.Errorf("reflection: err = %v, want error %v (the codecs disagree)", refErr, tt.wantErr)
+			}
+			if err == nil && !reflect.DeepEqual(got, delta(ref)) {
+				t.Errorf("codec read %+v, reflection reads %+v", got, ref)
+			}
+		})
+	}
+}
+
+func BenchmarkDeltaCodec(b *testing.B) {
+	d := delta{ID: "0123456789abcdef0123456789abcdef", Base: 41, BaseOrigin: "n1", Version: 42, Origin: "n1",
+		Access: 1 << 60, Set: map[string][]byte{"count": {0x2a}}, Sync: true}
+	for _, c := range []struct {
+		name string
+		v    any
+		into func() any
+	}{
+		{"codec", d, nil},
+		{"reflection", deltaReflect(d), func() any { return new(deltaReflect) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				p, err := marshal(c.v)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var err2 error
+				if c.into == nil {
+					var d delta
+					err2 = decodeDelta(p, &d)
+				} else {
+					err2 = decode(p, c.into())
+				}
+				if err := err2; err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
