@@ -33,6 +33,7 @@ type env struct {
 	opts   options
 	flockd string
 	bare   string
+	wrk    string // wrk's path: the CPU step's load generator; "" for the Go one
 	dir    string
 	log    io.Writer
 	begun  time.Time
@@ -148,6 +149,9 @@ func (c *cluster) startFlockd(ctx context.Context, n *node, replication string) 
 func (c *cluster) startFlockdMode(ctx context.Context, n *node, mode, replication string) error {
 	cfg := filepath.Join(c.env.dir, fmt.Sprintf("%s-%s.toml", c.lab.BridgeNS(), n.name))
 	text := fmt.Sprintf("[cluster]\ndomain = %q\n\n[cluster.manager]\nreplication = %q\n", domain, replication)
+	if c.env.opts.Profile != "" {
+		text = "[server]\npprof = true\n\n" + text
+	}
 	if mode != "" {
 		text += fmt.Sprintf("mode = %q\n", mode)
 	}

@@ -85,14 +85,23 @@ type loadSpec struct {
 	// cpu, if set, reads the servers' CPU time, so that the result holds
 	// what the timed part cost them.
 	cpu func() (time.Duration, error)
+	// onTimed, if set, is called when the timed part begins.
+	onTimed func()
 }
 
 type loadResult struct {
 	rps      float64
 	requests int64         // completed in the timed part
 	cpu      time.Duration // the servers' CPU time in the timed part, if asked
+	lat      latencies     // of the requests answered in the timed part (Go generator only)
+	p99      time.Duration // of the requests answered in the timed part
 	errors   int64         // failed requests, in the whole run
 	firstErr error
+}
+
+// cpuPerRequest is the servers' CPU time per request of the timed part.
+func (r loadResult) cpuPerRequest() time.Duration {
+	return r.cpu / time.Duration(max(r.requests, 1))
 }
 
 // loadClient is one simulated user: its own connection and session.
@@ -101,6 +110,7 @@ type loadClient struct {
 	hc     *http.Client
 	url    string
 	cookie string
+	lat    []time.Duration // of the requests answered while timed
 }
 
 // makeClients gives every client a connection and a session, before the
@@ -131,7 +141,7 @@ func closeClients(clients []*loadClient) {
 // counters of a load run, shared by its clients.
 type loadCounters struct {
 	done, failed atomic.Int64
-	stop         atomic.Bool
+	stop, timed  atomic.Bool
 	mu           sync.Mutex
 	firstErr     error
 }
@@ -148,11 +158,15 @@ func (lc *loadCounters) fail(err error) {
 // loop sends requests until stop; the request under way then is finished.
 func (c *loadClient) loop(ctx context.Context, lc *loadCounters) {
 	for !lc.stop.Load() && ctx.Err() == nil {
+		t := time.Now()
 		if _, err := fetch(ctx, c.hc, c.url, c.cookie); err != nil {
 			if ctx.Err() == nil {
 				lc.fail(err)
 			}
 			continue
+		}
+		if lc.timed.Load() {
+			c.lat = append(c.lat, time.Since(t))
 		}
 		lc.done.Add(1)
 	}
@@ -182,11 +196,16 @@ func runLoad(ctx context.Context, via *lab.Host, s loadSpec) (loadResult, error)
 			return loadResult{}, err
 		}
 	}
+	lc.timed.Store(true)
+	if s.onTimed != nil {
+		s.onTimed()
+	}
 	n0, t0 := lc.done.Load(), time.Now()
 	if err := sleep(ctx, s.duration); err != nil {
 		return loadResult{}, err
 	}
 	n1, t1 := lc.done.Load(), time.Now()
+	lc.timed.Store(false)
 	if s.cpu != nil {
 		if cpu1, err = s.cpu(); err != nil {
 			return loadResult{}, err
@@ -195,6 +214,13 @@ func runLoad(ctx context.Context, via *lab.Host, s loadSpec) (loadResult, error)
 	res := loadResult{requests: n1 - n0, rps: float64(n1-n0) / t1.Sub(t0).Seconds(), cpu: cpu1 - cpu0}
 	lc.stop.Store(true)
 	wg.Wait()
+	for _, c := range clients {
+		res.lat.sorted = append(res.lat.sorted, c.lat...)
+	}
+	slices.Sort(res.lat.sorted)
+	if len(res.lat.sorted) > 0 {
+		res.p99 = res.lat.quantile(0.99)
+	}
 	res.errors = lc.failed.Load()
 	res.firstErr = lc.firstErr
 	if res.requests == 0 {

@@ -36,6 +36,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -47,23 +48,27 @@ import (
 
 // options are the benchmark's knobs.
 type options struct {
-	Duration      time.Duration // timed part of each throughput and latency run
-	Clients       int           // concurrent keep-alive clients of the throughput runs
-	Rate          int           // requests/s of the latency runs
-	SessionsSmall int           // sessions of the first state transfer
-	SessionsLarge int           // sessions of the second state transfer
-	MemSessions   int           // 1 KiB sessions of the memory measurement
-	Workers       int           // concurrent clients creating sessions
-	Verbose       bool          // the lab's log lines too
-	Command       string        // how the run was started, for the header
-	Only          []string      // the steps to run (all when empty)
+	Duration      time.Duration  // timed part of each throughput and latency run
+	Clients       int            // concurrent keep-alive clients of the throughput runs
+	Rate          int            // requests/s of the latency runs
+	SessionsSmall int            // sessions of the first state transfer
+	SessionsLarge int            // sessions of the second state transfer
+	MemSessions   int            // 1 KiB sessions of the memory measurement
+	Workers       int            // concurrent clients creating sessions
+	CPURounds     int            // rounds of the CPU step
+	Profile       string         // if set, the CPU step writes each flockd's CPU profile here
+	Loadgen       string         // the CPU step's load generator: auto (wrk if installed), wrk or go
+	CPUMatch      *regexp.Regexp // if set, the CPU step runs only the configurations it matches
+	Verbose       bool           // the lab's log lines too
+	Command       string         // how the run was started, for the header
+	Only          []string       // the steps to run (all when empty)
 }
 
 func defaults(quick bool) options {
 	if quick {
-		return options{Duration: time.Second, Clients: 16, Rate: 500, SessionsSmall: 1000, SessionsLarge: 5000, MemSessions: 2000, Workers: 50}
+		return options{Duration: time.Second, Clients: 16, Rate: 500, SessionsSmall: 1000, SessionsLarge: 5000, MemSessions: 2000, Workers: 50, CPURounds: 1}
 	}
-	return options{Duration: 5 * time.Second, Clients: 32, Rate: 500, SessionsSmall: 10000, SessionsLarge: 100000, MemSessions: 20000, Workers: 200}
+	return options{Duration: 5 * time.Second, Clients: 32, Rate: 500, SessionsSmall: 10000, SessionsLarge: 100000, MemSessions: 20000, Workers: 200, CPURounds: 3}
 }
 
 // parseFlags reads the flags; -quick picks smaller defaults, which flags
@@ -80,6 +85,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	large := fs.Int("sessions-large", full.SessionsLarge, "sessions of the second state transfer")
 	mem := fs.Int("sessions-memory", full.MemSessions, "1 KiB sessions of the memory measurement")
 	workers := fs.Int("workers", full.Workers, "concurrent clients creating sessions")
+	cpuMatch := fs.String("cpu-match", "", "a regexp: the CPU step runs only the configurations whose names it matches (no ratios then; for profiling)")
+	loadgen := fs.String("loadgen", "auto", "the CPU step's load generator: auto (wrk when installed), wrk or go")
+	profile := fs.String("profile", "", "a directory: the CPU step saves a CPU profile of every flockd of every run there")
+	rounds := fs.Int("cpu-rounds", full.CPURounds, "rounds of the CPU step (every configuration once per round)")
 	verbose := fs.Bool("v", false, "also print the lab's log lines")
 	only := fs.String("only", "", "run only these steps, comma-separated: "+strings.Join(stepNames, ", "))
 	if err := fs.Parse(args); err != nil {
@@ -105,9 +114,23 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 			o.MemSessions = *mem
 		case "workers":
 			o.Workers = *workers
+		case "cpu-rounds":
+			o.CPURounds = *rounds
 		}
 	})
 	o.Verbose = *verbose
+	o.Profile = *profile
+	o.Loadgen = *loadgen
+	if *cpuMatch != "" {
+		re, err := regexp.Compile(*cpuMatch)
+		if err != nil {
+			return options{}, fmt.Errorf("-cpu-match: %w", err)
+		}
+		o.CPUMatch = re
+	}
+	if o.Loadgen != "auto" && o.Loadgen != "wrk" && o.Loadgen != "go" {
+		return options{}, fmt.Errorf("-loadgen %q: want auto, wrk or go", o.Loadgen)
+	}
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
 		for _, s := range o.Only {
@@ -128,7 +151,7 @@ func (o options) validate() error {
 		name string
 		n    int
 	}{{"clients", o.Clients}, {"rate", o.Rate}, {"sessions-small", o.SessionsSmall},
-		{"sessions-large", o.SessionsLarge}, {"sessions-memory", o.MemSessions}, {"workers", o.Workers}} {
+		{"sessions-large", o.SessionsLarge}, {"sessions-memory", o.MemSessions}, {"workers", o.Workers}, {"cpu-rounds", o.CPURounds}} {
 		if v.n <= 0 {
 			return fmt.Errorf("-%s: must be positive", v.name)
 		}
@@ -180,6 +203,13 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	e := &env{opts: opts, dir: dir, log: stderr, begun: time.Now()}
+	if opts.Loadgen != "go" {
+		path, err := exec.LookPath("wrk")
+		if err != nil && opts.Loadgen == "wrk" {
+			return fmt.Errorf("-loadgen wrk: %w", err)
+		}
+		e.wrk = path
+	}
 	if err := e.build(ctx); err != nil {
 		return err
 	}
@@ -221,7 +251,7 @@ func (e *env) measureAll(ctx context.Context, t *table) error {
 		e.stepConvergence,
 		e.stepTransfer,
 		e.stepMemory,
-		e.stepKeyed,
+		e.stepCPU,
 	}
 	for i, step := range steps {
 		if len(e.opts.Only) > 0 && !slices.Contains(e.opts.Only, stepNames[i]) {
@@ -235,7 +265,7 @@ func (e *env) measureAll(ctx context.Context, t *table) error {
 }
 
 // stepNames name measureAll's steps, in order, for -only.
-var stepNames = []string{"throughput", "modes", "failure", "convergence", "transfer", "memory", "keyed"}
+var stepNames = []string{"throughput", "modes", "failure", "convergence", "transfer", "memory", "cpu"}
 
 func (e *env) stepThroughput(ctx context.Context, t *table) error {
 	bare, err := e.measureBare(ctx)
