@@ -35,6 +35,9 @@ func (l *lag) init() {
 func (l *lag) split(to []membership.Member, need int, now time.Time) (wait, lagging []membership.Member) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if len(l.until) == 0 {
+		return to, nil // the usual case, on every commit: nobody set aside
+	}
 	for _, mb := range to {
 		if now.Before(l.until[mb.Name]) {
 			lagging = append(lagging, mb)
@@ -53,6 +56,9 @@ func (l *lag) split(to []membership.Member, need int, now time.Time) (wait, lagg
 func (l *lag) record(waited, failed []membership.Member, now time.Time) (started []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if len(failed) == 0 && len(l.misses) == 0 && len(l.until) == 0 {
+		return nil // the usual case, on every commit: nothing to note or forgive
+	}
 	missed := make(map[string]bool, len(failed))
 	for _, f := range failed {
 		missed[f.Name] = true

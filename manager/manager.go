@@ -873,7 +873,11 @@ func (m *Manager) sendTo(ctx context.Context, to []membership.Member, t cluster.
 	}
 	m.stats.sent.Add(1)
 	err = m.c.Send(ctx, to, t, b, mode)
-	if mode != cluster.Async {
+	switch {
+	case mode == cluster.Async:
+	case err == nil:
+		m.spokeWith(to...)
+	default:
 		failed := failedOf(err, to)
 		m.spokeWith(slices.DeleteFunc(slices.Clone(to), func(mb membership.Member) bool { return slices.Contains(failed, mb) })...)
 	}

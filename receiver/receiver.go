@@ -449,16 +449,27 @@ type connServer struct {
 	// received the highest read. Async messages are acknowledged together,
 	// when the reader runs out of buffered frames.
 	acked, received uint64
+	// readFor is the wait the read deadline was last set for, at readSet.
+	readFor time.Duration
+	readSet time.Time
 }
 
-// deadline is now+d, or the hello's deadline if that comes first and the
-// hello has not been read yet.
-func (cs *connServer) deadline(d time.Duration) time.Time {
-	t := time.Now().Add(d)
-	if cs.sender == nil && cs.helloBy.Before(t) {
-		return cs.helloBy
+// readWithin sets the read deadline to now+d, or to the hello's deadline
+// if that comes first and the hello has not been read yet. Under load it
+// is called per frame, and moving a deadline updates a runtime timer: a
+// deadline for the same wait set less than d/16 ago is kept, so a wait may
+// end up to 1/16 of d early.
+func (cs *connServer) readWithin(d time.Duration) {
+	now := time.Now()
+	if cs.sender != nil && cs.readFor == d && now.Sub(cs.readSet) < d/16 {
+		return
 	}
-	return t
+	t, wait := now.Add(d), d
+	if cs.sender == nil && cs.helloBy.Before(t) {
+		t, wait = cs.helloBy, 0 // not a deadline to keep past the hello
+	}
+	cs.c.SetReadDeadline(t)
+	cs.readFor, cs.readSet = wait, now
 }
 
 // remoteIP is the caller's address, for the per-address budget; the zero
@@ -479,12 +490,12 @@ func (cs *connServer) run() error {
 			if err := cs.flush(); err != nil {
 				return err
 			}
-			cs.c.SetReadDeadline(cs.deadline(r.cfg.IdleTimeout))
+			cs.readWithin(r.cfg.IdleTimeout)
 		}
 		inFrame := false
 		f, err := cs.rd.Next(func() {
 			inFrame = true
-			cs.c.SetReadDeadline(cs.deadline(r.cfg.FrameTimeout))
+			cs.readWithin(r.cfg.FrameTimeout)
 		})
 		if err != nil {
 			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||

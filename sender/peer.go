@@ -52,6 +52,10 @@ type peer struct {
 	conn     net.Conn
 	seal     *wire.Sealer // seals what is written to conn, when keyed
 	sealBuf  []byte       // the writer's: sealed frames of one batch
+	// writeGen and writeSet are the writer's: the connection whose write
+	// deadline it set last, and when that deadline was set.
+	writeGen uint64
+	writeSet time.Time
 	gen      uint64       // increments per connection, so a stale reader's failure is ignored
 	progress time.Time    // last acknowledgement, or when inflight became non-empty
 	stopErr  error        // set once: why the peer stopped
@@ -104,7 +108,7 @@ func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error
 	}
 	m.frame = wire.AppendMessage(b, t, wire.Envelope{From: p.s.local.ID, Seq: m.seq, Mode: mode, Payload: payload})
 	if mode != wire.Async {
-		m.done = make(chan error, 1)
+		m.done = p.s.done()
 	}
 	p.pending = append(p.pending, m)
 	p.bytes += int64(len(m.frame))
@@ -197,7 +201,13 @@ func (p *peer) run() {
 				backoff = 0
 				continue
 			}
-			conn.SetWriteDeadline(time.Now().Add(p.s.cfg.Timeout))
+			// A write deadline set less than 1/16 of the timeout ago is
+			// kept: moving it updates a runtime timer, per batch under
+			// load, and a write may then fail up to 1/16 early.
+			if now := time.Now(); gen != p.writeGen || now.Sub(p.writeSet) >= p.s.cfg.Timeout/16 {
+				conn.SetWriteDeadline(now.Add(p.s.cfg.Timeout))
+				p.writeGen, p.writeSet = gen, now
+			}
 			var err error
 			if seal != nil {
 				b := p.sealBuf[:0]

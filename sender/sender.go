@@ -200,6 +200,40 @@ type TCP struct {
 	seqFloor uint64
 	closed   bool
 	wg       sync.WaitGroup
+	// timers and dones are kept for reuse: a sync write takes a timer
+	// and a channel per peer, and allocating them was a visible part of
+	// its cost.
+	timers, dones sync.Pool
+}
+
+// timer returns a timer that fires after d, for putTimer when done.
+func (s *TCP) timer(d time.Duration) *time.Timer {
+	if t, ok := s.timers.Get().(*time.Timer); ok {
+		t.Reset(d) // since Go 1.23 no stale tick can be left in t.C
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func (s *TCP) putTimer(t *time.Timer) {
+	t.Stop()
+	s.timers.Put(t)
+}
+
+// done returns an empty channel for a message's outcome.
+func (s *TCP) done() chan error {
+	if c, ok := s.dones.Get().(chan error); ok {
+		return c
+	}
+	return make(chan error, 1)
+}
+
+// outcome is the receive of m's outcome. The one value sent on m.done
+// (finish sends once) is then taken, so the channel is empty and nobody
+// sends on it again: it goes back for reuse.
+func (s *TCP) outcome(m *msg, err error) error {
+	s.dones.Put(m.done)
+	return err
 }
 
 // forgotten is what is kept of a dropped peer: where its sequence stopped.
@@ -258,8 +292,8 @@ func (s *TCP) Send(ctx context.Context, to []netip.AddrPort, t uint8, payload []
 	if len(waits) > 0 {
 		// A timer, not a context with a deadline: a child of the caller's
 		// context registers with it and allocates more, on every write.
-		timeout := time.NewTimer(s.cfg.Timeout)
-		defer timeout.Stop()
+		timeout := s.timer(s.cfg.Timeout)
+		defer s.putTimer(timeout)
 		expired := false
 		for _, m := range waits {
 			if err := s.await(ctx, timeout.C, &expired, m); err != nil {
@@ -286,8 +320,8 @@ func (s *TCP) Request(ctx context.Context, to netip.AddrPort, t uint8, payload [
 	}
 	m, err := s.enqueue(to, t, payload, Sync)
 	if err == nil {
-		timeout := time.NewTimer(s.cfg.Timeout)
-		defer timeout.Stop()
+		timeout := s.timer(s.cfg.Timeout)
+		defer s.putTimer(timeout)
 		expired := false
 		err = s.await(ctx, timeout.C, &expired, m)
 	}
@@ -323,7 +357,7 @@ func (s *TCP) await(ctx context.Context, timeout <-chan time.Time, expired *bool
 	if !*expired {
 		select {
 		case err := <-m.done:
-			return err
+			return s.outcome(m, err)
 		case <-ctx.Done():
 		case <-timeout:
 			*expired = true
@@ -331,7 +365,7 @@ func (s *TCP) await(ctx context.Context, timeout <-chan time.Time, expired *bool
 	}
 	select {
 	case err := <-m.done: // answered just in time
-		return err
+		return s.outcome(m, err)
 	default:
 	}
 	if err := ctx.Err(); err != nil {
