@@ -56,9 +56,9 @@ type peer struct {
 	// deadline it set last, and when that deadline was set.
 	writeGen uint64
 	writeSet time.Time
-	gen      uint64       // increments per connection, so a stale reader's failure is ignored
-	progress time.Time    // last acknowledgement, or when inflight became non-empty
-	stopErr  error        // set once: why the peer stopped
+	gen      uint64    // increments per connection, so a stale reader's failure is ignored
+	progress time.Time // last acknowledgement, or when inflight became non-empty
+	stopErr  error     // set once: why the peer stopped
 	emptied  chan struct{}
 	// holds counts callers between looking the peer up and queueing
 	// their message (TCP.peer, enqueue); lastUse is when the last one
