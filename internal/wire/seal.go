@@ -98,9 +98,10 @@ func ParseAuth(body []byte) (Auth, error) {
 // Sealer seals the frames of one direction of a connection; one goroutine
 // at a time may use it.
 type Sealer struct {
-	aead cipher.AEAD
-	key  *keyring.Key
-	seq  uint64
+	aead  cipher.AEAD
+	key   *keyring.Key
+	seq   uint64
+	nonce [12]byte
 }
 
 // Key is the ring key the connection was opened with.
@@ -113,28 +114,29 @@ func (s *Sealer) Seal(dst, frame []byte) []byte {
 	dst = append(dst, frame[:HeaderLen]...)
 	dst[start+6] |= FlagAuth
 	binary.BigEndian.PutUint32(dst[start+8:], uint32(len(frame)-HeaderLen+keyring.TagSize))
-	var nonce [12]byte
-	binary.BigEndian.PutUint64(nonce[4:], s.seq)
+	// The nonce lives in s: a local array passed to the interface method
+	// would escape, one allocation per frame.
+	binary.BigEndian.PutUint64(s.nonce[4:], s.seq)
 	s.seq++
 	// The header is both the associated data and the prefix dst grows
 	// from: Seal reads it before it writes past it.
-	return s.aead.Seal(dst, nonce[:], frame[HeaderLen:], dst[start:start+HeaderLen])
+	return s.aead.Seal(dst, s.nonce[:], frame[HeaderLen:], dst[start:start+HeaderLen])
 }
 
 // opener opens the frames of one direction of a connection.
 type opener struct {
-	aead cipher.AEAD
-	key  *keyring.Key
-	seq  uint64
+	aead  cipher.AEAD
+	key   *keyring.Key
+	seq   uint64
+	nonce [12]byte
 }
 
 func (o *opener) open(hdr, body []byte) ([]byte, error) {
 	if o.key.Removed() {
 		return nil, fmt.Errorf("%w (key %v)", ErrKeyRemoved, o.key.ID())
 	}
-	var nonce [12]byte
-	binary.BigEndian.PutUint64(nonce[4:], o.seq)
-	out, err := o.aead.Open(body[:0], nonce[:], body, hdr)
+	binary.BigEndian.PutUint64(o.nonce[4:], o.seq) // in o, as in Sealer.Seal
+	out, err := o.aead.Open(body[:0], o.nonce[:], body, hdr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: frame %d does not open (forged, replayed, reordered or corrupt)", ErrUnauthenticated, o.seq)
 	}
