@@ -495,7 +495,9 @@ func (cs *connServer) run() error {
 		inFrame := false
 		f, err := cs.rd.Next(func() {
 			inFrame = true
-			cs.readWithin(r.cfg.FrameTimeout)
+			if !cs.rd.FrameBuffered() { // else no read can block: no deadline to move
+				cs.readWithin(r.cfg.FrameTimeout)
+			}
 		})
 		if err != nil {
 			if errors.Is(err, wire.ErrMagic) || errors.Is(err, wire.ErrVersion) || errors.Is(err, wire.ErrFlags) ||

@@ -57,7 +57,14 @@ type peer struct {
 	writeGen uint64
 	writeSet time.Time
 	gen      uint64    // increments per connection, so a stale reader's failure is ignored
-	progress time.Time // last acknowledgement, or when inflight became non-empty
+	// progress is when an acknowledgement was last seen, or inflight
+	// last became non-empty; moves counts those events, and the writer's
+	// periodic check turns a change of it into a new progress time: no
+	// clock read per acknowledgement, and a stall is found at most one
+	// check late, never early.
+	progress time.Time
+	moves    uint64
+	movesAt  uint64 // moves at progress
 	stopErr  error     // set once: why the peer stopped
 	emptied  chan struct{}
 	// holds counts callers between looking the peer up and queueing
@@ -65,6 +72,7 @@ type peer struct {
 	// queued. A peer with neither is dropped once idle (TCP.reap).
 	holds   int
 	lastUse time.Time
+	usedSeq uint64 // seq at lastUse: a later seq is a use not yet timed (noteUse)
 	stats   PeerStats
 	byType  [256]uint64 // messages queued, by type
 }
@@ -90,7 +98,6 @@ func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.holds--
-	p.lastUse = time.Now()
 	if p.stopErr != nil {
 		return nil, p.stopErr
 	}
@@ -266,7 +273,7 @@ func (p *peer) takeBatch() ([][]byte, net.Conn, uint64, *wire.Sealer) {
 		n++
 	}
 	if len(p.inflight) == 0 {
-		p.progress = time.Now()
+		p.moves++
 	}
 	p.inflight = append(p.inflight, p.pending[:n]...)
 	p.pending = append(p.pending[:0], p.pending[n:]...)
@@ -389,7 +396,17 @@ func (p *peer) broken(gen uint64, cause error) {
 func (p *peer) idle(now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.noteUse(now)
 	return p.holds == 0 && len(p.pending) == 0 && len(p.inflight) == 0 && now.Sub(p.lastUse) >= p.s.cfg.IdleTimeout
+}
+
+// noteUse times the messages queued since it last looked: enqueue reads no
+// clock, so a peer counts as used at the first check after a send, and is
+// dropped at most one check late, never early. p.mu must be held.
+func (p *peer) noteUse(now time.Time) {
+	if p.seq != p.usedSeq {
+		p.usedSeq, p.lastUse = p.seq, now
+	}
 }
 
 // checkProgress fails a connection that has had unacknowledged messages
@@ -397,7 +414,11 @@ func (p *peer) idle(now time.Time) bool {
 // process does not answer (paused, or stuck).
 func (p *peer) checkProgress() {
 	p.mu.Lock()
-	stalled := len(p.inflight) > 0 && time.Since(p.progress) > p.s.cfg.Timeout
+	now := time.Now()
+	if p.moves != p.movesAt {
+		p.movesAt, p.progress = p.moves, now
+	}
+	stalled := len(p.inflight) > 0 && now.Sub(p.progress) > p.s.cfg.Timeout
 	gen := p.gen
 	p.mu.Unlock()
 	if stalled {
@@ -459,7 +480,7 @@ func (p *peer) skipAck(conn net.Conn, rd *wire.Reader, gen uint64) error {
 func (p *peer) ack(a wire.AckBody, gen uint64, fail error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.progress = time.Now()
+	p.moves++
 	n := 0
 	for n < len(p.inflight) && p.inflight[n].seq < a.Seq {
 		p.acked(p.inflight[n], nil, gen)

@@ -398,6 +398,7 @@ func (s *TCP) peer(addr netip.AddrPort) (*peer, error) {
 	}
 	p := newPeer(s, addr)
 	p.seq = s.newPeerSeq(addr)
+	p.usedSeq = p.seq // used now, at lastUse
 	p.holds = 1
 	s.peers[addr] = p
 	s.wg.Add(1)
@@ -477,6 +478,7 @@ func (s *TCP) reap(p *peer, now time.Time) bool {
 		return false
 	}
 	p.mu.Lock()
+	p.noteUse(now)
 	idle := p.stopErr == nil && p.holds == 0 && len(p.pending) == 0 && len(p.inflight) == 0 &&
 		now.Sub(p.lastUse) >= s.cfg.IdleTimeout
 	seq := p.seq

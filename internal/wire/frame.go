@@ -228,6 +228,21 @@ func (r *Reader) Grow(size int) {
 // the next Next will block on the network, the moment to flush replies.
 func (r *Reader) Buffered() int { return r.r.Buffered() }
 
+// FrameBuffered reports whether the whole of the next frame is buffered,
+// as far as its header says (the header is not checked here: Next does):
+// reading it then cannot block, and needs no deadline.
+func (r *Reader) FrameBuffered() bool {
+	n := r.r.Buffered()
+	if n < HeaderLen {
+		return false
+	}
+	h, err := r.r.Peek(HeaderLen)
+	if err != nil {
+		return false
+	}
+	return int64(n-HeaderLen) >= int64(binary.BigEndian.Uint32(h[8:12]))
+}
+
 // Next reads one frame. started, if not nil, is called once the first byte
 // of a frame has arrived, so the caller can switch from an idle timeout to a
 // per-frame one.

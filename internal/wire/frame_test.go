@@ -887,3 +887,39 @@ func TestTypeAndModeNames(t *testing.T) {
 		}
 	}
 }
+
+// FrameBuffered says whether the next frame is whole in the buffer, from
+// its header alone, at every cut of a stream of two frames.
+func TestFrameBuffered(t *testing.T) {
+	one := AppendMessage(nil, FirstApp, Envelope{From: testID(1), Seq: 1, Payload: []byte("abc")})
+	two := AppendMessage(nil, FirstApp, Envelope{From: testID(1), Seq: 2, Payload: bytes.Repeat([]byte("x"), 100)})
+	stream := append(append([]byte(nil), one...), two...)
+	tests := []struct {
+		name string
+		have int // bytes of the stream that have arrived
+		want bool
+	}{
+		{"nothing", 0, false},
+		{"part of a header", HeaderLen - 1, false},
+		{"a header", HeaderLen, false},
+		{"all but a byte", len(one) - 1, false},
+		{"the first frame", len(one), true},
+		{"and part of the next", len(one) + 3, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pr, pw := io.Pipe()
+			go func() {
+				pw.Write(stream[:tc.have])
+				pw.Close()
+			}()
+			rd := NewReader(pr, DefaultMaxFrame)
+			if tc.have > 0 {
+				rd.r.Peek(tc.have) // fill the buffer with what has arrived
+			}
+			if got := rd.FrameBuffered(); got != tc.want {
+				t.Errorf("with %d bytes: %v, want %v", tc.have, got, tc.want)
+			}
+		})
+	}
+}
