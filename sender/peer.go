@@ -56,7 +56,7 @@ type peer struct {
 	// deadline it set last, and when that deadline was set.
 	writeGen uint64
 	writeSet time.Time
-	gen      uint64    // increments per connection, so a stale reader's failure is ignored
+	gen      uint64 // increments per connection, so a stale reader's failure is ignored
 	// progress is when an acknowledgement was last seen, or inflight
 	// last became non-empty; moves counts those events, and the writer's
 	// periodic check turns a change of it into a new progress time: no
@@ -65,7 +65,7 @@ type peer struct {
 	progress time.Time
 	moves    uint64
 	movesAt  uint64 // moves at progress
-	stopErr  error     // set once: why the peer stopped
+	stopErr  error  // set once: why the peer stopped
 	emptied  chan struct{}
 	// holds counts callers between looking the peer up and queueing
 	// their message (TCP.peer, enqueue); lastUse is when the last one
