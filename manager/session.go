@@ -376,13 +376,10 @@ func ValidID(id string) bool {
 	if i != 24 || len(id)-i-1 < 1 || len(id)-i-1 > 63 {
 		return false
 	}
-	for _, c := range id[:i] {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	for _, c := range id[i+1:] {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+	// Bytes, not runes: it runs a few times per request, and any byte
+	// past ASCII is refused either way.
+	for j := 0; j < len(id); j++ {
+		if c := id[j]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') && j != i {
 			return false
 		}
 	}

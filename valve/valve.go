@@ -61,6 +61,22 @@ type Config struct {
 	Logger       logrus.FieldLogger
 }
 
+// defaultStatic is the default StaticFilter; isDefaultStatic matches the
+// same paths without running a regexp on every request.
+const defaultStatic = `\.(css|js|png|jpe?g|gif|ico|svg|woff2?|map)$`
+
+func isDefaultStatic(path string) bool {
+	i := strings.LastIndexByte(path, '.')
+	if i < 0 {
+		return false
+	}
+	switch path[i+1:] {
+	case "css", "js", "png", "jpg", "jpeg", "gif", "ico", "svg", "woff", "woff2", "map":
+		return true
+	}
+	return false
+}
+
 // DefaultConfig returns the defaults of server.toml.
 func DefaultConfig() Config {
 	return Config{
@@ -68,7 +84,7 @@ func DefaultConfig() Config {
 		CookiePath:     "/",
 		CookieHTTPOnly: true,
 		CookieSameSite: http.SameSiteLaxMode,
-		StaticFilter:   regexp.MustCompile(`\.(css|js|png|jpe?g|gif|ico|svg|woff2?|map)$`),
+		StaticFilter:   regexp.MustCompile(defaultStatic),
 	}
 }
 
@@ -98,6 +114,8 @@ type Valve struct {
 	// Replication problems are logged at most once per logEvery, with how
 	// many were not: a node with a sick peer must not log per request.
 	warnings logx.Limiter
+	// static is cfg.StaticFilter's test, nil without one.
+	static func(path string) bool
 }
 
 const logEvery = 10 * time.Second
@@ -108,7 +126,15 @@ func New(store Store, cfg Config) *Valve {
 	if cfg.CookieName == "" {
 		cfg.CookieName = DefaultConfig().CookieName
 	}
-	return &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve"), warnings: logx.Limiter{Every: logEvery}}
+	v := &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve"), warnings: logx.Limiter{Every: logEvery}}
+	switch f := cfg.StaticFilter; {
+	case f == nil:
+	case f.String() == defaultStatic:
+		v.static = isDefaultStatic
+	default:
+		v.static = f.MatchString
+	}
+	return v
 }
 
 type ctxKey struct{}
@@ -116,7 +142,7 @@ type ctxKey struct{}
 // Wrap returns next with sessions.
 func (v *Valve) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if f := v.cfg.StaticFilter; f != nil && f.MatchString(r.URL.Path) {
+		if v.static != nil && v.static(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -372,13 +398,37 @@ func (st *state) sentIDs() []string {
 		}
 		return []string{id}
 	}
-	cookies := st.r.CookiesNamed(st.v.cfg.CookieName)
-	ids := make([]string, len(cookies))
-	for i, c := range cookies {
-		ids[i] = c.Value
-	}
-	return ids
+	return cookieValues(st.r.Header, st.v.cfg.CookieName)
 }
+
+// cookieValues returns the values of the request's cookies named name, in
+// order, quotes taken off as net/http does, at most maxCookieValues. It
+// reads the header in place: net/http's parse allocates a Cookie for every
+// cookie the browser sends, on every request. What it returns is checked
+// by its user (ValidID, ParseUint), so a value net/http would have dropped
+// as malformed is refused there instead.
+func cookieValues(h http.Header, name string) []string {
+	var out []string
+	for _, line := range h["Cookie"] {
+		for part := range strings.SplitSeq(line, ";") {
+			k, v, _ := strings.Cut(strings.TrimSpace(part), "=") // "S" alone is S="", as in net/http
+			if k != name {
+				continue
+			}
+			if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			if out = append(out, v); len(out) == maxCookieValues {
+				return out
+			}
+		}
+	}
+	return out
+}
+
+// maxCookieValues bounds the values of one cookie name a request is read
+// for: more than a few is an attack, not a browser.
+const maxCookieValues = 16
 
 // The errors of HeaderID.
 var (
@@ -431,9 +481,7 @@ func (st *state) seenVersion() uint64 {
 	if name := st.v.cfg.IDHeader; name != "" {
 		values = st.r.Header.Values(VersionHeader(name))
 	} else {
-		for _, c := range st.r.CookiesNamed(VersionCookie(st.v.cfg.CookieName)) {
-			values = append(values, c.Value)
-		}
+		values = cookieValues(st.r.Header, VersionCookie(st.v.cfg.CookieName))
 	}
 	var seen uint64
 	for i, s := range values {
