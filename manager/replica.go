@@ -138,16 +138,10 @@ func decode(p []byte, v any) error {
 	return nil
 }
 
-// decodeDelta is decode for the hot path: the delta's own decoder called
-// directly, not found by reflection.
+// decodeDelta is decode for the hot path: the delta's own parser, which
+// checks the bytes as it reads them (parseDelta).
 func decodeDelta(p []byte, d *delta) error {
-	if err := wire.CheckMsgpack(p, maxPayloadDepth); err != nil {
-		return fmt.Errorf("manager: decode: %w", err)
-	}
-	dec := msgpack.GetDecoder()
-	defer msgpack.PutDecoder(dec)
-	dec.Reset(bytes.NewReader(p))
-	if err := d.DecodeMsgpack(dec); err != nil {
+	if err := parseDelta(p, d); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}
 	return nil
