@@ -340,7 +340,12 @@ var errOutOfRange = errors.New("integer out of range")
 // (whatever type was Set), nil as 0; anything else, or an integer that does
 // not fit, is the zero T and an error.
 func decodeInteger[T any](key string, b []byte) (v T, ok bool, err error) {
-	x, err := msgpack.NewDecoder(bytes.NewReader(b)).DecodeInterfaceLoose()
+	dec := msgpack.GetDecoder()
+	defer msgpack.PutDecoder(dec)
+	var rd bytes.Reader
+	rd.Reset(b)
+	dec.Reset(&rd)
+	x, err := dec.DecodeInterfaceLoose()
 	if err != nil {
 		return v, true, fmt.Errorf("manager: session attribute %q: %w", key, err)
 	}

@@ -647,7 +647,7 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		for _, k := range s.dirty {
 			if v, ok := s.attrs[k]; ok {
 				if d.Set == nil {
-					d.Set = make(map[string][]byte)
+					d.Set = make(map[string][]byte, len(s.dirty))
 				}
 				d.Set[k] = v
 			} else {
@@ -812,6 +812,9 @@ func failedOf(err error, to []membership.Member) []membership.Member {
 
 // peersOf returns the per-member failures of a send's error.
 func peersOf(err error) []cluster.PeerError {
+	if err == nil {
+		return nil // the usual case, several times a commit: no errors.As target escapes
+	}
 	var se *cluster.SendError
 	if errors.As(err, &se) {
 		return se.Peers

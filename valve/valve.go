@@ -116,6 +116,8 @@ type Valve struct {
 	warnings logx.Limiter
 	// static is cfg.StaticFilter's test, nil without one.
 	static func(path string) bool
+	// versionCookie is VersionCookie(cfg.CookieName), made once.
+	versionCookie string
 }
 
 const logEvery = 10 * time.Second
@@ -126,7 +128,8 @@ func New(store Store, cfg Config) *Valve {
 	if cfg.CookieName == "" {
 		cfg.CookieName = DefaultConfig().CookieName
 	}
-	v := &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve"), warnings: logx.Limiter{Every: logEvery}}
+	v := &Valve{store: store, cfg: cfg, log: log.WithField("component", "valve"), warnings: logx.Limiter{Every: logEvery},
+		versionCookie: VersionCookie(cfg.CookieName)}
 	switch f := cfg.StaticFilter; {
 	case f == nil:
 	case f.String() == defaultStatic:
@@ -410,7 +413,9 @@ func (st *state) sentIDs() []string {
 func cookieValues(h http.Header, name string) []string {
 	var out []string
 	for _, line := range h["Cookie"] {
-		for part := range strings.SplitSeq(line, ";") {
+		for line != "" {
+			part, rest, _ := strings.Cut(line, ";")
+			line = rest
 			k, v, _ := strings.Cut(strings.TrimSpace(part), "=") // "S" alone is S="", as in net/http
 			if k != name {
 				continue
@@ -481,7 +486,7 @@ func (st *state) seenVersion() uint64 {
 	if name := st.v.cfg.IDHeader; name != "" {
 		values = st.r.Header.Values(VersionHeader(name))
 	} else {
-		values = cookieValues(st.r.Header, VersionCookie(st.v.cfg.CookieName))
+		values = cookieValues(st.r.Header, st.v.versionCookie)
 	}
 	var seen uint64
 	for i, s := range values {
@@ -502,7 +507,7 @@ func (st *state) setVersionCookie(v uint64, maxAge int) {
 	}
 	cfg := st.v.cfg
 	c := &http.Cookie{
-		Name: VersionCookie(cfg.CookieName), Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
+		Name: st.v.versionCookie, Value: value, Path: cfg.CookiePath, Domain: cfg.CookieDomain,
 		Secure: cfg.CookieSecure, HttpOnly: cfg.CookieHTTPOnly, SameSite: cfg.CookieSameSite, MaxAge: maxAge,
 	}
 	st.addCookie(withExpires(c))

@@ -87,10 +87,11 @@ func (e *env) measureCPU(ctx context.Context, cc cpuConfig) (res loadResult, bat
 		var profiles sync.WaitGroup
 		var profErrs []error
 		if e.opts.Profile != "" && !cc.bare {
-			profErrs = make([]error, len(c.nodes))
+			profErrs = make([]error, 2*len(c.nodes))
 			spec.onTimed = func() {
 				for i, n := range c.nodes {
-					profiles.Go(func() { profErrs[i] = e.saveProfile(ctx, n, cc) })
+					profiles.Go(func() { profErrs[2*i] = e.saveProfile(ctx, n, cc, "profile", "") })
+					profiles.Go(func() { profErrs[2*i+1] = e.saveProfile(ctx, n, cc, "allocs", "-allocs") })
 				}
 			}
 		}
@@ -134,11 +135,12 @@ func scrapeBatching(ctx context.Context, nodes []*node) (string, error) {
 	return fmt.Sprintf("; %.2f deltas per sender write, %.2f per receiver read", v[0]/max(v[1], 1), v[2]/max(v[3], 1)), nil
 }
 
-// saveProfile saves n's CPU profile over the timed part (whole seconds,
-// at least one) as <config>-<node>.pprof in the profile directory.
-func (e *env) saveProfile(ctx context.Context, n *node, cc cpuConfig) error {
+// saveProfile saves n's profile of a kind over the timed part (whole
+// seconds, at least one) as <config>-<node><suffix>.pprof in the profile
+// directory: "profile" is CPU, "allocs" the allocations made meanwhile.
+func (e *env) saveProfile(ctx context.Context, n *node, cc cpuConfig, kind, suffix string) error {
 	secs := max(int(e.opts.Duration.Round(time.Second)/time.Second), 1)
-	url := fmt.Sprintf("http://127.0.0.1:9090/debug/pprof/profile?seconds=%d", secs)
+	url := fmt.Sprintf("http://127.0.0.1:9090/debug/pprof/%s?seconds=%d", kind, secs)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -160,7 +162,7 @@ func (e *env) saveProfile(ctx context.Context, n *node, cc cpuConfig) error {
 		return fmt.Errorf("%s: %w", n.name, err)
 	}
 	name := strings.NewReplacer(" ", "-", ",", "").Replace(cc.name)
-	return os.WriteFile(filepath.Join(e.opts.Profile, name+"-"+n.name+".pprof"), b, 0o644)
+	return os.WriteFile(filepath.Join(e.opts.Profile, name+"-"+n.name+suffix+".pprof"), b, 0o644)
 }
 
 // cpuTotals sums one configuration's rounds.

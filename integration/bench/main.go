@@ -56,7 +56,7 @@ type options struct {
 	MemSessions   int            // 1 KiB sessions of the memory measurement
 	Workers       int            // concurrent clients creating sessions
 	CPURounds     int            // rounds of the CPU step
-	Profile       string         // if set, the CPU step writes each flockd's CPU profile here
+	Profile       string         // if set, the CPU step writes each flockd's CPU and allocation profiles here
 	Loadgen       string         // the CPU step's load generator: auto (wrk if installed), wrk or go
 	CPUMatch      *regexp.Regexp // if set, the CPU step runs only the configurations it matches
 	Verbose       bool           // the lab's log lines too
@@ -87,7 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	workers := fs.Int("workers", full.Workers, "concurrent clients creating sessions")
 	cpuMatch := fs.String("cpu-match", "", "a regexp: the CPU step runs only the configurations whose names it matches (no ratios then; for profiling)")
 	loadgen := fs.String("loadgen", "auto", "the CPU step's load generator: auto (wrk when installed), wrk or go")
-	profile := fs.String("profile", "", "a directory: the CPU step saves a CPU profile of every flockd of every run there")
+	profile := fs.String("profile", "", "a directory: the CPU step saves a CPU and an allocation profile of every flockd of every run there")
 	rounds := fs.Int("cpu-rounds", full.CPURounds, "rounds of the CPU step (every configuration once per round)")
 	verbose := fs.Bool("v", false, "also print the lab's log lines")
 	only := fs.String("only", "", "run only these steps, comma-separated: "+strings.Join(stepNames, ", "))
