@@ -147,22 +147,26 @@ func hashID(id string) uint64 { return fnvString(fnvOffset64, id) }
 // zone is set), so that an owner and its backup do not share a zone while
 // another has a member. "" when no member is left.
 func (r *ring) choose(h uint64, zone, skip, skip2 string) string {
-	best, bestOther := "", ""
-	var w, wOther uint64
-	for _, n := range r.names {
-		if n == skip || n == skip2 {
-			continue
-		}
-		x := mix64(h ^ r.seeds[n])
-		if best == "" || x > w {
-			best, w = n, x
-		}
-		if zone != "" && r.zones[n] != zone && (bestOther == "" || x > wOther) {
-			bestOther, wOther = n, x
+	if zone != "" {
+		if n := r.heaviest(h, func(n string) bool { return n == skip || n == skip2 || r.zones[n] == zone }); n != "" {
+			return n
 		}
 	}
-	if bestOther != "" {
-		return bestOther
+	return r.heaviest(h, func(n string) bool { return n == skip || n == skip2 })
+}
+
+// heaviest is the member of highest weight for the session hashed to h
+// among those skip leaves; "" when it leaves none.
+func (r *ring) heaviest(h uint64, skip func(name string) bool) string {
+	best := ""
+	var w uint64
+	for _, n := range r.names {
+		if skip(n) {
+			continue
+		}
+		if x := mix64(h ^ r.seeds[n]); best == "" || x > w {
+			best, w = n, x
+		}
 	}
 	return best
 }
@@ -225,16 +229,7 @@ func (p *backupPlacement) standIns(id string, failed []membership.Member) []memb
 	h := hashID(id)
 	var out []membership.Member
 	for range failed {
-		best := ""
-		var w uint64
-		for _, n := range r.names {
-			if skip[n] {
-				continue
-			}
-			if x := mix64(h ^ r.seeds[n]); best == "" || x > w {
-				best, w = n, x
-			}
-		}
+		best := r.heaviest(h, func(n string) bool { return skip[n] })
 		if best == "" {
 			break
 		}
