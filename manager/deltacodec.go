@@ -2,7 +2,6 @@ package manager
 
 import (
 	"encoding/binary"
-	"fmt"
 	"math"
 	"slices"
 
@@ -141,98 +140,13 @@ func appendInt64(b []byte, v int64) []byte {
 	return binary.BigEndian.AppendUint64(append(b, msgpcode.Int64), uint64(v))
 }
 
-// DecodeMsgpack implements msgpack.CustomDecoder. It reads what the
-// reflection codec reads for the struct (any field order, any integer
-// encoding, nil for an absent map or list) and refuses unknown fields, as
-// decode asks of every message.
+// DecodeMsgpack implements msgpack.CustomDecoder, for a delta met by
+// reflection: the value's bytes go to parseDelta, the one reader of the
+// format. (A nil never gets here: msgpack zeroes the value itself.)
 func (d *delta) DecodeMsgpack(dec *msgpack.Decoder) error {
-	// (A nil never gets here: msgpack zeroes the value itself.)
-	n, err := dec.DecodeMapLen()
+	raw, err := dec.DecodeRaw()
 	if err != nil {
-		return fmt.Errorf("msgpack: delta: %w", err)
+		return err
 	}
-	*d = delta{}
-	var buf [8]byte // the longest field name has two bytes
-	for range max(n, 0) {
-		kn, err := dec.DecodeBytesLen()
-		if err != nil {
-			return err
-		}
-		if kn < 0 || kn > len(buf) {
-			return fmt.Errorf("msgpack: delta: a field name of %d bytes", kn)
-		}
-		if err := dec.ReadFull(buf[:kn]); err != nil {
-			return err
-		}
-		switch key := buf[:kn]; string(key) {
-		case "i":
-			d.ID, err = dec.DecodeString()
-		case "r":
-			d.Old, err = dec.DecodeString()
-		case "b":
-			d.Base, err = dec.DecodeUint64()
-		case "bo":
-			d.BaseOrigin, err = dec.DecodeString()
-		case "v":
-			d.Version, err = dec.DecodeUint64()
-		case "o":
-			d.Origin, err = dec.DecodeString()
-		case "c":
-			d.Created, err = dec.DecodeInt64()
-		case "a":
-			d.Access, err = dec.DecodeInt64()
-		case "m":
-			d.MaxInactive, err = dec.DecodeInt64()
-		case "s":
-			d.Set, err = decodeAttrs(dec)
-		case "d":
-			d.Del, err = decodeKeys(dec)
-		case "f":
-			d.Full, err = dec.DecodeBool()
-		case "y":
-			d.Sync, err = dec.DecodeBool()
-		default:
-			return fmt.Errorf("msgpack: unknown field %q", key)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// decodeAttrs reads a map of attribute values; nil for a nil map.
-func decodeAttrs(dec *msgpack.Decoder) (map[string][]byte, error) {
-	n, err := dec.DecodeMapLen()
-	if err != nil || n < 0 {
-		return nil, err
-	}
-	m := make(map[string][]byte, min(n, 1024)) // n is the sender's word: grown as read
-	for range n {
-		k, err := dec.DecodeString()
-		if err != nil {
-			return nil, err
-		}
-		if m[k], err = dec.DecodeBytes(); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
-}
-
-// decodeKeys reads a list of attribute names; nil for a nil list.
-func decodeKeys(dec *msgpack.Decoder) ([]string, error) {
-	n, err := dec.DecodeArrayLen()
-	if err != nil || n < 0 {
-		return nil, err
-	}
-	out := make([]string, 0, min(n, 1024))
-	for range n {
-		k, err := dec.DecodeString()
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, k)
-	}
-	return out, nil
+	return parseDelta(raw, d)
 }

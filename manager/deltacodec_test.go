@@ -237,3 +237,23 @@ func FuzzParseDelta(f *testing.F) {
 func asArray(p []byte) bool {
 	return len(p) > 0 && (p[0] >= 0x90 && p[0] <= 0x9f || p[0] == 0xdc || p[0] == 0xdd)
 }
+
+// A delta met by msgpack's reflection (inside another value) is read by the
+// same parser.
+func TestDeltaDecodedByReflection(t *testing.T) {
+	d := delta{ID: "a", Base: 1, BaseOrigin: "n1", Version: 2, Origin: "n2", Set: map[string][]byte{"k": {1}}, Del: []string{"x"}}
+	b, err := msgpack.Marshal([]delta{d, {ID: "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []delta
+	if err := msgpack.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := []delta{d, {ID: "b"}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("read %+v, want %+v", got, want)
+	}
+	if err := msgpack.Unmarshal([]byte{0x91, 0x81, 0xa2, 'z', 'z', 0x01}, &got); err == nil {
+		t.Error("an unknown field read without error")
+	}
+}

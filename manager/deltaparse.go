@@ -7,9 +7,10 @@ import (
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
 )
 
-// parseDelta reads a delta straight from its bytes: what DecodeMsgpack
-// reads, without a Decoder, an io.Reader or a separate well-formedness
-// pass. Every length is checked against the bytes left, nothing recurses
+// parseDelta reads a delta straight from its bytes: what msgpack's
+// reflection reads for the struct's tags (any field order, any integer
+// encoding, nil for an absent map or list, unknown fields refused), without
+// a Decoder, an io.Reader or a separate well-formedness pass. Every length is checked against the bytes left, nothing recurses
 // (a delta is two levels deep: its map, then a map or list of strings), and
 // counts only bound what is allocated once the bytes are there, so a
 // hostile body can claim nothing it does not hold; the body must be
