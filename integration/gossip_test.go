@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,156 +36,31 @@ func gossipConf(n *node, seeds ...*node) {
 	n.conf = fmt.Sprintf("[cluster.membership]\ntype = \"gossip\"\n[cluster.membership.gossip]\nbind = \"%s:%d\"\nseeds = [%s]\n", n.host.IP, gossipPort, list)
 }
 
-// gossipThree is three gossip nodes, each seeded with the first.
-func (c *cluster) gossipThree() []*node {
-	nodes := c.three()
-	for _, n := range nodes {
-		gossipConf(n, nodes[0])
-	}
-	return nodes
-}
+// The scenarios shared with multicast (membership_test.go), with gossip.
 
 func TestGossipConverge(t *testing.T) {
 	scenario(t, alone, 0)
-	c := newQuietCluster(t)
-	nodes := c.gossipThree()
-	last := c.startAll(nodes...)
-	c.waitViews(30*time.Second, nodes, c.others())
-	took := time.Since(last)
-	figures.add(t, "gossip: convergence, 3 nodes, from the last start", took, 2*time.Second)
-	if took > 2*time.Second {
-		t.Errorf("converged %v after the last start, want within 2s", took)
-	}
+	converge(t, gossipKind)
 }
 
 func TestGossipKillDetected(t *testing.T) {
 	scenario(t, timed, 0)
-	c := newCluster(t)
-	nodes := c.gossipThree()
-	c.startAll(nodes...)
-	c.waitViews(30*time.Second, nodes, c.others())
-	victim := nodes[2]
-	killed := time.Now()
-	if err := victim.proc.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	bound := dropTime + 2*frequency
-	c.waitViews(bound+10*time.Second, without(nodes, victim), c.others(victim))
-	took := time.Since(killed)
-	figures.add(t, "gossip: failure detection after kill -9", took, bound)
-	if took > bound {
-		t.Errorf("failure detected %v after kill -9, want within %v", took, bound)
-	}
-	for _, n := range without(nodes, victim) {
-		if !n.logged("event=failed", "member="+victim.name) {
-			t.Errorf("%s did not log the failure of %s", n.name, victim.name)
-		}
-	}
+	killDetected(t, gossipKind)
 }
 
 func TestGossipGracefulLeave(t *testing.T) {
 	scenario(t, timed, 0)
-	c := newCluster(t)
-	nodes := c.gossipThree()
-	c.startAll(nodes...)
-	c.waitViews(30*time.Second, nodes, c.others())
-	victim := nodes[2]
-	stopped := time.Now()
-	if err := victim.proc.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	c.waitViews(10*time.Second, without(nodes, victim), c.others(victim))
-	took := time.Since(stopped)
-	figures.add(t, "gossip: leave seen after SIGTERM", took, time.Second)
-	if took > time.Second {
-		t.Errorf("leave seen %v after SIGTERM, want within 1s", took)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	select {
-	case <-victim.proc.Done():
-		if err := victim.proc.ExitErr(); err != nil {
-			t.Errorf("flockd did not exit 0 on SIGTERM: %v", err)
-		}
-	case <-ctx.Done():
-		t.Errorf("flockd still running 30s after SIGTERM")
-	}
-	for _, n := range without(nodes, victim) {
-		if !n.logged("event=left", "member="+victim.name) {
-			t.Errorf("%s did not log %s leaving", n.name, victim.name)
-		}
-	}
+	gracefulLeave(t, gossipKind)
 }
 
 func TestGossipPauseAndResume(t *testing.T) {
 	scenario(t, timed, 0)
-	c := newCluster(t)
-	nodes := c.gossipThree()
-	c.startAll(nodes...)
-	c.waitViews(30*time.Second, nodes, c.others())
-	victim := nodes[2]
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	before, err := victim.status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	paused := time.Now()
-	if err := victim.proc.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	// A paused process answers no probe: SWIM suspects it, then declares
-	// it dead after the suspicion timeout.
-	bound := dropTime + probeTimeout + 2*frequency
-	c.waitViews(bound+10*time.Second, without(nodes, victim), c.others(victim))
-	took := time.Since(paused)
-	figures.add(t, "gossip: failure detection after SIGSTOP", took, bound)
-	if took > bound {
-		t.Errorf("SIGSTOP detected after %v, want within %v", took, bound)
-	}
-	resumed := time.Now()
-	if err := victim.proc.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	c.waitViews(30*time.Second, nodes, c.others())
-	figures.add(t, "gossip: rejoin after SIGCONT", time.Since(resumed), 2*time.Second)
-	for _, n := range without(nodes, victim) {
-		s, err := n.status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range s.Members {
-			if m.Name == victim.name && m.ID != before.Local.ID {
-				t.Errorf("%s lists %s with id %s, want the same process %s", n.name, victim.name, m.ID, before.Local.ID)
-			}
-		}
-		if !n.logged("event=failed", "member="+victim.name) {
-			t.Errorf("%s did not log %s failing while paused", n.name, victim.name)
-		}
-	}
+	pauseAndResume(t, gossipKind)
 }
 
-// Two domains seeded with each other's nodes: the label refuses the other
-// domain's gossip.
 func TestGossipDomainsAreIsolated(t *testing.T) {
 	scenario(t, idle, 0)
-	c := newCluster(t)
-	nodes := []*node{c.add("a1", "alpha"), c.add("a2", "alpha"), c.add("b1", "beta"), c.add("b2", "beta")}
-	for _, n := range nodes {
-		gossipConf(n, nodes...)
-	}
-	c.startAll(nodes...)
-	c.waitViews(30*time.Second, nodes, c.others())
-	deadline := time.Now().Add(4 * frequency)
-	for time.Now().Before(deadline) {
-		c.checkViews(nodes, c.others())
-		time.Sleep(100 * time.Millisecond) // absence cannot be awaited
-	}
-	for _, n := range nodes {
-		if n.logged("event=joined", "member="+map[string]string{"alpha": "b", "beta": "a"}[n.domain]) {
-			t.Errorf("%s logged a member of the other domain joining", n.name)
-		}
-	}
+	domainsAreIsolated(t, gossipKind)
 }
 
 // 10% loss on every link for 20 s: no member is reported failed (SWIM's
@@ -194,7 +68,7 @@ func TestGossipDomainsAreIsolated(t *testing.T) {
 func TestGossipPacketLossNoFalseFailure(t *testing.T) {
 	scenario(t, idle, 0)
 	c := newCluster(t)
-	nodes := c.gossipThree()
+	nodes := gossipKind.three(c)
 	c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -21,15 +21,52 @@ func (c *cluster) three() []*node {
 	return []*node{c.add("node1", "default"), c.add("node2", "default"), c.add("node3", "default")}
 }
 
+// membershipKind is how a scenario's nodes find each other: the same
+// scenarios run for each kind, with the bounds its timings promise.
+type membershipKind struct {
+	label string // the figures' prefix
+	// conf sets n's membership, seeded with seeds; nil: multicast, the
+	// lab's default.
+	conf func(n *node, seeds ...*node)
+	// pause says how a paused process is found out.
+	pause string
+}
+
+var (
+	multicastKind = membershipKind{pause: "failure detection after SIGSTOP (probe times out)"}
+	gossipKind    = membershipKind{label: "gossip: ", conf: gossipConf, pause: "failure detection after SIGSTOP"}
+)
+
+// configure gives every node of nodes the kind's membership, seeded with
+// seeds.
+func (k membershipKind) configure(nodes []*node, seeds ...*node) []*node {
+	if k.conf != nil {
+		for _, n := range nodes {
+			k.conf(n, seeds...)
+		}
+	}
+	return nodes
+}
+
+// three is the usual three nodes, seeded with the first.
+func (k membershipKind) three(c *cluster) []*node {
+	nodes := c.three()
+	return k.configure(nodes, nodes[0])
+}
+
 // Scenario 1: three nodes list each other within 2 s of the last start.
 func TestConverge(t *testing.T) {
 	scenario(t, alone, 0)
+	converge(t, multicastKind)
+}
+
+func converge(t *testing.T, k membershipKind) {
 	c := newQuietCluster(t)
-	nodes := c.three()
+	nodes := k.three(c)
 	last := c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
 	took := time.Since(last)
-	figures.add(t, "convergence, 3 nodes, from the last start", took, 2*time.Second)
+	figures.add(t, k.label+"convergence, 3 nodes, from the last start", took, 2*time.Second)
 	if took > 2*time.Second {
 		t.Errorf("converged %v after the last start, want within 2s", took)
 	}
@@ -39,8 +76,12 @@ func TestConverge(t *testing.T) {
 // drop_time + 2 heartbeats.
 func TestKillDetected(t *testing.T) {
 	scenario(t, timed, 0)
+	killDetected(t, multicastKind)
+}
+
+func killDetected(t *testing.T, k membershipKind) {
 	c := newCluster(t)
-	nodes := c.three()
+	nodes := k.three(c)
 	c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
 
@@ -52,7 +93,7 @@ func TestKillDetected(t *testing.T) {
 	bound := dropTime + 2*frequency
 	c.waitViews(bound+10*time.Second, without(nodes, victim), c.others(victim))
 	took := time.Since(killed)
-	figures.add(t, "failure detection after kill -9", took, bound)
+	figures.add(t, k.label+"failure detection after kill -9", took, bound)
 	if took > bound {
 		t.Errorf("failure detected %v after kill -9, want within %v", took, bound)
 	}
@@ -66,8 +107,12 @@ func TestKillDetected(t *testing.T) {
 // Scenario 3: SIGTERM; the others drop the node within 1 s, as a leave.
 func TestGracefulLeave(t *testing.T) {
 	scenario(t, timed, 0)
+	gracefulLeave(t, multicastKind)
+}
+
+func gracefulLeave(t *testing.T, k membershipKind) {
 	c := newCluster(t)
-	nodes := c.three()
+	nodes := k.three(c)
 	c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
 
@@ -80,7 +125,7 @@ func TestGracefulLeave(t *testing.T) {
 	}
 	c.waitViews(10*time.Second, without(nodes, victim), c.others(victim))
 	took := time.Since(stopped)
-	figures.add(t, "leave seen after SIGTERM", took, time.Second)
+	figures.add(t, k.label+"leave seen after SIGTERM", took, time.Second)
 	if took > time.Second {
 		t.Errorf("leave seen %v after SIGTERM, want within 1s", took)
 	}
@@ -103,8 +148,12 @@ func TestGracefulLeave(t *testing.T) {
 // same process, on every node, and the paused node sees the others again.
 func TestPauseAndResume(t *testing.T) {
 	scenario(t, timed, 0)
+	pauseAndResume(t, multicastKind)
+}
+
+func pauseAndResume(t *testing.T, k membershipKind) {
 	c := newCluster(t)
-	nodes := c.three()
+	nodes := k.three(c)
 	c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
 
@@ -119,12 +168,13 @@ func TestPauseAndResume(t *testing.T) {
 	if err := victim.proc.Pause(); err != nil {
 		t.Fatal(err)
 	}
-	// A silent member is probed over TCP before it is failed; a paused
-	// process does not answer within probe_timeout.
+	// A paused process answers no probe. Multicast probes a silent member
+	// over TCP before it fails it; gossip (SWIM) suspects it, then declares
+	// it dead after the suspicion timeout. Both fit this bound.
 	bound := dropTime + probeTimeout + 2*frequency
 	c.waitViews(bound+10*time.Second, without(nodes, victim), c.others(victim))
 	took := time.Since(paused)
-	figures.add(t, "failure detection after SIGSTOP (probe times out)", took, bound)
+	figures.add(t, k.label+k.pause, took, bound)
 	if took > bound {
 		t.Errorf("SIGSTOP detected after %v, want within %v", took, bound)
 	}
@@ -134,7 +184,7 @@ func TestPauseAndResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitViews(30*time.Second, nodes, c.others())
-	figures.add(t, "rejoin after SIGCONT", time.Since(resumed), 2*time.Second)
+	figures.add(t, k.label+"rejoin after SIGCONT", time.Since(resumed), 2*time.Second)
 	for _, n := range without(nodes, victim) {
 		s, err := n.status(ctx)
 		if err != nil {
@@ -151,11 +201,18 @@ func TestPauseAndResume(t *testing.T) {
 	}
 }
 
-// Scenario 5: two domains on the same group and port do not see each other.
+// Scenario 5: two domains that can reach each other do not see each other
+// (multicast: the same group and port; gossip: each seeded with the other
+// domain's nodes too, refused by the label).
 func TestDomainsAreIsolated(t *testing.T) {
 	scenario(t, idle, 0)
+	domainsAreIsolated(t, multicastKind)
+}
+
+func domainsAreIsolated(t *testing.T, k membershipKind) {
 	c := newCluster(t)
 	nodes := []*node{c.add("a1", "alpha"), c.add("a2", "alpha"), c.add("b1", "beta"), c.add("b2", "beta")}
+	k.configure(nodes, nodes...)
 	c.startAll(nodes...)
 	c.waitViews(30*time.Second, nodes, c.others())
 
