@@ -17,27 +17,7 @@ import (
 // what there is, after one round of asking.
 func TestLoadSeenNeverServesOlder(t *testing.T) {
 	leakcheck.Check(t)
-	c := newCluster(t, testConfig(), "A", "B", "C")
-	a, cm := c.ms[0], c.ms[2]
-	s := createAs(t, a, idBackedUpOn(t, "A", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
-	id := s.ID()
-	c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
-
-	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta && e.to == c.nodes[2] })
-	w := load(t, a, id)
-	set(t, w, "n", 2)
-	w.ResponseCommitted()
-	ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
-	err := a.Commit(ctx, w)
-	cancel()
-	w.RequestEnded()
-	if err != nil {
-		t.Fatalf("commit with B's copy: %v", err)
-	}
-	seen := w.Version()
-	if got, _ := state(cm, id); got.Version >= seen {
-		t.Fatalf("C holds v%d; the test needs it behind v%d", got.Version, seen)
-	}
+	c, cm, id, seen := cBehind(t)
 
 	tests := []struct {
 		name    string
@@ -195,11 +175,29 @@ func TestDrainingOwnerBackupMode(t *testing.T) {
 // older copy is not served while the failure is recent.
 func TestLoadSeenAfterAHolderFailed(t *testing.T) {
 	leakcheck.Check(t)
-	c := newCluster(t, testConfig(), "A", "B", "C")
-	a, cm := c.ms[0], c.ms[2]
+	c, cm, id, seen := cBehind(t)
+	// A and B, the holders of v2, fail: C is left with v1.
+	c.nodes[0].setUp(false)
+	c.nodes[1].setUp(false)
+	got, err := cm.LoadSeen(bg, id, seen)
+	if !errors.Is(err, ErrCatchingUp) || got != nil {
+		t.Fatalf("LoadSeen with the holders of v%d just failed = %v, %v; want ErrCatchingUp", seen, got, err)
+	}
+	c.net.release()
+}
+
+// cBehind is three nodes A, B, C with a session of A's that C holds at v1
+// while A and B hold v2 (n = 2; C's deltas are held back, until
+// c.net.release): the version a client of A has seen and C lacks.
+func cBehind(t *testing.T) (c *testCluster, cm *Manager, id string, seen uint64) {
+	t.Helper()
+	c = newCluster(t, testConfig(), "A", "B", "C")
+	a := c.ms[0]
+	cm = c.ms[2]
 	s := createAs(t, a, idBackedUpOn(t, "A", []string{"A", "B", "C"}, "C"), map[string]any{"n": 1})
-	id := s.ID()
+	id = s.ID()
 	c.waitFor("C holds it", func() bool { _, ok := state(cm, id); return ok })
+
 	c.net.holdIf(func(e *envelope) bool { return e.typ == typeDelta && e.to == c.nodes[2] })
 	w := load(t, a, id)
 	set(t, w, "n", 2)
@@ -209,15 +207,11 @@ func TestLoadSeenAfterAHolderFailed(t *testing.T) {
 	cancel()
 	w.RequestEnded()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("commit with B's copy: %v", err)
 	}
-	seen := w.Version()
-	// A and B, the holders of v2, fail: C is left with v1.
-	c.nodes[0].setUp(false)
-	c.nodes[1].setUp(false)
-	got, err := cm.LoadSeen(bg, id, seen)
-	if !errors.Is(err, ErrCatchingUp) || got != nil {
-		t.Fatalf("LoadSeen with the holders of v%d just failed = %v, %v; want ErrCatchingUp", seen, got, err)
+	seen = w.Version()
+	if got, _ := state(cm, id); got.Version >= seen {
+		t.Fatalf("C holds v%d; the test needs it behind v%d", got.Version, seen)
 	}
-	c.net.release()
+	return c, cm, id, seen
 }
