@@ -376,15 +376,23 @@ func ValidID(id string) bool {
 	if i != 24 || len(id)-i-1 < 1 || len(id)-i-1 > 63 {
 		return false
 	}
-	// Bytes, not runes: it runs a few times per request, and any byte
-	// past ASCII is refused either way.
+	// Bytes, not runes, through a table: it runs a few times per request,
+	// and any byte past ASCII is refused either way.
 	for j := 0; j < len(id); j++ {
-		if c := id[j]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') && j != i {
+		if !idByte[id[j]] && j != i {
 			return false
 		}
 	}
 	return true
 }
+
+// idByte is the bytes a session id's parts are made of (read only).
+var idByte = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
+	}
+	return t
+}()
 
 // rebindID is the id a failover rewrite gives session id on route. It is
 // derived from id, so every node that rewrites the same session picks the
