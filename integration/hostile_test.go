@@ -159,8 +159,11 @@ func hostileDefaults(t *testing.T, sz sizes) {
 		r := h.run("deep-nesting", "--target", recv, "--depth", strconv.Itoa(sz.depth), "--n", strconv.Itoa(sz.nested))
 		after := h.receiverOf(target)
 		d := detailCounts(r)
-		if d["failed"] != int64(sz.nested) || !strings.Contains(r.Detail, "nesting deeper") {
-			t.Errorf("deep nesting: want %d changes refused for their nesting, got %v", sz.nested, r)
+		// Refused for its nesting where a body is checked before it is
+		// decoded, or, for a delta, by the parser at the first byte that
+		// is not a delta's (it never descends into what it does not know).
+		if d["failed"] != int64(sz.nested) || !strings.Contains(r.Detail, "nesting deeper") && !strings.Contains(r.Detail, "msgpack: delta:") {
+			t.Errorf("deep nesting: want %d changes refused, got %v", sz.nested, r)
 		}
 		h.grew("received deltas", after.recvDelta-before.recvDelta, sz.nested)
 		h.grew("handler errors", int64(after.Transport.Receiver.HandlerErrors-before.Transport.Receiver.HandlerErrors), sz.nested)

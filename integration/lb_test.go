@@ -337,12 +337,21 @@ func (u *user) get(ctx context.Context, path string) (reply, error) {
 		return rp, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return rp, fmt.Errorf("GET %s: %s (backend %s): %s", path, resp.Status, rp.backend, strings.TrimSpace(string(body)))
+		return rp, &statusError{fmt.Errorf("GET %s: %s (backend %s, retry %q): %s", path, resp.Status, rp.backend, rp.retry, strings.TrimSpace(string(body))),
+			resp.StatusCode, rp.retry}
 	}
 	if _, err := fmt.Sscan(string(body), &rp.value); err != nil {
 		return rp, fmt.Errorf("GET %s: body %q: %w", path, body, err)
 	}
 	return rp, nil
+}
+
+// statusError is an answer other than 200, with whether the balancer had
+// retried the request on another node.
+type statusError struct {
+	error
+	code  int
+	retry string
 }
 
 // cookie returns the session cookie's value in the user's jar ("" if none).
