@@ -233,7 +233,6 @@ func (p *peer) run() {
 				p.broken(gen, fmt.Errorf("write: %w", err))
 				break
 			}
-
 		}
 	}
 }
