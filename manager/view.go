@@ -40,7 +40,10 @@ type view struct {
 	// one on a network without a key) cannot hold up this node's reads.
 	// Kept past a failure (the member that comes back as the same process
 	// is the one to catch up with); bounded by maxSpoken, the oldest go.
-	spoken map[membership.ID]time.Time
+	// "When" is a count of calls, not a clock: only the order matters, and
+	// it is noted on every replicated write.
+	spoken    map[membership.ID]uint64
+	spokenSeq uint64
 	// draining: members that said they are shutting down (Drain), by
 	// name, with the id of the process that said it; an event of the
 	// name clears it.
@@ -58,7 +61,7 @@ func (v *view) init() {
 	v.heard = make(map[string]bool)
 	v.changed = make(chan struct{})
 	v.behind = make(map[string]uint64)
-	v.spoken = make(map[membership.ID]time.Time)
+	v.spoken = make(map[membership.ID]uint64)
 	v.draining = make(map[string]membership.ID)
 }
 
@@ -68,19 +71,19 @@ func (m *Manager) spokeWith(ms ...membership.Member) {
 	if len(ms) == 0 {
 		return
 	}
-	now := time.Now()
 	v := &m.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.spokenSeq++
 	for _, mb := range ms {
-		v.spoken[mb.ID] = now
+		v.spoken[mb.ID] = v.spokenSeq
 	}
 	for len(v.spoken) > maxSpoken {
 		var oldest membership.ID
-		var at time.Time
-		for id, t := range v.spoken {
-			if at.IsZero() || t.Before(at) {
-				oldest, at = id, t
+		var at uint64
+		for id, n := range v.spoken {
+			if at == 0 || n < at {
+				oldest, at = id, n
 			}
 		}
 		delete(v.spoken, oldest)
