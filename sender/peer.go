@@ -34,6 +34,16 @@ type msg struct {
 	// answered: done has had its answer, an ack-mode message's on receipt;
 	// it stays in flight until its handler has returned.
 	answered bool
+	group    *group // the Send's, when it waits for several answers
+}
+
+// answer gives m its outcome, once (p.mu held).
+func (m *msg) answer(err error) {
+	m.answered = true
+	m.done <- err
+	if m.group != nil {
+		m.group.add(-1)
+	}
 }
 
 // peer is the ordered connection to one member. One goroutine (run) writes
@@ -93,7 +103,7 @@ func (p *peer) signal() {
 // enqueue queues a message and releases the caller's hold (see TCP.peer).
 // The frame is built under the lock so that sequence numbers follow queue
 // order.
-func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error) {
+func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode, g *group) (*msg, error) {
 	size := int64(wire.HeaderLen + len(payload) + 64)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -115,7 +125,7 @@ func (p *peer) enqueue(t wire.Type, payload []byte, mode wire.Mode) (*msg, error
 	}
 	m.frame = wire.AppendMessage(b, t, wire.Envelope{From: p.s.local.ID, Seq: m.seq, Mode: mode, Payload: payload})
 	if mode != wire.Async {
-		m.done = p.s.done()
+		m.done, m.group = p.s.done(), g
 	}
 	p.pending = append(p.pending, m)
 	p.bytes += int64(len(m.frame))
@@ -132,8 +142,7 @@ func (p *peer) finish(m *msg, err error) {
 		p.stats.Failed++
 	}
 	if m.done != nil && !m.answered {
-		m.answered = true
-		m.done <- err
+		m.answer(err)
 	} else if err != nil {
 		p.log().WithFields(logrus.Fields{"seq": m.seq}).WithError(err).Debug("message lost")
 	}
@@ -503,8 +512,7 @@ func (p *peer) ack(a wire.AckBody, gen uint64, fail error) {
 		case m.mode == wire.Ack && !m.answered:
 			// Read: its send returns. It stays in flight until the
 			// receiver says its handler has returned, so Drain waits.
-			m.answered = true
-			m.done <- nil
+			m.answer(nil)
 		}
 		// Received for a sync message: its handler has yet to answer.
 	}

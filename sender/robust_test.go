@@ -725,3 +725,84 @@ func TestCloseWithBlockedWriter(t *testing.T) {
 		t.Errorf("waiting send: %v, want ErrClosed", e)
 	}
 }
+
+// TestSendToSeveral: a Send to several peers waits for all of them at once
+// (one wake-up for the last answer), and each peer's outcome is its own:
+// healthy peers answer, a paused one fails with ErrTimeout after the
+// timeout, and many such Sends at once keep their answers apart.
+func TestSendToSeveral(t *testing.T) {
+	leakcheck.Check(t)
+	const timeout = 500 * time.Millisecond
+	var handled atomic.Int64
+	ok := func(ctx context.Context, m receiver.Message) ([]byte, error) {
+		handled.Add(1)
+		return nil, nil
+	}
+	a, b := startReceiver(t, "a", ok), startReceiver(t, "b", ok)
+	paused := startRawPeer(t, readHello, "127.0.0.1:0")
+	s := newSender(t, func(c *sender.Config) { c.Timeout = timeout })
+
+	tests := []struct {
+		name      string
+		to        []netip.AddrPort
+		mode      sender.Mode
+		ctxFor    time.Duration // the caller's deadline, 0 for none
+		wantFail  []netip.AddrPort
+		wantErr   error
+		wantAtMin time.Duration // the call returns no sooner
+	}{
+		{"two healthy, sync", []netip.AddrPort{a.addr, b.addr}, sender.Sync, 0, nil, nil, 0},
+		{"two healthy, ack", []netip.AddrPort{a.addr, b.addr}, sender.Ack, 0, nil, nil, 0},
+		{"healthy and paused", []netip.AddrPort{a.addr, paused.addr, b.addr}, sender.Sync, 0, []netip.AddrPort{paused.addr}, sender.ErrTimeout, timeout * 3 / 4},
+		{"the caller's deadline first", []netip.AddrPort{paused.addr, a.addr}, sender.Sync, timeout / 4, []netip.AddrPort{paused.addr}, context.DeadlineExceeded, timeout / 5},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			if tc.ctxFor > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.ctxFor)
+				defer cancel()
+			}
+			start := time.Now()
+			err := s.Send(ctx, tc.to, typeData, []byte("x"), tc.mode)
+			took := time.Since(start)
+			errs := map[netip.AddrPort]error{}
+			if err != nil {
+				errs = peerErrs(t, err)
+			}
+			if len(errs) != len(tc.wantFail) {
+				t.Fatalf("failed for %v, want %v", errs, tc.wantFail)
+			}
+			for _, p := range tc.wantFail {
+				if !errors.Is(errs[p], tc.wantErr) {
+					t.Errorf("%v: %v, want %v", p, errs[p], tc.wantErr)
+				}
+			}
+			if took < tc.wantAtMin || took > timeout+margin {
+				t.Errorf("returned after %v, want between %v and %v", took, tc.wantAtMin, timeout+margin)
+			}
+			t.Logf("%s: %v", tc.name, took)
+		})
+	}
+
+	// Many at once, to the two healthy peers: every call answered, every
+	// message handled once.
+	before := handled.Load()
+	const callers, each = 16, 50
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range each {
+				if err := s.Send(context.Background(), []netip.AddrPort{a.addr, b.addr}, typeData, []byte("y"), sender.Sync); err != nil {
+					t.Errorf("send: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got, want := handled.Load()-before, int64(2*callers*each); got != want {
+		t.Errorf("handled %d, want %d", got, want)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -200,10 +201,10 @@ type TCP struct {
 	seqFloor uint64
 	closed   bool
 	wg       sync.WaitGroup
-	// timers and dones are kept for reuse: a sync write takes a timer
-	// and a channel per peer, and allocating them was a visible part of
-	// its cost.
-	timers, dones sync.Pool
+	// timers, dones and groups are kept for reuse: a sync write takes a
+	// timer, a channel per peer and a group, and allocating them was a
+	// visible part of its cost.
+	timers, dones, groups sync.Pool
 }
 
 // timer returns a timer that fires after d, for putTimer when done.
@@ -280,8 +281,14 @@ func (s *TCP) Send(ctx context.Context, to []netip.AddrPort, t uint8, payload []
 	}
 	var failed []PeerError
 	waits := make([]*msg, 0, len(to))
+	// Several answers to wait for: one wake-up when the last is in, not
+	// one per answer.
+	var g *group
+	if mode != Async && len(to) > 1 {
+		g = s.group(len(to))
+	}
 	for _, addr := range to {
-		m, err := s.enqueue(addr, t, payload, mode)
+		m, err := s.enqueue(addr, t, payload, mode, g)
 		if err == nil && m.done != nil {
 			waits = append(waits, m)
 		}
@@ -289,7 +296,13 @@ func (s *TCP) Send(ctx context.Context, to []netip.AddrPort, t uint8, payload []
 			failed = append(failed, PeerError{addr, err})
 		}
 	}
-	if len(waits) > 0 {
+	if g != nil {
+		// The answers that will never come (not queued) count as in.
+		g.add(-(len(to) - len(waits)))
+		if len(waits) > 0 {
+			failed = append(failed, s.awaitAll(ctx, g, waits)...)
+		}
+	} else if len(waits) > 0 {
 		// A timer, not a context with a deadline: a child of the caller's
 		// context registers with it and allocates more, on every write.
 		timeout := s.timer(s.cfg.Timeout)
@@ -318,7 +331,7 @@ func (s *TCP) Request(ctx context.Context, to netip.AddrPort, t uint8, payload [
 	if err := checkSend(t, Sync); err != nil {
 		return nil, err
 	}
-	m, err := s.enqueue(to, t, payload, Sync)
+	m, err := s.enqueue(to, t, payload, Sync, nil)
 	if err == nil {
 		timeout := s.timer(s.cfg.Timeout)
 		defer s.putTimer(timeout)
@@ -342,12 +355,69 @@ func checkSend(t uint8, mode Mode) error {
 	return nil
 }
 
-func (s *TCP) enqueue(addr netip.AddrPort, t uint8, payload []byte, mode Mode) (*msg, error) {
+func (s *TCP) enqueue(addr netip.AddrPort, t uint8, payload []byte, mode Mode, g *group) (*msg, error) {
 	p, err := s.peer(addr)
 	if err != nil {
 		return nil, err
 	}
-	return p.enqueue(wire.Type(t), payload, wire.Mode(mode))
+	return p.enqueue(wire.Type(t), payload, wire.Mode(mode), g)
+}
+
+// group counts the answers one Send still waits for; the last one in
+// signals done.
+type group struct {
+	left atomic.Int64
+	done chan struct{} // buffered: one signal
+}
+
+// group returns a group waiting for n answers, for putGroup when done.
+func (s *TCP) group(n int) *group {
+	g, ok := s.groups.Get().(*group)
+	if !ok {
+		g = &group{done: make(chan struct{}, 1)}
+	}
+	g.left.Store(int64(n))
+	return g
+}
+
+// add counts n answers in (n < 0); whoever brings left to zero signals,
+// once: adding nothing brings nothing.
+func (g *group) add(n int) {
+	if n != 0 && g.left.Add(int64(n)) == 0 {
+		g.done <- struct{}{}
+	}
+}
+
+// awaitAll returns the failures of waits, the messages of group g, once
+// every one is answered, or ctx ends, or the timeout passes: then those
+// not answered fail with ctx's error or ErrTimeout.
+func (s *TCP) awaitAll(ctx context.Context, g *group, waits []*msg) []PeerError {
+	timeout := s.timer(s.cfg.Timeout)
+	defer s.putTimer(timeout)
+	select {
+	case <-g.done:
+		// Signalled, so empty again, and nobody counts on it any more.
+		s.groups.Put(g)
+	case <-ctx.Done():
+	case <-timeout.C:
+	}
+	var failed []PeerError
+	for _, m := range waits {
+		var err error
+		select {
+		case err = <-m.done: // in: each answer is sent before it is counted
+			err = s.outcome(m, err)
+		default:
+			if err = ctx.Err(); err == nil {
+				s.failure(m.peer.addr, ErrTimeout)
+				err = ErrTimeout
+			}
+		}
+		if err != nil {
+			failed = append(failed, PeerError{m.peer.addr, err})
+		}
+	}
+	return failed
 }
 
 // await returns the outcome of m, or gives up on it when ctx ends or the
