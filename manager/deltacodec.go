@@ -148,5 +148,5 @@ func (d *delta) DecodeMsgpack(dec *msgpack.Decoder) error {
 	if err != nil {
 		return err
 	}
-	return parseDelta(raw, d)
+	return parseDelta(raw, d, knownNames{})
 }

@@ -17,8 +17,11 @@ import (
 // exactly one value, as wire.CheckMsgpack asks of the other messages.
 // Unlike the Decoder it refuses an extension type where a map is due:
 // neither codec writes one.
-func parseDelta(p []byte, d *delta) error {
-	c := cursor{b: p}
+//
+// known are strings the delta's node names are likely to be (the sender's,
+// this node's): one that matches is used as it is, not allocated again.
+func parseDelta(p []byte, d *delta, known knownNames) error {
+	c := cursor{b: p, names: known}
 	*d = delta{}
 	n := c.mapLen()
 	for i := 0; i < n && c.err == nil; i++ {
@@ -34,11 +37,11 @@ func parseDelta(p []byte, d *delta) error {
 		case "b":
 			d.Base = c.uint()
 		case "bo":
-			d.BaseOrigin = c.str()
+			d.BaseOrigin = c.name()
 		case "v":
 			d.Version = c.uint()
 		case "o":
-			d.Origin = c.str()
+			d.Origin = c.name()
 		case "c":
 			d.Created = c.int()
 		case "a":
@@ -66,9 +69,14 @@ func parseDelta(p []byte, d *delta) error {
 // cursor reads msgpack values from the front of b; the first error sticks
 // and every later read returns zero values.
 type cursor struct {
-	b   []byte
-	err error
+	b     []byte
+	err   error
+	names knownNames
 }
+
+// knownNames are strings a parse may return without a copy; "" for none.
+// An array, not a slice: nothing to allocate per parse.
+type knownNames [2]string
 
 func (c *cursor) fail(format string, args ...any) {
 	if c.err == nil {
@@ -179,6 +187,22 @@ func (c *cursor) str() string {
 		return ""
 	}
 	return string(c.take(n))
+}
+
+// name reads a string that is likely one of c.names: that one is
+// returned, with no copy of the bytes made.
+func (c *cursor) name() string {
+	n := c.bytesLen()
+	if n <= 0 {
+		return ""
+	}
+	b := c.take(n)
+	for _, s := range c.names {
+		if s != "" && string(b) == s {
+			return s
+		}
+	}
+	return string(b)
 }
 
 // bin returns a copy: the frame's bytes are not the session's.

@@ -140,8 +140,8 @@ func decode(p []byte, v any) error {
 
 // decodeDelta is decode for the hot path: the delta's own parser, which
 // checks the bytes as it reads them (parseDelta).
-func decodeDelta(p []byte, d *delta) error {
-	if err := parseDelta(p, d); err != nil {
+func decodeDelta(p []byte, d *delta, known knownNames) error {
+	if err := parseDelta(p, d, known); err != nil {
 		return fmt.Errorf("manager: decode: %w", err)
 	}
 	return nil
@@ -153,7 +153,7 @@ func decodeDelta(p []byte, d *delta) error {
 // the sender instead.
 func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	var d delta
-	if err := decodeDelta(msg.Payload, &d); err != nil {
+	if err := decodeDelta(msg.Payload, &d, knownNames{msg.From.Name, m.local}); err != nil {
 		return err
 	}
 	m.stats.received.Add(1)
