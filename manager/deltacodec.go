@@ -84,23 +84,22 @@ func (d delta) appendMsgpack(b []byte) []byte {
 // EncodeString, EncodeBytes, EncodeUint64, EncodeInt64, EncodeArrayLen).
 
 func appendMapLen(b []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(b, msgpcode.FixedMapLow|byte(n))
-	case n <= math.MaxUint16:
-		return binary.BigEndian.AppendUint16(append(b, msgpcode.Map16), uint16(n))
-	}
-	return binary.BigEndian.AppendUint32(append(b, msgpcode.Map32), uint32(n))
+	return appendLen(b, n, msgpcode.FixedMapLow, msgpcode.Map16, msgpcode.Map32)
 }
 
 func appendArrayLen(b []byte, n int) []byte {
+	return appendLen(b, n, msgpcode.FixedArrayLow, msgpcode.Array16, msgpcode.Array32)
+}
+
+// appendLen appends a container header: fixed (up to 15), 16- or 32-bit.
+func appendLen(b []byte, n int, fixed, c16, c32 byte) []byte {
 	switch {
 	case n < 16:
-		return append(b, msgpcode.FixedArrayLow|byte(n))
+		return append(b, fixed|byte(n))
 	case n <= math.MaxUint16:
-		return binary.BigEndian.AppendUint16(append(b, msgpcode.Array16), uint16(n))
+		return binary.BigEndian.AppendUint16(append(b, c16), uint16(n))
 	}
-	return binary.BigEndian.AppendUint32(append(b, msgpcode.Array32), uint32(n))
+	return binary.BigEndian.AppendUint32(append(b, c32), uint32(n))
 }
 
 func appendStr(b []byte, s string) []byte {

@@ -124,38 +124,32 @@ func (c *cursor) be(n int) uint64 {
 
 // mapLen reads a map header: -1 for nil.
 func (c *cursor) mapLen() int {
-	switch b := c.code(); {
-	case c.err != nil:
-	case b == msgpcode.Nil:
-		return -1
-	case b >= msgpcode.FixedMapLow && b <= msgpcode.FixedMapHigh:
-		return int(b & msgpcode.FixedMapMask)
-	case b == msgpcode.Map16:
-		return int(c.be(2))
-	case b == msgpcode.Map32:
-		return int(c.be(4))
-	case msgpcode.IsExt(b):
-		c.fail("an extension type (code %#x) where a map is due", b)
-	default:
-		c.fail("code %#x where a map is due", b)
-	}
-	return 0
+	return c.containerLen("a map", msgpcode.FixedMapLow, msgpcode.FixedMapHigh, msgpcode.Map16, msgpcode.Map32)
 }
 
 // arrayLen reads an array header: -1 for nil.
 func (c *cursor) arrayLen() int {
+	return c.containerLen("a list", msgpcode.FixedArrayLow, msgpcode.FixedArrayHigh, msgpcode.Array16, msgpcode.Array32)
+}
+
+// containerLen reads the header of a container of kind what, whose fixed
+// codes run from low to high (the count in the low four bits) and whose
+// longer forms are c16 and c32: -1 for nil.
+func (c *cursor) containerLen(what string, low, high, c16, c32 byte) int {
 	switch b := c.code(); {
 	case c.err != nil:
 	case b == msgpcode.Nil:
 		return -1
-	case b >= msgpcode.FixedArrayLow && b <= msgpcode.FixedArrayHigh:
-		return int(b & msgpcode.FixedArrayMask)
-	case b == msgpcode.Array16:
+	case b >= low && b <= high:
+		return int(b & 0x0f)
+	case b == c16:
 		return int(c.be(2))
-	case b == msgpcode.Array32:
+	case b == c32:
 		return int(c.be(4))
+	case msgpcode.IsExt(b):
+		c.fail("an extension type (code %#x) where %s is due", b, what)
 	default:
-		c.fail("code %#x where a list is due", b)
+		c.fail("code %#x where %s is due", b, what)
 	}
 	return 0
 }
