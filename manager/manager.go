@@ -951,11 +951,13 @@ func (m *Manager) Rebind(s *Session) (bool, error) {
 // take over the routes of the users a balancer moves to them now, rather
 // than once this node has left; in backup mode they also stop placing
 // sessions on it (its sessions pass to the next owner, which holds them
-// as their backup). This node still serves and replicates as before. A
-// member of an earlier release refuses the notice (counted in its handler
-// errors) and changes nothing.
+// as their backup). This node still serves and replicates as before.
+// Drain returns when every member has marked this node draining (Sync
+// mode), not merely read the notice, so a route a member rebinds after
+// Drain returns already avoids this node. A member of an earlier release
+// refuses the notice (counted in its handler errors) and changes nothing.
 func (m *Manager) Drain(ctx context.Context) error {
-	return m.sendTo(ctx, m.members(), typeDraining, draining{}, cluster.Ack)
+	return m.sendTo(ctx, m.members(), typeDraining, draining{}, cluster.Sync)
 }
 
 func (m *Manager) handleDraining(ctx context.Context, msg cluster.Message) error {
