@@ -81,7 +81,7 @@ var (
 	descDuplicates  = desc("receiver_duplicates_total", "Messages received again after a reconnect, recognised and not applied twice.")
 	descRejectConns = desc("receiver_rejected_connections_total", "Incoming connections closed for a protocol error.")
 	descHandlerErrs = desc("receiver_handler_errors_total", "Messages from members that the session manager refused or could not apply: a malformed body, a change it refused, a request from outside its view.")
-	descMgrRefused  = desc("manager_refused_total", "Messages the session manager refused, by reason: not_member (a request, a pushed copy or a repair naming a node outside the view), implausible (a version past the bounds), gap (a change to a version this node did not hold; repaired from a member).", "reason")
+	descMgrRefused  = desc("manager_refused_total", "Messages the session manager refused, by reason: not_member (a request, a pushed copy or a repair naming a node outside the view), unconfirmed (a whole copy pushed by a member that answered no round trip), implausible (a version past the bounds), gap (a change to a version this node did not hold; repaired from a member).", "reason")
 	descRefused     = desc("refused_total", "Packets (membership) and connections (receiver) refused, by reason: unauthenticated, unknown_key, forged, replayed, stale, not_member, malformed, tls, identity, limit.", "component", "reason")
 
 	allDescs = []*prometheus.Desc{
@@ -129,6 +129,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTransferSec, ms.TransferDuration.Seconds())
 	gauge(descTransferN, float64(ms.Transferred))
 	counter(descMgrRefused, ms.NotMember, "not_member")
+	counter(descMgrRefused, ms.UnconfirmedRefused, "unconfirmed")
 	counter(descMgrRefused, ms.Implausible, "implausible")
 	counter(descMgrRefused, ms.Gaps, "gap")
 

@@ -232,11 +232,12 @@ flock_receiver_duplicates_total 3
 # HELP flock_receiver_handler_errors_total Messages from members that the session manager refused or could not apply: a malformed body, a change it refused, a request from outside its view.
 # TYPE flock_receiver_handler_errors_total counter
 flock_receiver_handler_errors_total 5
-# HELP flock_manager_refused_total Messages the session manager refused, by reason: not_member (a request, a pushed copy or a repair naming a node outside the view), implausible (a version past the bounds), gap (a change to a version this node did not hold; repaired from a member).
+# HELP flock_manager_refused_total Messages the session manager refused, by reason: not_member (a request, a pushed copy or a repair naming a node outside the view), unconfirmed (a whole copy pushed by a member that answered no round trip), implausible (a version past the bounds), gap (a change to a version this node did not hold; repaired from a member).
 # TYPE flock_manager_refused_total counter
 flock_manager_refused_total{reason="gap"} 3
 flock_manager_refused_total{reason="implausible"} 0
 flock_manager_refused_total{reason="not_member"} 4
+flock_manager_refused_total{reason="unconfirmed"} 0
 # HELP flock_receiver_rejected_connections_total Incoming connections closed for a protocol error.
 # TYPE flock_receiver_rejected_connections_total counter
 flock_receiver_rejected_connections_total 1
@@ -319,8 +320,8 @@ func TestMetricsEndpoint(t *testing.T) {
 	if a, b := strings.Join(flockLines(first), "\n"), strings.Join(flockLines(second), "\n"); a != b {
 		t.Errorf("two scrapes differ:\n%s\n---\n%s", a, b)
 	}
-	if n := len(flockLines(first)); n != 73 {
-		t.Errorf("%d flock_ samples, want 73:\n%s", n, strings.Join(flockLines(first), "\n"))
+	if n := len(flockLines(first)); n != 74 {
+		t.Errorf("%d flock_ samples, want 74:\n%s", n, strings.Join(flockLines(first), "\n"))
 	}
 
 	resp, err := http.Post(srv.URL+"/metrics", "text/plain", nil)

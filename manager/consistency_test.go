@@ -28,6 +28,7 @@ func lone(t *testing.T) (*Manager, *fakeNode) {
 	}
 	// The peer is a member: only members' sessions are taken.
 	m.onEvent(membership.Event{Type: membership.Joined, Member: peer.Local()})
+	m.confirm(peer.Local()) // and it answered a round trip: its pushes are taken
 	return m, peer
 }
 
@@ -917,5 +918,101 @@ func commitInDoubt(t *testing.T, m *Manager, s *Session) {
 	defer cancel()
 	if err := m.Commit(ctx, s); !errors.Is(err, ErrTooFewCopies) {
 		t.Fatalf("Commit on %s = %v, want ErrTooFewCopies", m.local, err)
+	}
+}
+
+// A member counts for the sync rule only once it answered a round trip: one
+// that announces itself but never acknowledges anything is sent every
+// change and never waited for, unless the rule cannot be met without it
+// (then the commit waits for it and fails, as the rule says).
+func TestUnansweringMemberNotWaitedFor(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	c := newCluster(t, cfg, "A", "B")
+	a := c.ms[0]
+	mute := c.net.addNode("F") // a member with no manager: it answers nothing
+	c.net.holdIf(func(e *envelope) bool { return e.to == mute })
+	mute.join()
+	c.waitFor("F in A's view", func() bool { return a.isMember("F") })
+
+	s := create(t, a, map[string]any{"n": 1})
+	set(t, s, "n", 5)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	err := a.Commit(ctx, s)
+	cancel()
+	took := time.Since(start)
+	if err != nil || took > time.Second {
+		t.Fatalf("commit with a mute member: %v after %v; want success with B, not waiting for F", err, took)
+	}
+	t.Logf("commit with a mute member in the view: %v", took)
+	if got, _ := state(c.ms[1], s.ID()); got.Version != 2 {
+		t.Errorf("B holds v%d, want v2", got.Version)
+	}
+	for _, mb := range a.members() {
+		if got := a.confirmedMember(mb); got != (mb.Name == "B") {
+			t.Errorf("%s confirmed = %v", mb.Name, got)
+		}
+	}
+
+	// B gone: the rule needs F, so the commit waits for it and fails.
+	c.nodes[1].setUp(false)
+	set(t, s, "n", 2)
+	ctx, cancel = context.WithTimeout(bg, 200*time.Millisecond)
+	err = a.Commit(ctx, s)
+	cancel()
+	if !errors.Is(err, ErrTooFewCopies) {
+		t.Errorf("commit with only a mute member: %v, want ErrTooFewCopies", err)
+	}
+	c.nodes[1].setUp(true)
+	c.net.release()
+}
+
+// A whole copy pushed by a member is taken only once that member has
+// answered a round trip: a process that announces itself but answers
+// nothing cannot plant a session; once it answers, its copies are taken.
+func TestPushFromUnconfirmedMemberRefused(t *testing.T) {
+	leakcheck.Check(t)
+	cfg := testConfig()
+	cfg.RequestTimeout = 300 * time.Millisecond
+	c := newCluster(t, cfg, "A", "B")
+	a := c.ms[0]
+	mute := c.net.addNode("F")
+	c.net.holdIf(func(e *envelope) bool { return e.to == mute })
+	mute.join()
+	c.waitFor("F in A's view", func() bool { return a.isMember("F") })
+
+	push := func(n int) (string, error) {
+		id := newID("F")
+		b, err := msgpack.Marshal(sessions{Sessions: []snapshot{{ID: id, Version: 1, Origin: "F", Attrs: attrs("role", "admin")}}, Last: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = a.handleSessions(bg, cluster.Message{From: mute.Local(), Type: typeSessions, Payload: b})
+		return id, err
+	}
+	start := time.Now()
+	id, err := push(1)
+	if !errors.Is(err, errUnconfirmed) {
+		t.Fatalf("push from a member that answers nothing: %v, want errUnconfirmed", err)
+	}
+	t.Logf("refused after %v", time.Since(start))
+	if _, ok := state(a, id); ok {
+		t.Error("the refused copy was installed")
+	}
+	if st := a.Stats(); st.UnconfirmedRefused != 1 || st.Unconfirmed != 1 {
+		t.Errorf("unconfirmed_refused %d, unconfirmed %d; want 1, 1", st.UnconfirmedRefused, st.Unconfirmed)
+	}
+
+	// F answers now: the push waits for its round trip and is taken.
+	mute.Handle(typeHello, func(context.Context, cluster.Message) ([]byte, error) { return nil, nil })
+	c.net.holdIf(func(*envelope) bool { return false })
+	c.net.release()
+	id, err = push(2)
+	if err != nil {
+		t.Fatalf("push once F answers: %v", err)
+	}
+	if _, ok := state(a, id); !ok {
+		t.Error("the copy of a confirmed member was not installed")
 	}
 }

@@ -203,7 +203,24 @@ func newCluster(t testing.TB, cfg Config, names ...string) *testCluster {
 	for _, m := range c.ms {
 		c.ready(m)
 	}
+	c.waitFor("every member confirmed by a round trip", c.confirmed)
 	return c
+}
+
+// confirmed reports whether every manager has had a round trip with each
+// member of its view, so that sync commits wait for all of them.
+func (c *testCluster) confirmed() bool {
+	for _, m := range c.ms {
+		if m.ctx.Err() != nil {
+			continue
+		}
+		for _, mb := range m.members() {
+			if !m.confirmedMember(mb) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // loops is the number of the managers' goroutines that wait on the clock

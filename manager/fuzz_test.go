@@ -115,6 +115,7 @@ func FuzzHandlers(f *testing.F) {
 		{typeSessions, m.handleSessions},
 		{typeState, m.handleState},
 		{typeDigest, m.handleDigest},
+		{typeHello, m.handleHello},
 	}
 	id := newID("B")
 	enc := func(v any) []byte {

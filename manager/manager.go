@@ -335,6 +335,7 @@ func New(c Cluster, cfg Config) (*Manager, error) {
 	c.Handle(typeState, m.spoke(m.handleState))
 	c.Handle(typeDigest, m.spoke(m.handleDigest))
 	c.Handle(typeDraining, m.spoke(oneWay(m.handleDraining)))
+	c.Handle(typeHello, m.handleHello)
 	c.Subscribe(m.onEvent)
 	return m, nil
 }
@@ -367,6 +368,11 @@ func (m *Manager) Start(ctx context.Context) error {
 		return errors.New("manager: already started")
 	}
 	m.seedView()
+	m.view.mu.Lock()
+	for _, mb := range m.view.members {
+		m.startConfirmingLocked(mb) // heard of before Start
+	}
+	m.view.mu.Unlock()
 	if m.persist != nil {
 		m.loadPersisted()
 		m.wg.Add(1)
@@ -700,9 +706,11 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	to := p.to
 	d.Sync = m.cfg.Replication == cluster.Sync // lagging members too: none may fetch a copy not yet acknowledged
 	if m.cfg.Replication == cluster.Sync {
-		var lagging []membership.Member
-		to, lagging = m.lag.split(p.to, min(m.cfg.SyncMinCopies, len(p.to)), m.clock.Now())
-		if len(lagging) > 0 {
+		var lagging, unconfirmed []membership.Member
+		need := min(m.cfg.SyncMinCopies, len(p.to))
+		to, lagging = m.lag.split(p.to, need, m.clock.Now())
+		to, unconfirmed = m.splitConfirmed(to, need)
+		if lagging = append(lagging, unconfirmed...); len(lagging) > 0 {
 			// Sent every change, not waited for; repaired by anti-entropy.
 			if err := m.sendTo(ctx, lagging, typeDelta, d, cluster.Async); err != nil {
 				m.log.WithError(err).Debug("change not queued for a lagging member")
@@ -717,7 +725,13 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 		err = m.pushWhole(ctx, s, behind, err)
 	}
 	if m.cfg.Replication == cluster.Sync {
-		for _, name := range m.lag.record(to, failedOf(err, to), m.clock.Now()) {
+		failed := failedOf(err, to)
+		for _, mb := range to {
+			if !slices.ContainsFunc(failed, func(f membership.Member) bool { return f.Addr == mb.Addr }) {
+				m.confirm(mb)
+			}
+		}
+		for _, name := range m.lag.record(to, failed, m.clock.Now()) {
 			m.stats.lagging.Add(1)
 			m.log.WithField("member", name).Warn("member keeps missing sync commits; not waiting for it for a while (anti-entropy repairs it)")
 		}

@@ -22,6 +22,7 @@ const (
 	typeState                               // "send me all your sessions" (state transfer)
 	typeDigest                              // anti-entropy: "this is what I hold"
 	typeDraining                            // "I am shutting down: take my users' routes"
+	typeHello                               // a round trip: "do you answer?" (see confirm.go)
 )
 
 // draining is the body of typeDraining: nothing but the notice.
@@ -48,6 +49,8 @@ func TypeName(t cluster.MessageType) string {
 		return "digest"
 	case typeDraining:
 		return "draining"
+	case typeHello:
+		return "hello"
 	}
 	return "type-" + strconv.Itoa(int(t))
 }

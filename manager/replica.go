@@ -27,6 +27,7 @@ type counters struct {
 	shortCommits, tooFewCopies, standIns      atomic.Uint64
 	lagging, changedUnder, implausible        atomic.Uint64
 	notMember, catchUpRefused, olderThanSeen  atomic.Uint64
+	unconfirmedRefused                        atomic.Uint64
 	copied, moved                             atomic.Uint64
 	transferSessions, transferNanos, timeouts atomic.Uint64
 }
@@ -77,13 +78,19 @@ type Stats struct {
 	// NotMember: requests for sessions (state, fetch, digest, pushes)
 	// refused because the caller was not a member of this node's view.
 	NotMember uint64 `json:"not_member"`
+	// UnconfirmedRefused: whole copies pushed by a member that answered
+	// no round trip within the request timeout, refused.
+	UnconfirmedRefused uint64 `json:"unconfirmed_refused"`
 	// Lagging: times a member that kept missing sync commits was set
 	// aside (not waited for) for a while.
 	Lagging uint64 `json:"lagging"`
 	// Behind: members this node is catching up with (they, or it, were
 	// cut off or stopped); CatchingUp: all of them. CatchUpRefused: loads
 	// answered ErrCatchingUp (the user got 503).
-	Behind         int    `json:"behind"`
+	Behind int `json:"behind"`
+	// Unconfirmed: members that have not answered a round trip yet; sync
+	// commits do not wait for them unless the rule needs them.
+	Unconfirmed    int    `json:"unconfirmed"`
 	CatchingUp     bool   `json:"catching_up"`
 	CatchUpRefused uint64 `json:"catch_up_refused"`
 	// OlderThanSeen: loads whose copy was older than the version the
@@ -110,6 +117,7 @@ func (m *Manager) Stats() Stats {
 		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(), NotMember: m.stats.notMember.Load(),
 		Lagging: m.stats.lagging.Load(), Behind: int(m.behindN.Load()), CatchUpRefused: m.stats.catchUpRefused.Load(),
 		OlderThanSeen: m.stats.olderThanSeen.Load(),
+		Unconfirmed:   m.unconfirmed(), UnconfirmedRefused: m.stats.unconfirmedRefused.Load(),
 	}
 	return st
 }

@@ -77,6 +77,7 @@ func (m *Manager) ask(ctx context.Context, to membership.Member, t cluster.Messa
 		return sessions{}, err
 	}
 	m.spokeWith(to)
+	m.confirm(to)
 	var in sessions
 	if err := decode(reply, &in); err != nil {
 		return sessions{}, err
@@ -117,10 +118,17 @@ func (m *Manager) push(ctx context.Context, to membership.Member, snaps []snapsh
 	return m.c.Send(ctx, []membership.Member{to}, typeSessions, b, cluster.Ack)
 }
 
-// handleSessions receives whole sessions pushed by an owner (backup mode's
-// copies).
+// handleSessions receives whole sessions pushed by a member: backup
+// mode's copies, a whole copy for a member that lacked a change's base, a
+// stand-in's copy. Answers to this node's own requests (state, fetch)
+// never come this way: they ride the request's acknowledgement, so they
+// can only answer a question asked. A push is taken only from a member
+// that has answered a round trip (see confirm.go).
 func (m *Manager) handleSessions(ctx context.Context, msg cluster.Message) ([]byte, error) {
 	if err := m.fromMember(ctx, msg.From); err != nil {
+		return nil, err
+	}
+	if err := m.awaitConfirmed(ctx, msg.From); err != nil {
 		return nil, err
 	}
 	var in sessions

@@ -51,6 +51,9 @@ type view struct {
 	// lost is when a member last failed: for a while after, this node may
 	// be the one cut off, and a session it lacks may live on the others.
 	lost time.Time
+	// confirmed: the members (name -> id) that answered a round trip, and
+	// confirming those a round trip is being tried with (see confirm.go).
+	confirmed, confirming map[string]membership.ID
 }
 
 // maxSpoken bounds view.spoken: far more processes than a cluster has.
@@ -63,6 +66,8 @@ func (v *view) init() {
 	v.behind = make(map[string]uint64)
 	v.spoken = make(map[membership.ID]uint64)
 	v.draining = make(map[string]membership.ID)
+	v.confirmed = make(map[string]membership.ID)
+	v.confirming = make(map[string]membership.ID)
 }
 
 // spokeWith notes that these member processes exchanged messages with
@@ -105,6 +110,10 @@ func (m *Manager) onEvent(e membership.Event) {
 	case membership.Joined, membership.Rejoined:
 		cur, had := v.members[name]
 		v.members[name] = e.Member
+		if v.confirmed[name] != e.Member.ID {
+			delete(v.confirmed, name) // another process under the name
+		}
+		m.startConfirmingLocked(e.Member)
 		if e.Type == membership.Rejoined {
 			// It missed what happened while it was away, and this node
 			// may have missed what it did: compare and exchange.
@@ -130,6 +139,7 @@ func (m *Manager) onEvent(e membership.Event) {
 		}
 		delete(v.members, name)
 		delete(v.behind, name)
+		delete(v.confirmed, name)
 		m.lag.forget(name)
 		if e.Type == membership.Failed {
 			v.lost = m.clock.Now()
@@ -154,6 +164,7 @@ func (m *Manager) seedView() {
 		}
 		v.heard[name] = true
 		v.members[name] = st.Member
+		m.startConfirmingLocked(st.Member)
 		m.viewChanged(membership.Event{Type: membership.Joined, Member: st.Member, Time: m.clock.Now(), Reason: "member at start"})
 	}
 }

@@ -1,0 +1,173 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/flockhq/flock/cluster"
+	"github.com/flockhq/flock/membership"
+)
+
+// A member counts for the sync rule only once it has answered a message
+// (a round trip through its manager, not a transport ping): until then a
+// commit sends it every change without waiting for it, unless the rule
+// needs it. A process that announces itself and answers pings but never
+// acknowledges what it is sent cannot make every write wait the send
+// timeout, nor count as a copy.
+
+// Backoff of the confirming round trips: a joiner's first request can beat
+// its member event on the other side (which then waits for it, see
+// fromMember), and a member that does not answer is tried less often.
+const (
+	confirmFirst = 100 * time.Millisecond
+	confirmMax   = 5 * time.Second
+)
+
+// confirmedMember reports whether mb answered a round trip (as this id).
+func (m *Manager) confirmedMember(mb membership.Member) bool {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.confirmed[mb.Name] == mb.ID
+}
+
+// unconfirmed counts the members of the view that have not answered yet.
+func (m *Manager) unconfirmed() int {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n := 0
+	for name, mb := range v.members {
+		if v.confirmed[name] != mb.ID {
+			n++
+		}
+	}
+	return n
+}
+
+// confirm notes that mb answered.
+func (m *Manager) confirm(mb membership.Member) {
+	v := &m.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cur, ok := v.members[mb.Name]; ok && cur.ID == mb.ID && v.confirmed[mb.Name] != mb.ID {
+		v.confirmed[mb.Name] = mb.ID
+	}
+}
+
+// errUnconfirmed refuses whole copies pushed by a member that has not
+// answered a round trip.
+var errUnconfirmed = errors.New("manager: refused: the sender has not answered a round trip")
+
+// awaitConfirmed returns when from (a member of the view) has answered a
+// round trip, asking for one itself if it has not yet, and fails if from
+// does not answer within the request timeout: a pushed copy is taken only
+// from a member that answers, and the pusher is alive (it is sending), so
+// its answer is one round trip away.
+func (m *Manager) awaitConfirmed(ctx context.Context, from membership.Member) error {
+	if m.confirmedMember(from) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
+	defer cancel()
+	if err := m.roundTrip(ctx, from); err != nil {
+		m.stats.unconfirmedRefused.Add(1)
+		return fmt.Errorf("%w (%s, id %s): %w", errUnconfirmed, from.Name, from.ID, err)
+	}
+	return nil
+}
+
+// roundTrip asks mb for a hello and confirms it if it answers.
+func (m *Manager) roundTrip(ctx context.Context, mb membership.Member) error {
+	_, err := m.c.Request(ctx, mb, typeHello, nil)
+	var refused *cluster.RemoteError
+	if err != nil && !errors.As(err, &refused) {
+		return err
+	}
+	// A refusal is an answer too: a member of an earlier release knows
+	// no hello and says so.
+	m.confirm(mb)
+	return nil
+}
+
+// splitConfirmed divides to into the members that answered a round trip
+// and those that did not yet, keeping at least need in the first.
+func (m *Manager) splitConfirmed(to []membership.Member, need int) (wait, unconfirmed []membership.Member) {
+	v := &m.view
+	v.mu.Lock()
+	for _, mb := range to {
+		if v.confirmed[mb.Name] == mb.ID {
+			wait = append(wait, mb)
+		} else {
+			unconfirmed = append(unconfirmed, mb)
+		}
+	}
+	v.mu.Unlock()
+	for len(wait) < need && len(unconfirmed) > 0 {
+		wait, unconfirmed = append(wait, unconfirmed[0]), unconfirmed[1:]
+	}
+	return wait, unconfirmed
+}
+
+// startConfirming runs the round trips with a member new to the view, once
+// per member id; v.mu must be held.
+func (m *Manager) startConfirmingLocked(mb membership.Member) {
+	v := &m.view
+	if v.confirmed[mb.Name] == mb.ID || v.confirming[mb.Name] == mb.ID || !m.started.Load() {
+		return
+	}
+	v.confirming[mb.Name] = mb.ID
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.runConfirm(mb)
+	}()
+}
+
+// runConfirm asks mb for a round trip until it answers, leaves the view
+// (as this id) or the manager stops.
+func (m *Manager) runConfirm(mb membership.Member) {
+	defer func() {
+		v := &m.view
+		v.mu.Lock()
+		if v.confirming[mb.Name] == mb.ID {
+			delete(v.confirming, mb.Name)
+		}
+		v.mu.Unlock()
+	}()
+	wait := confirmFirst
+	for {
+		v := &m.view
+		v.mu.Lock()
+		cur, ok := v.members[mb.Name]
+		done := v.confirmed[mb.Name] == mb.ID
+		v.mu.Unlock()
+		if !ok || cur.ID != mb.ID || done {
+			return
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.RequestTimeout)
+		err := m.roundTrip(ctx, mb)
+		cancel()
+		if err == nil {
+			return
+		}
+		m.log.WithField("member", mb.Name).WithError(err).Debug("member did not answer a round trip yet")
+		t := time.NewTimer(wait)
+		select {
+		case <-m.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, confirmMax)
+	}
+}
+
+// handleHello answers a round trip at once: it tells nothing, so it needs
+// no membership check, and must not hold the caller's connection while
+// this node's view catches up with it.
+func (m *Manager) handleHello(context.Context, cluster.Message) ([]byte, error) {
+	return nil, nil
+}
