@@ -188,7 +188,13 @@ func (m *Manager) handleDelta(ctx context.Context, msg cluster.Message) error {
 	m.mu.Lock()
 	s := m.sessions[d.ID]
 	if s == nil && d.Old != "" {
-		if s = m.sessions[d.Old]; s != nil {
+		if s = m.sessions[d.Old]; s != nil && s.newerThan(d.Base) {
+			// Written under the old id after the copy this rename was made
+			// from: the rename reached too few members and its id was not
+			// handed out; the old id lives on, with changes that were
+			// acknowledged. Its late rename must not take them away.
+			s = nil
+		} else if s != nil {
 			delete(m.sessions, d.Old)
 			delete(m.touched, d.Old)
 			s.mu.Lock()

@@ -104,7 +104,16 @@ func (m *Manager) receive(in sessions) (beaten []string) {
 			}
 		}
 	}
-	m.dropRenamed(in.Moved)
+	// An id renamed away whose end came along carries the rename's
+	// version, and ended has settled it: a copy written under the old id
+	// after the rename stays. The bare ids are from earlier releases.
+	if len(in.Moved) > 0 {
+		settled := make(map[string]bool, len(in.Ended))
+		for _, e := range in.Ended {
+			settled[e.ID] = true
+		}
+		m.dropRenamed(slices.DeleteFunc(in.Moved, func(id string) bool { return settled[id] }))
+	}
 	return beaten
 }
 

@@ -405,3 +405,10 @@ func rebindID(id, route string) string {
 	h := sha256.Sum256([]byte("flock-rebind\x00" + id + "\x00" + route))
 	return base64.RawURLEncoding.EncodeToString(h[:18]) + "." + route
 }
+
+// newerThan reports whether s is past version v.
+func (s *Session) newerThan(v uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version > v
+}

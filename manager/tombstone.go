@@ -24,14 +24,18 @@ type tomb struct {
 	Version     uint64
 	Invalidated bool
 	// Moved: the session lives on under another id (a route rewrite,
-	// RenewID); a copy under this one must not come back either (a
-	// replica that missed the rename would hand it out again).
+	// RenewID); a copy under this one up to the rename's version must not
+	// come back either (a replica that missed the rename would hand it out
+	// again). A copy written after it under the old id beats it, as it
+	// beats an expiry: that happens only when the rename reached too few
+	// members, so its id was never handed out and the client went on with
+	// the old one, whose changes were acknowledged.
 	Moved bool
 	until time.Time
 }
 
 // wins reports whether the end it records beats a copy at version.
-func (t tomb) wins(version uint64) bool { return t.Invalidated || t.Moved || version <= t.Version }
+func (t tomb) wins(version uint64) bool { return t.Invalidated || version <= t.Version }
 
 // ended is the tombstone on the wire.
 func (t tomb) ended(id string) ended {
