@@ -19,10 +19,20 @@ import (
 
 // Backoff of the confirming round trips: a joiner's first request can beat
 // its member event on the other side (which then waits for it, see
-// fromMember), and a member that does not answer is tried less often.
+// fromMember), and a member that does not answer is tried less often, but
+// at least every second: a hello is a few bytes, and a member that comes
+// through again must not wait long to count.
+//
+// confirmWait bounds how long a pushed copy waits for its sender's round
+// trip. Handlers run on the reader of the sender's connection, and so does
+// the answer to a hello on the other side: two members pushing to each
+// other before either confirmed the other each hold the connection the
+// other's answer needs. A short bound breaks that knot (both pushes are
+// refused, and retried); usually the answer is a millisecond away.
 const (
 	confirmFirst = 100 * time.Millisecond
-	confirmMax   = 5 * time.Second
+	confirmMax   = time.Second
+	confirmWait  = 1500 * time.Millisecond
 )
 
 // confirmedMember reports whether mb answered a round trip (as this id).
@@ -54,6 +64,8 @@ func (m *Manager) confirm(mb membership.Member) {
 	defer v.mu.Unlock()
 	if cur, ok := v.members[mb.Name]; ok && cur.ID == mb.ID && v.confirmed[mb.Name] != mb.ID {
 		v.confirmed[mb.Name] = mb.ID
+		close(v.confirmedCh)
+		v.confirmedCh = make(chan struct{})
 	}
 }
 
@@ -62,21 +74,38 @@ func (m *Manager) confirm(mb membership.Member) {
 var errUnconfirmed = errors.New("manager: refused: the sender has not answered a round trip")
 
 // awaitConfirmed returns when from (a member of the view) has answered a
-// round trip, asking for one itself if it has not yet, and fails if from
-// does not answer within the request timeout: a pushed copy is taken only
-// from a member that answers, and the pusher is alive (it is sending), so
-// its answer is one round trip away.
+// round trip, or fails after confirmWait (at most the request timeout): a
+// pushed copy is taken only from a member that answers. The round trip is
+// asked from the member's join on (runConfirm), so by the time its first
+// push arrives it has usually been answered.
 func (m *Manager) awaitConfirmed(ctx context.Context, from membership.Member) error {
-	if m.confirmedMember(from) {
-		return nil
+	var wait <-chan time.Time
+	for {
+		v := &m.view
+		v.mu.Lock()
+		if v.confirmed[from.Name] == from.ID {
+			v.mu.Unlock()
+			return nil
+		}
+		if cur, ok := v.members[from.Name]; ok && cur.ID == from.ID {
+			m.startConfirmingLocked(cur)
+		}
+		ch := v.confirmedCh
+		v.mu.Unlock()
+		if wait == nil {
+			t := time.NewTimer(min(confirmWait, m.cfg.RequestTimeout))
+			defer t.Stop()
+			wait = t.C
+		}
+		select {
+		case <-ch:
+		case <-wait:
+			m.stats.unconfirmedRefused.Add(1)
+			return fmt.Errorf("%w (%s, id %s)", errUnconfirmed, from.Name, from.ID)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
-	defer cancel()
-	if err := m.roundTrip(ctx, from); err != nil {
-		m.stats.unconfirmedRefused.Add(1)
-		return fmt.Errorf("%w (%s, id %s): %w", errUnconfirmed, from.Name, from.ID, err)
-	}
-	return nil
 }
 
 // roundTrip asks mb for a hello and confirms it if it answers.

@@ -1004,10 +1004,12 @@ func TestPushFromUnconfirmedMemberRefused(t *testing.T) {
 		t.Errorf("unconfirmed_refused %d, unconfirmed %d; want 1, 1", st.UnconfirmedRefused, st.Unconfirmed)
 	}
 
-	// F answers now: the push waits for its round trip and is taken.
+	// F answers now: A's next round trip (tried at least every second)
+	// confirms it, and its push is taken.
 	mute.Handle(typeHello, func(context.Context, cluster.Message) ([]byte, error) { return nil, nil })
 	c.net.holdIf(func(*envelope) bool { return false })
 	c.net.release()
+	c.waitFor("F confirmed", func() bool { return a.confirmedMember(mute.Local()) })
 	id, err = push(2)
 	if err != nil {
 		t.Fatalf("push once F answers: %v", err)

@@ -54,6 +54,8 @@ type view struct {
 	// confirmed: the members (name -> id) that answered a round trip, and
 	// confirming those a round trip is being tried with (see confirm.go).
 	confirmed, confirming map[string]membership.ID
+	// confirmedCh is closed, and replaced, when a member is confirmed.
+	confirmedCh chan struct{}
 }
 
 // maxSpoken bounds view.spoken: far more processes than a cluster has.
@@ -68,6 +70,7 @@ func (v *view) init() {
 	v.draining = make(map[string]membership.ID)
 	v.confirmed = make(map[string]membership.ID)
 	v.confirming = make(map[string]membership.ID)
+	v.confirmedCh = make(chan struct{})
 }
 
 // spokeWith notes that these member processes exchanged messages with
