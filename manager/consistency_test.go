@@ -1078,3 +1078,65 @@ func TestUnannouncedRenameLosesNothing(t *testing.T) {
 	}
 	t.Logf("renamed %s -> %s (never handed out); the old id lives on with n = 3", short(old), short(renamed))
 }
+
+// How a copy held under an id that another node renamed away fares when
+// the word of the rename arrives (a state-transfer page, anti-entropy): a
+// rename's end carries its version and beats only copies up to it; a bare
+// id in Moved (an earlier release's page) drops the copy as before.
+func TestRenamedAwayByVersion(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		held     uint64 // the version held here under the old id
+		page     sessions
+		wantHeld bool
+	}{
+		{"rename's end, copy older", 2, sessions{Ended: []ended{{Version: 3, Moved: true}}, Moved: []string{""}, Last: true}, false},
+		{"rename's end, copy as old", 3, sessions{Ended: []ended{{Version: 3, Moved: true}}, Moved: []string{""}, Last: true}, false},
+		{"rename's end, copy written after it", 5, sessions{Ended: []ended{{Version: 3, Moved: true}}, Moved: []string{""}, Last: true}, true},
+		{"rename's end alone, copy written after it", 5, sessions{Ended: []ended{{Version: 3, Moved: true}}, Last: true}, true},
+		{"bare id (earlier release)", 5, sessions{Moved: []string{""}, Last: true}, false},
+		{"an invalidation beats any version", 5, sessions{Ended: []ended{{Version: 3, Invalidated: true}}, Last: true}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, peer := lone(t)
+			id := newID("A")
+			deliver(t, m, peer, typeDelta, delta{ID: id, Version: tc.held, Origin: "A", Full: true, Set: attrs("n", "x")})
+			for i := range tc.page.Ended {
+				tc.page.Ended[i].ID = id
+			}
+			for i := range tc.page.Moved {
+				tc.page.Moved[i] = id
+			}
+			deliver(t, m, peer, typeSessions, tc.page)
+			if _, held := state(m, id); held != tc.wantHeld {
+				t.Errorf("held = %v, want %v", held, tc.wantHeld)
+			}
+		})
+	}
+}
+
+// A rename's change moves the copy it was made from, never a copy written
+// under the old id after it (the rename reached too few members in time,
+// and the user went on under the old id).
+func TestLateRenameMovesNoNewerCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		held      uint64
+		wantMoved bool
+	}{
+		{"the copy it was made from", 3, true},
+		{"a copy written after it", 5, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, peer := lone(t)
+			old, renamed := newID("A"), newID("B")
+			deliver(t, m, peer, typeDelta, delta{ID: old, Version: tc.held, Origin: "A", Full: true, Set: attrs("n", "x")})
+			deliver(t, m, peer, typeDelta, delta{ID: renamed, Old: old, Base: 3, BaseOrigin: "A", Version: 4, Origin: "B", Set: attrs("r", "y")})
+			_, oldHeld := state(m, old)
+			got, newHeld := state(m, renamed)
+			if oldHeld == tc.wantMoved || newHeld != tc.wantMoved {
+				t.Fatalf("old id held %v, new id held %v (v%d); want the copy moved = %v", oldHeld, newHeld, got.Version, tc.wantMoved)
+			}
+		})
+	}
+}
