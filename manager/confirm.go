@@ -15,13 +15,14 @@ import (
 // commit sends it every change without waiting for it, unless the rule
 // needs it. A process that announces itself and answers pings but never
 // acknowledges what it is sent cannot make every write wait the send
-// timeout, nor count as a copy.
+// timeout, nor count as a copy. Whole copies it pushes are taken only once
+// it has answered, too (awaitConfirmed).
 
 // Backoff of the confirming round trips: a joiner's first request can beat
 // its member event on the other side (which then waits for it, see
 // fromMember), and a member that does not answer is tried less often, but
-// at least every second: a hello is a few bytes, and a member that comes
-// through again must not wait long to count.
+// again at most a second after a try failed: a hello is a few bytes, and a
+// member that comes through again must not wait long to count.
 //
 // confirmWait bounds how long a pushed copy waits for its sender's round
 // trip. Handlers run on the reader of the sender's connection, and so does
