@@ -78,8 +78,8 @@ type Stats struct {
 	// NotMember: requests for sessions (state, fetch, digest, pushes)
 	// refused because the caller was not a member of this node's view.
 	NotMember uint64 `json:"not_member"`
-	// UnconfirmedRefused: whole copies pushed by a member that answered
-	// no round trip within the request timeout, refused.
+	// UnconfirmedRefused: whole copies pushed by a member that had not
+	// answered a round trip, nor did within 1.5 s, refused.
 	UnconfirmedRefused uint64 `json:"unconfirmed_refused"`
 	// Lagging: times a member that kept missing sync commits was set
 	// aside (not waited for) for a while.

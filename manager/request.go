@@ -106,7 +106,8 @@ func (m *Manager) receive(in sessions) (beaten []string) {
 	}
 	// An id renamed away whose end came along carries the rename's
 	// version, and ended has settled it: a copy written under the old id
-	// after the rename stays. The bare ids are from earlier releases.
+	// after the rename stays. An id that comes bare (an earlier release's
+	// page, or a tombstone that timed out) drops the copy as before.
 	if len(in.Moved) > 0 {
 		settled := make(map[string]bool, len(in.Ended))
 		for _, e := range in.Ended {
