@@ -44,27 +44,28 @@ func (m *Manager) confirmedMember(mb membership.Member) bool {
 	return v.confirmed[mb.Name] == mb.ID
 }
 
-// unconfirmed counts the members of the view that have not answered yet.
-func (m *Manager) unconfirmed() int {
-	v := &m.view
-	v.mu.Lock()
-	defer v.mu.Unlock()
+// recountUnconfirmedLocked sets v.unconfirmed; v.mu must be held.
+func (v *view) recountUnconfirmedLocked() {
 	n := 0
 	for name, mb := range v.members {
 		if v.confirmed[name] != mb.ID {
 			n++
 		}
 	}
-	return n
+	v.unconfirmed.Store(int32(n))
 }
 
 // confirm notes that mb answered.
 func (m *Manager) confirm(mb membership.Member) {
 	v := &m.view
+	if v.unconfirmed.Load() == 0 {
+		return // every member has (an answer is noted on every fetch)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if cur, ok := v.members[mb.Name]; ok && cur.ID == mb.ID && v.confirmed[mb.Name] != mb.ID {
 		v.confirmed[mb.Name] = mb.ID
+		v.recountUnconfirmedLocked()
 		close(v.confirmedCh)
 		v.confirmedCh = make(chan struct{})
 	}
@@ -122,10 +123,14 @@ func (m *Manager) roundTrip(ctx context.Context, mb membership.Member) error {
 	return nil
 }
 
-// splitConfirmed divides to into the members that answered a round trip
-// and those that did not yet, keeping at least need in the first.
-func (m *Manager) splitConfirmed(to []membership.Member, need int) (wait, unconfirmed []membership.Member) {
+// splitConfirmed divides to into the members a commit waits for and those
+// it does not, the unconfirmed, keeping at least need in the first; forced
+// are the unconfirmed it keeps there, whose answers confirm them.
+func (m *Manager) splitConfirmed(to []membership.Member, need int) (wait, forced, unconfirmed []membership.Member) {
 	v := &m.view
+	if v.unconfirmed.Load() == 0 {
+		return to, nil, nil
+	}
 	v.mu.Lock()
 	for _, mb := range to {
 		if v.confirmed[mb.Name] == mb.ID {
@@ -135,10 +140,9 @@ func (m *Manager) splitConfirmed(to []membership.Member, need int) (wait, unconf
 		}
 	}
 	v.mu.Unlock()
-	for len(wait) < need && len(unconfirmed) > 0 {
-		wait, unconfirmed = append(wait, unconfirmed[0]), unconfirmed[1:]
-	}
-	return wait, unconfirmed
+	n := min(max(need-len(wait), 0), len(unconfirmed))
+	forced, unconfirmed = unconfirmed[:n], unconfirmed[n:]
+	return append(wait, forced...), forced, unconfirmed
 }
 
 // startConfirming runs the round trips with a member new to the view, once

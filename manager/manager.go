@@ -370,7 +370,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.seedView()
 	m.view.mu.Lock()
 	for _, mb := range m.view.members {
-		m.startConfirmingLocked(mb) // heard of before Start
+		m.startConfirmingLocked(mb) // heard of before Start, or seeded just now
 	}
 	m.view.mu.Unlock()
 	if m.persist != nil {
@@ -704,12 +704,15 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	m.place.committing(d.ID, p)
 	start := time.Now() // the histogram times real work, whatever the clock
 	to := p.to
+	// Unconfirmed members the commit waits for all the same (the rule
+	// needs them): their answers confirm them.
+	var forced []membership.Member
 	d.Sync = m.cfg.Replication == cluster.Sync // lagging members too: none may fetch a copy not yet acknowledged
 	if m.cfg.Replication == cluster.Sync {
 		var lagging, unconfirmed []membership.Member
 		need := min(m.cfg.SyncMinCopies, len(p.to))
 		to, lagging = m.lag.split(p.to, need, m.clock.Now())
-		to, unconfirmed = m.splitConfirmed(to, need)
+		to, forced, unconfirmed = m.splitConfirmed(to, need)
 		if lagging = append(lagging, unconfirmed...); len(lagging) > 0 {
 			// Sent every change, not waited for; repaired by anti-entropy.
 			if err := m.sendTo(ctx, lagging, typeDelta, d, cluster.Async); err != nil {
@@ -726,9 +729,9 @@ func (m *Manager) Commit(ctx context.Context, s *Session) error {
 	}
 	if m.cfg.Replication == cluster.Sync {
 		failed := failedOf(err, to)
-		for _, mb := range to {
+		for _, mb := range forced {
 			if !slices.ContainsFunc(failed, func(f membership.Member) bool { return f.Addr == mb.Addr }) {
-				m.confirm(mb)
+				m.confirm(mb) // an acknowledged commit is a round trip
 			}
 		}
 		for _, name := range m.lag.record(to, failed, m.clock.Now()) {

@@ -117,7 +117,7 @@ func (m *Manager) Stats() Stats {
 		ShortCommits: m.stats.shortCommits.Load(), TooFewCopies: m.stats.tooFewCopies.Load(), ChangedUnder: m.stats.changedUnder.Load(), Implausible: m.stats.implausible.Load(), NotMember: m.stats.notMember.Load(),
 		Lagging: m.stats.lagging.Load(), Behind: int(m.behindN.Load()), CatchUpRefused: m.stats.catchUpRefused.Load(),
 		OlderThanSeen: m.stats.olderThanSeen.Load(),
-		Unconfirmed:   m.unconfirmed(), UnconfirmedRefused: m.stats.unconfirmedRefused.Load(),
+		Unconfirmed:   int(m.view.unconfirmed.Load()), UnconfirmedRefused: m.stats.unconfirmedRefused.Load(),
 	}
 	return st
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flockhq/flock/membership"
@@ -56,6 +57,10 @@ type view struct {
 	confirmed, confirming map[string]membership.ID
 	// confirmedCh is closed, and replaced, when a member is confirmed.
 	confirmedCh chan struct{}
+	// unconfirmed counts the members not in confirmed, recounted under mu
+	// whenever either changes, so that commits and answers find out
+	// without the lock that there is nobody to confirm (the usual case).
+	unconfirmed atomic.Int32
 }
 
 // maxSpoken bounds view.spoken: far more processes than a cluster has.
@@ -167,7 +172,6 @@ func (m *Manager) seedView() {
 		}
 		v.heard[name] = true
 		v.members[name] = st.Member
-		m.startConfirmingLocked(st.Member)
 		m.viewChanged(membership.Event{Type: membership.Joined, Member: st.Member, Time: m.clock.Now(), Reason: "member at start"})
 	}
 }
@@ -182,6 +186,7 @@ func (m *Manager) viewChanged(e membership.Event) {
 	}
 	slices.SortFunc(list, func(a, b membership.Member) int { return strings.Compare(a.Name, b.Name) })
 	v.list = list
+	v.recountUnconfirmedLocked()
 	m.countBehindLocked()
 	// A draining member is still a member (it gets every change it
 	// should) but owns nothing any more: the placement does without it,
