@@ -94,21 +94,26 @@ func newCClient(lb *balancer, s *tsess, st *loadStats) *cclient {
 // do sends GET path with the session's cookie and adopts a new cookie value
 // the answer sets (a new session, a route rewrite), unless logged out.
 func (c *cclient) do(ctx context.Context, path string) (int, string, error) {
-	code, body, _, err := c.doFrom(ctx, path)
-	return code, body, err
+	a, err := c.doFrom(ctx, path)
+	return a.code, a.body, err
 }
 
-// doFrom is do, also returning the node that answered (the balancer's
-// header, with " (retried after a sent try)" when the balancer retried the
-// request on it after sending it to a node that then failed: that node may
-// have applied it).
-func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string, error) {
+// creply is what doFrom got back.
+type creply struct {
+	code    int
+	body    string
+	backend string // the node that answered (the balancer's header)
+	retry   string // the balancer's hdrRetry: "sent" when the node it tried first may have applied the request
+}
+
+// doFrom is do, with the whole answer.
+func (c *cclient) doFrom(ctx context.Context, path string) (creply, error) {
 	c.s.mu.Lock()
 	id, seen := c.s.id, c.s.seen
 	c.s.mu.Unlock()
 	req, err := http.NewRequestWithContext(ctx, "GET", c.lb.url.String()+path, nil)
 	if err != nil {
-		return 0, "", "", err
+		return creply{}, err
 	}
 	if id != "" {
 		req.AddCookie(&http.Cookie{Name: cookieName, Value: id})
@@ -118,7 +123,7 @@ func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string,
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return 0, "", "", err
+		return creply{}, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
@@ -145,15 +150,8 @@ func (c *cclient) doFrom(ctx context.Context, path string) (int, string, string,
 	if b := resp.Header.Get("X-Flock-Base"); b != "" {
 		backend += " (id " + shortID(id) + ", base v" + b + ")"
 	}
-	if resp.Header.Get(hdrRetry) == "sent" {
-		backend += retriedSent
-	}
-	return resp.StatusCode, string(body), backend, err
+	return creply{code: resp.StatusCode, body: string(body), backend: backend, retry: resp.Header.Get(hdrRetry)}, err
 }
-
-// retriedSent ends doFrom's backend when the balancer retried a request
-// it had sent to a node that failed.
-const retriedSent = " (retried after a sent try)"
 
 func shortID(id string) string {
 	if len(id) > 8 {
@@ -165,7 +163,8 @@ func shortID(id string) string {
 // increment sends one GET /counter and records the answer.
 func (c *cclient) increment(ctx context.Context) {
 	c.st.requests.Add(1)
-	code, body, backend, err := c.doFrom(ctx, "/counter")
+	a, err := c.doFrom(ctx, "/counter")
+	code, body, backend := a.code, a.body, a.backend
 	switch {
 	case err != nil:
 		c.st.errs.Add(1)
@@ -204,25 +203,27 @@ func (c *cclient) logout(ctx context.Context) (int, error) {
 	c.s.mu.Lock()
 	c.s.loggedOut = true
 	c.s.mu.Unlock()
-	code, body, backend, err := c.doFrom(ctx, "/logout")
-	if err == nil && code == http.StatusOK {
+	a, err := c.doFrom(ctx, "/logout")
+	if err == nil && a.code == http.StatusOK {
 		c.s.mu.Lock()
 		c.s.logoutAck = true
-		c.s.logoutBy = backend + " at " + time.Now().Format("15:04:05.000")
-		if strings.TrimSpace(body) == "no session" && !strings.HasSuffix(backend, retriedSent) {
+		c.s.logoutBy = a.backend + " at " + time.Now().Format("15:04:05.000")
+		switch {
+		case strings.TrimSpace(a.body) != "no session":
+		case a.retry == "sent":
+			// The balancer retried the logout after sending it to a node
+			// that died: that node may have ended the session first (a
+			// retried GET is at-least-once).
+			c.st.unknownAtRetriedLogout.Add(1)
+		default:
 			// The node did not know the session: nothing was ended, and
-			// the user's session was lost to that node. (Unless the
-			// balancer retried the logout after sending it to a node that
-			// died: that node may have ended the session first; a retried
-			// GET is at-least-once.)
+			// the user's session was lost to that node.
 			c.s.logoutBy += " (which knew no such session)"
 			c.st.unknownAtLogout.Add(1)
-		} else if strings.TrimSpace(body) == "no session" {
-			c.st.unknownAtRetriedLogout.Add(1)
 		}
 		c.s.mu.Unlock()
 	}
-	return code, err
+	return a.code, err
 }
 
 func (c *cclient) close() { c.hc.CloseIdleConnections() }
